@@ -1,0 +1,1 @@
+"""I/O adapters: each turns a device or network peer into the core's typed events and back."""

@@ -1,0 +1,5 @@
+"""The store broker link (aiomqtt)."""
+
+from drivers.mqtt._link import MqttLink
+
+__all__ = ["MqttLink"]

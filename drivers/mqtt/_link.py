@@ -1,0 +1,243 @@
+"""The link to the store's MQTT broker (aiomqtt): birth and will, routing, retained state.
+
+- Reconnects forever with jittered exponential backoff; the component reports `degraded` while
+  the broker is away, and `ready` again once connected.
+- Each connection has a session number from a durable counter; the birth and the will carry it.
+  The link subscribes to its own status topic and re-asserts the birth whenever an `offline`
+  appears while it is connected, so a stale will never leaves a live gateway marked offline.
+- Retained publications are the gateway's desired state: the link remembers the last payload per
+  topic and publishes them again after every reconnect (a broker restarted without persistence
+  has forgotten them). Other messages wait in a bounded queue while the broker is away.
+- Inbound messages are routed by topic filter to synchronous handlers; a handler that raises
+  `PayloadError` gets the message answered on the errors topic, and nothing stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import aiomqtt
+import structlog
+
+from gateway import __version__
+from gateway.clock import Clock
+from gateway.config import MqttConfig
+from gateway.metrics import Metrics
+from gateway.payloads import GatewayStatus, PayloadError, decode_status, encode_error, encode_status
+from gateway.supervisor import Backoff, Handle
+from gateway.topics import Topics
+
+__all__ = ["MqttLink"]
+
+log = structlog.get_logger("drivers.mqtt")
+_STOP_PUBLISH_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    topic_filter: str
+    name: str
+    handler: Callable[[str, bytes], None]
+
+
+class MqttLink:
+    name = "mqtt"
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        topics: Topics,
+        *,
+        session_source: Callable[[], Awaitable[int]],
+        metrics: Metrics,
+        clock: Clock,
+        rng: random.Random | None = None,
+        requires: tuple[str, ...] = (),
+    ) -> None:
+        self.requires = requires  # components whose readiness `session_source` needs
+        self._config = config
+        self._topics = topics
+        self._session_source = session_source
+        self._metrics = metrics
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._routes: list[_Route] = []
+        self._retained: dict[str, bytes] = {}
+        self._pending: deque[tuple[str, bytes]] = deque()
+        self._client: aiomqtt.Client | None = None
+        self.session = 0
+
+    def route(self, topic_filter: str, name: str, handler: Callable[[str, bytes], None]) -> None:
+        """Deliver messages matching `topic_filter` to `handler` (call before `run`)."""
+        self._routes.append(_Route(topic_filter, name, handler))
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1; kept for the next connection if the broker is away."""
+        if retain:
+            self._retained[topic] = payload
+        client = self._client
+        if client is not None:
+            try:
+                await client.publish(topic, payload, qos=1, retain=retain)
+                return
+            except aiomqtt.MqttError as exc:
+                log.warning("publish failed, kept for reconnect", topic=topic, error=str(exc))
+        if not retain:
+            self._queue_offline(topic, payload)
+
+    def _queue_offline(self, topic: str, payload: bytes) -> None:
+        if self._config.offline_queue == 0:
+            self._metrics.mqtt_dropped.inc()
+            return
+        if len(self._pending) >= self._config.offline_queue:
+            self._pending.popleft()
+            self._metrics.mqtt_dropped.inc()
+        self._pending.append((topic, payload))
+
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
+        return encode_status(
+            GatewayStatus(
+                state=state, session=self.session, ts=self._clock.now(), version=__version__
+            )
+        )
+
+    def _client_for(self, session: int) -> aiomqtt.Client:
+        cfg = self._config
+        password = None
+        if cfg.password_file is not None:
+            password = cfg.password_file.read_text(encoding="utf-8").strip()
+        tls = None
+        if cfg.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        self.session = session
+        will = aiomqtt.Will(
+            self._topics.gateway_status, self._status("offline"), qos=1, retain=True
+        )
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            username=cfg.username or None,
+            password=password,
+            identifier=cfg.effective_client_id(self._topics.store_id),
+            will=will,
+            keepalive=cfg.keepalive_s,
+            tls_params=tls,
+            timeout=10,
+            max_queued_incoming_messages=10_000,
+        )
+
+    async def run(self, handle: Handle) -> None:
+        backoff = Backoff(self._config.reconnect_min_s, self._config.reconnect_max_s, self._rng)
+        where = f"{self._config.host}:{self._config.port}"
+        while True:
+            session = await self._session_source()
+            error = "connection closed"
+            try:
+                async with self._client_for(session) as client:
+                    await self._on_connect(client)
+                    self._client = client
+                    self._metrics.mqtt_connected.set(1)
+                    self._metrics.mqtt_connects.inc()
+                    backoff.reset()
+                    handle.ready(f"connected to {where}, session {session}")
+                    log.info("connected", broker=where, session=session)
+                    try:
+                        await self._receive(client)
+                    except asyncio.CancelledError:
+                        await self._say_goodbye(client)
+                        raise
+            except aiomqtt.MqttError as exc:
+                error = str(exc)
+            finally:
+                self._client = None
+                self._metrics.mqtt_connected.set(0)
+            delay = backoff.next()
+            handle.degraded(f"broker {where} unreachable ({error}); retry in {delay:.1f}s")
+            log.warning("broker unreachable", broker=where, error=error, retry_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+    async def _on_connect(self, client: aiomqtt.Client) -> None:
+        await client.publish(
+            self._topics.gateway_status, self._status("online"), qos=1, retain=True
+        )
+        for route in self._routes:
+            await client.subscribe(route.topic_filter, qos=1)
+        await client.subscribe(self._topics.gateway_status, qos=1)
+        for topic, payload in list(self._retained.items()):
+            await client.publish(topic, payload, qos=1, retain=True)
+        while self._pending:
+            topic, payload = self._pending[0]
+            await client.publish(topic, payload, qos=1)
+            self._pending.popleft()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            topic = message.topic.value
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic == self._topics.gateway_status:
+                await self._check_status(client, payload)
+                continue
+            route = next((r for r in self._routes if message.topic.matches(r.topic_filter)), None)
+            if route is None:
+                continue
+            self._metrics.mqtt_received.labels(route.name).inc()
+            try:
+                route.handler(topic, payload)
+            except PayloadError as exc:
+                await self._reject(route, topic, payload, str(exc))
+            except Exception as exc:
+                log.exception("handler failed", route=route.name, topic=topic)
+                await self._reject(route, topic, payload, f"internal error ({type(exc).__name__})")
+
+    async def _reject(self, route: _Route, topic: str, payload: bytes, error: str) -> None:
+        self._metrics.mqtt_rejected.labels(route.name).inc()
+        log.warning("message rejected", route=route.name, topic=topic, error=error)
+        body = encode_error(topic, error, self._clock.now(), _peek_request_id(payload))
+        await self.publish(self._topics.gateway_errors, body)
+
+    async def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:
+        try:
+            status = decode_status(payload)
+        except PayloadError:
+            status = None  # someone else's garbage on our topic: restore the truth
+        if status is None or status.state == "offline":
+            stale = status.session if status else None
+            log.info("stale offline status seen, re-asserting birth", stale_session=stale)
+            await client.publish(
+                self._topics.gateway_status, self._status("online"), qos=1, retain=True
+            )
+
+    async def _say_goodbye(self, client: aiomqtt.Client) -> None:
+        """A clean stop: mark the gateway offline ourselves (the broker sends no will then)."""
+        self._client = None
+        try:
+            async with asyncio.timeout(_STOP_PUBLISH_TIMEOUT_S):
+                await client.publish(
+                    self._topics.gateway_status, self._status("offline"), qos=1, retain=True
+                )
+        except (TimeoutError, aiomqtt.MqttError) as exc:
+            log.warning("could not publish offline status", error=str(exc))
+
+
+def _peek_request_id(payload: bytes) -> str | None:
+    """The `id` of a refused request, when it can be read, so the device can correlate."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= 64 else None

@@ -1,0 +1,207 @@
+"""The composition root: builds the components from the config and runs them under one supervisor.
+
+This module and `gateway.cli` are the only parts of `gateway` that import drivers; the rest of the
+core never does (tests/test_architecture.py checks it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from drivers.mqtt import MqttLink
+from gateway import __version__
+from gateway.clock import Clock, SystemClock
+from gateway.config import Config
+from gateway.health import HealthServer
+from gateway.identity import load_or_create_hash_key, parse_public_key
+from gateway.journey import Journey
+from gateway.metrics import Metrics
+from gateway.sdnotify import Notifier
+from gateway.store import AsyncStore, Store, load_seed
+from gateway.supervisor import Handle, State, Supervisor
+from gateway.topics import Topics
+
+__all__ = ["StoreComponent", "run_gateway"]
+
+log = structlog.get_logger("gateway.app")
+DATABASE_NAME = "gateway.sqlite3"
+
+
+class StoreComponent:
+    """Opens the SQLite store (migrating it) and loads the seed file, if any."""
+
+    name = "store"
+
+    def __init__(self, db: AsyncStore, seed_file: Path | None, hash_key: bytes, clock: Clock):
+        self.db = db
+        self._seed_file = seed_file
+        self._hash_key = hash_key
+        self._clock = clock
+
+    async def run(self, handle: Handle) -> None:
+        await self.db.open()
+        try:
+            detail = str(self.db.path)
+            if self._seed_file is not None:
+                offers, consents = load_seed(self._seed_file, self._hash_key)
+                now = self._clock.now()
+                await self.db.call(Store.upsert_offers, offers, now)
+                await self.db.call(Store.upsert_consents, consents, now)
+                detail += f", seeded {len(offers)} offers and {len(consents)} consents"
+            handle.ready(detail)
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.shield(self.db.close())
+
+
+def _health_report(
+    supervisor: Supervisor, config: Config, started: float
+) -> tuple[bool, Mapping[str, Any]]:
+    now = time.monotonic()
+    components = {
+        name: {
+            "state": str(h.state),
+            "detail": h.detail,
+            "restarts": h.restarts,
+            "for_s": round(now - h.since, 3),
+        }
+        for name, h in supervisor.health.items()
+    }
+    states = {h.state for h in supervisor.health.values()}
+    status = (
+        "ok" if states == {State.READY} else ("starting" if not supervisor.is_ready else "degraded")
+    )
+    body = {
+        "status": status,
+        "store_id": config.store.id,
+        "version": __version__,
+        "uptime_s": round(now - started, 3),
+        "components": components,
+    }
+    return status == "ok", body
+
+
+def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
+    """Store, MQTT link, journey (and the health server, added by the caller)."""
+    state_dir = config.store.state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    topics = Topics(config.store.id)
+    hash_key = load_or_create_hash_key(config.identity.hash_key_file or state_dir / "identity.key")
+    token = config.identity.token_public_key
+    db = AsyncStore(state_dir / DATABASE_NAME)
+    link = MqttLink(
+        config.mqtt,
+        topics,
+        session_source=lambda: db.call(Store.bump_counter, "mqtt_session"),
+        metrics=metrics,
+        clock=clock,
+        requires=("store",),
+    )
+    journey = Journey(
+        topics=topics,
+        kiosks=config.kiosks,
+        store=db,
+        publisher=link,
+        hash_key=hash_key,
+        token_key=parse_public_key(token) if token else None,
+        token_leeway_s=config.identity.token_leeway_s,
+        metrics=metrics,
+        clock=clock,
+    )
+    link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
+    return [StoreComponent(db, config.catalog.seed_file, hash_key, clock), link, journey]
+
+
+async def run_gateway(
+    config: Config,
+    *,
+    notifier: Notifier | None = None,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or `stop` is set), then drain within the configured bound."""
+    started = time.monotonic()
+    notifier = notifier or Notifier()
+    clock = clock or SystemClock()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    metrics = Metrics()
+    components = _components(config, clock, metrics)
+    supervisor: Supervisor
+    if config.health.enabled:
+        components.append(
+            HealthServer(
+                config.health.host,
+                config.health.port,
+                report=lambda: _health_report(supervisor, config, started),
+                metrics=metrics.render,
+            )
+        )
+    told_ready = False
+
+    def on_change(sup: Supervisor) -> None:
+        nonlocal told_ready
+        for name, h in sup.health.items():
+            metrics.component_up.labels(name).set(1 if h.state == State.READY else 0)
+            metrics.component_restarts.labels(name).set(h.restarts)
+        if sup.is_ready and not told_ready:
+            told_ready = True
+            notifier.ready(sup.summary)
+            startup_s = round(time.monotonic() - started, 3)
+            log.info("gateway ready", store=config.store.id, startup_s=startup_s)
+        else:
+            notifier.status(sup.summary)
+
+    supervisor = Supervisor(
+        components,
+        restart_min_s=config.supervisor.restart_min_s,
+        restart_max_s=config.supervisor.restart_max_s,
+        ready_requires=("store", "mqtt"),
+        on_change=on_change,
+        clock=clock,
+    )
+
+    def request_stop(signame: str) -> None:
+        if stop.is_set():
+            return
+        log.info("stopping", signal=signame, bound_s=config.supervisor.shutdown_timeout_s)
+        notifier.stopping()
+        # The bound is a promise to systemd: past it, leave without finishing the drain.
+        loop.call_later(config.supervisor.shutdown_timeout_s, _leave_now)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop, sig.name)
+    watchdog = asyncio.create_task(_feed_watchdog(notifier), name="watchdog")
+    log.info("starting", store=config.store.id, version=__version__)
+    try:
+        await supervisor.run(stop)
+    finally:
+        watchdog.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        notifier.close()
+    log.info("stopped", store=config.store.id)
+
+
+async def _feed_watchdog(notifier: Notifier) -> None:
+    """WATCHDOG=1 from the event loop itself, so a blocked loop is what systemd notices."""
+    interval = notifier.watchdog_interval_s
+    if interval is None:
+        return
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(interval / 2)
+
+
+def _leave_now() -> None:
+    log.error("drain exceeded supervisor.shutdown_timeout_s; exiting without finishing it")
+    os._exit(0)

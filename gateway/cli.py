@@ -1,0 +1,118 @@
+"""`store-gateway`: run the daemon, check a configuration, print the version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, load_config
+
+__all__ = ["main"]
+
+EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart on it (RestartPreventExitStatus)
+
+DESCRIPTION = """\
+The in-store edge gateway: kiosks, signage and devices over the store's MQTT broker,
+decisions on the box, everything kept in SQLite while the internet is away.
+
+commands:
+  run            run the daemon in the foreground (systemd runs it this way)
+  check-config   validate a configuration file and list every problem
+  version        print the version
+
+examples:
+  store-gateway check-config /etc/store-gateway/config.toml
+  store-gateway run --config examples/demo.toml --set mqtt.port=18830
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="store-gateway",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one key of the file, e.g. --set mqtt.port=1884 (repeatable)",
+    )
+    run = commands.add_parser(
+        "run",
+        parents=[overrides],
+        help="run the daemon",
+        description="Run the daemon in the foreground.",
+    )
+    run.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/store-gateway/config.toml"),
+        help="configuration file (default: %(default)s)",
+    )
+    check = commands.add_parser(
+        "check-config",
+        parents=[overrides],
+        help="validate a configuration file",
+        description="Check a configuration file: exit 0 if valid, else 1, one line per problem.",
+    )
+    check.add_argument("config", type=Path, help="configuration file to check")
+    commands.add_parser("version", help="print the version")
+    return parser
+
+
+def _overrides(items: Sequence[str]) -> dict[str, str]:
+    result = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"store-gateway: --set expects KEY=VALUE, found {item!r}")
+        result[key.strip()] = value.strip()
+    return result
+
+
+def _load(path: Path, overrides: Sequence[str]) -> Config | ConfigError:
+    try:
+        return load_config(path, _overrides(overrides))
+    except ConfigError as exc:
+        return exc
+
+
+def _print_problems(error: ConfigError) -> None:
+    for problem in error.problems:
+        print(f"{error.source}: {problem}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(f"store-gateway {__version__}")
+        return 0
+    loaded = _load(args.config, args.set)
+    if args.command == "check-config":
+        if isinstance(loaded, ConfigError):
+            _print_problems(loaded)
+            return 1
+        broker = f"{loaded.mqtt.host}:{loaded.mqtt.port}"
+        print(
+            f"{args.config}: OK (store {loaded.store.id}, broker {broker},"
+            f" {len(loaded.kiosks)} kiosks, {len(loaded.screens)} screens)"
+        )
+        return 0
+    if isinstance(loaded, ConfigError):
+        _print_problems(loaded)
+        return EX_CONFIG
+    from gateway.app import run_gateway
+    from gateway.logs import configure_logging
+
+    configure_logging(loaded.logging.format, loaded.logging.level)
+    asyncio.run(run_gateway(loaded))
+    return 0

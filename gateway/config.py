@@ -1,0 +1,353 @@
+"""The gateway's configuration: one TOML file parsed into frozen dataclasses.
+
+Every problem is collected (not just the first), each naming the key path, what was found and
+what is expected, so `store-gateway check-config` can print them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "CatalogConfig",
+    "Config",
+    "ConfigError",
+    "HealthConfig",
+    "IdentityConfig",
+    "KioskConfig",
+    "LoggingConfig",
+    "MqttConfig",
+    "ScreenConfig",
+    "StoreConfig",
+    "SupervisorConfig",
+    "load_config",
+    "parse_config",
+]
+
+# Ids become MQTT topic levels, so they must not hold '/', '+', '#' or spaces.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ID_HINT = "1-64 letters, digits, '-', '_' or '.', starting with a letter or digit"
+
+
+def _default_store_id() -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64].strip("-.")
+    return name or "store"
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; elsewhere the FHS location.
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/store-gateway").split(":")[0])
+
+
+def _meta(
+    *, min: float | None = None, max: float | None = None, pattern: bool = False
+) -> dict[str, Any]:
+    return {"min": min, "max": max, "id": pattern}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    id: str = field(default_factory=_default_store_id, metadata=_meta(pattern=True))
+    state_dir: Path = field(default_factory=_default_state_dir)
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str = "127.0.0.1"
+    port: int = field(default=1883, metadata=_meta(min=1, max=65535))
+    client_id: str = ""
+    username: str = ""
+    password_file: Path | None = None
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = field(default=30, metadata=_meta(min=5, max=3600))
+    reconnect_min_s: float = field(default=0.5, metadata=_meta(min=0.05, max=60))
+    reconnect_max_s: float = field(default=30.0, metadata=_meta(min=0.1, max=3600))
+    # Messages that are not state (errors, events) kept while the broker is away.
+    offline_queue: int = field(default=1000, metadata=_meta(min=0, max=1_000_000))
+
+    def effective_client_id(self, store_id: str) -> str:
+        return self.client_id or f"store-gateway-{store_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = field(default=9810, metadata=_meta(min=0, max=65535))
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    shutdown_timeout_s: float = field(default=10.0, metadata=_meta(min=0.1, max=600))
+    restart_min_s: float = field(default=0.5, metadata=_meta(min=0.01, max=600))
+    restart_max_s: float = field(default=60.0, metadata=_meta(min=0.01, max=3600))
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    # Key for the keyed hashes of customer identifiers; shared chain-wide so consents synced
+    # from the cloud match. Absent: a per-box key is generated in the state directory.
+    hash_key_file: Path | None = None
+    # Ed25519 public key (base64, 32 raw bytes) that signs the app's loyalty QR tokens.
+    token_public_key: str = ""
+    token_leeway_s: int = field(default=30, metadata=_meta(min=0, max=600))
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogConfig:
+    # JSON file with offers and consents loaded at start (development and demo stores).
+    seed_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenConfig:
+    zone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KioskConfig:
+    zone: str = ""
+    screens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+    kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def load_config(path: Path, overrides: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a TOML file; `overrides` maps dotted keys to TOML values."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from exc
+    problems: list[str] = []
+    for key, raw in (overrides or {}).items():
+        _apply_override(data, key, raw, problems)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return parse_config(data, base_dir=path.parent, source=str(path))
+
+
+def parse_config(data: Mapping[str, Any], *, base_dir: Path, source: str = "config") -> Config:
+    """Validate parsed TOML data; relative paths are taken relative to `base_dir`."""
+    problems: list[str] = []
+    config = _build(Config, data, "", base_dir, problems)
+    assert isinstance(config, Config)  # TOML's top level is always a table
+    _check_references(config, problems)
+    _check_files(config, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
+
+
+def _apply_override(data: dict[str, Any], key: str, raw: str, problems: list[str]) -> None:
+    parts = key.split(".")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word is taken as a string: --set store.id=store-42
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            problems.append(f"--set {key}: '{part}' is not a table")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe(value: object) -> str:
+    kind = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+    shown = repr(value) if not isinstance(value, dict | list) else kind
+    return f"{shown} ({kind})" if shown != kind else kind
+
+
+def _build(tp: Any, value: Any, path: str, base_dir: Path, problems: list[str]) -> Any:  # noqa: PLR0911, PLR0912 - one branch per TOML type
+    """Convert `value` to type `tp`, appending a problem (and returning None) when it can't."""
+    origin = typing.get_origin(tp)
+    where = path or "(top level)"
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: found {_describe(value)}, expected a table")
+            return None
+        return _build_dataclass(tp, value, path, base_dir, problems)
+    if origin in (types.UnionType, typing.Union):
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _build(inner, value, path, base_dir, problems)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value in choices:
+            return value
+        hint = _did_you_mean(str(value), [str(c) for c in choices])
+        expected = " or ".join(repr(c) for c in choices)
+        problems.append(f"{where}: found {_describe(value)}, expected {expected}{hint}")
+        return None
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            problems.append(f"{where}: found {_describe(value)}, expected an array of strings")
+            return None
+        return tuple(value)
+    if origin is Mapping:
+        _, item_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{where}: found {_describe(value)}, expected a table of tables")
+            return None
+        items = {}
+        for name, item in value.items():
+            if not _ID.match(name):
+                problems.append(f"{path}.{name}: not a valid id, expected {_ID_HINT}")
+            items[name] = _build(item_tp, item, f"{path}.{name}", base_dir, problems)
+        return types.MappingProxyType(items)
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{where}: found {_describe(value)}, expected a file path string")
+            return None
+        return base_dir / value
+    accepts, expected = _SCALARS[tp]
+    if accepts(value):
+        return float(value) if tp is float else value
+    problems.append(f"{where}: found {_describe(value)}, expected {expected}")
+    return None
+
+
+# Scalar type -> (accepts the TOML value?, what to call it in an error). bool is not an int here.
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
+def _build_dataclass(
+    cls: type[Any], data: dict[str, Any], path: str, base_dir: Path, problems: list[str]
+) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        if key not in fields:
+            problems.append(f"{key_path}: unknown key{_did_you_mean(key, list(fields))}")
+            continue
+        built = _build(hints[key], value, key_path, base_dir, problems)
+        if built is None:
+            continue
+        meta = fields[key].metadata
+        if not _within_bounds(built, meta, key_path, problems):
+            continue
+        kwargs[key] = built
+    return cls(**kwargs)
+
+
+def _within_bounds(value: Any, meta: Mapping[str, Any], path: str, problems: list[str]) -> bool:
+    low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, int | float) and (
+        (low is not None and value < low) or (high is not None and value > high)
+    ):
+        problems.append(f"{path}: found {value!r}, expected a value from {low:g} to {high:g}")
+        return False
+    if meta.get("id") and not _ID.match(str(value)):
+        problems.append(f"{path}: found {value!r}, expected an id of {_ID_HINT}")
+        return False
+    return True
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _check_references(config: Config, problems: list[str]) -> None:
+    for kiosk_id, kiosk in config.kiosks.items():
+        for i, screen in enumerate(kiosk.screens):
+            if screen not in config.screens:
+                hint = _did_you_mean(screen, list(config.screens))
+                problems.append(
+                    f"kiosks.{kiosk_id}.screens[{i}]: found {screen!r}, expected a screen"
+                    f" defined under [screens.<id>]{hint}"
+                )
+    if config.mqtt.reconnect_min_s > config.mqtt.reconnect_max_s:
+        problems.append(
+            f"mqtt.reconnect_min_s: found {config.mqtt.reconnect_min_s:g}, expected at most"
+            f" mqtt.reconnect_max_s ({config.mqtt.reconnect_max_s:g})"
+        )
+    if config.supervisor.restart_min_s > config.supervisor.restart_max_s:
+        problems.append(
+            f"supervisor.restart_min_s: found {config.supervisor.restart_min_s:g}, expected at"
+            f" most supervisor.restart_max_s ({config.supervisor.restart_max_s:g})"
+        )
+    if (config.mqtt.cert_file is None) != (config.mqtt.key_file is None):
+        problems.append("mqtt.cert_file, mqtt.key_file: expected both (client certificate) or none")
+    if config.mqtt.password_file is not None and not config.mqtt.username:
+        problems.append("mqtt.username: found nothing, expected a user for mqtt.password_file")
+
+
+def _check_files(config: Config, problems: list[str]) -> None:
+    files = {
+        "mqtt.password_file": config.mqtt.password_file,
+        "mqtt.ca_file": config.mqtt.ca_file,
+        "mqtt.cert_file": config.mqtt.cert_file,
+        "mqtt.key_file": config.mqtt.key_file,
+        "identity.hash_key_file": config.identity.hash_key_file,
+        "catalog.seed_file": config.catalog.seed_file,
+    }
+    for key, file in files.items():
+        if file is not None and not file.is_file():
+            problems.append(f"{key}: found {str(file)!r}, expected an existing readable file")
+    if config.identity.token_public_key:
+        from gateway.identity import parse_public_key
+
+        try:
+            parse_public_key(config.identity.token_public_key)
+        except ValueError as exc:
+            problems.append(f"identity.token_public_key: {exc}")

@@ -1,0 +1,193 @@
+"""Moments of a visit -> decisions -> content. The first moment: a customer identifies at a kiosk.
+
+The journey is core: it gets typed events, a store, a publisher and a clock, and never touches a
+device. Decisions are committed to the store before their content is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.clock import Clock
+from gateway.config import KioskConfig
+from gateway.decision import POLICY, Choice, Context, choose
+from gateway.identity import TokenError, customer_ref, verify_token
+from gateway.ids import uuid7
+from gateway.metrics import Metrics
+from gateway.payloads import (
+    Content,
+    ContentOffer,
+    KioskIdentify,
+    PayloadError,
+    decode_kiosk_identify,
+    encode_content,
+    encode_error,
+)
+from gateway.store import AsyncStore, Decision, Offer, Store
+from gateway.supervisor import Handle
+from gateway.topics import Topics
+
+__all__ = ["Journey", "Publisher"]
+
+log = structlog.get_logger("gateway.journey")
+
+PERSONAL_MESSAGE = "Welcome back! Picked for you today"
+ANONYMOUS_MESSAGE = "Today's pick"
+
+
+class Publisher(Protocol):
+    """Where content goes; the MQTT link implements it."""
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+
+class Journey:
+    name = "journey"
+    requires = ("store",)
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        kiosks: Mapping[str, KioskConfig],
+        store: AsyncStore,
+        publisher: Publisher,
+        hash_key: bytes,
+        token_key: Ed25519PublicKey | None,
+        token_leeway_s: int,
+        metrics: Metrics,
+        clock: Clock,
+        queue_size: int = 1000,
+    ) -> None:
+        self._topics = topics
+        self._kiosks = kiosks
+        self._store = store
+        self._publisher = publisher
+        self._hash_key = hash_key
+        self._token_key = token_key
+        self._token_leeway_s = token_leeway_s
+        self._metrics = metrics
+        self._clock = clock
+        self._queue: asyncio.Queue[tuple[KioskIdentify, float]] = asyncio.Queue(queue_size)
+        self._offers: list[Offer] = []
+
+    def on_kiosk_identify(self, topic: str, payload: bytes) -> None:
+        """Route handler: decode, then queue; raises `PayloadError` for the link to answer."""
+        kiosk_id = self._topics.device_id(topic, "kiosk")
+        if kiosk_id is None:
+            raise PayloadError("topic is not a kiosk topic")
+        event = decode_kiosk_identify(kiosk_id, payload)
+        try:
+            self._queue.put_nowait((event, self._clock.monotonic()))
+        except asyncio.QueueFull:
+            raise PayloadError("gateway overloaded, try again") from None
+
+    async def reload_catalog(self) -> None:
+        self._offers = await self._store.call(Store.offers)
+
+    async def run(self, handle: Handle) -> None:
+        await self.reload_catalog()
+        handle.ready(f"{len(self._offers)} offers")
+        try:
+            while True:
+                event, received = await self._queue.get()
+                await self._identify(event, received)
+        except asyncio.CancelledError:
+            # Drain: what was already taken in is still answered before the link goes away.
+            while not self._queue.empty():
+                event, received = self._queue.get_nowait()
+                with contextlib.suppress(Exception):
+                    await self._identify(event, received)
+            raise
+
+    def _resolve(self, event: KioskIdentify) -> tuple[str | None, str | None]:
+        """(customer ref, problem); the raw identifier goes no further than this function."""
+        if event.method != "qr_token":
+            return customer_ref(self._hash_key, event.method, event.value), None
+        if self._token_key is None:
+            return None, "QR tokens are not accepted here (identity.token_public_key is not set)"
+        try:
+            claims = verify_token(
+                self._token_key, event.value, self._clock.now(), self._token_leeway_s
+            )
+        except TokenError as exc:
+            return None, f"QR token refused: {exc}"
+        return claims.ref, None
+
+    async def _identify(self, event: KioskIdentify, received: float) -> None:
+        now = self._clock.now()
+        ref, problem = self._resolve(event)
+        if problem is not None:
+            topic = self._topics.kiosk_identify(event.kiosk_id)
+            log.warning("identification refused", kiosk=event.kiosk_id, reason=problem)
+            await self._publisher.publish(
+                self._topics.gateway_errors, encode_error(topic, problem, now, event.request_id)
+            )
+        consent = await self._store.call(Store.consent, ref) if ref else None
+        personal = consent is not None and consent.personalisation
+        context = Context(
+            now=now,
+            local_time=datetime.fromtimestamp(now),
+            channel="kiosk",
+            segment=consent.segment if consent is not None and personal else None,
+        )
+        choice = choose(self._offers, context)
+        decision = Decision(
+            id=uuid7(int(now * 1000)),
+            ts=now,
+            moment="kiosk_identify",
+            touchpoint=event.kiosk_id,
+            customer_ref=ref if personal else None,  # no consent, no record of who it was
+            offer_id=choice.offer.id if choice.offer else None,
+            policy=POLICY,
+            propensity=choice.propensity,
+            request_id=event.request_id,
+        )
+        await self._store.call(Store.record_decision, decision)
+        await self._show(event, decision, choice, personal)
+        audience = "personal" if personal else "anonymous"
+        self._metrics.decisions.labels("kiosk_identify", audience).inc()
+        self._metrics.decision_seconds.observe(self._clock.monotonic() - received)
+        log.info(
+            "customer identified" if personal else "anonymous visitor",
+            kiosk=event.kiosk_id,
+            customer=ref if personal else None,
+            offer=decision.offer_id,
+            reason=choice.reason,
+            decision=decision.id,
+        )
+
+    async def _show(
+        self, event: KioskIdentify, decision: Decision, choice: Choice, personal: bool
+    ) -> None:
+        offer = choice.offer
+        content = Content(
+            id=uuid7(),
+            ts=decision.ts,
+            audience="personal" if personal else "anonymous",
+            touchpoint=event.kiosk_id,
+            request_id=event.request_id,
+            decision_id=decision.id,
+            message=PERSONAL_MESSAGE if personal else ANONYMOUS_MESSAGE,
+            offer=None
+            if offer is None
+            else ContentOffer(
+                id=offer.id,
+                title=offer.title,
+                body=offer.body,
+                category=offer.category,
+                discount_pct=offer.discount_pct,
+            ),
+        )
+        payload = encode_content(content)
+        kiosk = self._kiosks.get(event.kiosk_id)
+        topics = [self._topics.kiosk_content(event.kiosk_id)]
+        topics += [self._topics.screen_content(s) for s in (kiosk.screens if kiosk else ())]
+        await asyncio.gather(*(self._publisher.publish(t, payload, retain=True) for t in topics))

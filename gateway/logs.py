@@ -1,0 +1,77 @@
+"""Logging as data: structlog for our code, the same pipeline for bleak's and aiomqtt's stdlib logs.
+
+JSON when not on a terminal (journald) or when configured, a readable console otherwise. Every
+line names its component; identifier-bearing keys are redacted as a last line of defence (the
+code logs only keyed customer refs to begin with).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Literal, TextIO
+
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = ["configure_logging"]
+
+# Keys that could carry a raw identifier if a future log call got careless.
+_REDACT = frozenset({"value", "loyalty", "phone", "email", "token", "mac", "address", "payload"})
+# Library loggers -> the component they belong to.
+_COMPONENTS = {"mqtt": "mqtt", "aiomqtt": "mqtt", "paho": "mqtt", "bleak": "ble", "asyncio": "loop"}
+
+
+def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    for key in _REDACT.intersection(event):
+        event[key] = "[redacted]"
+    return event
+
+
+def _component(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    if "component" not in event:
+        name = str(event.get("logger", ""))
+        root = name.split(".", maxsplit=1)[0]
+        event["component"] = _COMPONENTS.get(root) or name.rsplit(".", 1)[-1] or "gateway"
+    return event
+
+
+def configure_logging(
+    fmt: Literal["auto", "json", "console"] = "auto",
+    level: str = "info",
+    stream: TextIO | None = None,
+) -> None:
+    out = stream or sys.stderr
+    as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        _component,
+        _redact,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    renderer: Processor
+    if as_json:
+        renderer = structlog.processors.JSONRenderer()
+        shared.append(structlog.processors.dict_tracebacks)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=shared,
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+    # paho logs every packet at DEBUG; keep it at INFO unless the whole gateway is at DEBUG.
+    logging.getLogger("mqtt").setLevel(max(logging.INFO, root.level) if level != "debug" else 10)

@@ -1,0 +1,211 @@
+"""MQTT payload codec: bytes in, typed events out, and back; shared by drivers and simulators.
+
+Every payload is checked against its JSON Schema in `gateway/schemas/` (the same files
+`docs/mqtt.md` documents), so the schema is the contract and this module cannot drift from it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+import fastjsonschema
+
+from gateway.ids import uuid7
+
+__all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "Content",
+    "ContentOffer",
+    "GatewayStatus",
+    "KioskIdentify",
+    "PayloadError",
+    "decode",
+    "decode_content",
+    "decode_kiosk_identify",
+    "decode_status",
+    "encode_content",
+    "encode_error",
+    "encode_kiosk_identify",
+    "encode_status",
+]
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+IdentifyMethod = Literal["loyalty", "qr_token", "phone", "email"]
+
+
+class PayloadError(ValueError):
+    """A payload that does not meet its schema; the message never echoes the payload's values."""
+
+
+@cache
+def _validator(name: str) -> Callable[[Any], Any]:
+    text = resources.files("gateway.schemas").joinpath(f"{name}.schema.json").read_text()
+    return fastjsonschema.compile(json.loads(text))
+
+
+def schema(name: str) -> dict[str, Any]:
+    """The JSON Schema document `name` (for docs and tests)."""
+    text = resources.files("gateway.schemas").joinpath(f"{name}.schema.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def decode(name: str, payload: bytes, max_bytes: int | None = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
+    """Parse JSON and validate it against schema `name`, or raise `PayloadError`."""
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise PayloadError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        data = json.loads(payload)
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"payload is not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise PayloadError(
+            f"payload is not JSON: {exc.msg} at line {exc.lineno} col {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise PayloadError("payload is nested too deeply") from None
+    try:
+        _validator(name)(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise PayloadError(f"{exc.message} ({name} schema)") from None
+    assert isinstance(data, dict)
+    return data
+
+
+def _encode(name: str, data: Mapping[str, Any]) -> bytes:
+    _validator(name)(data)  # our own output must meet the contract too; a failure is a bug
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class KioskIdentify:
+    kiosk_id: str
+    method: IdentifyMethod
+    value: str
+    request_id: str | None
+
+
+def decode_kiosk_identify(kiosk_id: str, payload: bytes) -> KioskIdentify:
+    data = decode("kiosk-identify", payload)
+    return KioskIdentify(
+        kiosk_id=kiosk_id, method=data["method"], value=data["value"], request_id=data.get("id")
+    )
+
+
+def encode_kiosk_identify(
+    method: IdentifyMethod, value: str, request_id: str | None = None, ts: float | None = None
+) -> bytes:
+    data: dict[str, Any] = {"method": method, "value": value}
+    if request_id is not None:
+        data["id"] = request_id
+    if ts is not None:
+        data["ts"] = ts
+    return _encode("kiosk-identify", data)
+
+
+@dataclass(frozen=True, slots=True)
+class ContentOffer:
+    id: str
+    title: str
+    body: str
+    category: str
+    discount_pct: float
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    id: str
+    ts: float
+    audience: Literal["personal", "anonymous"]
+    touchpoint: str
+    request_id: str | None
+    decision_id: str
+    message: str
+    offer: ContentOffer | None
+
+
+def encode_content(content: Content) -> bytes:
+    offer = content.offer
+    return _encode(
+        "content",
+        {
+            "schema": "content/1",
+            "id": content.id,
+            "ts": content.ts,
+            "audience": content.audience,
+            "touchpoint": content.touchpoint,
+            "request_id": content.request_id,
+            "decision_id": content.decision_id,
+            "message": content.message,
+            "offer": None
+            if offer is None
+            else {
+                "id": offer.id,
+                "title": offer.title,
+                "body": offer.body,
+                "category": offer.category,
+                "discount_pct": offer.discount_pct,
+            },
+        },
+    )
+
+
+def decode_content(payload: bytes) -> Content:
+    data = decode("content", payload)
+    offer = data["offer"]
+    return Content(
+        id=data["id"],
+        ts=data["ts"],
+        audience=data["audience"],
+        touchpoint=data["touchpoint"],
+        request_id=data.get("request_id"),
+        decision_id=data["decision_id"],
+        message=data["message"],
+        offer=None if offer is None else ContentOffer(**offer),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStatus:
+    state: Literal["online", "offline"]
+    session: int
+    ts: float
+    version: str
+
+
+def encode_status(status: GatewayStatus) -> bytes:
+    return _encode(
+        "gateway-status",
+        {
+            "schema": "gateway-status/1",
+            "state": status.state,
+            "session": status.session,
+            "ts": status.ts,
+            "version": status.version,
+        },
+    )
+
+
+def decode_status(payload: bytes) -> GatewayStatus:
+    data = decode("gateway-status", payload)
+    return GatewayStatus(
+        state=data["state"], session=data["session"], ts=data["ts"], version=data["version"]
+    )
+
+
+def encode_error(topic: str, error: str, ts: float, request_id: str | None = None) -> bytes:
+    return _encode(
+        "gateway-error",
+        {
+            "schema": "gateway-error/1",
+            "id": uuid7(),
+            "ts": ts,
+            "topic": topic,
+            "error": error,
+            "request_id": request_id,
+        },
+    )

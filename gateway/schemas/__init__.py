@@ -1,0 +1,1 @@
+"""JSON Schemas of every MQTT payload and file the gateway reads (see docs/mqtt.md)."""

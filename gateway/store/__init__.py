@@ -1,0 +1,24 @@
+"""SQLite, the durable truth of the box: offers, consents, decisions."""
+
+from gateway.store._db import (
+    AsyncStore,
+    Consent,
+    Decision,
+    Offer,
+    SchemaTooNew,
+    Store,
+    StoreClosed,
+)
+from gateway.store._seed import SeedError, load_seed
+
+__all__ = [
+    "AsyncStore",
+    "Consent",
+    "Decision",
+    "Offer",
+    "SchemaTooNew",
+    "SeedError",
+    "Store",
+    "StoreClosed",
+    "load_seed",
+]

@@ -1,0 +1,294 @@
+"""The SQLite store: offers, consents, decisions; `AsyncStore` keeps it off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Concatenate, ParamSpec, TypeVar
+
+import sqlite_utils
+
+__all__ = [
+    "AsyncStore",
+    "Consent",
+    "Decision",
+    "Offer",
+    "SchemaTooNew",
+    "Store",
+    "StoreClosed",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer gateway; refusing it protects its data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    id: str
+    title: str
+    body: str = ""
+    category: str = ""
+    discount_pct: float = 0.0
+    channels: tuple[str, ...] = ("kiosk", "screen")
+    segments: tuple[str, ...] = ()
+    dayparts: tuple[str, ...] = ()
+    priority: int = 0
+    valid_from: float | None = None
+    valid_to: float | None = None
+    inventory: int | None = None  # None: not tracked
+
+
+@dataclass(frozen=True, slots=True)
+class Consent:
+    customer_ref: str
+    personalisation: bool
+    segment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    id: str
+    ts: float
+    moment: str
+    touchpoint: str
+    customer_ref: str | None
+    offer_id: str | None
+    policy: str
+    propensity: float
+    request_id: str | None
+
+
+def _migrate_v1(db: sqlite_utils.Database) -> None:
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("offers").create(
+        {
+            "id": str,
+            "title": str,
+            "body": str,
+            "category": str,
+            "discount_pct": float,
+            "channels": str,  # JSON arrays
+            "segments": str,
+            "dayparts": str,
+            "priority": int,
+            "valid_from": float,
+            "valid_to": float,
+            "inventory": int,
+            "updated_at": float,
+        },
+        pk="id",
+    )
+    db.table("consents").create(
+        {"customer_ref": str, "personalisation": int, "segment": str, "updated_at": float},
+        pk="customer_ref",
+    )
+    db.table("decisions").create(
+        {
+            "id": str,
+            "ts": float,
+            "moment": str,
+            "touchpoint": str,
+            "customer_ref": str,
+            "offer_id": str,
+            "policy": str,
+            "propensity": float,
+            "request_id": str,
+            "reward": float,
+        },
+        pk="id",
+    )
+    db.table("decisions").create_index(["ts"])
+
+
+# Append only: a released migration is never edited, the next one is added.
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_v1,)
+
+
+class Store:
+    """One connection, owned by one thread at a time (see `AsyncStore`)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._db = sqlite_utils.Database(self._conn)
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise SchemaTooNew(
+                f"{self.path}: schema version {current} is newer than this gateway knows"
+                f" ({len(MIGRATIONS)}); upgrade store-gateway or restore a matching backup"
+            )
+        for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                migration(self._db)
+                self._conn.execute(f"PRAGMA user_version = {version}")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def bump_counter(self, key: str) -> int:
+        """Increment and return a durable counter (e.g. the MQTT session number)."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            value = int(row[0]) + 1 if row else 1
+            self._conn.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, str(value)),
+            )
+        return value
+
+    def upsert_offers(self, offers: Iterable[Offer], now: float) -> int:
+        rows = [
+            {
+                "id": o.id,
+                "title": o.title,
+                "body": o.body,
+                "category": o.category,
+                "discount_pct": o.discount_pct,
+                "channels": json.dumps(list(o.channels)),
+                "segments": json.dumps(list(o.segments)),
+                "dayparts": json.dumps(list(o.dayparts)),
+                "priority": o.priority,
+                "valid_from": o.valid_from,
+                "valid_to": o.valid_to,
+                "inventory": o.inventory,
+                "updated_at": now,
+            }
+            for o in offers
+        ]
+        with self._conn:
+            self._db.table("offers").upsert_all(rows, pk="id")
+        return len(rows)
+
+    def upsert_consents(self, consents: Iterable[Consent], now: float) -> int:
+        rows = [
+            {
+                "customer_ref": c.customer_ref,
+                "personalisation": int(c.personalisation),
+                "segment": c.segment,
+                "updated_at": now,
+            }
+            for c in consents
+        ]
+        with self._conn:
+            self._db.table("consents").upsert_all(rows, pk="customer_ref")
+        return len(rows)
+
+    def offers(self) -> list[Offer]:
+        return [_offer(row) for row in self._db.table("offers").rows_where(order_by="id")]
+
+    def consent(self, customer_ref: str) -> Consent | None:
+        row = self._conn.execute(
+            "SELECT personalisation, segment FROM consents WHERE customer_ref = ?",
+            (customer_ref,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Consent(customer_ref=customer_ref, personalisation=bool(row[0]), segment=row[1])
+
+    def record_decision(self, d: Decision) -> None:
+        with self._conn:
+            self._conn.execute(
+                "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
+                " policy, propensity, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    d.id,
+                    d.ts,
+                    d.moment,
+                    d.touchpoint,
+                    d.customer_ref,
+                    d.offer_id,
+                    d.policy,
+                    d.propensity,
+                    d.request_id,
+                ),
+            )
+
+    def decisions(self, limit: int = 100) -> list[Decision]:
+        cursor = self._conn.execute(
+            "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
+            " request_id FROM decisions ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [Decision(*row) for row in cursor.fetchall()]
+
+
+def _offer(row: Mapping[str, Any]) -> Offer:
+    return Offer(
+        id=row["id"],
+        title=row["title"],
+        body=row["body"] or "",
+        category=row["category"] or "",
+        discount_pct=row["discount_pct"] or 0.0,
+        channels=tuple(json.loads(row["channels"] or "[]")),
+        segments=tuple(json.loads(row["segments"] or "[]")),
+        dayparts=tuple(json.loads(row["dayparts"] or "[]")),
+        priority=row["priority"] or 0,
+        valid_from=row["valid_from"],
+        valid_to=row["valid_to"],
+        inventory=row["inventory"],
+    )
+
+
+class StoreClosed(RuntimeError):
+    """The store is not open (yet, or any more)."""
+
+
+class AsyncStore:
+    """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop.
+
+    `await db.call(Store.consent, ref)` runs `store.consent(ref)` on that thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._store: Store | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._store = await loop.run_in_executor(self._executor, Store, self.path)
+
+    async def call(
+        self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        store = self._store
+        if store is None:
+            raise StoreClosed(f"{self.path} is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(fn, store, *args, **kwargs)
+        )
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, store.close)

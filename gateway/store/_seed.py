@@ -1,0 +1,54 @@
+"""Seed files: offers and consents for development and demo stores (catalog.seed_file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.identity import customer_ref
+from gateway.payloads import PayloadError, decode
+from gateway.store._db import Consent, Offer
+
+__all__ = ["SeedError", "load_seed"]
+
+
+class SeedError(ValueError):
+    """The seed file cannot be used; the message names the file and the problem."""
+
+
+def load_seed(path: Path, hash_key: bytes) -> tuple[list[Offer], list[Consent]]:
+    """Parse a seed file; raw loyalty numbers are hashed here and go no further."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise SeedError(f"{path}: cannot read: {exc.strerror}") from exc
+    try:
+        # A local file, so it may be larger than an MQTT payload.
+        data = decode("seed", raw, max_bytes=None)
+    except PayloadError as exc:
+        raise SeedError(f"{path}: {exc}") from exc
+    offers = [
+        Offer(
+            id=o["id"],
+            title=o["title"],
+            body=o.get("body", ""),
+            category=o.get("category", ""),
+            discount_pct=float(o.get("discount_pct", 0.0)),
+            channels=tuple(o.get("channels", ("kiosk", "screen"))),
+            segments=tuple(o.get("segments", ())),
+            dayparts=tuple(o.get("dayparts", ())),
+            priority=o.get("priority", 0),
+            valid_from=o.get("valid_from"),
+            valid_to=o.get("valid_to"),
+            inventory=o.get("inventory"),
+        )
+        for o in data.get("offers", [])
+    ]
+    consents = [
+        Consent(
+            customer_ref=c.get("customer_ref") or customer_ref(hash_key, "loyalty", c["loyalty"]),
+            personalisation=c["personalisation"],
+            segment=c.get("segment"),
+        )
+        for c in data.get("consents", [])
+    ]
+    return offers, consents

@@ -1,0 +1,48 @@
+"""The versioned MQTT topic tree, rooted at the store (documented in docs/mqtt.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Topics"]
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    store_id: str
+    version: str = "v1"
+
+    @property
+    def root(self) -> str:
+        return f"store/{self.store_id}/{self.version}"
+
+    @property
+    def gateway_status(self) -> str:
+        return f"{self.root}/gateway/status"
+
+    @property
+    def gateway_errors(self) -> str:
+        return f"{self.root}/gateway/errors"
+
+    @property
+    def kiosk_identify_filter(self) -> str:
+        return f"{self.root}/kiosk/+/identify"
+
+    def kiosk_identify(self, kiosk_id: str) -> str:
+        return f"{self.root}/kiosk/{kiosk_id}/identify"
+
+    def kiosk_content(self, kiosk_id: str) -> str:
+        return f"{self.root}/kiosk/{kiosk_id}/content"
+
+    def screen_content(self, screen_id: str) -> str:
+        return f"{self.root}/screen/{screen_id}/content"
+
+    def device_id(self, topic: str, kind: str) -> str | None:
+        """The device id level of `store/{id}/v1/{kind}/{device}/...`, or None."""
+        parts = topic.split("/")
+        prefix = self.root.split("/")
+        if len(parts) < len(prefix) + 2 or parts[: len(prefix)] != prefix:
+            return None
+        if parts[len(prefix)] != kind:
+            return None
+        return parts[len(prefix) + 1]

@@ -1,0 +1,103 @@
+"""A private Mosquitto on a free loopback port: for the demo, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["Mosquitto", "MosquittoMissing", "find_mosquitto", "free_port"]
+
+INSTALL_HINT = "sudo apt-get install -y mosquitto"
+
+
+class MosquittoMissing(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(f"no mosquitto binary found; install it with: {INSTALL_HINT}")
+
+
+def find_mosquitto() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Mosquitto:
+    """Start with `start()` (or `with`), stop with `stop()`; `start()` again reuses the port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise MosquittoMissing
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "mosquitto.log"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            f"{self.extra_conf}\n"
+        )
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _listening(self.port):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,125 @@
+"""The gateway daemon as a subprocess, with a real NOTIFY_SOCKET to see what it tells systemd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["GatewayProcess"]
+
+
+class GatewayProcess:
+    def __init__(
+        self,
+        config: Path,
+        workdir: Path,
+        *,
+        overrides: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
+        watchdog_usec: int | None = None,
+        output: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.overrides = dict(overrides or {})
+        self.extra_env = dict(env or {})
+        self.watchdog_usec = watchdog_usec
+        self.output = output or workdir / "gateway.log"
+        self.notifications: list[tuple[float, str]] = []  # (monotonic time, message)
+        self._ready = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self.started_at = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / f"notify-{os.getpid()}-{id(self)}.sock"
+        path.unlink(missing_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        threading.Thread(target=self._listen, daemon=True, name="notify").start()
+        env = {**os.environ, **self.extra_env, "NOTIFY_SOCKET": str(path)}
+        env.pop("WATCHDOG_PID", None)
+        if self.watchdog_usec is not None:
+            env["WATCHDOG_USEC"] = str(self.watchdog_usec)
+        args = [sys.executable, "-m", "gateway", "run", "--config", str(self.config)]
+        for key, value in self.overrides.items():
+            args += ["--set", f"{key}={value}"]
+        out = self.output.open("ab")
+        self.started_at = time.monotonic()
+        self._proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        out.close()
+
+    def _listen(self) -> None:
+        sock = self._sock
+        while sock is not None and sock.fileno() != -1:
+            try:
+                data = sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            message = data.decode(errors="replace")
+            self.notifications.append((time.monotonic(), message))
+            if "READY=1" in message.split("\n"):
+                self._ready.set()
+
+    def wait_ready(self, timeout: float = 20.0) -> float:
+        """Seconds from process start to READY=1; raises if it never comes."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.05):
+            if self._proc is not None and self._proc.poll() is not None:
+                raise RuntimeError(f"gateway exited ({self._proc.returncode}):\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway not ready in {timeout}s:\n{self.log()}")
+        ready_at = next(t for t, m in self.notifications if "READY=1" in m.split("\n"))
+        return ready_at - self.started_at
+
+    def messages(self) -> list[str]:
+        return [m for _, m in self.notifications]
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self._proc is not None
+        return self._proc.wait(timeout=timeout)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then wait; returns the exit code (kills after `timeout`)."""
+        if self._proc is None:
+            return 0
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+        try:
+            code = self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            code = self._proc.wait()
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def log(self) -> str:
+        try:
+            return self.output.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
