@@ -59,7 +59,8 @@ def decode(name: str, payload: bytes, max_bytes: int | None = MAX_PAYLOAD_BYTES)
     if max_bytes is not None and len(payload) > max_bytes:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
     try:
-        data = json.loads(payload)
+        # Decode first: json.loads would guess UTF-16/32 from the first bytes of a payload.
+        data = json.loads(payload.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -63,12 +63,16 @@ class Mosquitto:
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
+            "set_tcp_nodelay true\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"{self.extra_conf}\n"
         )
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT
+            [self.binary, "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the owner, not the broker
         )
         log.close()
         deadline = time.monotonic() + timeout

@@ -43,6 +43,10 @@ class GatewayProcess:
         assert self._proc is not None
         return self._proc.pid
 
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / f"notify-{os.getpid()}-{id(self)}.sock"
@@ -60,7 +64,10 @@ class GatewayProcess:
             args += ["--set", f"{key}={value}"]
         out = self.output.open("ab")
         self.started_at = time.monotonic()
-        self._proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: Ctrl-C reaches the owner, which stops the gateway in order.
+        self._proc = subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         out.close()
 
     def _listen(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,10 +34,12 @@ from gateway.payloads import GatewayStatus, PayloadError, decode_status, encode_
 from gateway.supervisor import Backoff, Handle
 from gateway.topics import Topics
 
-__all__ = ["MqttLink"]
+__all__ = ["NO_DELAY", "MqttLink"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
+# Nagle's algorithm with delayed ACKs holds small publishes ~40 ms; content must not wait.
+NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,7 @@ class MqttLink:
             tls_params=tls,
             timeout=10,
             max_queued_incoming_messages=10_000,
+            socket_options=[NO_DELAY],
         )
 
     async def run(self, handle: Handle) -> None:
@@ -153,8 +157,8 @@ class MqttLink:
                     self._metrics.mqtt_connected.set(1)
                     self._metrics.mqtt_connects.inc()
                     backoff.reset()
-                    handle.ready(f"connected to {where}, session {session}")
                     log.info("connected", broker=where, session=session)
+                    handle.ready(f"connected to {where}, session {session}")
                     try:
                         await self._receive(client)
                     except asyncio.CancelledError:
@@ -171,18 +175,19 @@ class MqttLink:
             await asyncio.sleep(delay)
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
-        await client.publish(
-            self._topics.gateway_status, self._status("online"), qos=1, retain=True
-        )
+        # Birth last: a device that sees 'online' can count on the state being restored.
         for route in self._routes:
             await client.subscribe(route.topic_filter, qos=1)
-        await client.subscribe(self._topics.gateway_status, qos=1)
         for topic, payload in list(self._retained.items()):
             await client.publish(topic, payload, qos=1, retain=True)
         while self._pending:
             topic, payload = self._pending[0]
             await client.publish(topic, payload, qos=1)
             self._pending.popleft()
+        await client.publish(
+            self._topics.gateway_status, self._status("online"), qos=1, retain=True
+        )
+        await client.subscribe(self._topics.gateway_status, qos=1)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:

@@ -1,0 +1,177 @@
+"""The whole store on a laptop: a private broker, the gateway, kiosks and screens, narrated.
+
+    scripts/demo [--duration SECONDS] [--rate VISITS_PER_S] [--seed N]
+
+Customers walk up to the kiosks and identify (loyalty card, app QR code, or a card the store
+does not know); the demo prints what the gateway decided and what each screen shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.config import load_config
+from simulators.broker import Mosquitto, MosquittoMissing, free_port
+from simulators.daemon import GatewayProcess
+from simulators.population import CUSTOMERS, Customer, demo_token
+from simulators.signage import render
+from simulators.store import SimulatedStore
+
+__all__ = ["main"]
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "examples" / "demo.toml"
+
+
+@dataclass
+class _Tally:
+    visits: int = 0
+    personal: int = 0
+    latencies_ms: list[float] | None = None
+
+
+def _say(line: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')}  {line}", flush=True)
+
+
+async def _visit(
+    store: SimulatedStore,
+    kiosk_id: str,
+    screens: tuple[str, ...],
+    customer: Customer,
+    *,
+    how: str,
+    tally: _Tally,
+) -> None:
+    kiosk = store.kiosk(kiosk_id)
+    sent = time.monotonic()
+    if how == "qr":
+        rid = await kiosk.identify("qr_token", demo_token(customer, time.time()))
+        action = f"{customer.name} shows the app's QR code"
+    else:
+        rid = await kiosk.identify("loyalty", customer.loyalty)
+        action = f"{customer.name} scans loyalty {customer.masked}"
+    topics = [store.topics.kiosk_content(kiosk_id)] + [
+        store.topics.screen_content(s) for s in screens
+    ]
+    try:
+        async with asyncio.timeout(5):
+            answers = await store.answers(rid, topics)
+    except TimeoutError:
+        _say(f"{kiosk_id}: {action} -> no answer from the gateway within 5 s")
+        return
+    content = answers[topics[0]].content
+    latency_ms = (max(a.at for a in answers.values()) - sent) * 1000
+    tally.visits += 1
+    assert tally.latencies_ms is not None
+    tally.latencies_ms.append(latency_ms)
+    where = ", ".join([kiosk_id] + [f"screen {s}" for s in screens])
+    offer = f"offer {content.offer.id}" if content.offer else "house content"
+    if content.audience == "personal":
+        tally.personal += 1
+        outcome = f"customer identified -> {offer} on {where}"
+    else:
+        outcome = f"no personalisation consent on record -> anonymous {offer} on {where}"
+    _say(f"{kiosk_id}: {action} -> {outcome} ({latency_ms:.1f} ms)")
+    for screen in screens:
+        _say(f"    {render(screen, answers[store.topics.screen_content(screen)].content)}")
+
+
+async def _walk(
+    port: int, config_path: Path, duration: float | None, rate: float, rng: random.Random
+) -> _Tally:
+    config = load_config(config_path)
+    kiosks = {k: v.screens for k, v in config.kiosks.items()} or {"kiosk-1": ()}
+    tally = _Tally(latencies_ms=[])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    deadline = None if duration is None else time.monotonic() + duration
+    async with SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor") as store:
+        step = 0
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+            kiosk_id = rng.choice(sorted(kiosks))
+            step += 1
+            if step % 7 == 0:
+                await store.kiosk(kiosk_id).send_raw(b'{"method": "fax", "value": 42}')
+                n = len(store.seen.errors)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2):
+                        await store.wait_for(lambda n=n: len(store.seen.errors) > n)  # type: ignore[misc]
+                error = store.seen.errors[-1]["error"] if len(store.seen.errors) > n else "?"
+                _say(f"{kiosk_id}: sends a malformed message -> gateway/errors: {error}")
+            else:
+                customer = rng.choice(CUSTOMERS)
+                how = "qr" if customer.consented and rng.random() < 0.4 else "card"
+                await _visit(store, kiosk_id, kiosks[kiosk_id], customer, how=how, tally=tally)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, 1 / rate)):
+                    await stop.wait()
+    return tally
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    parser.add_argument("--rate", type=float, default=1.0, help="visits per second (default 1)")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--seed", type=int, default=None, help="random seed for the visitors")
+    args = parser.parse_args(argv)
+    if args.rate <= 0:
+        parser.error("--rate must be positive")
+    workdir = Path(tempfile.mkdtemp(prefix="store-gateway-demo-"))
+    try:
+        broker = Mosquitto(workdir / "broker")
+    except MosquittoMissing as exc:
+        print(f"scripts/demo: {exc}", file=sys.stderr)
+        return 1
+    broker.start()
+    health_port = free_port()
+    gateway = GatewayProcess(
+        args.config,
+        workdir,
+        overrides={
+            "mqtt.port": str(broker.port),
+            "store.state_dir": str(workdir / "state"),
+            "health.port": str(health_port),
+        },
+    )
+    code = 1
+    try:
+        _say(f"broker: private Mosquitto on 127.0.0.1:{broker.port}")
+        gateway.start()
+        ready_s = gateway.wait_ready()
+        _say(f"gateway: ready in {ready_s:.2f} s; health http://127.0.0.1:{health_port}/healthz")
+        _say(f"gateway: its log is {gateway.output}")
+        tally = asyncio.run(
+            _walk(broker.port, args.config, args.duration, args.rate, random.Random(args.seed))
+        )
+        lat = tally.latencies_ms or [0.0]
+        _say(
+            f"demo: {tally.visits} visits, {tally.personal} personalised;"
+            f" kiosk -> screens latency median {statistics.median(lat):.1f} ms,"
+            f" max {max(lat):.1f} ms"
+        )
+        code = gateway.stop()
+        _say(f"gateway: stopped with exit code {code}")
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"scripts/demo: {exc}", file=sys.stderr)
+    finally:
+        gateway.stop()
+        broker.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
