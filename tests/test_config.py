@@ -1,0 +1,156 @@
+"""Configuration: defaults, every problem named by key, and the check-config command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_write(tmp_path, text))
+    return caught.value.problems
+
+
+def test_an_empty_file_runs_on_defaults(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, ""))
+    assert config.mqtt.host == "127.0.0.1"
+    assert config.mqtt.port == 1883
+    assert config.health.host == "127.0.0.1"
+    assert config.supervisor.shutdown_timeout_s == 10.0
+    assert config.store.id  # the host name, made topic-safe
+    assert "/" not in config.store.id
+    assert config.kiosks == {}
+
+
+def test_config_objects_are_immutable(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, ""))
+    with pytest.raises(AttributeError):
+        config.mqtt.port = 1  # type: ignore[misc]
+
+
+def test_every_problem_is_reported_with_its_key_and_a_suggestion(tmp_path: Path) -> None:
+    problems = _problems(
+        tmp_path,
+        """
+        [mqtt]
+        hots = "broker"
+        port = "1883"
+        keepalive_s = 1
+        [logging]
+        format = "jsn"
+        [kiosks.kiosk-1]
+        screens = ["entrace-1"]
+        [screens.entrance-1]
+        [stor]
+        id = "x"
+        """,
+    )
+    assert problems == [
+        "mqtt.hots: unknown key; did you mean 'host'?",
+        "mqtt.port: found '1883' (string), expected an integer",
+        "mqtt.keepalive_s: found 1, expected a value from 5 to 3600",
+        "logging.format: found 'jsn' (string), expected 'auto' or 'json' or 'console';"
+        " did you mean 'json'?",
+        "stor: unknown key; did you mean 'store'?",
+        "kiosks.kiosk-1.screens[0]: found 'entrace-1', expected a screen defined under"
+        " [screens.<id>]; did you mean 'entrance-1'?",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[store]\nid = "store/1"', "store.id: found 'store/1', expected an id of"),
+        ("[health]\nenabled = 1", "health.enabled: found 1 (integer), expected true or false"),
+        ("mqtt = 3", "mqtt: found 3 (integer), expected a table"),
+        ('[kiosks."bad id"]', "kiosks.bad id: not a valid id"),
+        ('[mqtt]\npassword_file = "nope.txt"', "mqtt.username: found nothing"),
+        ('[catalog]\nseed_file = "missing.json"', "catalog.seed_file: found"),
+        ('[identity]\ntoken_public_key = "abc"', "identity.token_public_key: expected base64"),
+        ("[mqtt]\nreconnect_min_s = 9\nreconnect_max_s = 2", "mqtt.reconnect_min_s: found 9"),
+    ],
+)
+def test_wrong_values_are_named_by_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert any(p.startswith(expected) for p in _problems(tmp_path, text)), expected
+
+
+def test_broken_toml_says_where(tmp_path: Path) -> None:
+    (problem,) = _problems(tmp_path, "[mqtt\nport = 1")
+    assert problem.startswith("not valid TOML:")
+    assert "line 1" in problem
+
+
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "seed.json").write_text("{}")
+    config = load_config(_write(tmp_path, '[catalog]\nseed_file = "seed.json"'))
+    assert config.catalog.seed_file == tmp_path / "seed.json"
+
+
+def test_overrides_take_toml_values_or_bare_words(tmp_path: Path) -> None:
+    path = _write(tmp_path, "[mqtt]\nport = 1883")
+    config = load_config(
+        path, {"mqtt.port": "1999", "store.id": "store-9", "health.enabled": "false"}
+    )
+    assert (config.mqtt.port, config.store.id, config.health.enabled) == (1999, "store-9", False)
+
+
+def test_the_documented_examples_are_valid() -> None:
+    for name in ("store.toml", "demo.toml"):
+        assert isinstance(load_config(REPO / "examples" / name), Config)
+
+
+def test_examples_store_toml_documents_every_key() -> None:
+    text = (REPO / "examples" / "store.toml").read_text()
+    for section, cls in Config.__dataclass_fields__.items():
+        if section in ("screens", "kiosks"):
+            assert f"[{section}." in text, section
+            continue
+        assert f"[{section}]" in text, section
+        for key in cls.default_factory().__dataclass_fields__:  # type: ignore[misc]
+            assert f"{key} =" in text, f"{section}.{key} is not documented in examples/store.toml"
+
+
+def test_check_config_exit_codes_and_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = _write(tmp_path, '[store]\nid = "s1"')
+    assert main(["check-config", str(good)]) == 0
+    assert "OK (store s1" in capsys.readouterr().out
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[mqtt]\nport = 0\nhots = "x"\n')
+    assert main(["check-config", str(bad)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        f"{bad}: mqtt.port: found 0, expected a value from 1 to 65535",
+        f"{bad}: mqtt.hots: unknown key; did you mean 'host'?",
+    ]
+    assert main(["check-config", str(tmp_path / "absent.toml")]) == 1
+    assert "cannot read the file" in capsys.readouterr().err
+
+
+def test_console_script_help_version_and_bad_config_exit_code(tmp_path: Path) -> None:
+    exe = [sys.executable, "-m", "gateway"]
+    version = subprocess.run([*exe, "version"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("store-gateway ")
+    helptext = subprocess.run([*exe, "--help"], capture_output=True, text=True, check=True)
+    for command in ("run", "check-config", "version"):
+        assert command in helptext.stdout
+    bad = _write(tmp_path, "[mqtt]\nport = -1")
+    run = subprocess.run([*exe, "run", "--config", str(bad)], capture_output=True, text=True)
+    assert run.returncode == 78  # EX_CONFIG: systemd does not restart-loop on it
+    assert "mqtt.port" in run.stderr

@@ -1,0 +1,95 @@
+"""The MQTT payload codec: bad bytes get a PayloadError and nothing else; our output meets the schemas."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.payloads import (
+    Content,
+    ContentOffer,
+    GatewayStatus,
+    PayloadError,
+    decode,
+    decode_content,
+    decode_kiosk_identify,
+    decode_status,
+    encode_content,
+    encode_error,
+    encode_kiosk_identify,
+    encode_status,
+)
+
+SCHEMAS = ("kiosk-identify", "content", "gateway-status", "gateway-error", "seed")
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.binary(max_size=2048))
+def test_arbitrary_bytes_are_rejected_only_with_payload_error(data: bytes) -> None:
+    for name in SCHEMAS:
+        try:
+            decode(name, data)
+        except PayloadError:
+            pass
+
+
+@given(json_values)
+def test_arbitrary_json_is_rejected_only_with_payload_error(value: object) -> None:
+    payload = json.dumps(value).encode()
+    for name in SCHEMAS:
+        try:
+            decode(name, payload)
+        except PayloadError:
+            pass
+
+
+@given(
+    st.sampled_from(["loyalty", "qr_token", "phone", "email"]),
+    st.text(min_size=1, max_size=200),
+    st.none() | st.text(min_size=1, max_size=64),
+)
+def test_identify_round_trips(method: str, value: str, request_id: str | None) -> None:
+    payload = encode_kiosk_identify(method, value, request_id)  # type: ignore[arg-type]
+    event = decode_kiosk_identify("kiosk-9", payload)
+    assert (event.kiosk_id, event.method, event.value, event.request_id) == (
+        "kiosk-9",
+        method,
+        value,
+        request_id,
+    )
+
+
+def test_errors_say_what_is_wrong_without_echoing_values() -> None:
+    secret = "4000000000001"
+    with pytest.raises(PayloadError) as caught:
+        decode("kiosk-identify", json.dumps({"method": "fax", "value": secret}).encode())
+    assert "data.method must be one of" in str(caught.value)
+    assert secret not in str(caught.value)
+    with pytest.raises(PayloadError, match="exceeds 16384"):
+        decode("kiosk-identify", b" " * 20_000)
+    with pytest.raises(PayloadError, match="nested too deeply"):
+        decode("kiosk-identify", b"[" * 10_000)
+
+
+def test_content_and_status_round_trip_through_their_schemas() -> None:
+    offer = ContentOffer("OFF-1", "Coffee", "20% off", "coffee", 20.0)
+    content = Content("id-1", 1.5, "personal", "kiosk-1", "r-1", "d-1", "Hello", offer)
+    assert decode_content(encode_content(content)) == content
+    anonymous = Content("id-2", 1.5, "anonymous", "kiosk-1", None, "d-2", "Hi", None)
+    assert decode_content(encode_content(anonymous)) == anonymous
+    status = GatewayStatus("online", 3, 2.5, "0.1.0")
+    assert decode_status(encode_status(status)) == status
+    error = json.loads(encode_error("t/1", "bad", 1.0, "r-1"))
+    assert decode("gateway-error", json.dumps(error).encode())["request_id"] == "r-1"
+
+
+def test_encoders_refuse_output_that_breaks_the_contract() -> None:
+    with pytest.raises(ValueError, match="session"):
+        encode_status(GatewayStatus("online", 0, 1.0, "x"))

@@ -1,0 +1,86 @@
+"""The SQLite store: migrations, refusal of newer schemas, durable counters, decisions."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.store import (
+    AsyncStore,
+    Consent,
+    Decision,
+    Offer,
+    SchemaTooNew,
+    Store,
+    StoreClosed,
+    load_seed,
+)
+from gateway.store._db import MIGRATIONS
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_a_new_store_is_migrated_to_the_latest_schema_in_wal_mode(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.sqlite3")
+    assert store.schema_version == len(MIGRATIONS)
+    store.close()
+    conn = sqlite3.connect(tmp_path / "g.sqlite3")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_database_from_a_newer_gateway_is_refused_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="newer than this gateway"):
+        Store(path)
+
+
+def test_counters_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "g.sqlite3"
+    store = Store(path)
+    assert [store.bump_counter("s"), store.bump_counter("s")] == [1, 2]
+    store.close()
+    assert Store(path).bump_counter("s") == 3
+
+
+def test_offers_consents_and_decisions_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.sqlite3")
+    offer = Offer("OFF-1", "t", "b", "c", 10.0, ("kiosk",), ("vip",), ("morning",), 3, 1.0, 2.0, 5)
+    store.upsert_offers([offer], now=1.0)
+    store.upsert_offers([offer], now=2.0)  # upsert: no duplicate
+    assert store.offers() == [offer]
+    store.upsert_consents([Consent("c_1", True, "vip")], now=1.0)
+    assert store.consent("c_1") == Consent("c_1", True, "vip")
+    assert store.consent("c_unknown") is None
+    decision = Decision("d1", 1.0, "kiosk_identify", "kiosk-1", None, "OFF-1", "rules/1", 1.0, "r1")
+    store.record_decision(decision)
+    assert store.decisions() == [decision]
+
+
+def test_seed_hashes_loyalty_numbers_and_rejects_bad_files(tmp_path: Path) -> None:
+    key = bytes(32)
+    offers, consents = load_seed(REPO / "examples" / "demo-seed.json", key)
+    assert {o.id for o in offers} >= {"OFF-FRUIT", "OFF-BEANS-MEMBER"}
+    assert all(c.customer_ref.startswith("c_") for c in consents)
+    bad = tmp_path / "seed.json"
+    bad.write_text('{"offers": [{"id": "x"}]}')
+    from gateway.store import SeedError
+
+    with pytest.raises(SeedError, match=r"seed.json: data.offers\[0\] must contain"):
+        load_seed(bad, key)
+
+
+async def test_async_store_runs_off_the_loop_and_refuses_calls_when_closed(tmp_path: Path) -> None:
+    db = AsyncStore(tmp_path / "g.sqlite3")
+    with pytest.raises(StoreClosed):
+        await db.call(Store.offers)
+    await db.open()
+    assert await db.call(Store.bump_counter, "x") == 1
+    await db.close()
+    with pytest.raises(StoreClosed):
+        await db.call(Store.offers)
