@@ -7,6 +7,7 @@ core never does (tests/test_architecture.py checks it).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import time
@@ -154,6 +155,9 @@ async def run_gateway(
             metrics.component_restarts.labels(name).set(h.restarts)
         if sup.is_ready and not told_ready:
             told_ready = True
+            # Everything imported and built so far lives as long as the process: keep it out of
+            # the collector, so a full collection costs microseconds, not a 10+ ms pause.
+            gc.freeze()
             notifier.ready(sup.summary)
             startup_s = round(time.monotonic() - started, 3)
             log.info("gateway ready", store=config.store.id, startup_s=startup_s)

@@ -45,7 +45,9 @@ ANONYMOUS_MESSAGE = "Today's pick"
 class Publisher(Protocol):
     """Where content goes; the MQTT link implements it."""
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None: ...
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Send in posting order; delivery (QoS 1, kept across reconnects) is the publisher's."""
+        ...
 
 
 class Journey:
@@ -127,10 +129,29 @@ class Journey:
         if problem is not None:
             topic = self._topics.kiosk_identify(event.kiosk_id)
             log.warning("identification refused", kiosk=event.kiosk_id, reason=problem)
-            await self._publisher.publish(
+            self._publisher.post(
                 self._topics.gateway_errors, encode_error(topic, problem, now, event.request_id)
             )
-        consent = await self._store.call(Store.consent, ref) if ref else None
+        # One trip to the store thread: read the consent, decide, commit the decision.
+        decision, choice, personal = await self._store.call(self._decide, event, ref, now)
+        self._show(event, decision, choice, personal)
+        audience = "personal" if personal else "anonymous"
+        self._metrics.decisions.labels("kiosk_identify", audience).inc()
+        self._metrics.decision_seconds.observe(self._clock.monotonic() - received)
+        log.info(
+            "customer identified" if personal else "anonymous visitor",
+            kiosk=event.kiosk_id,
+            customer=ref if personal else None,
+            offer=decision.offer_id,
+            reason=choice.reason,
+            decision=decision.id,
+        )
+
+    def _decide(
+        self, store: Store, event: KioskIdentify, ref: str | None, now: float
+    ) -> tuple[Decision, Choice, bool]:
+        """Runs on the store thread; pure but for the consent read and the decision commit."""
+        consent = store.consent(ref) if ref else None
         personal = consent is not None and consent.personalisation
         context = Context(
             now=now,
@@ -150,21 +171,10 @@ class Journey:
             propensity=choice.propensity,
             request_id=event.request_id,
         )
-        await self._store.call(Store.record_decision, decision)
-        await self._show(event, decision, choice, personal)
-        audience = "personal" if personal else "anonymous"
-        self._metrics.decisions.labels("kiosk_identify", audience).inc()
-        self._metrics.decision_seconds.observe(self._clock.monotonic() - received)
-        log.info(
-            "customer identified" if personal else "anonymous visitor",
-            kiosk=event.kiosk_id,
-            customer=ref if personal else None,
-            offer=decision.offer_id,
-            reason=choice.reason,
-            decision=decision.id,
-        )
+        store.record_decision(decision)
+        return decision, choice, personal
 
-    async def _show(
+    def _show(
         self, event: KioskIdentify, decision: Decision, choice: Choice, personal: bool
     ) -> None:
         offer = choice.offer
@@ -190,4 +200,5 @@ class Journey:
         kiosk = self._kiosks.get(event.kiosk_id)
         topics = [self._topics.kiosk_content(event.kiosk_id)]
         topics += [self._topics.screen_content(s) for s in (kiosk.screens if kiosk else ())]
-        await asyncio.gather(*(self._publisher.publish(t, payload, retain=True) for t in topics))
+        for topic in topics:
+            self._publisher.post(topic, payload, retain=True)

@@ -69,7 +69,7 @@ def test_forged_and_tampered_tokens_are_refused() -> None:
     with pytest.raises(TokenError, match="signature"):
         verify_token(chain.public_key(), forged, now=1000, leeway_s=0)
     genuine = mint_token(chain, "c_abc", issued_at=1000)
-    prefix, body, sig = genuine.split(".")
+    prefix, _, sig = genuine.split(".")
     other = mint_token(chain, "c_xyz", issued_at=1000).split(".")[1]
     with pytest.raises(TokenError, match="signature"):
         verify_token(chain.public_key(), f"{prefix}.{other}.{sig}", now=1000, leeway_s=0)

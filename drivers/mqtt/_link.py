@@ -74,6 +74,7 @@ class MqttLink:
         self._retained: dict[str, bytes] = {}
         self._pending: deque[tuple[str, bytes]] = deque()
         self._client: aiomqtt.Client | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
         self.session = 0
 
     def route(self, topic_filter: str, name: str, handler: Callable[[str, bytes], None]) -> None:
@@ -97,6 +98,17 @@ class MqttLink:
                 log.warning("publish failed, kept for reconnect", topic=topic, error=str(exc))
         if not retain:
             self._queue_offline(topic, payload)
+
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 without waiting for the broker's acknowledgement.
+
+        Messages go on the wire in the order they are posted (aiomqtt hands each to paho before
+        its first await), so a device sees the last retained content last. A failed delivery is
+        kept for the next connection, exactly as with `publish`.
+        """
+        task = asyncio.create_task(self.publish(topic, payload, retain=retain))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     def _queue_offline(self, topic: str, payload: bytes) -> None:
         if self._config.offline_queue == 0:
@@ -203,16 +215,16 @@ class MqttLink:
             try:
                 route.handler(topic, payload)
             except PayloadError as exc:
-                await self._reject(route, topic, payload, str(exc))
+                self._reject(route, topic, payload, str(exc))
             except Exception as exc:
                 log.exception("handler failed", route=route.name, topic=topic)
-                await self._reject(route, topic, payload, f"internal error ({type(exc).__name__})")
+                self._reject(route, topic, payload, f"internal error ({type(exc).__name__})")
 
-    async def _reject(self, route: _Route, topic: str, payload: bytes, error: str) -> None:
+    def _reject(self, route: _Route, topic: str, payload: bytes, error: str) -> None:
         self._metrics.mqtt_rejected.labels(route.name).inc()
         log.warning("message rejected", route=route.name, topic=topic, error=error)
         body = encode_error(topic, error, self._clock.now(), _peek_request_id(payload))
-        await self.publish(self._topics.gateway_errors, body)
+        self.post(self._topics.gateway_errors, body)
 
     async def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
@@ -227,7 +239,10 @@ class MqttLink:
             )
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
-        """A clean stop: mark the gateway offline ourselves (the broker sends no will then)."""
+        """A clean stop: deliver what was posted, then mark the gateway offline ourselves (the
+        broker sends no will after a clean disconnect)."""
+        if self._inflight:
+            await asyncio.wait(self._inflight, timeout=_STOP_PUBLISH_TIMEOUT_S)
         self._client = None
         try:
             async with asyncio.timeout(_STOP_PUBLISH_TIMEOUT_S):

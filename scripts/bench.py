@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Benchmarks: print figures and write them as JSON. Not tests: nothing here passes or fails.
+
+    scripts/bench.py e2e [--quick] [--json bench.json]
+
+Figures are measured against a baseline in the same run where one makes sense (these machines are
+noisy): `e2e_p99_ms` should be read next to `broker_rtt_p99_ms`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import aiomqtt  # noqa: E402
+
+from drivers.mqtt import NO_DELAY  # noqa: E402
+from simulators.broker import Mosquitto  # noqa: E402
+from simulators.daemon import GatewayProcess  # noqa: E402
+from simulators.population import CUSTOMERS  # noqa: E402
+from simulators.store import SimulatedStore  # noqa: E402
+
+Figures = dict[str, float]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def _paced(rate: float, count: int, send: Callable[[int], Any]) -> None:
+    """Open loop: request i goes at start + i/rate, however slow the answers are."""
+    start = time.monotonic()
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(i)
+
+
+async def _broker_rtt(port: int, rate: float, count: int) -> list[float]:
+    """ping -> broker -> echo process -> broker -> back: the broker's own round trip."""
+    echo = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "simulators.echo",
+            "--port",
+            str(port),
+            "--listen",
+            "bench/ping",
+            "--answer",
+            "bench/pong",
+        ],
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    assert echo.stdout is not None
+    echo.stdout.readline()  # "echo ready"
+    sent: dict[str, float] = {}
+    rtts: list[float] = []
+    done = asyncio.Event()
+    try:
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier="rtt", socket_options=[NO_DELAY]
+        ) as c:
+            await c.subscribe("bench/pong", qos=1)
+
+            async def receive() -> None:
+                async for message in c.messages:
+                    key = bytes(message.payload).decode()  # type: ignore[arg-type]
+                    rtts.append((time.monotonic() - sent[key]) * 1000)
+                    if len(rtts) == count:
+                        done.set()
+                        return
+
+            reader = asyncio.create_task(receive())
+
+            async def send(i: int) -> None:
+                sent[str(i)] = time.monotonic()
+                await c.publish("bench/ping", str(i).encode(), qos=1)
+
+            await _paced(rate, count, send)
+            async with asyncio.timeout(30):
+                await done.wait()
+            reader.cancel()
+    finally:
+        echo.terminate()
+        echo.wait()
+    return rtts
+
+
+async def _identify_latency(port: int, rate: float, count: int) -> list[float]:
+    """kiosk identify -> broker -> gateway (decide, commit) -> broker -> kiosk and its screen."""
+    latencies: list[float] = []
+    async with SimulatedStore("127.0.0.1", port, "demo-store", "bench-floor") as store:
+        t = store.topics
+        wanted = [t.kiosk_content("kiosk-1"), t.screen_content("entrance-1")]
+        kiosk = store.kiosk("kiosk-1")
+        sent: dict[str, float] = {}
+
+        async def send(i: int) -> None:
+            rid = f"bench-{i}"
+            sent[rid] = time.monotonic()
+            await kiosk.identify("loyalty", CUSTOMERS[i % len(CUSTOMERS)].loyalty, rid)
+
+        await _paced(rate, count, send)
+        async with asyncio.timeout(60):
+            await store.wait_for(
+                lambda: all(len(store.seen.by_request.get(r, {})) == len(wanted) for r in sent)
+            )
+        for rid, at in sent.items():
+            arrivals = store.seen.by_request[rid]
+            latencies.append((max(a.at for a in arrivals.values()) - at) * 1000)
+    return latencies
+
+
+def bench_e2e(quick: bool) -> Figures:
+    rate = 200.0
+    count = 600 if quick else 3000
+    figures: Figures = {"e2e_rate_per_s": rate, "e2e_requests": count}
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        work = Path(tmp)
+        startups = []
+        for run in range(3):
+            with Mosquitto(work / f"startup-broker-{run}") as broker:
+                gw = GatewayProcess(
+                    REPO / "examples" / "demo.toml",
+                    work / f"startup-{run}",
+                    overrides={
+                        "mqtt.port": str(broker.port),
+                        "store.state_dir": str(work / f"startup-{run}" / "state"),
+                        "logging.format": "json",
+                        "health.enabled": "false",
+                    },
+                )
+                gw.start()
+                startups.append(gw.wait_ready())
+                gw.stop()
+        figures["startup_ready_s"] = statistics.median(startups)
+        with Mosquitto(work / "broker") as broker:
+            gw = GatewayProcess(
+                REPO / "examples" / "demo.toml",
+                work,
+                overrides={
+                    "mqtt.port": str(broker.port),
+                    "store.state_dir": str(work / "state"),
+                    "logging.format": "json",
+                    "logging.level": "warning",
+                },
+            )
+            gw.start()
+            gw.wait_ready()
+            time.sleep(1.0)
+            figures["idle_rss_mib"] = _rss_mib(gw.pid)
+            rtts = asyncio.run(_broker_rtt(broker.port, rate, count))
+            latencies = asyncio.run(_identify_latency(broker.port, rate, count))
+            figures["loaded_rss_mib"] = _rss_mib(gw.pid)
+            gw.stop()
+    figures["broker_rtt_p50_ms"] = _percentile(rtts, 50)
+    figures["broker_rtt_p99_ms"] = _percentile(rtts, 99)
+    figures["e2e_p50_ms"] = _percentile(latencies, 50)
+    figures["e2e_p99_ms"] = _percentile(latencies, 99)
+    figures["e2e_p99_minus_broker_rtt_p99_ms"] = (
+        figures["e2e_p99_ms"] - figures["broker_rtt_p99_ms"]
+    )
+    return figures
+
+
+BENCHMARKS: dict[str, Callable[[bool], Figures]] = {"e2e": bench_e2e}
+
+
+def main() -> int:
+    # The load generator's own collector pauses would show up as gateway latency.
+    gc.freeze()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"any of {sorted(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer samples, for a smoke run")
+    parser.add_argument("--json", type=Path, help="write {'figures': {...}} to this file")
+    args = parser.parse_args()
+    unknown = set(args.names) - set(BENCHMARKS)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {sorted(BENCHMARKS)}")
+    figures: Figures = {}
+    for name in args.names or sorted(BENCHMARKS):
+        print(f"== {name}", flush=True)
+        result = BENCHMARKS[name](args.quick)
+        for key, value in result.items():
+            print(f"{key:40s} {value:10.3f}", flush=True)
+        figures.update(result)
+    if args.json:
+        meta = {
+            "quick": args.quick,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        args.json.write_text(json.dumps({"figures": figures, "meta": meta}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
