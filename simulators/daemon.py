@@ -125,8 +125,10 @@ class GatewayProcess:
             self._sock.close()
             self._sock = None
 
-    def log(self) -> str:
+    def log(self, tail: int | None = 6000) -> str:
+        """The daemon's output (its last `tail` characters; None: all of it)."""
         try:
-            return self.output.read_text(errors="replace")[-6000:]
+            text = self.output.read_text(errors="replace")
+            return text if tail is None else text[-tail:]
         except FileNotFoundError:
             return ""

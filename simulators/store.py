@@ -18,6 +18,7 @@ from typing import Any
 
 import aiomqtt
 
+from drivers.mqtt import NO_DELAY
 from gateway.payloads import Content, GatewayStatus, PayloadError, decode_content, decode_status
 from gateway.topics import Topics
 from simulators.kiosk import Kiosk
@@ -45,8 +46,12 @@ class _Seen:
 class SimulatedStore:
     def __init__(self, host: str, port: int, store_id: str, client_id: str = "sim-store") -> None:
         self.topics = Topics(store_id)
+        # Kiosks publish on one connection, screens listen on another: different devices.
         self._client = aiomqtt.Client(
-            host, port, identifier=client_id, max_queued_incoming_messages=0
+            host, port, identifier=f"{client_id}-kiosks", socket_options=[NO_DELAY]
+        )
+        self._screens = aiomqtt.Client(
+            host, port, identifier=f"{client_id}-screens", socket_options=[NO_DELAY]
         )
         self.seen = _Seen()
         self._changed = asyncio.Condition()
@@ -57,15 +62,17 @@ class SimulatedStore:
 
     @property
     def client(self) -> aiomqtt.Client:
+        """The kiosks' connection, for publishing anything."""
         return self._client
 
     async def __aenter__(self) -> SimulatedStore:
         await self._client.__aenter__()
+        await self._screens.__aenter__()
         root = self.topics.root
         for topic in (f"{root}/kiosk/+/content", f"{root}/screen/+/content"):
-            await self._client.subscribe(topic, qos=1)
-        await self._client.subscribe(self.topics.gateway_errors, qos=1)
-        await self._client.subscribe(self.topics.gateway_status, qos=1)
+            await self._screens.subscribe(topic, qos=1)
+        await self._screens.subscribe(self.topics.gateway_errors, qos=1)
+        await self._screens.subscribe(self.topics.gateway_status, qos=1)
         self._reader = asyncio.create_task(self._read(), name="sim-store-reader")
         return self
 
@@ -79,11 +86,12 @@ class SimulatedStore:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                 await self._reader
-        with contextlib.suppress(aiomqtt.MqttError):
-            await self._client.__aexit__(exc_type, exc, tb)
+        for client in (self._screens, self._client):
+            with contextlib.suppress(aiomqtt.MqttError):
+                await client.__aexit__(exc_type, exc, tb)
 
     async def _read(self) -> None:
-        async for message in self._client.messages:
+        async for message in self._screens.messages:
             now = time.monotonic()
             topic = message.topic.value
             payload = message.payload if isinstance(message.payload, bytes) else b""

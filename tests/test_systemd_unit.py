@@ -507,6 +507,8 @@ def test_mosquitto_acl_shows_a_kiosk_only_its_own_content(tmp_path: Path) -> Non
             assert _publish(broker, "store-gateway", theirs, "for-kiosk-2") == 0
             assert _publish(broker, "store-gateway", f"{STORE}/screen/screen-1/content", "s") == 0
             assert _publish(broker, "store-gateway", "espresense/rooms/entrance/set", "x") == 0
+            # Errors name other kiosks' topics and requests: not for every device to read.
+            assert _publish(broker, "store-gateway", f"{STORE}/gateway/errors", "e") == 0
             assert _publish(broker, "store-gateway", mine, "for-kiosk-1") == 0
             assert _publish(broker, "store-gateway", status, "online") == 0
             _wait_for(kiosk_sees, f"{status} online")
