@@ -168,6 +168,12 @@ chown root:mosquitto "$MOSQ_PASSWD"
 chmod 0640 "$MOSQ_PASSWD"
 
 # --- 6. Mosquitto: snippet, ACL, TLS for the LAN listener --------------------------------------
+# Local edits to the snippet (e.g. require_certificate) are replaced: keep a copy to re-apply.
+if [[ -f "$MOSQ_CONF" ]] && ! cmp -s "$REPO/systemd/mosquitto/store-gateway.conf" "$MOSQ_CONF"; then
+    backup="$MOSQ_CONF.bak-$(date +%Y%m%d-%H%M%S)"
+    cp -p "$MOSQ_CONF" "$backup"
+    say "warning: $MOSQ_CONF differed from this version; the old one is in $backup"
+fi
 if install_file "$REPO/systemd/mosquitto/store-gateway.conf" "$MOSQ_CONF" 0644 root:root; then
     MOSQ_RESTART=1
 fi
