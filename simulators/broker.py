@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -59,11 +60,14 @@ class Mosquitto:
     def start(self, timeout: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
+        # As root, mosquitto would switch to user 'mosquitto', who can't read our temp files.
+        user = "user root\n" if os.geteuid() == 0 else ""
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence false\n"
             "set_tcp_nodelay true\n"
+            f"{user}"
             "log_type error\nlog_type warning\nlog_type notice\n"
             f"{self.extra_conf}\n"
         )
