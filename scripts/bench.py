@@ -61,55 +61,46 @@ async def _paced(rate: float, count: int, send: Callable[[int], Any]) -> None:
         await send(i)
 
 
-async def _broker_rtt(port: int, rate: float, count: int) -> list[float]:
+def _broker_rtt(port: int, rate: float, count: int) -> list[float]:
     """ping -> broker -> echo process -> broker -> back: the broker's own round trip."""
+    args = ["--port", str(port), "--listen", "bench/ping", "--answer", "bench/pong"]
     echo = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "simulators.echo",
-            "--port",
-            str(port),
-            "--listen",
-            "bench/ping",
-            "--answer",
-            "bench/pong",
-        ],
-        stdout=subprocess.PIPE,
-        cwd=REPO,
+        [sys.executable, "-m", "simulators.echo", *args], stdout=subprocess.PIPE, cwd=REPO
     )
-    assert echo.stdout is not None
-    echo.stdout.readline()  # "echo ready"
-    sent: dict[str, float] = {}
-    rtts: list[float] = []
-    done = asyncio.Event()
     try:
-        async with aiomqtt.Client(
-            "127.0.0.1", port, identifier="rtt", socket_options=[NO_DELAY]
-        ) as c:
-            await c.subscribe("bench/pong", qos=1)
-
-            async def receive() -> None:
-                async for message in c.messages:
-                    key = bytes(message.payload).decode()  # type: ignore[arg-type]
-                    rtts.append((time.monotonic() - sent[key]) * 1000)
-                    if len(rtts) == count:
-                        done.set()
-                        return
-
-            reader = asyncio.create_task(receive())
-
-            async def send(i: int) -> None:
-                sent[str(i)] = time.monotonic()
-                await c.publish("bench/ping", str(i).encode(), qos=1)
-
-            await _paced(rate, count, send)
-            async with asyncio.timeout(30):
-                await done.wait()
-            reader.cancel()
+        assert echo.stdout is not None
+        echo.stdout.readline()  # "echo ready"
+        return asyncio.run(_ping(port, rate, count))
     finally:
         echo.terminate()
         echo.wait()
+
+
+async def _ping(port: int, rate: float, count: int) -> list[float]:
+    sent: dict[str, float] = {}
+    rtts: list[float] = []
+    done = asyncio.Event()
+    async with aiomqtt.Client("127.0.0.1", port, identifier="rtt", socket_options=[NO_DELAY]) as c:
+        await c.subscribe("bench/pong", qos=1)
+
+        async def receive() -> None:
+            async for message in c.messages:
+                key = bytes(message.payload).decode()  # type: ignore[arg-type]
+                rtts.append((time.monotonic() - sent[key]) * 1000)
+                if len(rtts) == count:
+                    done.set()
+                    return
+
+        reader = asyncio.create_task(receive())
+
+        async def send(i: int) -> None:
+            sent[str(i)] = time.monotonic()
+            await c.publish("bench/ping", str(i).encode(), qos=1)
+
+        await _paced(rate, count, send)
+        async with asyncio.timeout(30):
+            await done.wait()
+        reader.cancel()
     return rtts
 
 
@@ -176,7 +167,7 @@ def bench_e2e(quick: bool) -> Figures:
             gw.wait_ready()
             time.sleep(1.0)
             figures["idle_rss_mib"] = _rss_mib(gw.pid)
-            rtts = asyncio.run(_broker_rtt(broker.port, rate, count))
+            rtts = _broker_rtt(broker.port, rate, count)
             latencies = asyncio.run(_identify_latency(broker.port, rate, count))
             figures["loaded_rss_mib"] = _rss_mib(gw.pid)
             gw.stop()

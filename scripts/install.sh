@@ -138,7 +138,12 @@ done
 install -d -m 0755 -o root -g root "$CONFIG_DIR"
 if [[ ! -e "$CONFIG" ]]; then
     [[ -f "$REPO/examples/store.toml" ]] || die "$REPO/examples/store.toml is missing"
-    install -m 0640 -o root -g "$SERVICE_USER" "$REPO/examples/store.toml" "$CONFIG"
+    # The example carries the gateway's MQTT user and password file commented out: turn them on.
+    sed -E \
+        -e 's|^#[[:space:]]*(username[[:space:]]*=[[:space:]]*"store-gateway")|\1|' \
+        -e "s|^#[[:space:]]*(password_file[[:space:]]*=[[:space:]]*\"$GATEWAY_PASSWORD\")|\\1|" \
+        "$REPO/examples/store.toml" >"$WORK/config.toml"
+    install -m 0640 -o root -g "$SERVICE_USER" "$WORK/config.toml" "$CONFIG"
     say "wrote $CONFIG from examples/store.toml: review it (store id, kiosks, screens)"
 else
     say "keeping $CONFIG"

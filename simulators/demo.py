@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"gateway: stopped with exit code {code}")
     except (RuntimeError, TimeoutError) as exc:
         print(f"scripts/demo: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:  # Ctrl-C before the store opened: still stop everything in order
+        code = gateway.stop()
+        _say(f"gateway: stopped with exit code {code}")
     finally:
         gateway.stop()
         broker.stop()

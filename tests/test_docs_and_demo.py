@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,24 @@ def test_the_demo_runs_narrates_and_stops_cleanly() -> None:
     assert "gateway: stopped with exit code 0" in out
     for customer in CUSTOMERS:
         assert customer.loyalty not in out  # even the demo narrates masked cards
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(90)
+def test_ctrl_c_stops_the_demo_cleanly() -> None:
+    if find_mosquitto() is None:
+        pytest.fail("mosquitto is not installed; scripts/test installs it")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "simulators.demo", "--rate", "5"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert demo.stdout is not None
+    for line in demo.stdout:
+        if "-> customer identified" in line or "-> no personalisation" in line:
+            break
+    demo.send_signal(signal.SIGINT)
+    rest, _ = demo.communicate(timeout=30)
+    assert demo.returncode == 0
+    assert "gateway: stopped with exit code 0" in rest
