@@ -85,6 +85,10 @@ class Journey:
         kiosk_id = self._topics.device_id(topic, "kiosk")
         if kiosk_id is None:
             raise PayloadError("topic is not a kiosk topic")
+        if kiosk_id not in self._kiosks:
+            # The broker's ACL lets every device user write under its own id in any kind's tree;
+            # only kiosks the store declared may identify customers.
+            raise PayloadError(f"unknown kiosk {kiosk_id!r}: declare it under [kiosks.{kiosk_id}]")
         event = decode_kiosk_identify(kiosk_id, payload)
         try:
             self._queue.put_nowait((event, self._clock.monotonic()))
@@ -197,8 +201,7 @@ class Journey:
             ),
         )
         payload = encode_content(content)
-        kiosk = self._kiosks.get(event.kiosk_id)
         topics = [self._topics.kiosk_content(event.kiosk_id)]
-        topics += [self._topics.screen_content(s) for s in (kiosk.screens if kiosk else ())]
+        topics += [self._topics.screen_content(s) for s in self._kiosks[event.kiosk_id].screens]
         for topic in topics:
             self._publisher.post(topic, payload, retain=True)

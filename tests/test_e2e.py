@@ -122,6 +122,19 @@ async def test_malformed_payloads_are_answered_on_the_error_topic_and_service_go
     assert process.alive
 
 
+async def test_an_undeclared_kiosk_is_refused_with_the_fix(
+    broker: Mosquitto, gateway: GatewayFactory
+) -> None:
+    gateway().wait_ready()
+    async with SimulatedStore("127.0.0.1", broker.port, STORE) as store:
+        rid = await _identify(store, "screen-1", "loyalty", ADA.loyalty)
+        async with asyncio.timeout(5):
+            await store.wait_for(lambda: any(e["request_id"] == rid for e in store.seen.errors))
+    error = next(e for e in store.seen.errors if e["request_id"] == rid)
+    assert error["error"] == "unknown kiosk 'screen-1': declare it under [kiosks.screen-1]"
+    assert store.topics.kiosk_content("screen-1") not in store.seen.content
+
+
 async def test_broker_restart_reconnects_and_restores_retained_state(
     broker: Mosquitto, gateway: GatewayFactory
 ) -> None:
