@@ -1,0 +1,1 @@
+"""Cloud sync: the durable event outbox, the uplink, and signed downlink bundles."""
