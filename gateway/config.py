@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 __all__ = [
     "CatalogConfig",
+    "CloudConfig",
     "Config",
     "ConfigError",
     "HealthConfig",
@@ -28,6 +29,7 @@ __all__ = [
     "KioskConfig",
     "LoggingConfig",
     "MqttConfig",
+    "OutboxConfig",
     "ScreenConfig",
     "StoreConfig",
     "SupervisorConfig",
@@ -120,6 +122,45 @@ class CatalogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CloudConfig:
+    # The chain's cloud broker (AWS IoT Core, EMQX, HiveMQ, NATS, ...): events up, bundles down.
+    enabled: bool = False
+    host: str = ""
+    port: int = field(default=8883, metadata=_meta(min=1, max=65535))
+    client_id: str = ""  # empty: "store-gateway-{store.id}"; must be stable (persistent session)
+    tls: bool = True
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    username: str = ""
+    password_file: Path | None = None
+    keepalive_s: int = field(default=60, metadata=_meta(min=5, max=3600))
+    reconnect_min_s: float = field(default=1.0, metadata=_meta(min=0.05, max=600))
+    reconnect_max_s: float = field(default=300.0, metadata=_meta(min=0.1, max=3600))
+    # One MQTT message carries at most this many bytes (AWS IoT Core's limit is 128 KiB).
+    batch_max_bytes: int = field(default=131072, metadata=_meta(min=1024, max=268435455))
+    compress: bool = True
+    # Batches awaiting the broker's acknowledgement at once.
+    inflight: int = field(default=8, metadata=_meta(min=1, max=64))
+    # Uplink bandwidth cap in bytes per second; 0: none.
+    bandwidth_bytes_per_s: int = field(default=0, metadata=_meta(min=0, max=10**10))
+    # Ed25519 public key (base64) that signs the cloud's bundles; empty: bundles are refused.
+    bundle_public_key: str = ""
+    # CA file for the HTTPS servers of bundle artifacts (models); absent: the system's CAs.
+    artifact_ca_file: Path | None = None
+
+    def effective_client_id(self, store_id: str) -> str:
+        return self.client_id or f"store-gateway-{store_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    # Disk budget of events waiting for the cloud; above it the oldest telemetry is shed.
+    # Transactions, rewards and consents are never shed.
+    max_mb: float = field(default=512.0, metadata=_meta(min=1, max=1_000_000))
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenConfig:
     zone: str = ""
 
@@ -139,6 +180,8 @@ class Config:
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
     screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
 
@@ -316,20 +359,28 @@ def _check_references(config: Config, problems: list[str]) -> None:
                     f"kiosks.{kiosk_id}.screens[{i}]: found {screen!r}, expected a screen"
                     f" defined under [screens.<id>]{hint}"
                 )
-    if config.mqtt.reconnect_min_s > config.mqtt.reconnect_max_s:
-        problems.append(
-            f"mqtt.reconnect_min_s: found {config.mqtt.reconnect_min_s:g}, expected at most"
-            f" mqtt.reconnect_max_s ({config.mqtt.reconnect_max_s:g})"
-        )
     if config.supervisor.restart_min_s > config.supervisor.restart_max_s:
         problems.append(
             f"supervisor.restart_min_s: found {config.supervisor.restart_min_s:g}, expected at"
             f" most supervisor.restart_max_s ({config.supervisor.restart_max_s:g})"
         )
-    if (config.mqtt.cert_file is None) != (config.mqtt.key_file is None):
-        problems.append("mqtt.cert_file, mqtt.key_file: expected both (client certificate) or none")
-    if config.mqtt.password_file is not None and not config.mqtt.username:
-        problems.append("mqtt.username: found nothing, expected a user for mqtt.password_file")
+    for name in ("mqtt", "cloud"):
+        section = getattr(config, name)
+        if (section.cert_file is None) != (section.key_file is None):
+            problems.append(
+                f"{name}.cert_file, {name}.key_file: expected both (client certificate) or none"
+            )
+        if section.password_file is not None and not section.username:
+            problems.append(
+                f"{name}.username: found nothing, expected a user for {name}.password_file"
+            )
+        if section.reconnect_min_s > section.reconnect_max_s:
+            problems.append(
+                f"{name}.reconnect_min_s: found {section.reconnect_min_s:g}, expected at most"
+                f" {name}.reconnect_max_s ({section.reconnect_max_s:g})"
+            )
+    if config.cloud.enabled and not config.cloud.host:
+        problems.append("cloud.host: found nothing, expected the cloud broker's host name")
 
 
 def _check_files(config: Config, problems: list[str]) -> None:
@@ -338,16 +389,26 @@ def _check_files(config: Config, problems: list[str]) -> None:
         "mqtt.ca_file": config.mqtt.ca_file,
         "mqtt.cert_file": config.mqtt.cert_file,
         "mqtt.key_file": config.mqtt.key_file,
+        "cloud.password_file": config.cloud.password_file,
+        "cloud.ca_file": config.cloud.ca_file,
+        "cloud.cert_file": config.cloud.cert_file,
+        "cloud.key_file": config.cloud.key_file,
+        "cloud.artifact_ca_file": config.cloud.artifact_ca_file,
         "identity.hash_key_file": config.identity.hash_key_file,
         "catalog.seed_file": config.catalog.seed_file,
     }
     for key, file in files.items():
         if file is not None and not file.is_file():
             problems.append(f"{key}: found {str(file)!r}, expected an existing readable file")
-    if config.identity.token_public_key:
-        from gateway.identity import parse_public_key
+    from gateway.identity import parse_public_key
 
-        try:
-            parse_public_key(config.identity.token_public_key)
-        except ValueError as exc:
-            problems.append(f"identity.token_public_key: {exc}")
+    keys = {
+        "identity.token_public_key": config.identity.token_public_key,
+        "cloud.bundle_public_key": config.cloud.bundle_public_key,
+    }
+    for key, text in keys.items():
+        if text:
+            try:
+                parse_public_key(text)
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")

@@ -9,6 +9,7 @@ from gateway.store._db import (
     Store,
     StoreClosed,
 )
+from gateway.store._outbox import OutboxRow, OutboxTable
 from gateway.store._seed import SeedError, load_seed
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "Consent",
     "Decision",
     "Offer",
+    "OutboxRow",
+    "OutboxTable",
     "SchemaTooNew",
     "SeedError",
     "Store",

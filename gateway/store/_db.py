@@ -6,13 +6,15 @@ import asyncio
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import sqlite_utils
+
+from gateway.store._outbox import OutboxRow, OutboxTable, create_outbox
 
 __all__ = [
     "AsyncStore",
@@ -110,14 +112,55 @@ def _migrate_v1(db: sqlite_utils.Database) -> None:
     db.table("decisions").create_index(["ts"])
 
 
+def _migrate_v2(db: sqlite_utils.Database) -> None:
+    """The outbox, the print journal, applied bundles; model facts on decisions."""
+    create_outbox(db.conn)
+    decisions = db.table("decisions")
+    decisions.add_column("model_version", str)
+    decisions.add_column("feature_hash", str)
+    decisions.add_column("reward_at", float)
+    db.table("print_journal").create(
+        {
+            "id": str,
+            "lane": str,
+            "printer": str,
+            "state": str,  # queued, sending, printed, failed
+            "copy": int,  # 1 when re-printed after a fault
+            "coupon_code": str,
+            "decision_id": str,
+            "job": bytes,
+            "attempts": int,
+            "error": str,
+            "created_at": float,
+            "updated_at": float,
+        },
+        pk="id",
+        not_null={"state", "created_at"},
+        defaults={"copy": 0, "attempts": 0},
+    )
+    db.table("print_journal").create_index(["state", "created_at"])
+    db.table("print_journal").create_index(["coupon_code"], unique=True)
+    db.table("applied_bundles").create(
+        {
+            "kind": str,
+            "version": int,
+            "created_at": float,
+            "applied_at": float,
+            "body": str,
+            "artifact_sha256": str,
+        },
+        pk="kind",
+    )
+
+
 # Append only: a released migration is never edited, the next one is added.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_v1,)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_v1, _migrate_v2)
 
 
 class Store:
     """One connection, owned by one thread at a time (see `AsyncStore`)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -126,6 +169,7 @@ class Store:
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._db = sqlite_utils.Database(self._conn)
         self._migrate()
+        self.outbox = OutboxTable(self._conn, outbox_budget_bytes)
 
     @property
     def schema_version(self) -> int:
@@ -160,42 +204,52 @@ class Store:
             )
         return value
 
-    def upsert_offers(self, offers: Iterable[Offer], now: float) -> int:
+    def upsert_offers(self, offers: Iterable[Offer], now: float, *, commit: bool = True) -> int:
         rows = [
-            {
-                "id": o.id,
-                "title": o.title,
-                "body": o.body,
-                "category": o.category,
-                "discount_pct": o.discount_pct,
-                "channels": json.dumps(list(o.channels)),
-                "segments": json.dumps(list(o.segments)),
-                "dayparts": json.dumps(list(o.dayparts)),
-                "priority": o.priority,
-                "valid_from": o.valid_from,
-                "valid_to": o.valid_to,
-                "inventory": o.inventory,
-                "updated_at": now,
-            }
+            (
+                o.id,
+                o.title,
+                o.body,
+                o.category,
+                o.discount_pct,
+                json.dumps(list(o.channels)),
+                json.dumps(list(o.segments)),
+                json.dumps(list(o.dayparts)),
+                o.priority,
+                o.valid_from,
+                o.valid_to,
+                o.inventory,
+                now,
+            )
             for o in offers
         ]
-        with self._conn:
-            self._db.table("offers").upsert_all(rows, pk="id")
+        # Plain SQL, not sqlite-utils: its helpers commit, and a bundle must apply all or nothing.
+        sql = (
+            "INSERT OR REPLACE INTO offers (id, title, body, category, discount_pct, channels,"
+            " segments, dayparts, priority, valid_from, valid_to, inventory, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )
+        self._write(sql, rows, commit)
         return len(rows)
 
-    def upsert_consents(self, consents: Iterable[Consent], now: float) -> int:
-        rows = [
-            {
-                "customer_ref": c.customer_ref,
-                "personalisation": int(c.personalisation),
-                "segment": c.segment,
-                "updated_at": now,
-            }
-            for c in consents
-        ]
-        with self._conn:
-            self._db.table("consents").upsert_all(rows, pk="customer_ref")
+    def upsert_consents(
+        self, consents: Iterable[Consent], now: float, *, commit: bool = True
+    ) -> int:
+        rows = [(c.customer_ref, int(c.personalisation), c.segment, now) for c in consents]
+        sql = (
+            "INSERT OR REPLACE INTO consents (customer_ref, personalisation, segment, updated_at)"
+            " VALUES (?, ?, ?, ?)"
+        )
+        self._write(sql, rows, commit)
         return len(rows)
+
+    def _write(self, sql: str, rows: list[tuple[Any, ...]], commit: bool) -> None:
+        if commit:
+            with self._conn:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany(sql, rows)
+        else:
+            self._conn.executemany(sql, rows)
 
     def offers(self) -> list[Offer]:
         return [_offer(row) for row in self._db.table("offers").rows_where(order_by="id")]
@@ -209,8 +263,10 @@ class Store:
             return None
         return Consent(customer_ref=customer_ref, personalisation=bool(row[0]), segment=row[1])
 
-    def record_decision(self, d: Decision) -> None:
+    def record_decision(self, d: Decision, event: OutboxRow | None = None) -> None:
+        """Log a decision and, in the same transaction, queue its event for the cloud."""
         with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(
                 "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
                 " policy, propensity, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -226,6 +282,59 @@ class Store:
                     d.request_id,
                 ),
             )
+            if event is not None:
+                self.outbox.insert_one(event)
+
+    def applied_version(self, kind: str) -> int:
+        row = self._conn.execute(
+            "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def apply_bundle(
+        self,
+        kind: str,
+        version: int,
+        created_at: float,
+        body: str,
+        now: float,
+        *,
+        offers: Sequence[Offer] | None = None,
+        consents: Sequence[Consent] = (),
+        forget: Sequence[str] = (),
+        artifact_sha256: str | None = None,
+    ) -> None:
+        """Apply a verified bundle all or nothing: its data and its version in one transaction.
+
+        offers: the whole new catalog (replaces the old one); consents / forget: a delta.
+        """
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute(
+                "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)
+            ).fetchone()
+            if row and int(row[0]) >= version:
+                raise ValueError(f"{kind} version {version} is not newer than {row[0]}")
+            if offers is not None:
+                self._conn.execute("DELETE FROM offers")
+                self.upsert_offers(offers, now, commit=False)
+            if consents:
+                self.upsert_consents(consents, now, commit=False)
+            self._conn.execute(
+                "DELETE FROM consents WHERE customer_ref IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(forget)),),
+            )
+            self._conn.execute(
+                "INSERT INTO applied_bundles (kind, version, created_at, applied_at, body,"
+                " artifact_sha256) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET"
+                " version = excluded.version, created_at = excluded.created_at,"
+                " applied_at = excluded.applied_at, body = excluded.body,"
+                " artifact_sha256 = excluded.artifact_sha256",
+                (kind, version, created_at, now, body, artifact_sha256),
+            )
+
+    def integrity_check(self) -> str:
+        return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
 
     def decisions(self, limit: int = 100) -> list[Decision]:
         cursor = self._conn.execute(
@@ -263,8 +372,9 @@ class AsyncStore:
     `await db.call(Store.consent, ref)` runs `store.consent(ref)` on that thread.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024) -> None:
         self.path = path
+        self.outbox_budget_bytes = outbox_budget_bytes
         self._store: Store | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
 
@@ -274,7 +384,9 @@ class AsyncStore:
 
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(self._executor, Store, self.path)
+        self._store = await loop.run_in_executor(
+            self._executor, Store, self.path, self.outbox_budget_bytes
+        )
 
     async def call(
         self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs

@@ -1,0 +1,164 @@
+"""The event outbox: what the box accepted and the cloud has not yet acknowledged.
+
+Rows are drained by (rank, seq): priority class first, then arrival. A row leaves only when the
+cloud broker acknowledged the message that carried it. Above the disk budget the oldest
+telemetry is shed (counted); ranks 0 (transactions, rewards, consents) are never shed.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["SHEDDABLE_RANK", "OutboxRow", "OutboxTable", "create_outbox"]
+
+SHEDDABLE_RANK = 2  # telemetry
+# A JSON array as the one parameter: any number of rows, no SQL built from strings.
+_DELETE = "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))"
+_SIZE = (
+    "SELECT coalesce(sum(length(body)), 0) FROM outbox"
+    " WHERE seq IN (SELECT value FROM json_each(?))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: str
+    rank: int
+    type: str
+    ts: float
+    body: bytes  # the event as JSON, exactly as uplinked
+
+
+def create_outbox(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE outbox ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " id TEXT NOT NULL UNIQUE,"
+        " rank INTEGER NOT NULL,"
+        " type TEXT NOT NULL,"
+        " ts REAL NOT NULL,"
+        " body BLOB NOT NULL)"
+    )
+    conn.execute("CREATE INDEX outbox_drain ON outbox (rank, seq)")
+
+
+class OutboxTable:
+    def __init__(self, conn: sqlite3.Connection, budget_bytes: int) -> None:
+        self._conn = conn
+        self.budget_bytes = budget_bytes
+        self.count = self.bytes = 0
+        self._recount()
+
+    def append(self, rows: Sequence[OutboxRow], *, durable: bool) -> tuple[int, int]:
+        """Insert (a duplicate id is ignored) and commit; returns (inserted, shed).
+
+        durable: fsync the WAL on commit (synchronous=FULL), for money and consent.
+        """
+        conn = self._conn
+        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO outbox (id, rank, type, ts, body) VALUES (?, ?, ?, ?, ?)",
+                [(r.id, r.rank, r.type, r.ts, r.body) for r in rows],
+            )
+            inserted = conn.total_changes - before
+            if inserted == len(rows):
+                self.count += inserted
+                self.bytes += sum(len(r.body) for r in rows)
+            else:  # a device re-sent events already here (rare): recount rather than guess
+                self._recount()
+            shed = self._shed() if self.bytes > self.budget_bytes else 0
+        if durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        return inserted, shed
+
+    def insert_one(self, row: OutboxRow) -> None:
+        """Inside the caller's transaction (a decision and its event commit together)."""
+        cursor = self._conn.execute(
+            "INSERT OR IGNORE INTO outbox (id, rank, type, ts, body) VALUES (?, ?, ?, ?, ?)",
+            (row.id, row.rank, row.type, row.ts, row.body),
+        )
+        if cursor.rowcount:
+            self.count += 1
+            self.bytes += len(row.body)
+
+    def _recount(self) -> None:
+        row = self._conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox")
+        count, total = row.fetchone()
+        self.count, self.bytes = int(count), int(total)
+
+    def _shed(self) -> int:
+        """Delete the oldest telemetry until under budget; returns how many rows went."""
+        shed = 0
+        while self.bytes > self.budget_bytes:
+            victims = self._conn.execute(
+                "SELECT seq, length(body) FROM outbox WHERE rank >= ? ORDER BY rank DESC, seq"
+                " LIMIT 256",
+                (SHEDDABLE_RANK,),
+            ).fetchall()
+            if not victims:
+                break  # only what must never be dropped is left: keep it, over budget
+            need = self.bytes - self.budget_bytes
+            chosen, freed = [], 0
+            for seq, size in victims:
+                chosen.append(seq)
+                freed += size
+                if freed >= need:
+                    break
+            self._delete(chosen)
+            self.bytes -= freed
+            self.count -= len(chosen)
+            shed += len(chosen)
+        if shed:
+            self._conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('outbox_shed', ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                (shed,),
+            )
+        return shed
+
+    def _delete(self, seqs: Sequence[int]) -> None:
+        self._conn.execute(_DELETE, (json.dumps(list(seqs)),))
+
+    def next_batch(
+        self, cursors: Mapping[int, int], max_rows: int, max_bytes: int
+    ) -> list[tuple[int, int, bytes]]:
+        """(seq, rank, body) rows after the cursors, highest priority first, within the caps."""
+        out: list[tuple[int, int, bytes]] = []
+        size = 0
+        for rank in sorted(cursors):
+            rows = self._conn.execute(
+                "SELECT seq, body FROM outbox WHERE rank = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (rank, cursors[rank], max_rows - len(out)),
+            ).fetchall()
+            for seq, body in rows:
+                if out and size + len(body) > max_bytes:
+                    return out
+                out.append((seq, rank, body))
+                size += len(body)
+            if len(out) >= max_rows:
+                break
+        return out
+
+    def acknowledge(self, seqs: Sequence[int]) -> int:
+        """Delete what the cloud acknowledged; returns the rows deleted."""
+        ids = json.dumps(list(seqs))
+        with self._conn:
+            freed = self._conn.execute(_SIZE, (ids,)).fetchone()[0]
+            deleted = self._conn.execute(_DELETE, (ids,)).rowcount
+        self.count -= deleted
+        self.bytes -= int(freed)
+        return int(deleted)
+
+    def shed_total(self) -> int:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = 'outbox_shed'").fetchone()
+        return int(row[0]) if row else 0
+
+    def counts_by_rank(self) -> dict[int, int]:
+        rows = self._conn.execute("SELECT rank, count(*) FROM outbox GROUP BY rank").fetchall()
+        return {int(rank): int(n) for rank, n in rows}

@@ -1,0 +1,126 @@
+"""A private NATS server with MQTT and JetStream: a clustered-engine stand-in for the cloud broker.
+
+A drop-in for `simulators.broker.Mosquitto` (same `start()` / `stop()` / `port` / `running`),
+used by the integration tier (`pytest -m integration`) to run the uplink against an engine that is
+not Mosquitto. Debian's package: `apt-get install -y nats-server` (2.9.10 in bookworm).
+
+What NATS' MQTT listener does, measured here through aiomqtt / paho-mqtt (docs/cloud.md):
+
+- MQTT 3.1.1 only; QoS 0 and 1 (a QoS 2 subscription is granted QoS 1; a QoS 2 publish is refused).
+- Needs JetStream and a `server_name`: sessions, retained messages and QoS 1 messages are kept in
+  JetStream streams (`$MQTT_sess`, `$MQTT_rmsgs`, `$MQTT_msgs`), in `store_dir`, so they survive a
+  restart of the server.
+- Retained messages, persistent sessions (clean_session=False: the subscription survives, and QoS 1
+  messages published while the client was away are delivered when it comes back), and wills work.
+- A message is bounded by `max_payload` (1 MB by default); we set 8 MB so 128 KiB batches and
+  multi-megabyte bundles pass.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from simulators.broker import free_port
+
+__all__ = ["INSTALL_HINT", "NatsMissing", "NatsMqtt", "find_nats_server"]
+
+INSTALL_HINT = "sudo apt-get install -y nats-server"
+MAX_PAYLOAD = 8 * 1024 * 1024
+
+
+class NatsMissing(RuntimeError):
+    def __init__(self) -> None:
+        super().__init__(f"no nats-server binary found; install it with: {INSTALL_HINT}")
+
+
+def find_nats_server() -> str | None:
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    return "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class NatsMqtt:
+    """`nats-server` with JetStream and an MQTT listener on `port` (loopback).
+
+    `stop()` then `start()` reuses the ports and the JetStream store, as a broker restart would.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = find_nats_server()
+        if binary is None:
+            raise NatsMissing
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()  # MQTT
+        self.nats_port = free_port()  # the NATS protocol itself (unused by the gateway)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "nats-server.log"
+        self.conf_path = workdir / "nats-server.conf"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def config_text(self) -> str:
+        store = self.workdir / "jetstream"
+        return (
+            f'server_name: "cloud-sim-{self.port}"\n'
+            f"listen: 127.0.0.1:{self.nats_port}\n"
+            f"max_payload: {MAX_PAYLOAD}\n"
+            f'jetstream {{\n  store_dir: "{store}"\n}}\n'
+            f"mqtt {{\n  listen: 127.0.0.1:{self.port}\n}}\n"
+        )
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.conf_path.write_text(self.config_text())
+        log = self.log_path.open("ab")
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the owner, not the server
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _listening(self.port):
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited: {self.log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server did not listen on {self.port} in {timeout}s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> NatsMqtt:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
