@@ -17,10 +17,12 @@ from typing import Any
 
 import structlog
 
+from drivers.cloud import CloudLink, https_fetcher
 from drivers.mqtt import MqttLink
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.device_events import DeviceEvents
 from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
 from gateway.journey import Journey
@@ -28,6 +30,8 @@ from gateway.metrics import Metrics
 from gateway.sdnotify import Notifier
 from gateway.store import AsyncStore, Store, load_seed
 from gateway.supervisor import Handle, State, Supervisor
+from gateway.sync.bundles import BundleApplier
+from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
 
 __all__ = ["StoreComponent", "run_gateway"]
@@ -91,13 +95,13 @@ def _health_report(
 
 
 def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
-    """Store, MQTT link, journey (and the health server, added by the caller)."""
+    """Store, MQTT link, outbox, journey, cloud link (the health server is added by the caller)."""
     state_dir = config.store.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     topics = Topics(config.store.id)
     hash_key = load_or_create_hash_key(config.identity.hash_key_file or state_dir / "identity.key")
     token = config.identity.token_public_key
-    db = AsyncStore(state_dir / DATABASE_NAME)
+    db = AsyncStore(state_dir / DATABASE_NAME, int(config.outbox.max_mb * 1024 * 1024))
     link = MqttLink(
         config.mqtt,
         topics,
@@ -106,6 +110,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         requires=("store",),
     )
+    outbox = Outbox(db, config.store.id, clock, metrics)
     journey = Journey(
         topics=topics,
         kiosks=config.kiosks,
@@ -116,9 +121,41 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         token_leeway_s=config.identity.token_leeway_s,
         metrics=metrics,
         clock=clock,
+        outbox=outbox,
     )
+    events = DeviceEvents(topics, outbox, link)
     link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
-    return [StoreComponent(db, config.catalog.seed_file, hash_key, clock), link, journey]
+    link.route(topics.device_events_filter, "device_events", events.on_event)
+    components: list[Any] = [
+        StoreComponent(db, config.catalog.seed_file, hash_key, clock),
+        link,
+        outbox,
+        journey,
+    ]
+    if config.cloud.enabled:
+        key = config.cloud.bundle_public_key
+        bundles = BundleApplier(
+            db=db,
+            store_id=config.store.id,
+            public_key=parse_public_key(key) if key else None,
+            models_dir=state_dir / "models",
+            fetch=https_fetcher(config.cloud.artifact_ca_file),
+            outbox=outbox,
+            clock=clock,
+            metrics=metrics,
+            on_catalog=journey.reload_catalog,
+        )
+        components.append(
+            CloudLink(
+                config.cloud,
+                config.store.id,
+                db=db,
+                appended=outbox.appended,
+                on_bundle=bundles.handle,
+                metrics=metrics,
+            )
+        )
+    return components
 
 
 async def run_gateway(

@@ -32,6 +32,7 @@ from gateway.payloads import (
 )
 from gateway.store import AsyncStore, Decision, Offer, Store
 from gateway.supervisor import Handle
+from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
 
 __all__ = ["Journey", "Publisher"]
@@ -66,8 +67,10 @@ class Journey:
         token_leeway_s: int,
         metrics: Metrics,
         clock: Clock,
+        outbox: Outbox | None = None,
         queue_size: int = 1000,
     ) -> None:
+        self._outbox = outbox
         self._topics = topics
         self._kiosks = kiosks
         self._store = store
@@ -138,6 +141,8 @@ class Journey:
             )
         # One trip to the store thread: read the consent, decide, commit the decision.
         decision, choice, personal = await self._store.call(self._decide, event, ref, now)
+        if self._outbox is not None:
+            self._outbox.appended.set()  # its event committed with it: wake the uplink
         self._show(event, decision, choice, personal)
         audience = "personal" if personal else "anonymous"
         self._metrics.decisions.labels("kiosk_identify", audience).inc()
@@ -175,7 +180,25 @@ class Journey:
             propensity=choice.propensity,
             request_id=event.request_id,
         )
-        store.record_decision(decision)
+        uplink = None
+        if self._outbox is not None:
+            uplink = self._outbox.row(
+                "decision",
+                "decision",
+                {
+                    "decision_id": decision.id,
+                    "moment": decision.moment,
+                    "touchpoint": decision.touchpoint,
+                    "customer": decision.customer_ref,
+                    "offer_id": decision.offer_id,
+                    "policy": decision.policy,
+                    "propensity": decision.propensity,
+                    "request_id": decision.request_id,
+                },
+                event_id=decision.id,
+                ts=now,
+            )
+        store.record_decision(decision, uplink)
         return decision, choice, personal
 
     def _show(

@@ -53,5 +53,32 @@ class Metrics:
             registry=r,
         )
 
+        self.events_accepted = Counter(
+            "gateway_events_accepted", "Events committed to the outbox", registry=r
+        )
+        self.events_shed = Counter(
+            "gateway_events_shed",
+            "Telemetry events dropped because the outbox reached its disk budget",
+            registry=r,
+        )
+        self.outbox_events = Gauge(
+            "gateway_outbox_events", "Events waiting for the cloud's acknowledgement", registry=r
+        )
+        self.outbox_bytes = Gauge(
+            "gateway_outbox_bytes", "Bytes of events waiting for the cloud", registry=r
+        )
+        self.uplink_events = Counter(
+            "gateway_uplink_events", "Events acknowledged by the cloud broker", registry=r
+        )
+        self.uplink_bytes = Counter(
+            "gateway_uplink_bytes", "Bytes of event batches acknowledged by the cloud", registry=r
+        )
+        self.cloud_connected = Gauge(
+            "gateway_cloud_connected", "1 while connected to the cloud broker", registry=r
+        )
+        self.bundles = Counter(
+            "gateway_bundles", "Bundles from the cloud by outcome", ["kind", "outcome"], registry=r
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

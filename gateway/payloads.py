@@ -32,6 +32,7 @@ __all__ = [
     "encode_error",
     "encode_kiosk_identify",
     "encode_status",
+    "validate",
 ]
 
 MAX_PAYLOAD_BYTES = 16 * 1024
@@ -69,12 +70,17 @@ def decode(name: str, payload: bytes, max_bytes: int | None = MAX_PAYLOAD_BYTES)
         ) from None
     except RecursionError:
         raise PayloadError("payload is nested too deeply") from None
+    validate(name, data)
+    assert isinstance(data, dict)
+    return data
+
+
+def validate(name: str, data: object) -> None:
+    """Check already-parsed data against schema `name`, or raise `PayloadError`."""
     try:
         _validator(name)(data)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise PayloadError(f"{exc.message} ({name} schema)") from None
-    assert isinstance(data, dict)
-    return data
 
 
 def _encode(name: str, data: Mapping[str, Any]) -> bytes:

@@ -37,6 +37,24 @@ class Topics:
     def screen_content(self, screen_id: str) -> str:
         return f"{self.root}/screen/{screen_id}/content"
 
+    @property
+    def device_events_filter(self) -> str:
+        return f"{self.root}/+/+/events"
+
+    def device_events(self, kind: str, device_id: str) -> str:
+        return f"{self.root}/{kind}/{device_id}/events"
+
+    def device_events_ack(self, kind: str, device_id: str) -> str:
+        return f"{self.root}/{kind}/{device_id}/events/ack"
+
+    def device_of(self, topic: str) -> tuple[str, str] | None:
+        """(kind, device id) of `store/{id}/v1/{kind}/{device}/...`, or None."""
+        parts = topic.split("/")
+        prefix = self.root.split("/")
+        if len(parts) < len(prefix) + 2 or parts[: len(prefix)] != prefix:
+            return None
+        return parts[len(prefix)], parts[len(prefix) + 1]
+
     def device_id(self, topic: str, kind: str) -> str | None:
         """The device id level of `store/{id}/v1/{kind}/{device}/...`, or None."""
         parts = topic.split("/")

@@ -57,12 +57,17 @@ class NatsMqtt:
     `stop()` then `start()` reuses the ports and the JetStream store, as a broker restart would.
     """
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, tls: tuple[Path, Path, Path] | None = None
+    ) -> None:
+        """`tls`: (CA file, server certificate, server key) to demand TLS with a client
+        certificate signed by that CA on the MQTT listener."""
         binary = find_nats_server()
         if binary is None:
             raise NatsMissing
         self.binary = binary
         self.workdir = workdir
+        self.tls = tls
         self.port = port or free_port()  # MQTT
         self.nats_port = free_port()  # the NATS protocol itself (unused by the gateway)
         self._proc: subprocess.Popen[bytes] | None = None
@@ -80,7 +85,17 @@ class NatsMqtt:
             f"listen: 127.0.0.1:{self.nats_port}\n"
             f"max_payload: {MAX_PAYLOAD}\n"
             f'jetstream {{\n  store_dir: "{store}"\n}}\n'
-            f"mqtt {{\n  listen: 127.0.0.1:{self.port}\n}}\n"
+            f"mqtt {{\n  listen: 127.0.0.1:{self.port}\n{self._tls_block()}}}\n"
+        )
+
+    def _tls_block(self) -> str:
+        if self.tls is None:
+            return ""
+        ca, cert, key = self.tls
+        return (
+            "  tls {\n"
+            f'    ca_file: "{ca}"\n    cert_file: "{cert}"\n    key_file: "{key}"\n'
+            "    verify: true\n    timeout: 5\n  }\n"
         )
 
     def start(self, timeout: float = 15.0) -> None:

@@ -10,7 +10,7 @@ from gateway.store._db import (
     StoreClosed,
 )
 from gateway.store._outbox import OutboxRow, OutboxTable
-from gateway.store._seed import SeedError, load_seed
+from gateway.store._seed import SeedError, load_seed, offer_from_json
 
 __all__ = [
     "AsyncStore",
@@ -24,4 +24,5 @@ __all__ = [
     "Store",
     "StoreClosed",
     "load_seed",
+    "offer_from_json",
 ]

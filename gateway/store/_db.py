@@ -285,6 +285,17 @@ class Store:
             if event is not None:
                 self.outbox.insert_one(event)
 
+    def append_outbox(self, rows: Sequence[OutboxRow], durable: bool) -> tuple[int, int]:
+        return self.outbox.append(rows, durable=durable)
+
+    def outbox_batch(
+        self, cursors: Mapping[int, int], max_rows: int, max_bytes: int
+    ) -> list[tuple[int, int, bytes]]:
+        return self.outbox.next_batch(cursors, max_rows, max_bytes)
+
+    def outbox_ack(self, seqs: Sequence[int]) -> int:
+        return self.outbox.acknowledge(seqs)
+
     def applied_version(self, kind: str) -> int:
         row = self._conn.execute(
             "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from gateway.identity import customer_ref
 from gateway.payloads import PayloadError, decode
 from gateway.store._db import Consent, Offer
 
-__all__ = ["SeedError", "load_seed"]
+__all__ = ["SeedError", "load_seed", "offer_from_json"]
 
 
 class SeedError(ValueError):
@@ -26,23 +28,7 @@ def load_seed(path: Path, hash_key: bytes) -> tuple[list[Offer], list[Consent]]:
         data = decode("seed", raw, max_bytes=None)
     except PayloadError as exc:
         raise SeedError(f"{path}: {exc}") from exc
-    offers = [
-        Offer(
-            id=o["id"],
-            title=o["title"],
-            body=o.get("body", ""),
-            category=o.get("category", ""),
-            discount_pct=float(o.get("discount_pct", 0.0)),
-            channels=tuple(o.get("channels", ("kiosk", "screen"))),
-            segments=tuple(o.get("segments", ())),
-            dayparts=tuple(o.get("dayparts", ())),
-            priority=o.get("priority", 0),
-            valid_from=o.get("valid_from"),
-            valid_to=o.get("valid_to"),
-            inventory=o.get("inventory"),
-        )
-        for o in data.get("offers", [])
-    ]
+    offers = [offer_from_json(o) for o in data.get("offers", [])]
     consents = [
         Consent(
             customer_ref=c.get("customer_ref") or customer_ref(hash_key, "loyalty", c["loyalty"]),
@@ -52,3 +38,21 @@ def load_seed(path: Path, hash_key: bytes) -> tuple[list[Offer], list[Consent]]:
         for c in data.get("consents", [])
     ]
     return offers, consents
+
+
+def offer_from_json(o: Mapping[str, Any]) -> Offer:
+    """An offer as the seed schema (and the offers bundle) describe it, already validated."""
+    return Offer(
+        id=o["id"],
+        title=o["title"],
+        body=o.get("body", ""),
+        category=o.get("category", ""),
+        discount_pct=float(o.get("discount_pct", 0.0)),
+        channels=tuple(o.get("channels", ("kiosk", "screen"))),
+        segments=tuple(o.get("segments", ())),
+        dayparts=tuple(o.get("dayparts", ())),
+        priority=o.get("priority", 0),
+        valid_from=o.get("valid_from"),
+        valid_to=o.get("valid_to"),
+        inventory=o.get("inventory"),
+    )

@@ -1,0 +1,178 @@
+"""The link to the chain's cloud broker: the outbox drains up, signed bundles come down.
+
+- A persistent session (clean_session false, a stable client id), QoS 1 both ways; reconnects
+  with jittered exponential backoff so a chain's stores never come back in lockstep.
+- Uplink: batches in (priority, arrival) order, each one MQTT message under
+  `cloud.batch_max_bytes` (gzip), up to `cloud.inflight` awaiting their PUBACK at once; rows leave
+  the outbox only after the PUBACK. A crash between the two re-sends a batch: the cloud
+  de-duplicates by event id, so the effect is exactly once.
+- Downlink: every message on the bundles topics goes to the bundle applier, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import aiomqtt
+import structlog
+
+from drivers.mqtt import NO_DELAY
+from gateway.config import CloudConfig
+from gateway.metrics import Metrics
+from gateway.store import AsyncStore, Store
+from gateway.supervisor import Backoff, Handle
+from gateway.sync.wire import PRIORITY_RANK, bundles_filter, encode_batch, events_topic
+
+__all__ = ["CloudLink"]
+
+log = structlog.get_logger("drivers.cloud")
+_RANKS = sorted(set(PRIORITY_RANK.values()))
+_MAX_ROWS = 5000
+_IDLE_RECHECK_S = 1.0
+
+
+class CloudLink:
+    name = "cloud"
+    requires = ("store", "outbox")
+
+    def __init__(
+        self,
+        config: CloudConfig,
+        store_id: str,
+        *,
+        db: AsyncStore,
+        appended: asyncio.Event,
+        on_bundle: Callable[[str, bytes], Awaitable[str]],
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._config = config
+        self._store_id = store_id
+        self._db = db
+        self._appended = appended
+        self._on_bundle = on_bundle
+        self._metrics = metrics
+        self._rng = rng or random.Random()
+        self._topic = events_topic(store_id)
+        self._send_at = 0.0  # bandwidth cap: when the next batch may go
+
+    def _client(self) -> aiomqtt.Client:
+        cfg = self._config
+        tls = None
+        if cfg.tls:
+            tls = aiomqtt.TLSParameters(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+        password = None
+        if cfg.password_file is not None:
+            password = cfg.password_file.read_text(encoding="utf-8").strip()
+        return aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=cfg.effective_client_id(self._store_id),
+            clean_session=False,
+            username=cfg.username or None,
+            password=password,
+            tls_params=tls,
+            keepalive=cfg.keepalive_s,
+            timeout=30,
+            max_inflight_messages=cfg.inflight + 4,
+            socket_options=[NO_DELAY],
+        )
+
+    async def run(self, handle: Handle) -> None:
+        cfg = self._config
+        backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
+        where = f"{cfg.host}:{cfg.port}"
+        while True:
+            error = "connection closed"
+            try:
+                async with self._client() as client:
+                    await client.subscribe(bundles_filter(self._store_id), qos=1)
+                    self._metrics.cloud_connected.set(1)
+                    backoff.reset()
+                    log.info("cloud connected", broker=where)
+                    handle.ready(f"connected to {where}")
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._pump(client))
+                        group.create_task(self._receive(client))
+            except* aiomqtt.MqttError as exc:
+                error = "; ".join(str(e) for e in exc.exceptions)
+            finally:
+                self._metrics.cloud_connected.set(0)
+            delay = backoff.next()
+            handle.degraded(f"cloud {where} unreachable ({error}); retry in {delay:.1f}s")
+            log.warning("cloud unreachable", broker=where, error=error, retry_s=round(delay, 2))
+            await asyncio.sleep(delay)
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            kind = message.topic.value.rsplit("/", 1)[-1]
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            outcome = await self._on_bundle(kind, payload)
+            log.debug("bundle handled", kind=kind, outcome=outcome)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Send batches in priority order, `inflight` at a time, until the connection drops."""
+        cfg = self._config
+        # Rows above these seqs (per rank) are not yet on their way; reset with each connection,
+        # since whatever was unacknowledged on the old one must go again.
+        cursors = dict.fromkeys(_RANKS, -1)
+        window = asyncio.Semaphore(cfg.inflight)
+        raw_cap = cfg.batch_max_bytes * (6 if cfg.compress else 1) - 256
+        async with asyncio.TaskGroup() as sends:
+            while True:
+                await window.acquire()
+                self._appended.clear()
+                rows = await self._db.call(Store.outbox_batch, cursors, _MAX_ROWS, raw_cap)
+                if not rows:
+                    window.release()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(_IDLE_RECHECK_S):
+                            await self._appended.wait()
+                    continue
+                for seq, rank, _ in rows:
+                    cursors[rank] = max(cursors[rank], seq)
+                messages = self._encode(rows)
+                for i, (payload, seqs) in enumerate(messages):
+                    if i:  # a batch split in several messages takes a window slot each
+                        await window.acquire()
+                    sends.create_task(self._send(client, payload, seqs, window))
+
+    def _encode(self, rows: list[tuple[int, int, bytes]]) -> list[tuple[bytes, list[int]]]:
+        """One message, or several if compression did not bring it under the cap."""
+        payload = encode_batch(
+            self._store_id, [body for _, _, body in rows], compress=self._config.compress
+        )
+        if len(payload) <= self._config.batch_max_bytes or len(rows) == 1:
+            return [(payload, [seq for seq, _, _ in rows])]
+        half = len(rows) // 2
+        return self._encode(rows[:half]) + self._encode(rows[half:])
+
+    async def _send(
+        self, client: aiomqtt.Client, payload: bytes, seqs: list[int], window: asyncio.Semaphore
+    ) -> None:
+        try:
+            await self._throttle(len(payload))
+            await client.publish(self._topic, payload, qos=1)
+            await self._db.call(Store.outbox_ack, seqs)
+            self._metrics.uplink_events.inc(len(seqs))
+            self._metrics.uplink_bytes.inc(len(payload))
+        finally:
+            window.release()
+
+    async def _throttle(self, size: int) -> None:
+        rate = self._config.bandwidth_bytes_per_s
+        if not rate:
+            return
+        now = time.monotonic()
+        start = max(now, self._send_at)
+        self._send_at = start + size / rate
+        if start > now:
+            await asyncio.sleep(start - now)

@@ -1,0 +1,182 @@
+"""Downlink bundles: verify, check the version, apply all or nothing, or refuse and say why.
+
+A refused bundle changes nothing: the store keeps serving what it had, and the refusal goes to
+the cloud as a `bundle.rejected` event. The same version arriving again (a retained message
+re-delivered on reconnect) is a no-op, not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.clock import Clock
+from gateway.metrics import Metrics
+from gateway.payloads import PayloadError, validate
+from gateway.store import AsyncStore, Consent, Offer, Store, offer_from_json
+from gateway.sync.outbox import Outbox
+from gateway.sync.wire import Bundle, BundleError, open_bundle, sha256_hex
+
+__all__ = ["BundleApplier", "Fetch"]
+
+log = structlog.get_logger("gateway.bundles")
+
+# Downloads an artifact: (url, max_bytes) -> bytes. The driver does HTTPS; tests may serve files.
+Fetch = Callable[[str, int], Awaitable[bytes]]
+MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+
+
+class BundleApplier:
+    def __init__(
+        self,
+        *,
+        db: AsyncStore,
+        store_id: str,
+        public_key: Ed25519PublicKey | None,
+        models_dir: Path,
+        fetch: Fetch,
+        outbox: Outbox,
+        clock: Clock,
+        metrics: Metrics,
+        on_catalog: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._db = db
+        self._store_id = store_id
+        self._key = public_key
+        self._models_dir = models_dir
+        self._fetch = fetch
+        self._outbox = outbox
+        self._clock = clock
+        self._metrics = metrics
+        self._on_catalog = on_catalog
+
+    async def handle(self, kind: str, message: bytes) -> str:
+        """Apply one bundle message from the `kind` topic; returns the outcome, for logs/tests."""
+        if not message:
+            return "empty"  # a retained bundle cleared by the cloud
+        version: int | None = None
+        try:
+            if self._key is None:
+                raise BundleError("no cloud.bundle_public_key configured: bundles are refused")
+            bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
+            version = bundle.version
+            applied = await self._db.call(Store.applied_version, kind)
+            if bundle.version == applied:
+                return "duplicate"
+            if bundle.version < applied:
+                raise BundleError(
+                    f"version {bundle.version} is older than the applied {applied} (replayed?)"
+                )
+            await self._apply(bundle)
+        except (BundleError, PayloadError) as exc:
+            await self._refuse(kind, version, str(exc))
+            return f"rejected: {exc}"
+        self._metrics.bundles.labels(kind, "applied").inc()
+        log.info("bundle applied", kind=kind, version=bundle.version)
+        await self._outbox.accept(
+            "bundle.applied", "decision", {"kind": kind, "version": bundle.version}
+        )
+        return "applied"
+
+    async def _refuse(self, kind: str, version: int | None, reason: str) -> None:
+        self._metrics.bundles.labels(kind, "rejected").inc()
+        log.warning("bundle rejected", kind=kind, version=version, reason=reason)
+        await self._outbox.accept(
+            "bundle.rejected", "decision", {"kind": kind, "version": version, "reason": reason}
+        )
+
+    async def _apply(self, bundle: Bundle) -> None:
+        now = self._clock.now()
+        body = json.dumps(bundle.body, separators=(",", ":"))
+        change = _Change(bundle.kind, bundle.version, bundle.created_at, body, now)
+        if bundle.kind == "offers":
+            validate("seed", bundle.body)
+            if "offers" not in bundle.body or "consents" in bundle.body:
+                raise BundleError("an offers bundle holds 'offers' (the whole catalog) only")
+            offers = [offer_from_json(o) for o in bundle.body["offers"]]
+            await self._db.call(_apply, replace(change, offers=offers))
+            await self._on_catalog()
+        elif bundle.kind == "consents":
+            validate("bundle-consents", bundle.body)
+            upsert = [
+                Consent(c["customer_ref"], c["personalisation"], c.get("segment"))
+                for c in bundle.body.get("upsert", [])
+            ]
+            forget = list(bundle.body.get("forget", []))
+            await self._db.call(_apply, replace(change, consents=upsert, forget=forget))
+        elif bundle.kind == "model":
+            validate("bundle-model", bundle.body)
+            sha = await self._install_model(bundle)
+            await self._db.call(_apply, replace(change, artifact_sha256=sha))
+        else:
+            validate("bundle-config", bundle.body)
+            await self._db.call(_apply, change)
+
+    async def _install_model(self, bundle: Bundle) -> str:
+        """Download, verify, write aside, fsync, rename: the old file serves until the swap."""
+        artifact = bundle.artifact
+        if artifact is None:
+            raise BundleError("a model bundle needs an artifact (url and sha256)")
+        size = artifact.get("size")
+        limit = size if isinstance(size, int) and 0 < size <= MAX_ARTIFACT_BYTES else None
+        try:
+            data = await self._fetch(str(artifact["url"]), limit or MAX_ARTIFACT_BYTES)
+        except OSError as exc:
+            raise BundleError(f"artifact download failed: {exc}") from exc
+        if limit is not None and len(data) != limit:
+            raise BundleError(f"artifact is {len(data)} bytes, the bundle says {limit}")
+        digest = sha256_hex(data)
+        if digest != artifact["sha256"]:
+            raise BundleError(f"artifact sha256 {digest[:12]}... does not match the bundle's")
+        name = str(bundle.body["name"])
+        self._models_dir.mkdir(parents=True, exist_ok=True)
+        final = self._models_dir / f"{name}.onnx"
+        aside = final.with_suffix(".onnx.incoming")
+        with aside.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        aside.replace(final)
+        directory = os.open(self._models_dir, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        return digest
+
+
+@dataclass(frozen=True, slots=True)
+class _Change:
+    kind: str
+    version: int
+    created_at: float
+    body: str
+    now: float
+    offers: Sequence[Offer] | None = None
+    consents: Sequence[Consent] = ()
+    forget: Sequence[str] = ()
+    artifact_sha256: str | None = None
+
+
+def _apply(store: Store, change: _Change, /) -> None:
+    """On the store thread: data and version in one transaction."""
+    try:
+        store.apply_bundle(
+            change.kind,
+            change.version,
+            change.created_at,
+            change.body,
+            change.now,
+            offers=change.offers,
+            consents=change.consents,
+            forget=change.forget,
+            artifact_sha256=change.artifact_sha256,
+        )
+    except ValueError as exc:  # lost a race with another copy of the same bundle
+        raise BundleError(str(exc)) from exc
