@@ -102,6 +102,13 @@ class GatewayProcess:
         assert self._proc is not None
         self._proc.send_signal(sig)
 
+    def kill(self) -> None:
+        """SIGKILL: no drain, no goodbye, as in a power cut for the process."""
+        assert self._proc is not None
+        self._proc.kill()
+        self._proc.wait()
+        self.close()
+
     def wait(self, timeout: float) -> int:
         assert self._proc is not None
         return self._proc.wait(timeout=timeout)

@@ -54,3 +54,13 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayFactory]:
     yield start
     for process in started:
         process.stop()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak",
+        type=int,
+        default=0,
+        metavar="KILLS",
+        help="crash-consistency soak: SIGKILL the daemon this many times (default suite: 20)",
+    )

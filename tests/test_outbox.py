@@ -27,7 +27,13 @@ def test_batches_come_in_priority_then_arrival_order(tmp_path: Path) -> None:
     assert store.append_outbox(rows, durable=False) == (5, 0)
     batch = store.outbox_batch(RANKS, 10, 10**6)
     assert [rank for _, rank, _ in batch] == [0, 0, 1, 2, 2]
-    assert [json.loads(body)["id"] for _, _, body in batch] == ["e001", "e003", "e002", "e000", "e004"]
+    assert [json.loads(body)["id"] for _, _, body in batch] == [
+        "e001",
+        "e003",
+        "e002",
+        "e000",
+        "e004",
+    ]
     # Past the cursors, nothing: what is on its way is not sent twice on one connection.
     cursors = {0: batch[1][0], 1: batch[2][0], 2: batch[4][0]}
     assert store.outbox_batch(cursors, 10, 10**6) == []
