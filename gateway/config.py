@@ -127,7 +127,9 @@ class CloudConfig:
     enabled: bool = False
     host: str = ""
     port: int = field(default=8883, metadata=_meta(min=1, max=65535))
-    client_id: str = ""  # empty: "store-gateway-{store.id}"; must be stable (persistent session)
+    # Empty: "{store.id}" (AWS IoT Core's habit: client id = thing name). It must stay the same
+    # across restarts (persistent session) and differ from mqtt.client_id.
+    client_id: str = ""
     tls: bool = True
     ca_file: Path | None = None
     cert_file: Path | None = None
@@ -150,7 +152,7 @@ class CloudConfig:
     artifact_ca_file: Path | None = None
 
     def effective_client_id(self, store_id: str) -> str:
-        return self.client_id or f"store-gateway-{store_id}"
+        return self.client_id or store_id
 
 
 @dataclass(frozen=True, slots=True)
