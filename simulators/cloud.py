@@ -480,14 +480,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
+        self.handshake_ok = False
         try:
             self.request.do_handshake()
+            self.handshake_ok = True
         except (ssl.SSLError, OSError):
-            self.close_connection = True
+            pass  # a client that does not trust the CA, or a port scan
         super().setup()
 
     def handle(self) -> None:
-        if self.close_connection:
+        if not self.handshake_ok:
             return
         try:
             super().handle()
