@@ -1,0 +1,149 @@
+"""The daemon and the cloud: outages, priority drain, disk budget, bundles, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from simulators.broker import Mosquitto
+from simulators.cloud import Cloud
+from simulators.daemon import GatewayProcess
+from simulators.events import EventSource
+from simulators.population import CUSTOMERS
+from simulators.store import SimulatedStore
+from tests.conftest import DEMO_CONFIG
+
+pytestmark = pytest.mark.e2e
+STORE = "demo-store"
+
+
+def _gateway(tmp_path: Path, store: Mosquitto, cloud: Cloud, **extra: str) -> GatewayProcess:
+    process = GatewayProcess(
+        DEMO_CONFIG,
+        tmp_path,
+        overrides={
+            "mqtt.port": str(store.port),
+            "store.state_dir": str(tmp_path / "state"),
+            "health.enabled": "false",
+            "logging.format": "json",
+            "cloud.enabled": "true",
+            "cloud.host": "127.0.0.1",
+            "cloud.port": str(cloud.port),
+            "cloud.tls": "false",
+            "cloud.reconnect_min_s": "0.05",
+            "cloud.reconnect_max_s": "0.5",
+            "cloud.bundle_public_key": cloud.signer.public_key_text,
+            **{k.replace("__", "."): v for k, v in extra.items()},
+        },
+    )
+    process.start()
+    process.wait_ready()
+    return process
+
+
+async def test_backlog_builds_during_an_outage_then_drains_in_priority_order(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with Cloud(tmp_path / "cloud") as cloud:
+        gateway = _gateway(tmp_path, broker, cloud)
+        async with EventSource("127.0.0.1", broker.port, STORE) as lane:
+            await lane.stream(rate=300, duration_s=0.5)
+            async with asyncio.timeout(10):
+                await lane.settled()
+                await cloud.receiver.wait_until(
+                    lambda: lane.acked <= cloud.receiver.first_seen.keys()
+                )
+            await cloud.down()
+            await lane.stream(rate=500, duration_s=2.0, telemetry_share=0.7)
+            async with asyncio.timeout(10):
+                await lane.settled()  # accepted while the cloud is away
+            backlog_start = len(cloud.receiver.priorities)
+            waiting = lane.acked - cloud.receiver.first_seen.keys()
+            assert len(waiting) >= 900
+            await cloud.up()
+            async with asyncio.timeout(30):
+                await cloud.receiver.wait_until(
+                    lambda: lane.acked <= cloud.receiver.first_seen.keys()
+                )
+        assert gateway.stop() == 0
+    drained = cloud.receiver.priorities[backlog_start:]
+    assert set(drained) == {"transaction", "telemetry"}
+    assert cloud.receiver.priority_inversions(backlog_start) == 0  # transactions first
+    assert cloud.receiver.rejected == []
+
+
+async def test_disk_budget_sheds_telemetry_and_keeps_every_transaction(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with Cloud(tmp_path / "cloud") as cloud:
+        await cloud.down()
+        gateway = _gateway(tmp_path, broker, cloud, outbox__max_mb="1")
+        async with EventSource("127.0.0.1", broker.port, STORE) as lane:
+            transactions, telemetry = [], []
+            for n in range(300):  # ~3 MB of telemetry against a 1 MB budget
+                telemetry.append(
+                    await lane.send("pos.scan", "telemetry", {"n": n, "pad": "x" * 10_000})
+                )
+                if n % 10 == 0:
+                    transactions.append(await lane.send("pos.transaction", "transaction", {"n": n}))
+            async with asyncio.timeout(20):
+                await lane.settled()
+            await cloud.up()
+            async with asyncio.timeout(30):
+                await cloud.receiver.wait_until(
+                    lambda: set(transactions) <= cloud.receiver.first_seen.keys()
+                )
+                await asyncio.sleep(1.0)  # let the last telemetry arrive too
+        assert gateway.stop() == 0
+    received = cloud.receiver.first_seen.keys()
+    kept = [t for t in telemetry if t in received]
+    assert 50 <= len(kept) <= 110  # about 1 MB of 10 kB events survived
+    assert kept == telemetry[-len(kept) :]  # the oldest went first
+    assert '"disk budget reached: oldest telemetry shed"' in gateway.log(tail=None)
+
+
+async def test_bundles_through_the_cloud_broker_change_what_the_kiosk_shows(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with (
+        Cloud(tmp_path / "cloud") as cloud,
+        SimulatedStore("127.0.0.1", broker.port, STORE) as floor,
+    ):
+        gateway = _gateway(tmp_path, broker, cloud)
+        publisher = cloud.receiver  # the cloud side publishes with its own client below
+        kiosk = floor.topics.kiosk_content("kiosk-1")
+
+        async def shown() -> str:
+            rid = await floor.kiosk("kiosk-1").identify("loyalty", CUSTOMERS[4].loyalty)
+            async with asyncio.timeout(5):
+                content = (await floor.answers(rid, [kiosk]))[kiosk].content
+            assert content.offer is not None
+            return content.offer.id
+
+        assert await shown() != "OFF-CLOUD"
+        catalog = {"offers": [{"id": "OFF-CLOUD", "title": "From the cloud", "priority": 100}]}
+        async with cloud.client("bundle-publisher") as client:
+            forged = Cloud(tmp_path / "forger").signer.make("offers", 9, catalog, store=STORE)
+            await cloud.signer.publish(client, STORE, "offers", forged)
+            async with asyncio.timeout(10):
+                await publisher.wait_until(
+                    lambda: any(
+                        e.get("type") == "bundle.rejected" for e in publisher.events.values()
+                    )
+                )
+            assert await shown() != "OFF-CLOUD"
+            good = cloud.signer.make("offers", 1, catalog, store=STORE)
+            await cloud.signer.publish(client, STORE, "offers", good)
+            async with asyncio.timeout(10):
+                await publisher.wait_until(
+                    lambda: any(
+                        e.get("type") == "bundle.applied" for e in publisher.events.values()
+                    )
+                )
+        assert await shown() == "OFF-CLOUD"
+        assert gateway.stop() == 0
+    rejected = next(e for e in publisher.events.values() if e["type"] == "bundle.rejected")
+    assert "signature does not verify" in json.dumps(rejected["data"])
