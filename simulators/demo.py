@@ -11,18 +11,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
+import logging
 import random
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import load_config
 from simulators.broker import Mosquitto, MosquittoMissing, free_port
+from simulators.cloud import Cloud
 from simulators.daemon import GatewayProcess
+from simulators.events import EventSource
 from simulators.population import CUSTOMERS, Customer, demo_token
 from simulators.signage import render
 from simulators.store import SimulatedStore
@@ -31,6 +36,7 @@ __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "examples" / "demo.toml"
+DEMO_SEED = REPO / "examples" / "demo-seed.json"
 
 
 @dataclass
@@ -87,8 +93,46 @@ async def _visit(
         _say(f"    {render(screen, answers[store.topics.screen_content(screen)].content)}")
 
 
+async def _cloud_step(step: int, cloud: Cloud, lane: EventSource, store_id: str) -> None:
+    """The cloud's part of the story, at fixed steps: an outage, a backlog, a signed bundle."""
+    receiver = cloud.receiver
+    if step % 3 == 0:
+        total = round(10 + step * 1.7, 2)
+        await lane.send("pos.transaction", "transaction", {"lane": 1, "total": total})
+        _say(f"pos-1: basket total {total:.2f} -> transaction accepted (acknowledged after commit)")
+    if step == 6:
+        await cloud.down()
+        _say(f"cloud: link lost (simulated outage); {receiver.count} events received so far")
+    elif step == 10:
+        before = receiver.count
+        await cloud.up()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await receiver.wait_until(lambda: receiver.count > before)
+        _say(f"cloud: back; the outbox drained {receiver.count - before} events kept meanwhile")
+    elif step == 12:
+        offer = {
+            "id": "OFF-CLOUD-1",
+            "title": "Cloud special: 2 for 1 pastries",
+            "category": "bakery",
+            "discount_pct": 50,
+            "priority": 50,
+        }
+        catalog = json.loads(DEMO_SEED.read_text())["offers"]
+        payload = cloud.signer.make("offers", 1, {"offers": [offer, *catalog]}, store=store_id)
+        async with cloud.client("demo-cloud-publisher") as client:
+            await cloud.signer.publish(client, store_id, "offers", payload)
+        _say("cloud: pushes a signed offers bundle v1 (the catalog plus OFF-CLOUD-1)")
+
+
 async def _walk(
-    port: int, config_path: Path, duration: float | None, rate: float, rng: random.Random
+    port: int,
+    config_path: Path,
+    duration: float | None,
+    rate: float,
+    rng: random.Random,
+    *,
+    cloud: Cloud,
 ) -> _Tally:
     config = load_config(config_path)
     kiosks = {k: v.screens for k, v in config.kiosks.items()} or {"kiosk-1": ()}
@@ -98,11 +142,15 @@ async def _walk(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     deadline = None if duration is None else time.monotonic() + duration
-    async with SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor") as store:
+    async with (
+        SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor") as store,
+        EventSource("127.0.0.1", port, config.store.id) as lane,
+    ):
         step = 0
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             kiosk_id = rng.choice(sorted(kiosks))
             step += 1
+            await _cloud_step(step, cloud, lane, config.store.id)
             if step % 7 == 0:
                 await store.kiosk(kiosk_id).send_raw(b'{"method": "fax", "value": 42}')
                 n = len(store.seen.errors)
@@ -118,7 +166,69 @@ async def _walk(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(0.0, 1 / rate)):
                     await stop.wait()
+        if not cloud.broker.running:
+            await cloud.up()
+        with contextlib.suppress(TimeoutError):  # let the outbox drain before the summary
+            async with asyncio.timeout(5):
+                await lane.settled()
+                await cloud.receiver.wait_until(
+                    lambda: lane.acked <= cloud.receiver.first_seen.keys()
+                )
     return tally
+
+
+async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto) -> int:
+    """Cloud up, gateway up, the walk, the summary, everything down in order."""
+    async with Cloud(workdir / "cloud", keep_events=True) as cloud:
+        _say(f"cloud: private cloud broker on 127.0.0.1:{cloud.port}, bundle key generated")
+        health_port = free_port()
+        gateway = GatewayProcess(
+            args.config,
+            workdir,
+            overrides={
+                "mqtt.port": str(broker.port),
+                "store.state_dir": str(workdir / "state"),
+                "health.port": str(health_port),
+                "cloud.enabled": "true",
+                "cloud.host": "127.0.0.1",
+                "cloud.port": str(cloud.port),
+                "cloud.tls": "false",
+                "cloud.reconnect_min_s": "0.2",
+                "cloud.reconnect_max_s": "1",
+                "cloud.bundle_public_key": cloud.signer.public_key_text,
+            },
+        )
+        try:
+            gateway.start()
+            ready_s = await asyncio.to_thread(gateway.wait_ready)
+            _say(
+                f"gateway: ready in {ready_s:.2f} s; health http://127.0.0.1:{health_port}/healthz"
+            )
+            _say(f"gateway: its log is {gateway.output}")
+            tally = await _walk(
+                broker.port,
+                args.config,
+                args.duration,
+                args.rate,
+                random.Random(args.seed),
+                cloud=cloud,
+            )
+            lat = tally.latencies_ms or [0.0]
+            _say(
+                f"demo: {tally.visits} visits, {tally.personal} personalised;"
+                f" kiosk -> screens latency median {statistics.median(lat):.1f} ms,"
+                f" max {max(lat):.1f} ms"
+            )
+            kinds = Counter(str(e.get("type")) for e in cloud.receiver.events.values())
+            shown = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+            _say(
+                f"cloud: received {cloud.receiver.count} events ({shown or 'none'});"
+                f" {cloud.receiver.duplicates} duplicates removed by id"
+            )
+        finally:
+            code = await asyncio.to_thread(gateway.stop)
+            _say(f"gateway: stopped with exit code {code}")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error("--rate must be positive")
+    # The simulated devices' own MQTT library chatter (a reset when the cloud goes away) is noise.
+    logging.getLogger("mqtt").disabled = True
     workdir = Path(tempfile.mkdtemp(prefix="store-gateway-demo-"))
     try:
         broker = Mosquitto(workdir / "broker")
@@ -137,43 +249,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"scripts/demo: {exc}", file=sys.stderr)
         return 1
     broker.start()
-    health_port = free_port()
-    gateway = GatewayProcess(
-        args.config,
-        workdir,
-        overrides={
-            "mqtt.port": str(broker.port),
-            "store.state_dir": str(workdir / "state"),
-            "health.port": str(health_port),
-        },
-    )
-    code = 1
+    _say(f"broker: private Mosquitto on 127.0.0.1:{broker.port}")
     try:
-        _say(f"broker: private Mosquitto on 127.0.0.1:{broker.port}")
-        gateway.start()
-        ready_s = gateway.wait_ready()
-        _say(f"gateway: ready in {ready_s:.2f} s; health http://127.0.0.1:{health_port}/healthz")
-        _say(f"gateway: its log is {gateway.output}")
-        tally = asyncio.run(
-            _walk(broker.port, args.config, args.duration, args.rate, random.Random(args.seed))
-        )
-        lat = tally.latencies_ms or [0.0]
-        _say(
-            f"demo: {tally.visits} visits, {tally.personal} personalised;"
-            f" kiosk -> screens latency median {statistics.median(lat):.1f} ms,"
-            f" max {max(lat):.1f} ms"
-        )
-        code = gateway.stop()
-        _say(f"gateway: stopped with exit code {code}")
+        return asyncio.run(_store_day(args, workdir, broker))
     except (RuntimeError, TimeoutError) as exc:
         print(f"scripts/demo: {exc}", file=sys.stderr)
-    except KeyboardInterrupt:  # Ctrl-C before the store opened: still stop everything in order
-        code = gateway.stop()
-        _say(f"gateway: stopped with exit code {code}")
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the walk began; the gateway was stopped in order
+        return 0
     finally:
-        gateway.stop()
         broker.stop()
-    return code
 
 
 if __name__ == "__main__":
