@@ -139,8 +139,8 @@ class CloudConfig:
     keepalive_s: int = field(default=60, metadata=_meta(min=5, max=3600))
     reconnect_min_s: float = field(default=1.0, metadata=_meta(min=0.05, max=600))
     reconnect_max_s: float = field(default=300.0, metadata=_meta(min=0.1, max=3600))
-    # One MQTT message carries at most this many bytes (AWS IoT Core's limit is 128 KiB).
-    batch_max_bytes: int = field(default=131072, metadata=_meta(min=1024, max=268435455))
+    # One MQTT message carries at most this many bytes (AWS IoT Core's limit is 128 KB).
+    batch_max_bytes: int = field(default=128_000, metadata=_meta(min=1024, max=268435455))
     compress: bool = True
     # Batches awaiting the broker's acknowledgement at once.
     inflight: int = field(default=8, metadata=_meta(min=1, max=64))

@@ -67,11 +67,13 @@ __all__ = [
     "CertificateAuthority",
     "Cloud",
     "CloudReceiver",
+    "Engine",
 ]
 
 EVENTS_FILTER = "stores/+/v1/events"
 CLOUD_SERVICE = "cloud-service"  # the certificate name of the cloud's own clients (TLS mode)
 LOCALHOST = "127.0.0.1"
+Engine = Literal["mosquitto", "nats"]
 
 
 class BrokerProcess(Protocol):
@@ -211,7 +213,7 @@ class CloudReceiver:
         self.largest_message = max(self.largest_message, size)
         try:
             store, events = decode_batch(payload)
-        except WireError as exc:
+        except (WireError, RecursionError) as exc:  # RecursionError: absurdly nested JSON
             self.rejected.append(f"{topic}: {exc}")
             return
         parts = topic.split("/")
@@ -236,7 +238,8 @@ class CloudReceiver:
             first_seen[event_id] = now
             if keep:
                 self.events[event_id] = event
-            self.priorities.append(event.get("priority", "?"))
+            priority = event.get("priority")
+            self.priorities.append(priority if isinstance(priority, str) else "?")
 
     def _client(self) -> aiomqtt.Client:
         return aiomqtt.Client(
@@ -258,7 +261,10 @@ class CloudReceiver:
                     self.last_error = None
                     await self._notify()
                     async for message in client.messages:
-                        self.handle(message.topic.value, message.payload)
+                        try:
+                            self.handle(message.topic.value, message.payload)
+                        except Exception as exc:  # noqa: BLE001 - a simulator records, never dies
+                            self.rejected.append(f"{message.topic.value}: {exc!r}")
                         await self._notify()
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
@@ -550,19 +556,19 @@ class _HttpsServer(http.server.ThreadingHTTPServer):
 
 
 class ArtifactServer:
-    """Large bundle artifacts (model files) over HTTPS on 127.0.0.1, from `directory`.
+    """Large bundle artifacts (model files) over HTTPS on 127.0.0.1: the files in `directory`.
 
-    Makes its own CA (or uses `ca`) and a certificate for 127.0.0.1; clients verify with
-    `ca_file`. `add(name, data)` stores a file and returns (url, sha256, size); `fault(name, ...)`
-    makes it serve a flipped byte (hash mismatch), half the body (truncated download) or an
-    HTTP error status. Runs in a background thread: `with ArtifactServer(dir) as artifacts:`.
+    Makes its own CA in `directory/.pki` (or uses `ca`) and a certificate for 127.0.0.1; clients
+    verify with `ca_file`. Only plain file names are served (no subdirectories, no dot files).
+    `add(name, data)` stores a file and returns (url, sha256, size); `fault(name, ...)` makes it
+    serve a flipped byte (hash mismatch), half the body (truncated download) or an HTTP error
+    status. Runs in a background thread: `with ArtifactServer(dir) as artifacts:`.
     """
 
     def __init__(self, directory: Path, *, ca: CertificateAuthority | None = None) -> None:
         self.directory = directory
-        self.files = directory / "files"
-        self.files.mkdir(parents=True, exist_ok=True)
-        self.ca = ca or CertificateAuthority(directory / "pki")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca = ca or CertificateAuthority(directory / ".pki")
         self.ca_file = self.ca.ca_file
         self._cert = self.ca.issue("artifact-server", server=True)
         self._faults: dict[str, Fault] = {}
@@ -583,7 +589,7 @@ class ArtifactServer:
     def add(self, name: str, data: bytes) -> tuple[str, str, int]:
         """Serve `data` as `name`; returns (url, sha256 hex, size)."""
         self._check_name(name)
-        (self.files / name).write_bytes(data)
+        (self.directory / name).write_bytes(data)
         return self.url(name), sha256_hex(data), len(data)
 
     def artifact(self, name: str, data: bytes) -> dict[str, Any]:
@@ -613,7 +619,7 @@ class ArtifactServer:
             fault = self._faults.get(name)
         try:
             self._check_name(name)
-            return (self.files / name).read_bytes(), fault
+            return (self.directory / name).read_bytes(), fault
         except (ValueError, OSError):
             return None, fault
 
@@ -693,7 +699,7 @@ class Cloud:
         workdir: Path,
         *,
         port: int | None = None,
-        engine: Literal["mosquitto", "nats"] = "mosquitto",
+        engine: Engine = "mosquitto",
         tls: bool = False,
         signer: BundleSigner | None = None,
         keep_events: bool = True,

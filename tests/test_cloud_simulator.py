@@ -31,7 +31,14 @@ from gateway.sync.wire import (
     open_bundle,
 )
 from simulators.broker import find_mosquitto
-from simulators.cloud import ArtifactServer, BundleSigner, Cloud, CloudReceiver
+from simulators.cloud import (
+    ArtifactServer,
+    BundleSigner,
+    CertificateAuthority,
+    Cloud,
+    CloudReceiver,
+    Engine,
+)
 from simulators.nats import NatsMqtt, find_nats_server
 
 ENGINES = [
@@ -136,6 +143,7 @@ async def test_receiver_counts_events_duplicates_batches_and_rejects_garbage(clo
     assert receiver.count == receiver.duplicates == receiver.batches == 0
 
 
+@pytest.mark.timeout(60)
 async def test_receiver_throughput_is_far_above_50k_events_per_second() -> None:
     """Decoding is the cost: recorded straight through `handle()`, no broker in the way."""
     receiver = CloudReceiver("127.0.0.1", 1)
@@ -203,6 +211,7 @@ async def test_retained_bundles_open_with_the_signers_key_only(cloud: Cloud) -> 
     assert message.topic.value == bundle_topic("s1", "consents")
 
 
+@pytest.mark.timeout(60)
 def test_signer_from_seed_is_reproducible() -> None:
     a, b = BundleSigner.from_seed(b"demo chain key"), BundleSigner.from_seed(b"demo chain key")
     assert a.public_key_text == b.public_key_text
@@ -256,10 +265,14 @@ def test_artifact_server_serves_over_verifiable_https(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError, match="404"):
             _get(server.url("missing.onnx"), context)
         with pytest.raises(urllib.error.HTTPError, match="404"):
-            _get(f"{server.base_url}/../pki/artifact-server.key", context)
+            _get(f"{server.base_url}/.pki/artifact-server.key", context)
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            _get(f"{server.base_url}/../escape", context)
         with pytest.raises(ValueError, match="plain file name"):
             server.add("../escape", b"x")
-        assert server.requests_served == 7  # the untrusted handshake never made a request
+        (tmp_path / "artifacts" / "dropped-in.bin").write_bytes(b"placed by hand")
+        assert _get(server.url("dropped-in.bin"), context) == b"placed by hand"
+        assert server.requests_served == 9  # the untrusted handshake never made a request
         assert server.requests.count("model-v2.onnx") == 5
 
 
@@ -287,9 +300,7 @@ async def test_cloud_down_refuses_connections_and_up_brings_everything_back(clou
         await cloud.receiver.wait_until(lambda: not cloud.receiver.connected)
 
     await cloud.up()
-    assert cloud.is_up
-    assert cloud.receiver.connected
-    assert cloud.receiver.connects == 2
+    assert (cloud.is_up, cloud.receiver.connected, cloud.receiver.connects) == (True, True, 2)
     async with cloud.client("store-s1", clean_session=False) as store:
         await store.publish(events_topic("s1"), encode_batch("s1", [_event(2)]), qos=1)
         await store.subscribe(bundles_filter("s1"), qos=1)
@@ -298,7 +309,9 @@ async def test_cloud_down_refuses_connections_and_up_brings_everything_back(clou
         assert message.payload == bundle, "retained bundles survive the outage"
     async with asyncio.timeout(10):
         await cloud.receiver.wait_for_count(2)
-    assert cloud.receiver.duplicates == 0
+    # At least once: if the broker stopped before it processed the receiver's PUBACK for event 1,
+    # it delivers event 1 again after the restart; the id makes that a counted duplicate.
+    assert cloud.receiver.duplicates <= 1
 
 
 @pytest.mark.timeout(60)
@@ -324,7 +337,7 @@ async def test_receivers_persistent_session_keeps_batches_published_while_it_was
             await store.publish(events_topic("s1"), encode_batch("s1", [_event(n)]), qos=1)
     await cloud.down()
     await cloud.up()  # the queue survives a broker restart too
-    async with late, asyncio.timeout(15):
+    async with late, asyncio.timeout(10):
         await late.wait_for_count(5)
     assert late.duplicates == 0
 
@@ -332,7 +345,7 @@ async def test_receivers_persistent_session_keeps_batches_published_while_it_was
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_persistent_session_gets_qos1_messages_queued_while_away(
-    tmp_path: Path, engine: str
+    tmp_path: Path, engine: Engine
 ) -> None:
     _require(engine)
     async with Cloud(tmp_path / "cloud", engine=engine) as cloud:
@@ -358,7 +371,7 @@ async def test_persistent_session_gets_qos1_messages_queued_while_away(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("engine", ENGINES)
-async def test_tls_cloud_demands_client_certificates(tmp_path: Path, engine: str) -> None:
+async def test_tls_cloud_demands_client_certificates(tmp_path: Path, engine: Engine) -> None:
     _require(engine)
     async with Cloud(tmp_path / "cloud", engine=engine, tls=True) as cloud:
         store_cert = cloud.client_cert("s1")
@@ -374,12 +387,31 @@ async def test_tls_cloud_demands_client_certificates(tmp_path: Path, engine: str
             await cloud.receiver.wait_for_count(1)
         assert cloud.receiver.batches_by_store == {"s1": 1}
 
+        # Without a certificate, or with one from another CA, the broker ends the handshake.
+        # (aiomqtt only reports such a refusal as a CONNACK timeout; a raw socket sees the alert.)
         no_cert = ssl.create_default_context(cafile=str(cloud.ca_file))
-        with pytest.raises(aiomqtt.MqttError):
-            async with aiomqtt.Client(
-                "127.0.0.1", cloud.port, identifier="anon", tls_context=no_cert, timeout=5
-            ):
-                pass
+        assert await asyncio.to_thread(_mqtt_over_tls, cloud.port, no_cert) == "refused"
+        foreign = CertificateAuthority(tmp_path / "foreign-ca").issue("s1")
+        forged = ssl.create_default_context(cafile=str(cloud.ca_file))
+        forged.load_cert_chain(foreign[0], foreign[1])
+        assert await asyncio.to_thread(_mqtt_over_tls, cloud.port, forged) == "refused"
+        assert await asyncio.to_thread(_mqtt_over_tls, cloud.port, context) == "accepted"
+
+
+def _mqtt_over_tls(port: int, context: ssl.SSLContext) -> str:
+    """Send an MQTT CONNECT over TLS: "accepted" (CONNACK 0) or "refused" (alert, or closed)."""
+    body = _mqtt_string(b"MQTT") + bytes([4, 0x02]) + (60).to_bytes(2, "big")
+    body += _mqtt_string(b"tls-probe")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        try:
+            sock.sendall(bytes([0x10, len(body)]) + body)
+            answer = sock.recv(4)
+        except (ssl.SSLError, ConnectionError):
+            return "refused"
+    return "accepted" if answer == b"\x20\x02\x00\x00" else "refused"
 
 
 # --------------------------------------------------------------------------- NATS specifics
@@ -422,7 +454,7 @@ async def test_nats_mqtt_features(nats: NatsMqtt) -> None:
         async with _client(port, "watcher") as watcher, _client(port, "pub") as pub:
             # QoS 2 is not offered: a QoS 2 subscription is granted QoS 1.
             granted = await watcher.subscribe("probe/#", qos=2)
-            assert [int(code.value) for code in granted] == [1]
+            assert [code if isinstance(code, int) else code.value for code in granted] == [1]
             # 128 KiB (the uplink's batch cap) and 4 MiB (a bundle) pass.
             for size in (128 * 1024, 4 * 1024 * 1024):
                 await pub.publish(f"probe/big/{size}", b"x" * size, qos=1)

@@ -25,7 +25,13 @@ from gateway.config import CloudConfig
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, Store
 from gateway.supervisor import Backoff, Handle
-from gateway.sync.wire import PRIORITY_RANK, bundles_filter, encode_batch, events_topic
+from gateway.sync.wire import (
+    BUNDLE_KINDS,
+    PRIORITY_RANK,
+    bundle_topic,
+    encode_batch,
+    events_topic,
+)
 
 __all__ = ["CloudLink"]
 
@@ -94,7 +100,10 @@ class CloudLink:
             error = "connection closed"
             try:
                 async with self._client() as client:
-                    await client.subscribe(bundles_filter(self._store_id), qos=1)
+                    # One exact topic per kind, not a wildcard: RabbitMQ's MQTT plugin does not
+                    # deliver retained messages to wildcard subscriptions.
+                    for kind in BUNDLE_KINDS:
+                        await client.subscribe(bundle_topic(self._store_id, kind), qos=1)
                     self._metrics.cloud_connected.set(1)
                     backoff.reset()
                     log.info("cloud connected", broker=where)
