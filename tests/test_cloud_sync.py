@@ -186,3 +186,42 @@ async def test_uplink_and_bundles_on_a_nats_cluster_engine(
                 )
         assert gateway.stop() == 0
     assert cloud.receiver.rejected == []
+
+
+async def test_uplink_over_tls_with_a_client_certificate_and_a_per_store_acl(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """As AWS IoT Core and EMQX run it: mutual TLS, the certificate names the store."""
+    async with Cloud(tmp_path / "cloud", tls=True) as cloud:
+        cert, key = cloud.client_cert(STORE)
+        tls = {
+            "cloud__tls": "true",
+            "cloud__ca_file": str(cloud.ca_file),
+            "cloud__cert_file": str(cert),
+            "cloud__key_file": str(key),
+        }
+        gateway = _gateway(tmp_path, broker, cloud, **tls)
+        async with EventSource("127.0.0.1", broker.port, STORE) as lane:
+            await lane.stream(rate=200, duration_s=0.5)
+            async with asyncio.timeout(15):
+                await lane.settled()
+                await cloud.receiver.wait_until(
+                    lambda: lane.acked <= cloud.receiver.first_seen.keys()
+                )
+        assert gateway.stop() == 0
+        # A gateway whose certificate names another store may not publish as this one.
+        other_cert, other_key = cloud.client_cert("another-store")
+        impostor = _gateway(
+            tmp_path / "impostor",
+            broker,
+            cloud,
+            **{**tls, "cloud__cert_file": str(other_cert), "cloud__key_file": str(other_key)},
+        )
+        before = cloud.receiver.count
+        async with EventSource("127.0.0.1", broker.port, STORE, device_id="pos-2") as lane2:
+            await lane2.stream(rate=100, duration_s=0.3)
+            async with asyncio.timeout(10):
+                await lane2.settled()
+        await asyncio.sleep(1.0)
+        assert impostor.stop() == 0
+        assert cloud.receiver.count == before  # denied by the broker's ACL

@@ -170,7 +170,9 @@ class CloudLink:
         try:
             await self._throttle(len(payload))
             await client.publish(self._topic, payload, qos=1)
-            await self._db.call(Store.outbox_ack, seqs)
+            _, waiting, size = await self._db.call(Store.outbox_ack, seqs)
+            self._metrics.outbox_events.set(waiting)
+            self._metrics.outbox_bytes.set(size)
             self._metrics.uplink_events.inc(len(seqs))
             self._metrics.uplink_bytes.inc(len(payload))
         finally:

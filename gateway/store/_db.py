@@ -285,16 +285,24 @@ class Store:
             if event is not None:
                 self.outbox.insert_one(event)
 
-    def append_outbox(self, rows: Sequence[OutboxRow], durable: bool) -> tuple[int, int]:
-        return self.outbox.append(rows, durable=durable)
+    def append_outbox(self, rows: Sequence[OutboxRow], durable: bool) -> tuple[int, int, int, int]:
+        """One commit; (inserted, shed, events waiting, bytes waiting)."""
+        inserted, shed = self.outbox.append(rows, durable=durable)
+        return inserted, shed, self.outbox.count, self.outbox.bytes
+
+    def outbox_size(self) -> tuple[int, int]:
+        """(events, bytes) waiting for the cloud."""
+        return self.outbox.count, self.outbox.bytes
 
     def outbox_batch(
         self, cursors: Mapping[int, int], max_rows: int, max_bytes: int
     ) -> list[tuple[int, int, bytes]]:
         return self.outbox.next_batch(cursors, max_rows, max_bytes)
 
-    def outbox_ack(self, seqs: Sequence[int]) -> int:
-        return self.outbox.acknowledge(seqs)
+    def outbox_ack(self, seqs: Sequence[int]) -> tuple[int, int, int]:
+        """Delete what the cloud acknowledged; (deleted, events waiting, bytes waiting)."""
+        deleted = self.outbox.acknowledge(seqs)
+        return deleted, self.outbox.count, self.outbox.bytes
 
     def applied_version(self, kind: str) -> int:
         row = self._conn.execute(

@@ -97,13 +97,15 @@ class Outbox:
         rows = [row for row, _ in batch]
         durable = any(row.rank == 0 for row in rows)
         try:
-            inserted, shed = await self._db.call(Store.append_outbox, rows, durable)
+            inserted, shed, waiting, size = await self._db.call(Store.append_outbox, rows, durable)
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else RuntimeError("outbox stopped")
             _settle(batch, lambda f: f.set_exception(failure))
             raise
         _settle(batch, lambda f: f.set_result(None))
         self._metrics.events_accepted.inc(inserted)
+        self._metrics.outbox_events.set(waiting)
+        self._metrics.outbox_bytes.set(size)
         if shed:
             self._metrics.events_shed.inc(shed)
             log.warning("disk budget reached: oldest telemetry shed", shed=shed)
