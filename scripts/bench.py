@@ -38,7 +38,7 @@ from gateway.supervisor import Handle  # noqa: E402
 from gateway.sync.outbox import Outbox  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
 from simulators.cloud import Cloud  # noqa: E402
-from simulators.daemon import GatewayProcess  # noqa: E402
+from simulators.daemon import GatewayProcess, settings  # noqa: E402
 from simulators.population import CUSTOMERS  # noqa: E402
 from simulators.store import SimulatedStore  # noqa: E402
 
@@ -270,18 +270,13 @@ async def _drain(work: Path, count: int) -> Figures:
         gateway = GatewayProcess(
             REPO / "examples" / "demo.toml",
             work,
-            overrides={
-                "mqtt.port": str(cloud.port),  # any broker will do for the store side here
-                "store.state_dir": str(work / "state"),
-                "logging.format": "json",
-                "logging.level": "warning",
-                "health.enabled": "false",
-                "outbox.max_mb": "100000",
-                "cloud.enabled": "true",
-                "cloud.host": "127.0.0.1",
-                "cloud.port": str(cloud.port),
-                "cloud.tls": "false",
-            },
+            overrides=settings(
+                store_port=cloud.port,  # any broker will do for the store side here
+                state_dir=work / "state",
+                cloud_port=cloud.port,
+                logging__level="warning",
+                outbox__max_mb="100000",
+            ),
         )
         gateway.start()
         await asyncio.to_thread(gateway.wait_ready)

@@ -9,8 +9,16 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
-__all__ = ["Mosquitto", "MosquittoMissing", "find_mosquitto", "free_port"]
+__all__ = [
+    "Mosquitto",
+    "MosquittoMissing",
+    "ServerProcess",
+    "find_mosquitto",
+    "free_port",
+    "listening",
+]
 
 INSTALL_HINT = "sudo apt-get install -y mosquitto"
 
@@ -33,25 +41,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class Mosquitto:
-    """Start with `start()` (or `with`), stop with `stop()`; `start()` again reuses the port."""
+class ServerProcess:
+    """A server binary on a loopback `port`, configured by a file it is started with.
 
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
-        binary = find_mosquitto()
-        if binary is None:
-            raise MosquittoMissing
-        self.binary = binary
-        self.workdir = workdir
-        self.port = port or free_port()
-        self.extra_conf = extra_conf
-        self._proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "mosquitto.log"
+    Subclasses give `binary`, `config_text()` and the paths; `stop()` then `start()` reuses
+    the port (and whatever the server keeps on disk), as a restart would.
+    """
+
+    name = "server"
+    binary: str
+    workdir: Path
+    port: int
+    conf_path: Path
+    log_path: Path
+    _proc: subprocess.Popen[bytes] | None = None
+
+    def config_text(self) -> str:
+        raise NotImplementedError
 
     @property
     def running(self) -> bool:
@@ -59,46 +71,35 @@ class Mosquitto:
 
     def start(self, timeout: float = 10.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "mosquitto.conf"
-        # As root, mosquitto would switch to user 'mosquitto', who can't read our temp files.
-        user = "user root\n" if os.geteuid() == 0 else ""
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            "set_tcp_nodelay true\n"
-            f"{user}"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            f"{self.extra_conf}\n"
-        )
+        self.conf_path.write_text(self.config_text())
         log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
+            [self.binary, "-c", str(self.conf_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in a terminal reaches the owner, not the broker
+            start_new_session=True,  # Ctrl-C in a terminal reaches the owner, not the server
         )
         log.close()
         deadline = time.monotonic() + timeout
-        while not _listening(self.port):
+        while not listening(self.port):
             if self._proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited: {self.log_path.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.name} exited: {self.log_path.read_text()[-2000:]}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"mosquitto did not listen on {self.port} in {timeout}s")
+                raise RuntimeError(f"{self.name} did not listen on {self.port} in {timeout}s")
             time.sleep(0.02)
 
     def stop(self) -> None:
         if self._proc is not None:
             self._proc.terminate()
             try:
-                self._proc.wait(timeout=5)
+                self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
             self._proc = None
 
-    def __enter__(self) -> Mosquitto:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -109,3 +110,33 @@ class Mosquitto:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class Mosquitto(ServerProcess):
+    """Start with `start()` (or `with`), stop with `stop()`; `start()` again reuses the port."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise MosquittoMissing
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.extra_conf = extra_conf
+        self.log_path = workdir / "mosquitto.log"
+        self.conf_path = workdir / "mosquitto.conf"
+
+    def config_text(self) -> str:
+        # As root, mosquitto would switch to user 'mosquitto', who can't read our temp files.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        return (
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "set_tcp_nodelay true\n"
+            f"{user}"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            f"{self.extra_conf}\n"
+        )

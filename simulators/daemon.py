@@ -12,7 +12,39 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["GatewayProcess"]
+__all__ = ["GatewayProcess", "settings"]
+
+
+def settings(
+    *,
+    store_port: int,
+    state_dir: Path,
+    cloud_port: int | None = None,
+    bundle_key: str = "",
+    **extra: str,
+) -> dict[str, str]:
+    """`--set` overrides for a test or demo gateway: its brokers on loopback, quick reconnects.
+
+    `extra` keys use `__` for the dot: `outbox__max_mb="1"` is `outbox.max_mb=1`.
+    """
+    values = {
+        "mqtt.port": str(store_port),
+        "mqtt.reconnect_max_s": "1",
+        "store.state_dir": str(state_dir),
+        "health.enabled": "false",
+        "logging.format": "json",
+    }
+    if cloud_port is not None:
+        values |= {
+            "cloud.enabled": "true",
+            "cloud.host": "127.0.0.1",
+            "cloud.port": str(cloud_port),
+            "cloud.tls": "false",
+            "cloud.reconnect_min_s": "0.05",
+            "cloud.reconnect_max_s": "0.5",
+            "cloud.bundle_public_key": bundle_key,
+        }
+    return values | {key.replace("__", "."): value for key, value in extra.items()}
 
 
 class GatewayProcess:

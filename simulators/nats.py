@@ -19,13 +19,9 @@ What NATS' MQTT listener does, measured here through aiomqtt / paho-mqtt (docs/c
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from pathlib import Path
-from types import TracebackType
 
-from simulators.broker import free_port
+from simulators.broker import ServerProcess, free_port
 
 __all__ = ["INSTALL_HINT", "NatsMissing", "NatsMqtt", "find_nats_server"]
 
@@ -45,17 +41,13 @@ def find_nats_server() -> str | None:
     return "/usr/sbin/nats-server" if Path("/usr/sbin/nats-server").exists() else None
 
 
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-class NatsMqtt:
+class NatsMqtt(ServerProcess):
     """`nats-server` with JetStream and an MQTT listener on `port` (loopback).
 
     `stop()` then `start()` reuses the ports and the JetStream store, as a broker restart would.
     """
+
+    name = "nats-server"
 
     def __init__(
         self, workdir: Path, port: int | None = None, *, tls: tuple[Path, Path, Path] | None = None
@@ -70,13 +62,8 @@ class NatsMqtt:
         self.tls = tls
         self.port = port or free_port()  # MQTT
         self.nats_port = free_port()  # the NATS protocol itself (unused by the gateway)
-        self._proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "nats-server.log"
         self.conf_path = workdir / "nats-server.conf"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def config_text(self) -> str:
         store = self.workdir / "jetstream"
@@ -99,43 +86,4 @@ class NatsMqtt:
         )
 
     def start(self, timeout: float = 15.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(self.config_text())
-        log = self.log_path.open("ab")
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C in a terminal reaches the owner, not the server
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while not _listening(self.port):
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited: {self.log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nats-server did not listen on {self.port} in {timeout}s")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-            self._proc = None
-
-    def __enter__(self) -> NatsMqtt:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        super().start(timeout)

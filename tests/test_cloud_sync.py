@@ -10,7 +10,7 @@ import pytest
 
 from simulators.broker import Mosquitto
 from simulators.cloud import Cloud
-from simulators.daemon import GatewayProcess
+from simulators.daemon import GatewayProcess, settings
 from simulators.events import EventSource
 from simulators.population import CUSTOMERS
 from simulators.store import SimulatedStore
@@ -21,24 +21,14 @@ STORE = "demo-store"
 
 
 def _gateway(tmp_path: Path, store: Mosquitto, cloud: Cloud, **extra: str) -> GatewayProcess:
-    process = GatewayProcess(
-        DEMO_CONFIG,
-        tmp_path,
-        overrides={
-            "mqtt.port": str(store.port),
-            "store.state_dir": str(tmp_path / "state"),
-            "health.enabled": "false",
-            "logging.format": "json",
-            "cloud.enabled": "true",
-            "cloud.host": "127.0.0.1",
-            "cloud.port": str(cloud.port),
-            "cloud.tls": "false",
-            "cloud.reconnect_min_s": "0.05",
-            "cloud.reconnect_max_s": "0.5",
-            "cloud.bundle_public_key": cloud.signer.public_key_text,
-            **{k.replace("__", "."): v for k, v in extra.items()},
-        },
+    overrides = settings(
+        store_port=store.port,
+        state_dir=tmp_path / "state",
+        cloud_port=cloud.port,
+        bundle_key=cloud.signer.public_key_text,
+        **extra,
     )
+    process = GatewayProcess(DEMO_CONFIG, tmp_path, overrides=overrides)
     process.start()
     process.wait_ready()
     return process

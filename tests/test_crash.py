@@ -17,7 +17,7 @@ import pytest
 
 from simulators.broker import Mosquitto
 from simulators.cloud import CloudReceiver
-from simulators.daemon import GatewayProcess
+from simulators.daemon import GatewayProcess, settings
 from simulators.events import EventSource
 from tests.conftest import DEMO_CONFIG
 
@@ -26,24 +26,15 @@ STORE = "demo-store"
 
 
 def _start(tmp_path: Path, store: Mosquitto, cloud: Mosquitto, run: int) -> GatewayProcess:
+    overrides = settings(
+        store_port=store.port,
+        state_dir=tmp_path / "state",
+        cloud_port=cloud.port,
+        logging__level="warning",
+        mqtt__reconnect_max_s="0.5",
+    )
     process = GatewayProcess(
-        DEMO_CONFIG,
-        tmp_path,
-        overrides={
-            "mqtt.port": str(store.port),
-            "store.state_dir": str(tmp_path / "state"),
-            "health.enabled": "false",
-            "logging.format": "json",
-            "logging.level": "warning",
-            "mqtt.reconnect_max_s": "0.5",
-            "cloud.enabled": "true",
-            "cloud.host": "127.0.0.1",
-            "cloud.port": str(cloud.port),
-            "cloud.tls": "false",
-            "cloud.reconnect_min_s": "0.05",
-            "cloud.reconnect_max_s": "0.5",
-        },
-        output=tmp_path / f"gateway-{run}.log",
+        DEMO_CONFIG, tmp_path, overrides=overrides, output=tmp_path / f"gateway-{run}.log"
     )
     process.start()
     return process
