@@ -48,6 +48,8 @@ class Offer:
     valid_from: float | None = None
     valid_to: float | None = None
     inventory: int | None = None  # None: not tracked
+    price_band: str = "mid"  # low, mid, high
+    margin: float = 0.0  # share of the price, 0..1
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +155,20 @@ def _migrate_v2(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_v3(db: sqlite_utils.Database) -> None:
+    """Offer facts the decision engine uses; the context a decision was taken in."""
+    offers = db.table("offers")
+    offers.add_column("price_band", str)
+    offers.add_column("margin", float)
+    db.table("decisions").add_column("context", str)  # JSON, for replays and training
+
+
 # Append only: a released migration is never edited, the next one is added.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migrate_v1, _migrate_v2)
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migrate_v1,
+    _migrate_v2,
+    _migrate_v3,
+)
 
 
 class Store:
@@ -219,6 +233,8 @@ class Store:
                 o.valid_from,
                 o.valid_to,
                 o.inventory,
+                o.price_band,
+                o.margin,
                 now,
             )
             for o in offers
@@ -226,8 +242,8 @@ class Store:
         # Plain SQL, not sqlite-utils: its helpers commit, and a bundle must apply all or nothing.
         sql = (
             "INSERT OR REPLACE INTO offers (id, title, body, category, discount_pct, channels,"
-            " segments, dayparts, priority, valid_from, valid_to, inventory, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " segments, dayparts, priority, valid_from, valid_to, inventory, price_band, margin,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self._write(sql, rows, commit)
         return len(rows)
@@ -378,6 +394,8 @@ def _offer(row: Mapping[str, Any]) -> Offer:
         valid_from=row["valid_from"],
         valid_to=row["valid_to"],
         inventory=row["inventory"],
+        price_band=row["price_band"] or "mid",
+        margin=row["margin"] or 0.0,
     )
 
 

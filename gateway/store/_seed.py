@@ -55,4 +55,6 @@ def offer_from_json(o: Mapping[str, Any]) -> Offer:
         valid_from=o.get("valid_from"),
         valid_to=o.get("valid_to"),
         inventory=o.get("inventory"),
+        price_band=o.get("price_band", "mid"),
+        margin=float(o.get("margin", 0.0)),
     )

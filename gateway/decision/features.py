@@ -1,0 +1,183 @@
+"""The feature spec: one row per candidate offer = context features + offer features.
+
+Declared as data and versioned; its hash goes into every model file's metadata and every
+decision's log, so a model trained on another spec is refused rather than fed the wrong columns.
+Customer features are filled only for an identified customer who consented; otherwise zeros.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.store import Offer
+
+__all__ = [
+    "CATEGORIES",
+    "COMPLEMENTS",
+    "FEATURES",
+    "PRICE_BANDS",
+    "SEGMENTS",
+    "SPEC",
+    "SPEC_HASH",
+    "TOUCHPOINTS",
+    "ZONES",
+    "CustomerFacts",
+    "FeatureContext",
+    "Weather",
+    "featurize",
+    "row_hash",
+]
+
+SPEC_NAME = "nba-features"
+SPEC_VERSION = 1
+CATEGORIES = (
+    "coffee",
+    "bakery",
+    "lunch",
+    "deli",
+    "produce",
+    "drinks",
+    "pasta",
+    "sauce",
+    "snacks",
+    "household",
+)
+ZONES = ("entrance", "coffee", "bakery", "produce", "deli", "checkout", "other")
+TOUCHPOINTS = ("kiosk", "screen", "receipt", "tablet")
+SEGMENTS = ("coffee-lovers", "bakery-fans", "families", "health", "value")
+PRICE_BANDS = ("low", "mid", "high")
+# Category in the basket -> categories that go with it (pasta -> sauce, ...).
+COMPLEMENTS: Mapping[str, tuple[str, ...]] = {
+    "pasta": ("sauce",),
+    "sauce": ("pasta",),
+    "coffee": ("bakery",),
+    "bakery": ("coffee",),
+    "lunch": ("drinks", "snacks"),
+    "deli": ("drinks", "bakery"),
+    "snacks": ("drinks",),
+}
+
+
+def _names() -> tuple[str, ...]:
+    names = ["hour_sin", "hour_cos", "dow_sin", "dow_cos", "temp_c_30", "raining"]
+    names += [f"zone_{z}" for z in ZONES]
+    names += ["dwell_min_30"]
+    names += [f"touchpoint_{t}" for t in TOUCHPOINTS]
+    names += [f"basket_{c}" for c in CATEGORIES]
+    names += ["identified"]
+    names += [f"segment_{s}" for s in SEGMENTS]
+    names += ["recency_90", "frequency_20", "monetary_500"]
+    names += [f"offer_{c}" for c in CATEGORIES]
+    names += ["discount"]
+    names += [f"price_{b}" for b in PRICE_BANDS]
+    names += ["margin", "inventory_100", "complements_basket", "category_trend"]
+    return tuple(names)
+
+
+FEATURES = _names()
+CONTEXT_WIDTH = FEATURES.index(f"offer_{CATEGORIES[0]}")
+SPEC = {
+    "name": SPEC_NAME,
+    "version": SPEC_VERSION,
+    "features": list(FEATURES),
+    "categories": list(CATEGORIES),
+    "zones": list(ZONES),
+    "touchpoints": list(TOUCHPOINTS),
+    "segments": list(SEGMENTS),
+    "price_bands": list(PRICE_BANDS),
+    "complements": {k: list(v) for k, v in sorted(COMPLEMENTS.items())},
+}
+SPEC_HASH = hashlib.sha256(json.dumps(SPEC, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Weather:
+    temp_c: float = 15.0
+    raining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerFacts:
+    """Known only with consent: the segment and recency / frequency / monetary value."""
+
+    segment: str | None = None
+    recency_days: float | None = None
+    frequency: float | None = None
+    monetary: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureContext:
+    local_time: datetime
+    touchpoint: str
+    zone: str | None = None
+    dwell_s: float = 0.0
+    weather: Weather = field(default_factory=Weather)
+    basket: tuple[str, ...] = ()  # categories in the basket
+    customer: CustomerFacts | None = None  # None: anonymous or no consent
+    trend: Mapping[str, float] = field(default_factory=dict)  # category -> share of sales now
+
+
+def _one_hot(value: str | None, vocabulary: Sequence[str]) -> list[float]:
+    return [1.0 if value == v else 0.0 for v in vocabulary]
+
+
+def _context_row(ctx: FeatureContext) -> list[float]:
+    t = ctx.local_time
+    hour = t.hour + t.minute / 60
+    dow = t.weekday()
+    zone = ctx.zone if ctx.zone in ZONES else ("other" if ctx.zone else None)
+    customer = ctx.customer
+    row = [
+        math.sin(2 * math.pi * hour / 24),
+        math.cos(2 * math.pi * hour / 24),
+        math.sin(2 * math.pi * dow / 7),
+        math.cos(2 * math.pi * dow / 7),
+        ctx.weather.temp_c / 30,
+        1.0 if ctx.weather.raining else 0.0,
+        *_one_hot(zone, ZONES),
+        min(ctx.dwell_s / 60, 30) / 30,
+        *_one_hot(ctx.touchpoint, TOUCHPOINTS),
+        *[1.0 if c in ctx.basket else 0.0 for c in CATEGORIES],
+        1.0 if customer is not None else 0.0,
+        *_one_hot(customer.segment if customer else None, SEGMENTS),
+        min((customer.recency_days or 0) if customer else 0, 90) / 90,
+        min((customer.frequency or 0) if customer else 0, 20) / 20,
+        min((customer.monetary or 0) if customer else 0, 500) / 500,
+    ]
+    assert len(row) == CONTEXT_WIDTH
+    return row
+
+
+def _offer_row(offer: Offer, ctx: FeatureContext, complements: frozenset[str]) -> list[float]:
+    inventory = 1.0 if offer.inventory is None else min(offer.inventory, 100) / 100
+    return [
+        *_one_hot(offer.category, CATEGORIES),
+        offer.discount_pct / 100,
+        *_one_hot(offer.price_band, PRICE_BANDS),
+        offer.margin,
+        inventory,
+        1.0 if offer.category in complements else 0.0,
+        float(ctx.trend.get(offer.category, 0.0)),
+    ]
+
+
+def featurize(ctx: FeatureContext, offers: Sequence[Offer]) -> npt.NDArray[np.float32]:
+    """The model's input: one float32 row per offer, columns in `FEATURES` order."""
+    complements = frozenset(c for item in ctx.basket for c in COMPLEMENTS.get(item, ()))
+    context = _context_row(ctx)
+    rows = [context + _offer_row(offer, ctx, complements) for offer in offers]
+    return np.asarray(rows, dtype=np.float32).reshape(len(offers), len(FEATURES))
+
+
+def row_hash(row: npt.NDArray[np.float32]) -> str:
+    """A short, stable fingerprint of one feature row, logged with the decision."""
+    return hashlib.sha256(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()[:16]
