@@ -22,6 +22,8 @@ from drivers.mqtt import MqttLink
 from gateway import __version__
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
+from gateway.decision.engine import DecisionEngine
+from gateway.decision.manager import ModelManager
 from gateway.device_events import DeviceEvents
 from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
@@ -111,6 +113,10 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         requires=("store",),
     )
     outbox = Outbox(db, config.store.id, clock, metrics)
+    engine = DecisionEngine(config.decision)
+    models = ModelManager(
+        engine, config.decision.model_file or state_dir / "models" / "nba.onnx", db
+    )
     journey = Journey(
         topics=topics,
         kiosks=config.kiosks,
@@ -121,6 +127,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         token_leeway_s=config.identity.token_leeway_s,
         metrics=metrics,
         clock=clock,
+        engine=engine,
         outbox=outbox,
     )
     events = DeviceEvents(topics, outbox, link)
@@ -130,9 +137,19 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         StoreComponent(db, config.catalog.seed_file, hash_key, clock),
         link,
         outbox,
+        models,
         journey,
     ]
     if config.cloud.enabled:
+
+        async def on_applied(kind: str, body: Mapping[str, Any]) -> None:
+            if kind == "offers":
+                await journey.reload_catalog()
+            elif kind == "model":
+                await models.load()
+            elif kind == "config":
+                models.apply_settings(dict(body.get("settings", {})))
+
         key = config.cloud.bundle_public_key
         bundles = BundleApplier(
             db=db,
@@ -143,7 +160,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
             outbox=outbox,
             clock=clock,
             metrics=metrics,
-            on_catalog=journey.reload_catalog,
+            on_applied=on_applied,
         )
         components.append(
             CloudLink(

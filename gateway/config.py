@@ -24,6 +24,7 @@ __all__ = [
     "CloudConfig",
     "Config",
     "ConfigError",
+    "DecisionConfig",
     "HealthConfig",
     "IdentityConfig",
     "KioskConfig",
@@ -163,6 +164,28 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DecisionConfig:
+    # The next-best-action model; absent or refused: the rule-based policy serves.
+    # Default: {store.state_dir}/models/nba.onnx (where model bundles are installed).
+    model_file: Path | None = None
+    # Share of decisions that explore (epsilon-greedy); their propensity is logged.
+    exploration: float = field(default=0.05, metadata=_meta(min=0, max=1))
+    # Share of identified customers kept as a control group (hashed, stable everywhere).
+    holdout_share: float = field(default=0.1, metadata=_meta(min=0, max=1))
+    # Anonymous audiences: each screen alternates model / rules in slots of this length.
+    switchback_slot_s: int = field(default=1800, metadata=_meta(min=60, max=86400 * 7))
+    # A redemption, tap or "accepted" joins its decision within this window; later: reward 0.
+    reward_window_s: int = field(default=7 * 86400, metadata=_meta(min=60, max=90 * 86400))
+    # Frequency caps: the same offer to the same customer per day, on the same screen per hour.
+    cap_customer_per_day: int = field(default=3, metadata=_meta(min=1, max=1000))
+    cap_touchpoint_per_hour: int = field(default=30, metadata=_meta(min=1, max=100000))
+    # Shadow mode: a new model scores beside the serving one (both logged) but does not act.
+    shadow: bool = False
+    # Recent decisions a new model must score sanely before it serves.
+    replay_size: int = field(default=200, metadata=_meta(min=0, max=100000))
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenConfig:
     zone: str = ""
 
@@ -184,6 +207,7 @@ class Config:
     catalog: CatalogConfig = field(default_factory=CatalogConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig)
     screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
 
@@ -398,6 +422,7 @@ def _check_files(config: Config, problems: list[str]) -> None:
         "cloud.artifact_ca_file": config.cloud.artifact_ca_file,
         "identity.hash_key_file": config.identity.hash_key_file,
         "catalog.seed_file": config.catalog.seed_file,
+        "decision.model_file": config.decision.model_file,
     }
     for key, file in files.items():
         if file is not None and not file.is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
@@ -17,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.clock import Clock
 from gateway.config import KioskConfig
-from gateway.decision import POLICY, Choice, Context, choose
+from gateway.decision import Context
+from gateway.decision.engine import DecisionEngine, Outcome
+from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.identity import TokenError, customer_ref, verify_token
 from gateway.ids import uuid7
 from gateway.metrics import Metrics
@@ -67,9 +70,11 @@ class Journey:
         token_leeway_s: int,
         metrics: Metrics,
         clock: Clock,
+        engine: DecisionEngine,
         outbox: Outbox | None = None,
         queue_size: int = 1000,
     ) -> None:
+        self._engine = engine
         self._outbox = outbox
         self._topics = topics
         self._kiosks = kiosks
@@ -158,27 +163,47 @@ class Journey:
 
     def _decide(
         self, store: Store, event: KioskIdentify, ref: str | None, now: float
-    ) -> tuple[Decision, Choice, bool]:
-        """Runs on the store thread; pure but for the consent read and the decision commit."""
+    ) -> tuple[Decision, Outcome, bool]:
+        """Runs on the store thread: read the consent, decide (model call included), commit."""
         consent = store.consent(ref) if ref else None
         personal = consent is not None and consent.personalisation
-        context = Context(
-            now=now,
-            local_time=datetime.fromtimestamp(now),
-            channel="kiosk",
-            segment=consent.segment if consent is not None and personal else None,
+        customer = ref if personal else None  # no consent, no record of who it was
+        segment = consent.segment if consent is not None and personal else None
+        local = datetime.fromtimestamp(now)
+        kiosk = self._kiosks[event.kiosk_id]
+        features = FeatureContext(
+            local_time=local,
+            touchpoint="kiosk",
+            zone=kiosk.zone or None,
+            weather=self._engine.weather,
+            customer=CustomerFacts(segment=segment) if personal else None,
         )
-        choice = choose(self._offers, context)
+        seen, here = store.offer_counts(customer, event.kiosk_id, now)
+        outcome = self._engine.decide(
+            self._offers,
+            Context(now=now, local_time=local, channel="kiosk", segment=segment),
+            features,
+            customer_ref=customer,
+            touchpoint_id=event.kiosk_id,
+            customer_counts=seen,
+            touchpoint_counts=here,
+        )
+        logged = {**context_to_json(features), "arm": outcome.arm, "reason": outcome.reason}
+        if outcome.shadow is not None:
+            logged["shadow"] = dict(outcome.shadow)
         decision = Decision(
             id=uuid7(int(now * 1000)),
             ts=now,
             moment="kiosk_identify",
             touchpoint=event.kiosk_id,
-            customer_ref=ref if personal else None,  # no consent, no record of who it was
-            offer_id=choice.offer.id if choice.offer else None,
-            policy=POLICY,
-            propensity=choice.propensity,
+            customer_ref=customer,
+            offer_id=outcome.offer.id if outcome.offer else None,
+            policy=outcome.policy,
+            propensity=outcome.propensity,
             request_id=event.request_id,
+            model_version=outcome.model_version,
+            feature_hash=outcome.feature_hash,
+            context=json.dumps(logged, separators=(",", ":")),
         )
         uplink = None
         if self._outbox is not None:
@@ -193,16 +218,20 @@ class Journey:
                     "offer_id": decision.offer_id,
                     "policy": decision.policy,
                     "propensity": decision.propensity,
+                    "model_version": decision.model_version,
+                    "feature_hash": decision.feature_hash,
+                    "arm": outcome.arm,
                     "request_id": decision.request_id,
+                    "context": logged,
                 },
                 event_id=decision.id,
                 ts=now,
             )
         store.record_decision(decision, uplink)
-        return decision, choice, personal
+        return decision, outcome, personal
 
     def _show(
-        self, event: KioskIdentify, decision: Decision, choice: Choice, personal: bool
+        self, event: KioskIdentify, decision: Decision, choice: Outcome, personal: bool
     ) -> None:
         offer = choice.offer
         content = Content(

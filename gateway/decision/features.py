@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +33,8 @@ __all__ = [
     "CustomerFacts",
     "FeatureContext",
     "Weather",
+    "context_from_json",
+    "context_to_json",
     "featurize",
     "row_hash",
 ]
@@ -181,3 +184,40 @@ def featurize(ctx: FeatureContext, offers: Sequence[Offer]) -> npt.NDArray[np.fl
 def row_hash(row: npt.NDArray[np.float32]) -> str:
     """A short, stable fingerprint of one feature row, logged with the decision."""
     return hashlib.sha256(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()[:16]
+
+
+def context_to_json(ctx: FeatureContext) -> dict[str, object]:
+    """What a decision logs of its context: enough to replay it (and to train on it)."""
+    customer = ctx.customer
+    return {
+        "local_time": ctx.local_time.isoformat(),
+        "touchpoint": ctx.touchpoint,
+        "zone": ctx.zone,
+        "dwell_s": ctx.dwell_s,
+        "weather": {"temp_c": ctx.weather.temp_c, "raining": ctx.weather.raining},
+        "basket": list(ctx.basket),
+        "customer": None
+        if customer is None
+        else {
+            "segment": customer.segment,
+            "recency_days": customer.recency_days,
+            "frequency": customer.frequency,
+            "monetary": customer.monetary,
+        },
+        "trend": dict(ctx.trend),
+    }
+
+
+def context_from_json(data: Mapping[str, Any]) -> FeatureContext:
+    customer = data.get("customer")
+    weather = data.get("weather") or {}
+    return FeatureContext(
+        local_time=datetime.fromisoformat(data["local_time"]),
+        touchpoint=data["touchpoint"],
+        zone=data.get("zone"),
+        dwell_s=float(data.get("dwell_s", 0.0)),
+        weather=Weather(float(weather.get("temp_c", 15.0)), bool(weather.get("raining", False))),
+        basket=tuple(data.get("basket", ())),
+        customer=None if customer is None else CustomerFacts(**customer),
+        trend=dict(data.get("trend", {})),
+    )

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from gateway.store import Offer
 
-__all__ = ["POLICY", "Choice", "Context", "choose", "daypart"]
+__all__ = ["POLICY", "Choice", "Context", "choose", "daypart", "eligible"]
 
 POLICY = "rules/1"
 
@@ -45,7 +45,8 @@ class Choice:
     reason: str
 
 
-def _eligible(offer: Offer, ctx: Context) -> bool:
+def eligible(offer: Offer, ctx: Context) -> bool:
+    """The hard rules: channel, validity window, inventory, segment targeting (consent)."""
     if ctx.channel not in offer.channels:
         return False
     if offer.valid_from is not None and ctx.now < offer.valid_from:
@@ -67,10 +68,10 @@ def choose(offers: Iterable[Offer], ctx: Context) -> Choice:
         timely = int(part in offer.dayparts)
         return (-targeted, -timely, -offer.priority, offer.id)
 
-    eligible = [o for o in offers if _eligible(o, ctx)]
-    if not eligible:
+    candidates = [o for o in offers if eligible(o, ctx)]
+    if not candidates:
         return Choice(offer=None, propensity=1.0, reason="no eligible offer")
-    best = min(eligible, key=rank)
+    best = min(candidates, key=rank)
     targeted, timely, _, _ = rank(best)
     reason = "segment" if targeted else ("daypart" if timely else "priority")
     return Choice(offer=best, propensity=1.0, reason=reason)

@@ -70,6 +70,9 @@ class Decision:
     policy: str
     propensity: float
     request_id: str | None
+    model_version: str | None = None
+    feature_hash: str | None = None
+    context: str | None = None  # JSON: what the features were made of
 
 
 def _migrate_v1(db: sqlite_utils.Database) -> None:
@@ -160,7 +163,10 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     offers = db.table("offers")
     offers.add_column("price_band", str)
     offers.add_column("margin", float)
-    db.table("decisions").add_column("context", str)  # JSON, for replays and training
+    decisions = db.table("decisions")
+    decisions.add_column("context", str)  # JSON, for replays and training
+    decisions.create_index(["customer_ref", "ts"])  # frequency caps per customer
+    decisions.create_index(["touchpoint", "ts"])  # ... and per screen
 
 
 # Append only: a released migration is never edited, the next one is added.
@@ -285,7 +291,8 @@ class Store:
             self._conn.execute("BEGIN IMMEDIATE")
             self._conn.execute(
                 "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
-                " policy, propensity, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " policy, propensity, request_id, model_version, feature_hash, context)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     d.id,
                     d.ts,
@@ -296,6 +303,9 @@ class Store:
                     d.policy,
                     d.propensity,
                     d.request_id,
+                    d.model_version,
+                    d.feature_hash,
+                    d.context,
                 ),
             )
             if event is not None:
@@ -319,6 +329,41 @@ class Store:
         """Delete what the cloud acknowledged; (deleted, events waiting, bytes waiting)."""
         deleted = self.outbox.acknowledge(seqs)
         return deleted, self.outbox.count, self.outbox.bytes
+
+    def offer_counts(
+        self, customer_ref: str | None, touchpoint: str, now: float
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Offers shown to this customer in the last day, at this touchpoint in the last hour."""
+        customer: dict[str, int] = {}
+        if customer_ref is not None:
+            customer = dict(
+                self._conn.execute(
+                    "SELECT offer_id, count(*) FROM decisions WHERE customer_ref = ? AND ts >= ?"
+                    " AND offer_id IS NOT NULL GROUP BY offer_id",
+                    (customer_ref, now - 86400),
+                ).fetchall()
+            )
+        at_touchpoint = dict(
+            self._conn.execute(
+                "SELECT offer_id, count(*) FROM decisions WHERE touchpoint = ? AND ts >= ?"
+                " AND offer_id IS NOT NULL GROUP BY offer_id",
+                (touchpoint, now - 3600),
+            ).fetchall()
+        )
+        return customer, at_touchpoint
+
+    def recent_contexts(self, limit: int) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT context FROM decisions WHERE context IS NOT NULL ORDER BY ts DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def applied_body(self, kind: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT body FROM applied_bundles WHERE kind = ?", (kind,)
+        ).fetchone()
+        return str(row[0]) if row else None
 
     def applied_version(self, kind: str) -> int:
         row = self._conn.execute(
@@ -374,7 +419,8 @@ class Store:
     def decisions(self, limit: int = 100) -> list[Decision]:
         cursor = self._conn.execute(
             "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
-            " request_id FROM decisions ORDER BY id DESC LIMIT ?",
+            " request_id, model_version, feature_hash, context FROM decisions"
+            " ORDER BY id DESC LIMIT ?",
             (limit,),
         )
         return [Decision(*row) for row in cursor.fetchall()]

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -44,8 +45,9 @@ class BundleApplier:
         outbox: Outbox,
         clock: Clock,
         metrics: Metrics,
-        on_catalog: Callable[[], Awaitable[None]],
+        on_applied: Callable[[str, Mapping[str, Any]], Awaitable[None]],
     ) -> None:
+        """on_applied(kind, body): after a bundle applied (reload the catalog, the model...)."""
         self._db = db
         self._store_id = store_id
         self._key = public_key
@@ -54,7 +56,7 @@ class BundleApplier:
         self._outbox = outbox
         self._clock = clock
         self._metrics = metrics
-        self._on_catalog = on_catalog
+        self._on_applied = on_applied
 
     async def handle(self, kind: str, message: bytes) -> str:
         """Apply one bundle message from the `kind` topic; returns the outcome, for logs/tests."""
@@ -79,6 +81,7 @@ class BundleApplier:
             return f"rejected: {exc}"
         self._metrics.bundles.labels(kind, "applied").inc()
         log.info("bundle applied", kind=kind, version=bundle.version)
+        await self._on_applied(kind, bundle.body)
         await self._outbox.accept(
             "bundle.applied", "decision", {"kind": kind, "version": bundle.version}
         )
@@ -101,7 +104,6 @@ class BundleApplier:
                 raise BundleError("an offers bundle holds 'offers' (the whole catalog) only")
             offers = [offer_from_json(o) for o in bundle.body["offers"]]
             await self._db.call(_apply, replace(change, offers=offers))
-            await self._on_catalog()
         elif bundle.kind == "consents":
             validate("bundle-consents", bundle.body)
             upsert = [

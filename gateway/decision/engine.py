@@ -1,0 +1,168 @@
+"""The decision engine: hard rules, experiments, one model call, exploration, and a fallback.
+
+Synchronous and deterministic given its random source: the journey runs it on the store thread
+(off the event loop) right between reading the consent and committing the decision, so a
+decision and its log entry are one step. Models are swapped by replacing one reference: a
+decision under way finishes with the scorer it started with, none waits.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import structlog
+
+from gateway.config import DecisionConfig
+from gateway.decision import rules
+from gateway.decision.experiments import in_holdout, switchback_arm
+from gateway.decision.features import FeatureContext, Weather, featurize, row_hash
+from gateway.decision.model import ModelError, Scorer
+from gateway.decision.policy import epsilon_greedy
+from gateway.store import Offer
+
+__all__ = ["DecisionEngine", "Outcome"]
+
+log = structlog.get_logger("gateway.decision")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    offer: Offer | None
+    propensity: float
+    policy: str  # "nba" (the model), "rules" (fallback or control arm), "holdout"
+    reason: str
+    model_version: str | None = None
+    feature_hash: str | None = None
+    explored: bool = False
+    arm: str = "model"
+    shadow: Mapping[str, object] | None = None  # the shadow model's pick, for the log
+
+
+@dataclass
+class _Counters:
+    model: int = 0
+    fallback: int = 0
+    rollbacks: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+class DecisionEngine:
+    def __init__(self, config: DecisionConfig, rng: random.Random | None = None) -> None:
+        self.config = config
+        self._rng = rng or random.Random()
+        self.scorer: Scorer | None = None
+        self.shadow: Scorer | None = None
+        self._previous: Scorer | None = None
+        self.weather = Weather()  # from the latest config bundle's settings
+        self.counters = _Counters()
+
+    # -- model lifecycle
+
+    def install(self, scorer: Scorer, replay: Sequence[tuple[FeatureContext, list[Offer]]]) -> str:
+        """Validate a loaded model on recent decisions, then serve it (or shadow it)."""
+        for ctx, offers in replay:
+            if not offers:
+                continue
+            scores = scorer.score(featurize(ctx, offers))
+            if scores.shape != (len(offers),) or not np.all(np.isfinite(scores)):
+                raise ModelError(f"{scorer.info.path}: non-finite scores on a recent decision")
+            if np.any(scores < 0) or np.any(scores > 1):
+                raise ModelError(f"{scorer.info.path}: scores outside [0, 1] on a recent decision")
+        if self.config.shadow and self.scorer is not None:
+            self.shadow = scorer
+            return "shadow"
+        self._previous, self.scorer = self.scorer, scorer
+        return "serving"
+
+    def _rollback(self, scorer: Scorer, error: Exception) -> None:
+        """A model that fails at run time is dropped for the one before it (or the rules)."""
+        if self.scorer is scorer:
+            self.scorer, self._previous = self._previous, None
+            self.counters.rollbacks += 1
+            back = self.scorer.info.version if self.scorer else "the rules"
+            log.error(
+                "model failed at run time, rolled back",
+                model=scorer.info.version,
+                to=back,
+                error=str(error),
+            )
+
+    # -- deciding
+
+    def decide(
+        self,
+        offers: Sequence[Offer],
+        context: rules.Context,
+        features: FeatureContext,
+        *,
+        customer_ref: str | None,
+        touchpoint_id: str,
+        customer_counts: Mapping[str, int],
+        touchpoint_counts: Mapping[str, int],
+    ) -> Outcome:
+        """customer_ref: the consenting customer, or None; touchpoint_id: the kiosk or screen;
+        counts: offers shown today (to this customer) and this hour (at this touchpoint), for
+        the frequency caps."""
+        cfg = self.config
+        candidates = [
+            o
+            for o in offers
+            if rules.eligible(o, context)
+            and customer_counts.get(o.id, 0) < cfg.cap_customer_per_day
+            and touchpoint_counts.get(o.id, 0) < cfg.cap_touchpoint_per_hour
+        ]
+        if not candidates:
+            return Outcome(None, 1.0, "rules", "no eligible offer")
+        if customer_ref is not None and in_holdout(customer_ref, cfg.holdout_share):
+            anonymous = rules.Context(context.now, context.local_time, context.channel, None)
+            choice = rules.choose(candidates, anonymous)
+            return Outcome(choice.offer, 1.0, "holdout", "holdout group", arm="holdout")
+        arm = "model"
+        if customer_ref is None:
+            arm = switchback_arm(touchpoint_id, context.now, cfg.switchback_slot_s)
+        scorer = self.scorer
+        if scorer is None or arm == "control":
+            choice = rules.choose(candidates, context)
+            self.counters.fallback += 1
+            reason = choice.reason if scorer is not None else f"no model; {choice.reason}"
+            return Outcome(choice.offer, choice.propensity, "rules", reason, arm=arm)
+        matrix = featurize(features, candidates)
+        try:
+            scores = scorer.score(matrix)
+            if not np.all(np.isfinite(scores)):
+                raise ModelError("non-finite scores")
+        except Exception as exc:  # noqa: BLE001 - any model failure falls back, never crashes
+            self._rollback(scorer, exc)
+            choice = rules.choose(candidates, context)
+            return Outcome(choice.offer, choice.propensity, "rules", "model failed", arm=arm)
+        pick = epsilon_greedy(scores, cfg.exploration, self._rng)
+        self.counters.model += 1
+        return Outcome(
+            offer=candidates[pick.index],
+            propensity=pick.propensity,
+            policy="nba",
+            reason="explore" if pick.explored else "model",
+            model_version=scorer.info.version,
+            feature_hash=row_hash(matrix[pick.index]),
+            explored=pick.explored,
+            arm=arm,
+            shadow=self._shadow(matrix, candidates),
+        )
+
+    def _shadow(
+        self, matrix: np.ndarray, candidates: Sequence[Offer]
+    ) -> Mapping[str, object] | None:
+        shadow = self.shadow
+        if shadow is None:
+            return None
+        try:
+            scores = shadow.score(matrix)
+        except Exception as exc:  # noqa: BLE001 - a shadow never affects what is served
+            log.warning("shadow model failed", model=shadow.info.version, error=str(exc))
+            self.shadow = None
+            return None
+        best = int(np.argmax(scores))
+        return {"model_version": shadow.info.version, "offer_id": candidates[best].id}

@@ -1,0 +1,91 @@
+"""Loading models into the engine: at start, and whenever a model bundle installs a new file.
+
+A model is loaded and checked off the event loop, validated on a replay of recent decisions,
+then swapped in (or put in shadow). A refused model changes nothing: the one before it, or the
+rules, keep serving, and the health detail says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import structlog
+
+from gateway.decision.engine import DecisionEngine
+from gateway.decision.features import FeatureContext, context_from_json
+from gateway.decision.model import ModelError, Scorer
+from gateway.store import AsyncStore, Offer, Store
+from gateway.supervisor import Handle
+
+__all__ = ["ModelManager"]
+
+log = structlog.get_logger("gateway.model")
+
+
+class ModelManager:
+    name = "model"
+    requires = ("store",)
+
+    def __init__(self, engine: DecisionEngine, path: Path, db: AsyncStore) -> None:
+        self._engine = engine
+        self.path = path
+        self._db = db
+        self._handle: Handle | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, handle: Handle) -> None:
+        self._handle = handle
+        await self._apply_settings()
+        handle.ready(await self.load())
+        await asyncio.Event().wait()
+
+    async def load(self) -> str:
+        """(Re)load the model file; returns what is serving now, for the health detail."""
+        async with self._lock:
+            if not self.path.exists():
+                return f"no model at {self.path}: the rules serve"
+            try:
+                scorer = await asyncio.to_thread(Scorer.load, self.path)
+                replay = await self._replay()
+                state = await asyncio.to_thread(self._engine.install, scorer, replay)
+            except ModelError as exc:
+                current = self._engine.scorer
+                serving = current.info.version if current else "the rules"
+                log.error("model refused", path=str(self.path), reason=str(exc), serving=serving)
+                return f"model refused ({exc}); {serving} serve(s)"
+            log.info(
+                "model loaded",
+                version=scorer.info.version,
+                state=state,
+                replayed=len(replay),
+                trained_at=scorer.info.trained_at,
+            )
+            detail = f"{state}: model {scorer.info.version}"
+            if self._handle is not None:
+                self._handle.ready(detail)
+            return detail
+
+    async def _replay(self) -> list[tuple[FeatureContext, list[Offer]]]:
+        size = self._engine.config.replay_size
+        if size == 0:
+            return []
+        contexts = await self._db.call(Store.recent_contexts, size)
+        offers = await self._db.call(Store.offers)
+        return [(context_from_json(json.loads(c)), offers) for c in contexts]
+
+    async def _apply_settings(self) -> None:
+        """Weather and other context the cloud sends in its latest config bundle."""
+        body = await self._db.call(Store.applied_body, "config")
+        if body:
+            self.apply_settings(json.loads(body).get("settings", {}))
+
+    def apply_settings(self, settings: dict[str, object]) -> None:
+        weather = settings.get("weather")
+        if isinstance(weather, dict):
+            from gateway.decision.features import Weather
+
+            self._engine.weather = Weather(
+                float(weather.get("temp_c", 15.0)), bool(weather.get("raining", False))
+            )
