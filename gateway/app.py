@@ -24,6 +24,7 @@ from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
+from gateway.decision.rewards import RewardJoiner
 from gateway.device_events import DeviceEvents
 from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
@@ -130,7 +131,8 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         engine=engine,
         outbox=outbox,
     )
-    events = DeviceEvents(topics, outbox, link)
+    rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
+    events = DeviceEvents(topics, outbox, link, rewards)
     link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
@@ -139,6 +141,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         outbox,
         models,
         journey,
+        rewards,
     ]
     if config.cloud.enabled:
 

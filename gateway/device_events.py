@@ -13,6 +13,7 @@ import json
 
 import structlog
 
+from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
 from gateway.journey import Publisher
 from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
@@ -25,10 +26,17 @@ DEVICE_KINDS = frozenset({"kiosk", "pos", "tablet", "screen"})
 
 
 class DeviceEvents:
-    def __init__(self, topics: Topics, outbox: Outbox, publisher: Publisher) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        outbox: Outbox,
+        publisher: Publisher,
+        rewards: RewardJoiner | None = None,
+    ) -> None:
         self._topics = topics
         self._outbox = outbox
         self._publisher = publisher
+        self._rewards = rewards
         self._acks: dict[tuple[str, str], list[str]] = {}
 
     def on_event(self, topic: str, payload: bytes) -> None:
@@ -46,6 +54,22 @@ class DeviceEvents:
         )
         future = self._outbox.submit(row)
         future.add_done_callback(lambda f: self._accepted(f, device, row.id))
+        decision_id = data["data"].get("decision_id")
+        if self._rewards is not None and data["type"] in REWARD_EVENTS and decision_id:
+            # The reward joins its decision once the event itself is safe.
+            future.add_done_callback(
+                lambda f: (
+                    f.exception() is None
+                    and self._rewards.join_soon(  # type: ignore[union-attr]
+                        str(decision_id), data["type"]
+                    )
+                )
+            )
+
+    def _reward(self, future: asyncio.Future[None], decision_id: str, event_type: str) -> None:
+        """The reward joins its decision once the event itself is committed."""
+        if self._rewards is not None and not future.cancelled() and future.exception() is None:
+            self._rewards.join_soon(decision_id, event_type)
 
     def _accepted(
         self, future: asyncio.Future[None], device: tuple[str, str], event_id: str

@@ -215,3 +215,33 @@ async def test_uplink_over_tls_with_a_client_certificate_and_a_per_store_acl(
         await asyncio.sleep(1.0)
         assert impostor.stop() == 0
         assert cloud.receiver.count == before  # denied by the broker's ACL
+
+
+async def test_a_kiosk_tap_rewards_its_decision_and_the_outcome_reaches_the_cloud(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with (
+        Cloud(tmp_path / "cloud") as cloud,
+        SimulatedStore("127.0.0.1", broker.port, STORE) as floor,
+    ):
+        gateway = _gateway(tmp_path, broker, cloud)
+        topic = floor.topics.kiosk_content("kiosk-1")
+        rid = await floor.kiosk("kiosk-1").identify("loyalty", CUSTOMERS[4].loyalty)
+        async with asyncio.timeout(5):
+            content = (await floor.answers(rid, [topic]))[topic].content
+        async with EventSource(
+            "127.0.0.1", broker.port, STORE, kind="kiosk", device_id="kiosk-1"
+        ) as tap:
+            await tap.send("kiosk.tap", "reward", {"decision_id": content.decision_id})
+            receiver = cloud.receiver
+            async with asyncio.timeout(10):
+                await receiver.wait_until(
+                    lambda: f"{content.decision_id}:outcome" in receiver.events
+                )
+        assert gateway.stop() == 0
+    outcome = receiver.events[f"{content.decision_id}:outcome"]
+    assert outcome["data"]["reward"] == 1.0
+    assert outcome["data"]["why"] == "kiosk.tap"
+    decision = receiver.events[content.decision_id]
+    assert decision["type"] == "decision"
+    assert 0 < decision["data"]["propensity"] <= 1

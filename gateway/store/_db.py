@@ -167,6 +167,8 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     decisions.add_column("context", str)  # JSON, for replays and training
     decisions.create_index(["customer_ref", "ts"])  # frequency caps per customer
     decisions.create_index(["touchpoint", "ts"])  # ... and per screen
+    # Decisions still waiting for their reward, for the window's expiry.
+    db.execute("CREATE INDEX decisions_open ON decisions (ts) WHERE reward IS NULL")
 
 
 # Append only: a released migration is never edited, the next one is added.
@@ -351,6 +353,59 @@ class Store:
             ).fetchall()
         )
         return customer, at_touchpoint
+
+    def join_reward(
+        self, decision_id: str, reward: float, now: float, window_s: float, event: OutboxRow
+    ) -> bool:
+        """Set a decision's reward if it is still open and within the window; the outcome
+        event commits with it. False: unknown, already joined, or too late."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            cursor = self._conn.execute(
+                "UPDATE decisions SET reward = ?, reward_at = ? WHERE id = ? AND reward IS NULL"
+                " AND ts >= ?",
+                (reward, now, decision_id, now - window_s),
+            )
+            if cursor.rowcount != 1:
+                return False
+            self.outbox.insert_one(event)
+        return True
+
+    def expire_rewards(
+        self, now: float, window_s: float, outcome: Callable[[Decision], OutboxRow], limit: int
+    ) -> int:
+        """Close decisions whose window passed with no reward: reward 0, outcome event."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            rows = self._conn.execute(
+                "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
+                " request_id, model_version, feature_hash FROM decisions"
+                " WHERE reward IS NULL AND ts < ? ORDER BY ts LIMIT ?",
+                (now - window_s, limit),
+            ).fetchall()
+            for row in rows:
+                decision = Decision(*row)
+                self._conn.execute(
+                    "UPDATE decisions SET reward = 0, reward_at = ? WHERE id = ?",
+                    (now, decision.id),
+                )
+                self.outbox.insert_one(outcome(decision))
+        return len(rows)
+
+    def decisions_by_id(self, ids: Sequence[str]) -> list[Decision]:
+        cursor = self._conn.execute(
+            "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
+            " request_id, model_version, feature_hash, context FROM decisions"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(ids)),),
+        )
+        return [Decision(*row) for row in cursor.fetchall()]
+
+    def reward_of(self, decision_id: str) -> float | None:
+        row = self._conn.execute(
+            "SELECT reward FROM decisions WHERE id = ?", (decision_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     def recent_contexts(self, limit: int) -> list[str]:
         rows = self._conn.execute(

@@ -1,0 +1,107 @@
+"""Rewards join the decisions they came from: a redemption at the till, a kiosk tap, an
+associate's "accepted". Within `decision.reward_window_s` the reward is 1; when the window
+passes with none, 0. Both work offline, and each outcome goes up to the cloud as a
+`decision.outcome` event (priority reward) committed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.store import AsyncStore, Decision, OutboxRow, Store
+from gateway.supervisor import Handle
+from gateway.sync.outbox import Outbox
+
+__all__ = ["REWARD_EVENTS", "RewardJoiner"]
+
+log = structlog.get_logger("gateway.rewards")
+# Device event types that reward the decision named in their data's `decision_id`.
+REWARD_EVENTS: Mapping[str, float] = {
+    "pos.redemption": 1.0,
+    "kiosk.tap": 1.0,
+    "tablet.accepted": 1.0,
+}
+_EXPIRY_EVERY_S = 60.0
+_EXPIRY_BATCH = 1000
+
+
+class RewardJoiner:
+    name = "rewards"
+    requires = ("store",)
+
+    def __init__(self, db: AsyncStore, outbox: Outbox, clock: Clock, window_s: float) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._clock = clock
+        self._window_s = window_s
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def _outcome(self, decision: Decision, reward: float, why: str, now: float) -> OutboxRow:
+        return self._outbox.row(
+            "decision.outcome",
+            "reward",
+            {
+                "decision_id": decision.id,
+                "reward": reward,
+                "why": why,
+                "offer_id": decision.offer_id,
+                "policy": decision.policy,
+                "propensity": decision.propensity,
+                "model_version": decision.model_version,
+                "touchpoint": decision.touchpoint,
+                "decided_at": decision.ts,
+            },
+            event_id=f"{decision.id}:outcome",
+            ts=now,
+        )
+
+    async def join(self, decision_id: str, event_type: str) -> bool:
+        """Reward the decision now; False if unknown, already rewarded, or past its window."""
+        reward = REWARD_EVENTS.get(event_type, 1.0)
+        now = self._clock.now()
+        decisions = await self._db.call(Store.decisions_by_id, [decision_id])
+        if not decisions:
+            log.info("reward for an unknown decision", decision=decision_id, type=event_type)
+            return False
+        event = self._outcome(decisions[0], reward, event_type, now)
+        joined = await self._db.call(
+            Store.join_reward, decision_id, reward, now, self._window_s, event
+        )
+        if joined:
+            self._outbox.appended.set()
+        log.info(
+            "reward joined" if joined else "reward not joined (late or repeated)",
+            decision=decision_id,
+            type=event_type,
+        )
+        return joined
+
+    def join_soon(self, decision_id: str, event_type: str) -> None:
+        """From a synchronous callback: join in the background, keeping a reference."""
+        task = asyncio.create_task(self.join(decision_id, event_type))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def expire(self) -> int:
+        now = self._clock.now()
+
+        def outcome(decision: Decision) -> OutboxRow:
+            return self._outcome(decision, 0.0, "window expired", now)
+
+        closed = await self._db.call(
+            Store.expire_rewards, now, self._window_s, outcome, _EXPIRY_BATCH
+        )
+        if closed:
+            self._outbox.appended.set()
+        return closed
+
+    async def run(self, handle: Handle) -> None:
+        handle.ready(f"window {self._window_s:g} s")
+        while True:
+            while await self.expire() == _EXPIRY_BATCH:
+                pass
+            await asyncio.sleep(_EXPIRY_EVERY_S)
