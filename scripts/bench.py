@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import os
 import platform
@@ -306,7 +307,136 @@ def bench_drain(quick: bool) -> Figures:
         return asyncio.run(_drain(work, count))
 
 
+def _decision_rig() -> tuple[Any, Any, Any, Any, Any]:
+    """The shipped model, 100 candidate offers, and a context, for the decision benchmarks."""
+    from datetime import datetime
+
+    from gateway.config import DecisionConfig
+    from gateway.decision import Context
+    from gateway.decision.engine import DecisionEngine
+    from gateway.decision.features import CATEGORIES, CustomerFacts, FeatureContext, Weather
+    from gateway.decision.model import Scorer
+    from gateway.store import Offer
+
+    scorer = Scorer.load(REPO / "models" / "nba.onnx")
+    offers = [
+        Offer(
+            f"OFF-{i:03d}",
+            f"Offer {i}",
+            category=CATEGORIES[i % len(CATEGORIES)],
+            discount_pct=float(i % 40),
+            price_band=("low", "mid", "high")[i % 3],
+            margin=(i % 10) / 10,
+        )
+        for i in range(100)
+    ]
+    local = datetime(2026, 11, 23, 12, 15)
+    rule_ctx = Context(now=local.timestamp(), local_time=local, channel="kiosk", segment=None)
+    features = FeatureContext(
+        local_time=local,
+        touchpoint="kiosk",
+        zone="deli",
+        weather=Weather(24.0, False),
+        basket=("pasta", "drinks"),
+        customer=CustomerFacts(segment="families", recency_days=12, frequency=6, monetary=180),
+    )
+    engine = DecisionEngine(DecisionConfig(holdout_share=0.0, exploration=0.05))
+    engine.install(scorer, replay=[])
+    return engine, scorer, offers, rule_ctx, features
+
+
+def bench_decide(quick: bool) -> Figures:
+    from gateway.decision.features import featurize
+
+    engine, scorer, offers, rule_ctx, features = _decision_rig()
+    n = 2000 if quick else 10_000
+    matrix = featurize(features, offers)
+
+    def decide() -> None:
+        engine.decide(
+            offers,
+            rule_ctx,
+            features,
+            customer_ref="c_bench",
+            touchpoint_id="kiosk-1",
+            customer_counts={},
+            touchpoint_counts={},
+        )
+
+    def timed(fn: Callable[[], object]) -> list[float]:
+        for _ in range(200):
+            fn()  # warm up
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1000)
+        return samples
+
+    decide_ms = timed(decide)
+    ort_ms = timed(lambda: scorer.score(matrix))
+    return {
+        "decide_candidates": len(offers),
+        "decide_p50_ms": _percentile(decide_ms, 50),
+        "decide_p99_ms": _percentile(decide_ms, 99),
+        "ort_only_p50_ms": _percentile(ort_ms, 50),
+        "ort_only_p99_ms": _percentile(ort_ms, 99),
+        "decisions_per_s": 1000 / statistics.mean(decide_ms),
+    }
+
+
+def bench_swap(quick: bool) -> Figures:
+    """Longest gap between decisions while models are loaded, validated and swapped in."""
+    import threading
+
+    from gateway.decision.model import Scorer
+
+    engine, _, offers, rule_ctx, features = _decision_rig()
+    stamps: list[float] = []
+    stop = threading.Event()
+
+    def decide_forever() -> None:
+        while not stop.is_set():
+            engine.decide(
+                offers,
+                rule_ctx,
+                features,
+                customer_ref="c_bench",
+                touchpoint_id="kiosk-1",
+                customer_counts={},
+                touchpoint_counts={},
+            )
+            stamps.append(time.perf_counter())
+
+    worker = threading.Thread(target=decide_forever)
+    worker.start()
+    time.sleep(0.3)
+    swaps = 5 if quick else 20
+    windows = []
+    for _ in range(swaps):
+        start = time.perf_counter()
+        scorer = Scorer.load(REPO / "models" / "nba.onnx")
+        engine.install(scorer, replay=[(features, offers)] * 20)
+        windows.append((start, time.perf_counter()))
+        time.sleep(0.1)
+    stop.set()
+    worker.join()
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    during = [
+        b - a
+        for a, b in itertools.pairwise(stamps)
+        if any(w0 <= b and a <= w1 for w0, w1 in windows)
+    ]
+    return {
+        "model_swaps": swaps,
+        "model_swap_pause_ms": max(during) * 1000,
+        "decision_gap_p50_ms": statistics.median(gaps) * 1000,
+    }
+
+
 BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
+    "decide": bench_decide,
+    "swap": bench_swap,
     "e2e": bench_e2e,
     "accept": bench_accept,
     "drain": bench_drain,
