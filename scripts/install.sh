@@ -133,6 +133,16 @@ for doc in "$REPO"/docs/*.md; do
     fi
 done
 
+# The shipped next-best-action model, where the daemon looks for it and model bundles replace it.
+# Only if absent: a model the cloud has installed since is newer than the one in this checkout.
+STATE_DIR=/var/lib/store-gateway
+if [[ -f "$REPO/models/nba.onnx" && ! -f "$STATE_DIR/models/nba.onnx" ]]; then
+    install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR" "$STATE_DIR/models"
+    install -m 0640 -o "$SERVICE_USER" -g "$SERVICE_USER" "$REPO/models/nba.onnx" \
+        "$STATE_DIR/models/nba.onnx"
+    say "installed the shipped model to $STATE_DIR/models/nba.onnx"
+fi
+
 # --- 4. Configuration --------------------------------------------------------------------------
 # Mode 0755 is ConfigurationDirectory='s default; secrets inside are 0640 root:store-gateway.
 install -d -m 0755 -o root -g root "$CONFIG_DIR"
