@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 import structlog
 
-from drivers.mqtt import NO_DELAY
+from drivers.mqtt import NO_DELAY, credentials
 from gateway.config import CloudConfig
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, Store
@@ -68,16 +68,7 @@ class CloudLink:
 
     def _client(self) -> aiomqtt.Client:
         cfg = self._config
-        tls = None
-        if cfg.tls:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
-        password = None
-        if cfg.password_file is not None:
-            password = cfg.password_file.read_text(encoding="utf-8").strip()
+        tls, password = credentials(cfg)
         return aiomqtt.Client(
             cfg.host,
             cfg.port,

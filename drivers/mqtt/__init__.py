@@ -1,5 +1,5 @@
 """The store broker link (aiomqtt)."""
 
-from drivers.mqtt._link import NO_DELAY, MqttLink
+from drivers.mqtt._link import NO_DELAY, MqttLink, credentials
 
-__all__ = ["NO_DELAY", "MqttLink"]
+__all__ = ["NO_DELAY", "MqttLink", "credentials"]

@@ -28,13 +28,13 @@ import structlog
 
 from gateway import __version__
 from gateway.clock import Clock
-from gateway.config import MqttConfig
+from gateway.config import CloudConfig, MqttConfig
 from gateway.metrics import Metrics
 from gateway.payloads import GatewayStatus, PayloadError, decode_status, encode_error, encode_status
 from gateway.supervisor import Backoff, Handle
 from gateway.topics import Topics
 
-__all__ = ["NO_DELAY", "MqttLink"]
+__all__ = ["NO_DELAY", "MqttLink", "credentials"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
@@ -47,6 +47,24 @@ class _Route:
     topic_filter: str
     name: str
     handler: Callable[[str, bytes], None]
+
+
+def credentials(
+    cfg: MqttConfig | CloudConfig,
+) -> tuple[aiomqtt.TLSParameters | None, str | None]:
+    """TLS parameters and the password (read now, so a rotated file is picked up on the next
+    connection) of a broker section of the configuration."""
+    tls = None
+    if cfg.tls:
+        tls = aiomqtt.TLSParameters(
+            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+            keyfile=str(cfg.key_file) if cfg.key_file else None,
+        )
+    password = None
+    if cfg.password_file is not None:
+        password = cfg.password_file.read_text(encoding="utf-8").strip()
+    return tls, password
 
 
 class MqttLink:
@@ -128,16 +146,7 @@ class MqttLink:
 
     def _client_for(self, session: int) -> aiomqtt.Client:
         cfg = self._config
-        password = None
-        if cfg.password_file is not None:
-            password = cfg.password_file.read_text(encoding="utf-8").strip()
-        tls = None
-        if cfg.tls:
-            tls = aiomqtt.TLSParameters(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
+        tls, password = credentials(cfg)
         self.session = session
         will = aiomqtt.Will(
             self._topics.gateway_status, self._status("offline"), qos=1, retain=True
