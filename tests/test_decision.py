@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from gateway.config import DecisionConfig
 from gateway.decision import Context
-from gateway.decision.engine import DecisionEngine
+from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.experiments import in_holdout, switchback_arm
 from gateway.decision.features import (
     FEATURES,
@@ -100,6 +100,26 @@ def _features(customer: CustomerFacts | None = None) -> FeatureContext:
     )
 
 
+def _decide(
+    engine: DecisionEngine,
+    *,
+    customer: str | None = "c_1",
+    segment: str | None = None,
+    seen: dict[str, int] | None = None,
+    here: dict[str, int] | None = None,
+) -> Outcome:
+    facts = CustomerFacts(segment) if customer and segment else None
+    return engine.decide(
+        OFFERS,
+        _ctx(segment),
+        _features(facts),
+        customer_ref=customer,
+        touchpoint_id="k1",
+        customer_counts=seen or {},
+        touchpoint_counts=here or {},
+    )
+
+
 def test_golden_features_for_a_fixed_context() -> None:
     customer = CustomerFacts(segment="value", recency_days=45, frequency=40, monetary=250)
     matrix = featurize(_features(customer), OFFERS[:3])
@@ -145,37 +165,13 @@ def test_hard_rules_exclude_out_of_stock_unconsented_and_capped() -> None:
     engine = DecisionEngine(DecisionConfig(exploration=0.0, holdout_share=0.0))
     seen = set()
     for _ in range(50):
-        out = engine.decide(
-            OFFERS,
-            _ctx(),
-            _features(),
-            customer_ref=None,
-            touchpoint_id="k1",
-            customer_counts={},
-            touchpoint_counts={},
-        )
+        out = _decide(engine, customer=None)
         seen.add(out.offer.id if out.offer else None)
     assert "GONE" not in seen  # out of stock
     assert "VIP" not in seen  # targeted, and this customer gave no consent
-    capped = engine.decide(
-        OFFERS,
-        _ctx(),
-        _features(),
-        customer_ref="c_x",
-        touchpoint_id="k1",
-        customer_counts={"COFFEE": 3, "SAUCE": 3, "DRINK": 3},
-        touchpoint_counts={},
-    )
+    capped = _decide(engine, customer="c_x", seen={"COFFEE": 3, "SAUCE": 3, "DRINK": 3})
     assert capped.offer is None  # every remaining offer reached its daily cap for this customer
-    busy = engine.decide(
-        OFFERS,
-        _ctx(),
-        _features(),
-        customer_ref=None,
-        touchpoint_id="k1",
-        customer_counts={},
-        touchpoint_counts={"COFFEE": 30, "SAUCE": 30},
-    )
+    busy = _decide(engine, customer=None, here={"COFFEE": 30, "SAUCE": 30})
     assert busy.offer is not None
     assert busy.offer.id == "DRINK"
 
@@ -186,15 +182,7 @@ def test_holdout_is_stable_and_served_without_personalisation() -> None:
     assert 0.08 < share < 0.12
     assert [in_holdout(r, 0.1) for r in refs] == [in_holdout(r, 0.1) for r in refs]
     engine = DecisionEngine(DecisionConfig(holdout_share=1.0))
-    out = engine.decide(
-        OFFERS,
-        _ctx("value"),
-        _features(CustomerFacts("value")),
-        customer_ref="c_1",
-        touchpoint_id="k1",
-        customer_counts={},
-        touchpoint_counts={},
-    )
+    out = _decide(engine, segment="value")
     assert out.policy == "holdout"
     assert out.offer is not None
     assert out.offer.id != "VIP"  # the control group gets no targeted offer
@@ -225,15 +213,7 @@ def test_the_model_decides_when_loaded(tmp_path: Path) -> None:
     scorer = Scorer.load(make_model(tmp_path / "m.onnx", _weights(offer_drinks=5.0), version="v7"))
     engine = DecisionEngine(DecisionConfig(exploration=0.0, holdout_share=0.0))
     engine.install(scorer, replay=[(_features(), OFFERS)])
-    out = engine.decide(
-        OFFERS,
-        _ctx(),
-        _features(),
-        customer_ref="c_1",
-        touchpoint_id="k1",
-        customer_counts={},
-        touchpoint_counts={},
-    )
+    out = _decide(engine)
     assert (out.policy, out.model_version, out.offer.id if out.offer else None) == (
         "nba",
         "v7",
@@ -254,15 +234,7 @@ def test_corrupt_and_mismatched_models_are_refused_and_the_fallback_serves(tmp_p
     with pytest.raises(ModelError, match="cannot read"):
         Scorer.load(tmp_path / "absent.onnx")
     engine = DecisionEngine(DecisionConfig(holdout_share=0.0))
-    out = engine.decide(
-        OFFERS,
-        _ctx(),
-        _features(),
-        customer_ref="c_1",
-        touchpoint_id="k1",
-        customer_counts={},
-        touchpoint_counts={},
-    )
+    out = _decide(engine)
     assert out.policy == "rules"
     assert out.offer is not None
 
@@ -279,15 +251,7 @@ def test_a_model_failing_at_run_time_is_rolled_back(tmp_path: Path) -> None:
     engine = DecisionEngine(DecisionConfig(exploration=0.0, holdout_share=0.0))
     engine.install(good, replay=[])
     engine.scorer, engine._previous = bad, good
-    out = engine.decide(
-        OFFERS,
-        _ctx(),
-        _features(),
-        customer_ref="c_1",
-        touchpoint_id="k1",
-        customer_counts={},
-        touchpoint_counts={},
-    )
+    out = _decide(engine)
     assert out.policy == "rules"  # this decision still got an offer
     assert engine.scorer is good
     assert engine.counters.rollbacks == 1
@@ -317,15 +281,7 @@ def test_swapping_models_under_concurrent_decisions_loses_none(tmp_path: Path) -
         rng_ref = 0
         while not stop.is_set():
             rng_ref += 1
-            out = engine.decide(
-                OFFERS,
-                _ctx(),
-                _features(),
-                customer_ref=f"c_{rng_ref}",
-                touchpoint_id="k1",
-                customer_counts={},
-                touchpoint_counts={},
-            )
+            out = _decide(engine, customer=f"c_{rng_ref}")
             results.append(out.model_version)
 
     workers = [threading.Thread(target=decide) for _ in range(3)]

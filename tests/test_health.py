@@ -43,7 +43,15 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
     report = json.loads(body)
     assert status == 200
     assert report["status"] == "ok"
-    assert set(report["components"]) == {"store", "mqtt", "outbox", "model", "journey", "rewards", "health"}
+    assert set(report["components"]) == {
+        "store",
+        "mqtt",
+        "outbox",
+        "model",
+        "journey",
+        "rewards",
+        "health",
+    }
     broker.stop()
     report = await _wait_status(port, "degraded")
     mqtt = report["components"]["mqtt"]  # type: ignore[index]
