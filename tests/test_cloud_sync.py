@@ -245,3 +245,42 @@ async def test_a_kiosk_tap_rewards_its_decision_and_the_outcome_reaches_the_clou
     decision = receiver.events[content.decision_id]
     assert decision["type"] == "decision"
     assert 0 < decision["data"]["propensity"] <= 1
+
+
+async def test_a_model_bundle_is_downloaded_and_then_decides(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    from tests.test_decision import _weights, make_model
+
+    async with (
+        Cloud(tmp_path / "cloud") as cloud,
+        SimulatedStore("127.0.0.1", broker.port, STORE) as floor,
+    ):
+        gateway = _gateway(
+            tmp_path,
+            broker,
+            cloud,
+            cloud__artifact_ca_file=str(cloud.ca_file),
+            decision__holdout_share="0",
+        )
+        model = make_model(tmp_path / "m.onnx", _weights(offer_produce=6.0), version="bundle-v1")
+        artifact = cloud.add_artifact("nba-bundle-v1.onnx", model.read_bytes())
+        async with cloud.client("bundle-publisher") as client:
+            bundle = cloud.signer.make("model", 1, {"name": "nba"}, store=STORE, artifact=artifact)
+            await cloud.signer.publish(client, STORE, "model", bundle)
+        receiver = cloud.receiver
+        async with asyncio.timeout(15):
+            await receiver.wait_until(
+                lambda: any(e.get("type") == "bundle.applied" for e in receiver.events.values())
+            )
+        topic = floor.topics.kiosk_content("kiosk-1")
+        rid = await floor.kiosk("kiosk-1").identify("loyalty", CUSTOMERS[2].loyalty)
+        async with asyncio.timeout(5):
+            content = (await floor.answers(rid, [topic]))[topic].content
+            await receiver.wait_until(lambda: content.decision_id in receiver.events)
+        assert gateway.stop() == 0
+    decision = receiver.events[content.decision_id]["data"]
+    assert (decision["policy"], decision["model_version"]) == ("nba", "bundle-v1")
+    assert content.offer is not None
+    assert content.offer.category == "produce"  # what the new model prefers
+    assert (tmp_path / "state" / "models" / "nba.onnx").read_bytes() == model.read_bytes()
