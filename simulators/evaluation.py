@@ -34,6 +34,7 @@ On the simulator
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -210,6 +211,13 @@ def log_decisions(
         done += len(moments)
 
 
+def split_rows(values: F64, counts: Sequence[int]) -> Iterator[F64]:
+    """`values` of concatenated moments, back into one array per moment."""
+    bounds = np.cumsum([0, *counts])
+    for a, b in itertools.pairwise(bounds):
+        yield values[a:b]
+
+
 # --------------------------------------------------------------------------------------------
 # Offline metrics of a scorer
 
@@ -249,8 +257,19 @@ class OpeTerms:
     reward: list[float] = field(default_factory=list)
     direct: list[float] = field(default_factory=list)  # sum_a pi(a|x_i) q(x_i, a)
     q_chosen: list[float] = field(default_factory=list)  # q(x_i, a_i)
+    truth: list[float] = field(default_factory=list)  # sum_a pi(a|x_i) P_true(a): simulator only
 
-    def add(self, pi: F64, q: F64 | None, chosen: int, propensity: float, reward: float) -> None:
+    def add(
+        self,
+        pi: F64,
+        q: F64 | None,
+        chosen: int,
+        propensity: float,
+        reward: float,
+        *,
+        truth: F64 | None = None,
+    ) -> None:
+        self.truth.append(float(pi @ truth) if truth is not None else math.nan)
         self.weight.append(float(pi[chosen]) / propensity)
         self.reward.append(reward)
         self.direct.append(float(pi @ q) if q is not None else math.nan)
@@ -259,12 +278,19 @@ class OpeTerms:
     def __len__(self) -> int:
         return len(self.weight)
 
+    def true_value(self) -> Estimate | None:
+        """The target's expected conversion on the logged moments (known on the simulator)."""
+        if not self.truth or math.isnan(self.truth[0]):
+            return None
+        return mean_estimate(self.truth)
+
 
 def ope_terms_from_simulator(
     target: Policy,
     logging: Policy,
     sim: Simulator,
     n: int,
+    *,
     seed: int,
     reward_model: OnnxScorer | None = None,
     chunk: int = 500,
@@ -281,12 +307,11 @@ def ope_terms_from_simulator(
         qs: list[F64 | None] = [None] * len(moments)
         if reward_model is not None:
             scores = reward_model.scores(np.concatenate([m.features for m in moments]))
-            bounds = np.cumsum([0] + [len(m.offers) for m in moments])
-            qs = [scores[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+            qs = list(split_rows(scores, [len(m.offers) for m in moments]))
         for moment, mu, pi, q in zip(moments, mus, pis, qs, strict=True):
             i = sample_index(mu, choices)
             reward = int(rewards.random() < moment.truth[i])
-            terms.add(pi, q, i, float(mu[i]), reward)
+            terms.add(pi, q, i, float(mu[i]), reward, truth=moment.truth)
         done += len(moments)
     return terms
 
@@ -304,14 +329,15 @@ def ope_terms_from_records(
 
     def flush() -> None:
         x = np.concatenate([r.features for r in batch])
-        bounds = np.cumsum([0] + [len(r.features) for r in batch])
+        counts = [len(r.features) for r in batch]
         scores = target.scores(x)
         q_all = scores if reward_model is None or reward_model is target else reward_model.scores(x)
-        for r, a, b in zip(batch, bounds[:-1], bounds[1:], strict=True):
-            greedy = np.zeros(b - a, dtype=np.float64)
-            greedy[int(np.argmax(scores[a:b]))] = 1.0
+        rows = zip(batch, split_rows(scores, counts), split_rows(q_all, counts), strict=True)
+        for record, score, q in rows:
+            greedy = np.zeros(len(score), dtype=np.float64)
+            greedy[int(np.argmax(score))] = 1.0
             pi = epsilon_mix(greedy, epsilon) if epsilon > 0 else greedy
-            terms.add(pi, q_all[a:b], r.chosen, r.propensity, r.reward)
+            terms.add(pi, q, record.chosen, record.propensity, record.reward)
         batch.clear()
 
     for record in records:
@@ -323,9 +349,7 @@ def ope_terms_from_records(
     return terms
 
 
-def off_policy_estimates(
-    terms: OpeTerms, bootstrap: int = 0, seed: int = 0
-) -> dict[str, Estimate]:
+def off_policy_estimates(terms: OpeTerms, bootstrap: int = 0, seed: int = 0) -> dict[str, Estimate]:
     """IPS, SNIPS and (with a reward model) DR, each with a 95 % interval."""
     w = np.asarray(terms.weight)
     r = np.asarray(terms.reward)

@@ -28,6 +28,7 @@ Policies
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import math
@@ -63,6 +64,7 @@ __all__ = [
     "ModelContractError",
     "ModelPolicy",
     "Moment",
+    "ObservableOraclePolicy",
     "OnnxScorer",
     "OraclePolicy",
     "Policy",
@@ -553,14 +555,8 @@ class Simulator:
     def _basket(
         rng: random.Random, touchpoint: str, shopper: Shopper, timely: Sequence[float]
     ) -> tuple[str, ...]:
-        affinity = _SEGMENT_EFFECTS.get(shopper.segment or "", {})
-        base = _BASKET_BASE[touchpoint]
-        chosen = []
-        for i, category in enumerate(CATEGORIES):
-            logit = base + 0.8 * affinity.get(category, 0.0) + 0.5 * timely[i]
-            if rng.random() < 1 / (1 + math.exp(-logit)):
-                chosen.append(category)
-        return tuple(chosen)
+        chances = _basket_chances(touchpoint, shopper.segment, timely)
+        return tuple(c for c, p in zip(CATEGORIES, chances, strict=True) if rng.random() < p)
 
     @staticmethod
     def _trend(rng: random.Random, timely: Sequence[float]) -> dict[str, float]:
@@ -585,6 +581,23 @@ class Simulator:
     @staticmethod
     def oracle_choice(moment: Moment) -> Offer:
         return moment.offers[int(np.argmax(moment.truth))]
+
+
+def _timely(ctx: FeatureContext) -> list[float]:
+    """The hour's and weather's effects alone (what also drives baskets and trends)."""
+    return _time_weather_effects(
+        FeatureContext(local_time=ctx.local_time, touchpoint=ctx.touchpoint, weather=ctx.weather)
+    )
+
+
+def _basket_chances(touchpoint: str, segment: str | None, timely: Sequence[float]) -> list[float]:
+    """P(category in the basket) for each category."""
+    affinity = _SEGMENT_EFFECTS.get(segment or "", {})
+    base = _BASKET_BASE[touchpoint]
+    return [
+        1 / (1 + math.exp(-(base + 0.8 * affinity.get(c, 0.0) + 0.5 * timely[i])))
+        for i, c in enumerate(CATEGORIES)
+    ]
 
 
 def _pick(rng: random.Random, weights: Mapping[str, float]) -> str:
@@ -720,6 +733,44 @@ class OraclePolicy(Policy):
 
     def distribution(self, moment: Moment) -> F64:
         return _one_hot(len(moment.offers), int(np.argmax(moment.truth)))
+
+
+class ObservableOraclePolicy(Policy):
+    """The best any policy can do from what the features show: the truth averaged over the
+    hidden segment's posterior (prior shares times the likelihood of the basket), exact for a
+    consenting customer. `oracle - observable` is the lift no model can reach."""
+
+    name = "oracle-observable"
+
+    def distribution(self, moment: Moment) -> F64:
+        return _one_hot(len(moment.offers), int(np.argmax(self.expected(moment))))
+
+    @staticmethod
+    def posterior(moment: Moment) -> dict[str | None, float]:
+        if moment.segment is not None:
+            return {moment.segment: 1.0}
+        ctx = moment.ctx
+        timely = _timely(ctx)
+        weights: dict[str | None, float] = {}
+        for segment, share in SEGMENT_SHARES.items():
+            likelihood = share
+            for category, p in zip(
+                CATEGORIES, _basket_chances(ctx.touchpoint, segment, timely), strict=True
+            ):
+                likelihood *= p if category in ctx.basket else 1 - p
+            weights[segment] = likelihood
+        total = sum(weights.values())
+        return {k: v / total for k, v in weights.items()}
+
+    @staticmethod
+    def expected(moment: Moment) -> F64:
+        """E[P(convert)] per eligible offer over the hidden segment's posterior."""
+        out = np.zeros(len(moment.offers), dtype=np.float64)
+        for segment, weight in ObservableOraclePolicy.posterior(moment).items():
+            shopper = dataclasses.replace(moment.shopper, segment=segment)
+            variant = dataclasses.replace(moment, shopper=shopper)
+            out += weight * conversion_probabilities(variant, moment.offers, moment.features)
+        return out
 
 
 class EpsilonGreedy(Policy):
