@@ -115,9 +115,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     )
     outbox = Outbox(db, config.store.id, clock, metrics)
     engine = DecisionEngine(config.decision)
-    models = ModelManager(
-        engine, config.decision.model_file or state_dir / "models" / "nba.onnx", db
-    )
+    models = ModelManager(engine, state_dir / "models" / "nba.onnx", config.decision.model_file, db)
     journey = Journey(
         topics=topics,
         kiosks=config.kiosks,

@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         action="append",
         default=[],
-        help="override one key of the file, e.g. --set mqtt.port=1884 (repeatable)",
+        help="override one key of the file, e.g. --set mqtt.port=1884 (repeatable);"
+        " an empty value unsets an optional key",
     )
     run = commands.add_parser(
         "run",

@@ -291,7 +291,10 @@ def _build(tp: Any, value: Any, path: str, base_dir: Path, problems: list[str]) 
         return _build_dataclass(tp, value, path, base_dir, problems)
     if origin in (types.UnionType, typing.Union):
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _build(inner, value, path, base_dir, problems)
+        # An empty string unsets an optional value: `--set decision.model_file=` means none.
+        if value is None or value == "":
+            return None
+        return _build(inner, value, path, base_dir, problems)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value in choices:

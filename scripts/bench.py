@@ -434,8 +434,31 @@ def bench_swap(quick: bool) -> Figures:
     }
 
 
+def bench_policy(quick: bool) -> Figures:
+    """The shipped model's lift over random, as a share of the oracle's, on synthetic shoppers.
+
+    Needs the `train` extra (numpy is enough at present) only for the simulator; the figure is
+    measured against the random and oracle policies on the same moments of the same run.
+    """
+    from simulators.evaluation import policy_lift
+
+    result = policy_lift(REPO / "models" / "nba.onnx", n=4000 if quick else 20_000)
+    conversion = result["conversion"]
+    return {
+        "policy_lift": result["policy_lift"],
+        "policy_lift_ci95_lo": result["policy_lift_ci95"][0],
+        "policy_lift_ci95_hi": result["policy_lift_ci95"][1],
+        "conversion_model": conversion["model"]["value"],
+        "conversion_popularity": conversion["popularity"]["value"],
+        "conversion_random": conversion["random"]["value"],
+        "conversion_oracle": conversion["oracle"]["value"],
+        "policy_moments": result["moments"],
+    }
+
+
 BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "decide": bench_decide,
+    "policy": bench_policy,
     "swap": bench_swap,
     "e2e": bench_e2e,
     "accept": bench_accept,

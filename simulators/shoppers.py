@@ -29,7 +29,6 @@ Policies
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import itertools
 import math
 import random
@@ -53,6 +52,7 @@ from gateway.decision.features import (
     Weather,
     featurize,
 )
+from gateway.decision.model import ModelError, Scorer
 from gateway.decision.rules import Context, choose
 from gateway.store import Offer
 
@@ -810,43 +810,31 @@ class ModelContractError(ValueError):
     """The model file does not honour the contract (see scripts/train_model.py)."""
 
 
-def _ort() -> Any:
-    return importlib.import_module("onnxruntime")
-
-
 class OnnxScorer:
-    """P(convert) per feature row with one onnxruntime call; refuses a model off the contract."""
+    """The gateway's own scorer, plus the training contract's stricter checks.
+
+    Loading goes through `gateway.decision.model.Scorer` (same session options, same checks
+    the daemon applies), so a model that passes here is one the gateway serves.
+    """
 
     def __init__(self, model: str | Path | bytes) -> None:
-        ort = _ort()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        source = model if isinstance(model, bytes) else str(model)
+        origin = Path("<bytes>") if isinstance(model, bytes) else Path(model)
         try:
-            self.session: Any = ort.InferenceSession(
-                source, sess_options=options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ModelContractError(f"onnxruntime cannot load the model: {e}") from e
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+            data = model if isinstance(model, bytes) else origin.read_bytes()
+            scorer = Scorer.from_bytes(data, origin)
+        except (OSError, ModelError) as e:
+            raise ModelContractError(str(e)) from e
+        self.session: Any = scorer.session
+        self.metadata: dict[str, str] = scorer.metadata
         problems = contract_problems(self.metadata, self.session)
         if problems:
             raise ModelContractError("; ".join(problems))
-        self.output = self.metadata["score_output"]
-        column = self.metadata.get("score_column", "")
-        self.column = int(column) if column else None
         self.version = self.metadata["model_version"]
+        self._scorer = scorer
 
     def scores(self, features: F32) -> F64:
         """P(convert) for each row of `features` ([N, len(FEATURES)] float32), one call."""
-        out = np.asarray(self.session.run([self.output], {"features": features})[0])
-        if out.ndim == 2 and out.shape[1] > 1:
-            out = out[:, self.column if self.column is not None else 1]
-        return np.asarray(out, dtype=np.float64).reshape(-1)
+        return self._scorer.score(features)
 
 
 def contract_problems(metadata: Mapping[str, str], session: Any) -> list[str]:

@@ -44,6 +44,9 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayFactory]:
             "health.enabled": "false",
             "logging.format": "json",
             "mqtt.reconnect_max_s": "1",
+            # The journey tests assert the rules' picks: no model file, the rules serve. Tests
+            # of the shipped model pass decision.model_file themselves.
+            "decision.model_file": "",
             **(overrides or {}),
         }
         process = GatewayProcess(config, tmp_path, overrides=settings, watchdog_usec=watchdog_usec)

@@ -109,6 +109,13 @@ def test_overrides_take_toml_values_or_bare_words(tmp_path: Path) -> None:
     assert (config.mqtt.port, config.store.id, config.health.enabled) == (1999, "store-9", False)
 
 
+def test_an_empty_override_unsets_an_optional_key(tmp_path: Path) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    path = _write(tmp_path, '[decision]\nmodel_file = "m.onnx"')
+    assert load_config(path).decision.model_file == tmp_path / "m.onnx"
+    assert load_config(path, {"decision.model_file": ""}).decision.model_file is None
+
+
 def test_the_documented_examples_are_valid() -> None:
     for name in ("store.toml", "demo.toml"):
         assert isinstance(load_config(REPO / "examples" / name), Config)

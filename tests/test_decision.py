@@ -247,7 +247,7 @@ class _Failing(Scorer):
 def test_a_model_failing_at_run_time_is_rolled_back(tmp_path: Path) -> None:
     good = Scorer.load(make_model(tmp_path / "good.onnx", version="good"))
     loaded = Scorer.load(make_model(tmp_path / "bad.onnx", version="bad"))
-    bad = _Failing(loaded._session, loaded.info, "score", None)
+    bad = _Failing(loaded.session, loaded.info, "score", None)
     engine = DecisionEngine(DecisionConfig(exploration=0.0, holdout_share=0.0))
     engine.install(good, replay=[])
     engine.scorer, engine._previous = bad, good
@@ -265,7 +265,7 @@ def test_a_model_with_bad_scores_on_the_replay_is_not_installed(tmp_path: Path) 
     loaded = Scorer.load(make_model(tmp_path / "m.onnx"))
     engine = DecisionEngine(DecisionConfig())
     with pytest.raises(ModelError, match="outside"):
-        engine.install(Wild(loaded._session, loaded.info, "score", None), [(_features(), OFFERS)])
+        engine.install(Wild(loaded.session, loaded.info, "score", None), [(_features(), OFFERS)])
     assert engine.scorer is None
 
 

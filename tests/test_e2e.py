@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
 from simulators.broker import Mosquitto
 from simulators.population import CUSTOMERS, demo_token
 from simulators.store import SimulatedStore
-from tests.conftest import GatewayFactory
+from tests.conftest import REPO, GatewayFactory
 
 pytestmark = pytest.mark.e2e
 
@@ -265,3 +267,37 @@ async def test_no_raw_identifier_reaches_the_log(
     for _, value in sent:
         assert value not in log
     assert topic
+
+
+async def test_the_shipped_model_decides_the_demo_stores_moments(
+    broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    shipped = REPO / "models" / "nba.onnx"
+    process = gateway(
+        overrides={
+            "decision.model_file": str(shipped),
+            "decision.exploration": "0",
+            "decision.holdout_share": "0",
+            "health.enabled": "false",
+        }
+    )
+    process.wait_ready()
+    async with SimulatedStore("127.0.0.1", broker.port, STORE) as store:
+        topic = store.topics.kiosk_content("kiosk-1")
+        async with asyncio.timeout(10):
+            # Until the model has loaded (just after READY) the rules serve; then the model.
+            while True:
+                rid = await _identify(store, "kiosk-1", "loyalty", ADA.loyalty)
+                content = (await store.answers(rid, [topic]))[topic].content
+                with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+                    row = db.execute(
+                        "SELECT policy, model_version, propensity FROM decisions WHERE id = ?",
+                        (content.decision_id,),
+                    ).fetchone()
+                if row is not None and row[0] == "nba":
+                    break
+                await asyncio.sleep(0.2)
+    assert process.stop() == 0
+    assert content.offer is not None
+    assert row[1].startswith("nba-")  # the shipped model's version, from its ONNX metadata
+    assert row[2] == 1.0  # no exploration: the greedy pick, propensity one

@@ -10,7 +10,6 @@ import importlib.util
 import io
 import re
 import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,31 +249,18 @@ def test_scores_are_probabilities(scorer: OnnxScorer) -> None:
     assert auc(rng.random(len(truth)) < truth, scores) > 0.7
 
 
-def test_scoring_100_rows_takes_well_under_a_millisecond(scorer: OnnxScorer) -> None:
-    x = np.concatenate([m.features for m in Simulator(22).moments(5)])[:100]
-    assert x.shape == (100, len(FEATURES))
-    best = float("inf")
-    for _ in range(3):  # the best of three runs: CI machines are noisy
-        for _ in range(100):
-            scorer.scores(x)
-        times = []
-        for _ in range(2000):
-            t0 = time.perf_counter()
-            scorer.scores(x)
-            times.append(time.perf_counter() - t0)
-        best = min(best, float(np.percentile(times, 99)) * 1e3)
-    assert best < 1.0, f"p99 {best:.3f} ms"
-
-
 def test_a_model_off_the_contract_is_refused(tmp_path: Path) -> None:
     proto = onnx.load(str(MODEL))
     for prop in proto.metadata_props:
         if prop.key == "feature_spec_hash":
             prop.value = "0000000000000000"
-    with pytest.raises(ModelContractError, match="feature_spec_hash"):
+    with pytest.raises(ModelContractError, match="trained on feature spec '0000000000000000'"):
         OnnxScorer(proto.SerializeToString())
+    proto = onnx.load(str(MODEL))
+    kept = [p for p in proto.metadata_props if p.key != "trained_at"]
     del proto.metadata_props[:]
-    with pytest.raises(ModelContractError, match="missing"):
+    proto.metadata_props.extend(kept)
+    with pytest.raises(ModelContractError, match="'trained_at' missing"):
         OnnxScorer(proto.SerializeToString())
     (tmp_path / "corrupt.onnx").write_bytes(MODEL.read_bytes()[:5000])
     with pytest.raises(ModelContractError):

@@ -1,5 +1,9 @@
 """Loading models into the engine: at start, and whenever a model bundle installs a new file.
 
+Two places hold a model: `installed` (where model bundles from the cloud land, in the state
+directory) and `configured` (`decision.model_file`, e.g. the model shipped with the package). The
+installed one wins when present; the configured one serves until the cloud sends one.
+
 A model is loaded and checked off the event loop, validated on a replay of recent decisions,
 then swapped in (or put in shadow). A refused model changes nothing: the one before it, or the
 rules, keep serving, and the health detail says why.
@@ -28,9 +32,12 @@ class ModelManager:
     name = "model"
     requires = ("store",)
 
-    def __init__(self, engine: DecisionEngine, path: Path, db: AsyncStore) -> None:
+    def __init__(
+        self, engine: DecisionEngine, installed: Path, configured: Path | None, db: AsyncStore
+    ) -> None:
         self._engine = engine
-        self.path = path
+        self.installed = installed
+        self.configured = configured
         self._db = db
         self._handle: Handle | None = None
         self._lock = asyncio.Lock()
@@ -44,16 +51,17 @@ class ModelManager:
     async def load(self) -> str:
         """(Re)load the model file; returns what is serving now, for the health detail."""
         async with self._lock:
-            if not self.path.exists():
-                return f"no model at {self.path}: the rules serve"
+            path = self.path
+            if path is None:
+                return f"no model at {self.installed}: the rules serve"
             try:
-                scorer = await asyncio.to_thread(Scorer.load, self.path)
+                scorer = await asyncio.to_thread(Scorer.load, path)
                 replay = await self._replay()
                 state = await asyncio.to_thread(self._engine.install, scorer, replay)
             except ModelError as exc:
                 current = self._engine.scorer
                 serving = current.info.version if current else "the rules"
-                log.error("model refused", path=str(self.path), reason=str(exc), serving=serving)
+                log.error("model refused", path=str(path), reason=str(exc), serving=serving)
                 return f"model refused ({exc}); {serving} serve(s)"
             log.info(
                 "model loaded",
@@ -66,6 +74,15 @@ class ModelManager:
             if self._handle is not None:
                 self._handle.ready(detail)
             return detail
+
+    @property
+    def path(self) -> Path | None:
+        """The model file to serve: the cloud's if one is installed, else the configured one."""
+        if self.installed.exists():
+            return self.installed
+        if self.configured is not None and self.configured.exists():
+            return self.configured
+        return None
 
     async def _replay(self) -> list[tuple[FeatureContext, list[Offer]]]:
         size = self._engine.config.replay_size

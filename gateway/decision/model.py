@@ -41,10 +41,15 @@ class Scorer:
     """One onnxruntime session: one call scores every candidate of a decision."""
 
     def __init__(self, session: Any, info: ModelInfo, output: str, column: int | None) -> None:
-        self._session = session
+        self.session = session
         self.info = info
         self._output = output
         self._column = column
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The model's ONNX custom metadata (feature spec hash, version, training date, ...)."""
+        return dict(self.session.get_modelmeta().custom_metadata_map)
 
     @classmethod
     def load(cls, path: Path) -> Scorer:
@@ -52,6 +57,11 @@ class Scorer:
             data = path.read_bytes()
         except OSError as exc:
             raise ModelError(f"{path}: cannot read: {exc.strerror}") from exc
+        return cls.from_bytes(data, path)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, path: Path) -> Scorer:
+        """A scorer from a model's bytes; `path` names it in errors and in `info`."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -93,7 +103,7 @@ class Scorer:
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """P(convert) per row, from one onnxruntime call."""
-        (out,) = self._session.run([self._output], {"features": features})
+        (out,) = self.session.run([self._output], {"features": features})
         scores = np.asarray(out, dtype=np.float64)
         if scores.ndim == 2 and scores.shape[1] > 1:
             scores = scores[:, self._column if self._column is not None else 1]
