@@ -20,6 +20,10 @@ import structlog
 from drivers.cloud import CloudLink, https_fetcher
 from drivers.mqtt import MqttLink
 from gateway import __version__
+from gateway.ble.espresense import NodeSource
+from gateway.ble.keys import DeviceKeys
+from gateway.ble.scanners import ScannerStats
+from gateway.ble.service import Presence
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
@@ -71,7 +75,7 @@ class StoreComponent:
 
 
 def _health_report(
-    supervisor: Supervisor, config: Config, started: float
+    supervisor: Supervisor, config: Config, started: float, presence: Presence | None = None
 ) -> tuple[bool, Mapping[str, Any]]:
     now = time.monotonic()
     components = {
@@ -94,6 +98,8 @@ def _health_report(
         "uptime_s": round(now - started, 3),
         "components": components,
     }
+    if presence is not None:
+        body["ble"] = presence.health()
     return status == "ok", body
 
 
@@ -128,6 +134,8 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         engine=engine,
         outbox=outbox,
+        screens=config.screens,
+        screen_hold_s=config.ble.screen_hold_s,
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     events = DeviceEvents(topics, outbox, link, rewards)
@@ -141,11 +149,24 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         journey,
         rewards,
     ]
+    presence = _presence(
+        config,
+        db=db,
+        link=link,
+        clock=clock,
+        metrics=metrics,
+        hash_key=hash_key,
+        journey=journey,
+        outbox=outbox,
+    )
+    components += presence
     if config.cloud.enabled:
 
         async def on_applied(kind: str, body: Mapping[str, Any]) -> None:
             if kind == "offers":
                 await journey.reload_catalog()
+            elif kind == "consents" and presence:
+                await presence[0].reload_keys()
             elif kind == "model":
                 await models.load()
             elif kind == "config":
@@ -176,6 +197,55 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     return components
 
 
+def _presence(
+    config: Config,
+    *,
+    db: AsyncStore,
+    link: MqttLink,
+    clock: Clock,
+    metrics: Metrics,
+    hash_key: bytes,
+    journey: Journey,
+    outbox: Outbox,
+) -> list[Any]:
+    """The presence component first, then its sources (the local radio); [] when BLE is off."""
+    ble = config.ble
+    if not ble.enabled:
+        return []
+    stats = ScannerStats()
+    keys = DeviceKeys(hash_key)
+    presence = Presence(
+        ble,
+        db=db,
+        clock=clock,
+        metrics=metrics,
+        stats=stats,
+        on_event=journey.on_zone_event,
+        outbox=outbox,
+    )
+    components: list[Any] = [presence]
+    if ble.nodes_topic:
+        nodes = NodeSource(ble.nodes_topic, keys, stats, presence.on_sighting, clock)
+        link.route(nodes.device_filter, "ble_nodes", nodes.on_device, private_topics=True)
+        link.route(nodes.status_filter, "ble_node_status", nodes.on_status)
+    if ble.adapter:
+        from drivers.ble.bleak_scanner import BleakSource  # bleak only when a radio is used
+
+        components.append(
+            BleakSource(
+                ble.adapter,
+                keys,
+                stats,
+                presence.on_sighting,
+                clock,
+                passive=ble.passive,
+                watchdog_s=ble.watchdog_s,
+                resets_after=ble.resets_after,
+            )
+        )
+    return components
+
+
 async def run_gateway(
     config: Config,
     *,
@@ -191,13 +261,14 @@ async def run_gateway(
     loop = asyncio.get_running_loop()
     metrics = Metrics()
     components = _components(config, clock, metrics)
+    presence = next((c for c in components if isinstance(c, Presence)), None)
     supervisor: Supervisor
     if config.health.enabled:
         components.append(
             HealthServer(
                 config.health.host,
                 config.health.port,
-                report=lambda: _health_report(supervisor, config, started),
+                report=lambda: _health_report(supervisor, config, started, presence),
                 metrics=metrics.render,
             )
         )

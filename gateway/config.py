@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "BleConfig",
+    "BleScannerConfig",
     "CatalogConfig",
     "CloudConfig",
     "Config",
@@ -165,8 +167,8 @@ class OutboxConfig:
 
 @dataclass(frozen=True, slots=True)
 class DecisionConfig:
-    # The next-best-action model; absent or refused: the rule-based policy serves.
-    # Default: {store.state_dir}/models/nba.onnx (where model bundles are installed).
+    # The model to serve until a model bundle installs {store.state_dir}/models/nba.onnx;
+    # absent or refused: the rule-based policy serves.
     model_file: Path | None = None
     # Share of decisions that explore (epsilon-greedy); their propensity is logged.
     exploration: float = field(default=0.05, metadata=_meta(min=0, max=1))
@@ -183,6 +185,60 @@ class DecisionConfig:
     shadow: bool = False
     # Recent decisions a new model must score sanely before it serves.
     replay_size: int = field(default=200, metadata=_meta(min=0, max=100000))
+
+
+@dataclass(frozen=True, slots=True)
+class BleScannerConfig:
+    # The zone this scanner covers (a zone name used by screens and kiosks).
+    zone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BleConfig:
+    # Presence from BLE: the local radio and/or scanner nodes over MQTT. Off by default.
+    enabled: bool = False
+    # The local BlueZ adapter to scan with ("hci0"); "" for none (scanner nodes only).
+    adapter: str = ""
+    # Passive scanning where BlueZ allows it (needs its experimental features); active otherwise.
+    passive: bool = True
+    # Scanner nodes publish under this topic prefix, ESPresense style; "" ignores nodes.
+    nodes_topic: str = "espresense"
+    # RSSI smoothing per device and scanner: the weight of the newest reading (EWMA).
+    smoothing: float = field(default=0.3, metadata=_meta(min=0.01, max=1))
+    # Hysteresis: another zone must be stronger by switch_db for switch_hold_s (differences
+    # under switch_db are the deadband), or by switch_now_db to switch at once.
+    switch_db: float = field(default=6.0, metadata=_meta(min=0, max=60))
+    switch_now_db: float = field(default=16.0, metadata=_meta(min=0, max=60))
+    switch_hold_s: float = field(default=5.0, metadata=_meta(min=0, max=600))
+    # A scanner's reading older than this no longer counts for zoning.
+    reading_ttl_s: float = field(default=15.0, metadata=_meta(min=1, max=600))
+    # Unseen this long: the visitor has left (exit event) and is forgotten.
+    absence_timeout_s: float = field(default=180.0, metadata=_meta(min=5, max=86400))
+    # Under this long in a zone: a passer-by, no enter event.
+    min_dwell_s: float = field(default=20.0, metadata=_meta(min=0, max=3600))
+    # While a visitor stays in a zone, a dwell event this often.
+    dwell_every_s: float = field(default=60.0, metadata=_meta(min=5, max=86400))
+    # Noise rules over noise_window_s: an address showing more identifiers than
+    # max_ids_per_address, or an identifier seen at more than max_addresses_per_id addresses,
+    # is ignored (a misbehaving or cloned device).
+    noise_window_s: float = field(default=600.0, metadata=_meta(min=10, max=86400))
+    max_ids_per_address: int = field(default=4, metadata=_meta(min=1, max=1000))
+    max_addresses_per_id: int = field(default=3, metadata=_meta(min=1, max=1000))
+    # Bounded memory: the least recently seen devices are evicted beyond this many.
+    max_devices: int = field(default=20_000, metadata=_meta(min=10, max=10_000_000))
+    # Rotating identifiers: windows accepted either side of the box's clock (phone drift).
+    eid_drift_windows: int = field(default=1, metadata=_meta(min=0, max=16))
+    # Scanner watchdog: restart a scanner silent this long; reset the adapter through BlueZ
+    # after this many restarts in a row without an advert.
+    watchdog_s: float = field(default=90.0, metadata=_meta(min=1, max=86400))
+    resets_after: int = field(default=3, metadata=_meta(min=1, max=100))
+    # A screen keeps what a zone event put on it at least this long (a newly identified
+    # customer may replace anonymous content at once).
+    screen_hold_s: float = field(default=30.0, metadata=_meta(min=0, max=86400))
+    # Scanner id (the adapter, or an ESPresense node's room) -> the zone it covers.
+    scanners: Mapping[str, BleScannerConfig] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +264,7 @@ class Config:
     cloud: CloudConfig = field(default_factory=CloudConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
+    ble: BleConfig = field(default_factory=BleConfig)
     screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
 
@@ -374,12 +431,30 @@ def _within_bounds(value: Any, meta: Mapping[str, Any], path: str, problems: lis
     return True
 
 
+def _check_ble(ble: BleConfig, problems: list[str]) -> None:
+    if not ble.enabled:
+        return
+    if not ble.adapter and not ble.nodes_topic:
+        problems.append("ble.adapter, ble.nodes_topic: found neither, expected a BLE source")
+    if not ble.scanners:
+        problems.append('ble.scanners: found none, expected [ble.scanners.<id>] zone = "..."')
+    for scanner_id, scanner in ble.scanners.items():
+        if not scanner.zone:
+            problems.append(f"ble.scanners.{scanner_id}.zone: found nothing, expected a zone name")
+    if ble.switch_now_db < ble.switch_db:
+        problems.append(
+            f"ble.switch_now_db: found {ble.switch_now_db:g}, expected at least ble.switch_db"
+            f" ({ble.switch_db:g})"
+        )
+
+
 def _did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _check_references(config: Config, problems: list[str]) -> None:
+    _check_ble(config.ble, problems)
     for kiosk_id, kiosk in config.kiosks.items():
         for i, screen in enumerate(kiosk.screens):
             if screen not in config.screens:

@@ -1,4 +1,8 @@
-"""Moments of a visit -> decisions -> content. The first moment: a customer identifies at a kiosk.
+"""Moments of a visit -> decisions -> content.
+
+Moments: a customer identifies at a kiosk (content on the kiosk and its screens); someone enters
+or dwells in a zone (BLE presence: content on that zone's screens, personal for an identified
+customer with consent, else for the anonymous audience).
 
 The journey is core: it gets typed events, a store, a publisher and a clock, and never touches a
 device. Decisions are committed to the store before their content is published.
@@ -10,14 +14,16 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from gateway.ble.presence import ZoneEvent
 from gateway.clock import Clock
-from gateway.config import KioskConfig
+from gateway.config import KioskConfig, ScreenConfig
 from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
@@ -54,6 +60,17 @@ class Publisher(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class _Moment:
+    name: str  # kiosk_identify, zone_enter, zone_dwell
+    touchpoint: str  # the kiosk or screen id the decision is for
+    channel: str  # kiosk, screen
+    zone: str | None
+    dwell_s: float
+    request_id: str | None
+    screens: tuple[str, ...]  # screens that show the content (besides the kiosk itself)
+
+
 class Journey:
     name = "journey"
     requires = ("store",)
@@ -73,6 +90,8 @@ class Journey:
         engine: DecisionEngine,
         outbox: Outbox | None = None,
         queue_size: int = 1000,
+        screens: Mapping[str, ScreenConfig] | None = None,
+        screen_hold_s: float = 30.0,
     ) -> None:
         self._engine = engine
         self._outbox = outbox
@@ -85,8 +104,16 @@ class Journey:
         self._token_leeway_s = token_leeway_s
         self._metrics = metrics
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[KioskIdentify, float]] = asyncio.Queue(queue_size)
+        self._queue: asyncio.Queue[tuple[KioskIdentify | ZoneEvent, float]] = asyncio.Queue(
+            queue_size
+        )
         self._offers: list[Offer] = []
+        self._screens_in: dict[str, list[str]] = {}
+        for screen_id, screen in (screens or {}).items():
+            self._screens_in.setdefault(screen.zone, []).append(screen_id)
+        self._screen_hold_s = screen_hold_s
+        # screen -> (when it last got content, for whom: a customer ref or None)
+        self._screen_last: dict[str, tuple[float, str | None]] = {}
 
     def on_kiosk_identify(self, topic: str, payload: bytes) -> None:
         """Route handler: decode, then queue; raises `PayloadError` for the link to answer."""
@@ -103,6 +130,15 @@ class Journey:
         except asyncio.QueueFull:
             raise PayloadError("gateway overloaded, try again") from None
 
+    def on_zone_event(self, event: ZoneEvent) -> None:
+        """Presence hook: enter and dwell reach the zone's screens (exits change nothing)."""
+        if event.kind == "exit" or not self._screens_in.get(event.zone):
+            return
+        try:
+            self._queue.put_nowait((event, self._clock.monotonic()))
+        except asyncio.QueueFull:
+            log.warning("journey queue full, zone event skipped", zone=event.zone)
+
     async def reload_catalog(self) -> None:
         self._offers = await self._store.call(Store.offers)
 
@@ -112,14 +148,20 @@ class Journey:
         try:
             while True:
                 event, received = await self._queue.get()
-                await self._identify(event, received)
+                await self._handle(event, received)
         except asyncio.CancelledError:
             # Drain: what was already taken in is still answered before the link goes away.
             while not self._queue.empty():
                 event, received = self._queue.get_nowait()
                 with contextlib.suppress(Exception):
-                    await self._identify(event, received)
+                    await self._handle(event, received)
             raise
+
+    async def _handle(self, event: KioskIdentify | ZoneEvent, received: float) -> None:
+        if isinstance(event, KioskIdentify):
+            await self._identify(event, received)
+        else:
+            await self._zone(event, received)
 
     def _resolve(self, event: KioskIdentify) -> tuple[str | None, str | None]:
         """(customer ref, problem); the raw identifier goes no further than this function."""
@@ -144,17 +186,64 @@ class Journey:
             self._publisher.post(
                 self._topics.gateway_errors, encode_error(topic, problem, now, event.request_id)
             )
+        kiosk = self._kiosks[event.kiosk_id]
+        moment = _Moment(
+            "kiosk_identify",
+            event.kiosk_id,
+            "kiosk",
+            kiosk.zone or None,
+            0.0,
+            event.request_id,
+            kiosk.screens,
+        )
+        await self._act(moment, ref, received)
+
+    async def _zone(self, event: ZoneEvent, received: float) -> None:
+        now = self._clock.now()
+        for screen_id in self._screens_in.get(event.zone, ()):
+            if not self._screen_wants(screen_id, event.customer_ref, now):
+                continue
+            moment = _Moment(
+                f"zone_{event.kind}",
+                screen_id,
+                "screen",
+                event.zone,
+                event.dwell_s,
+                None,
+                (screen_id,),
+            )
+            await self._act(moment, event.customer_ref, received)
+
+    def _screen_wants(self, screen_id: str, ref: str | None, now: float) -> bool:
+        """A screen keeps what it shows for screen_hold_s; a new customer may take over an
+        anonymous screen at once, and the same audience is not decided for twice."""
+        last = self._screen_last.get(screen_id)
+        if last is None:
+            return True
+        at, shown_for = last
+        if ref is not None:
+            if shown_for is None:
+                return True
+            if ref == shown_for:
+                return False
+        return now - at >= self._screen_hold_s
+
+    async def _act(self, moment: _Moment, ref: str | None, received: float) -> None:
+        now = self._clock.now()
         # One trip to the store thread: read the consent, decide, commit the decision.
-        decision, choice, personal = await self._store.call(self._decide, event, ref, now)
+        decision, choice, personal = await self._store.call(self._decide, moment, ref, now)
         if self._outbox is not None:
             self._outbox.appended.set()  # its event committed with it: wake the uplink
-        self._show(event, decision, choice, personal)
+        self._show(moment, decision, choice, personal)
         audience = "personal" if personal else "anonymous"
-        self._metrics.decisions.labels("kiosk_identify", audience).inc()
+        for screen_id in moment.screens:
+            self._screen_last[screen_id] = (now, decision.customer_ref)
+        self._metrics.decisions.labels(moment.name, audience).inc()
         self._metrics.decision_seconds.observe(self._clock.monotonic() - received)
         log.info(
             "customer identified" if personal else "anonymous visitor",
-            kiosk=event.kiosk_id,
+            moment=moment.name,
+            touchpoint=moment.touchpoint,
             customer=ref if personal else None,
             offer=decision.offer_id,
             reason=choice.reason,
@@ -162,7 +251,7 @@ class Journey:
         )
 
     def _decide(
-        self, store: Store, event: KioskIdentify, ref: str | None, now: float
+        self, store: Store, moment: _Moment, ref: str | None, now: float
     ) -> tuple[Decision, Outcome, bool]:
         """Runs on the store thread: read the consent, decide (model call included), commit."""
         consent = store.consent(ref) if ref else None
@@ -170,21 +259,21 @@ class Journey:
         customer = ref if personal else None  # no consent, no record of who it was
         segment = consent.segment if consent is not None and personal else None
         local = datetime.fromtimestamp(now)
-        kiosk = self._kiosks[event.kiosk_id]
         features = FeatureContext(
             local_time=local,
-            touchpoint="kiosk",
-            zone=kiosk.zone or None,
+            touchpoint=moment.channel,
+            zone=moment.zone,
+            dwell_s=moment.dwell_s,
             weather=self._engine.weather,
             customer=CustomerFacts(segment=segment) if personal else None,
         )
-        seen, here = store.offer_counts(customer, event.kiosk_id, now)
+        seen, here = store.offer_counts(customer, moment.touchpoint, now)
         outcome = self._engine.decide(
             self._offers,
-            Context(now=now, local_time=local, channel="kiosk", segment=segment),
+            Context(now=now, local_time=local, channel=moment.channel, segment=segment),
             features,
             customer_ref=customer,
-            touchpoint_id=event.kiosk_id,
+            touchpoint_id=moment.touchpoint,
             customer_counts=seen,
             touchpoint_counts=here,
         )
@@ -194,13 +283,13 @@ class Journey:
         decision = Decision(
             id=uuid7(int(now * 1000)),
             ts=now,
-            moment="kiosk_identify",
-            touchpoint=event.kiosk_id,
+            moment=moment.name,
+            touchpoint=moment.touchpoint,
             customer_ref=customer,
             offer_id=outcome.offer.id if outcome.offer else None,
             policy=outcome.policy,
             propensity=outcome.propensity,
-            request_id=event.request_id,
+            request_id=moment.request_id,
             model_version=outcome.model_version,
             feature_hash=outcome.feature_hash,
             context=json.dumps(logged, separators=(",", ":")),
@@ -230,16 +319,14 @@ class Journey:
         store.record_decision(decision, uplink)
         return decision, outcome, personal
 
-    def _show(
-        self, event: KioskIdentify, decision: Decision, choice: Outcome, personal: bool
-    ) -> None:
+    def _show(self, moment: _Moment, decision: Decision, choice: Outcome, personal: bool) -> None:
         offer = choice.offer
         content = Content(
             id=uuid7(),
             ts=decision.ts,
             audience="personal" if personal else "anonymous",
-            touchpoint=event.kiosk_id,
-            request_id=event.request_id,
+            touchpoint=moment.touchpoint,
+            request_id=moment.request_id,
             decision_id=decision.id,
             message=PERSONAL_MESSAGE if personal else ANONYMOUS_MESSAGE,
             offer=None
@@ -253,7 +340,8 @@ class Journey:
             ),
         )
         payload = encode_content(content)
-        topics = [self._topics.kiosk_content(event.kiosk_id)]
-        topics += [self._topics.screen_content(s) for s in self._kiosks[event.kiosk_id].screens]
+        topics = [self._topics.screen_content(s) for s in moment.screens]
+        if moment.channel == "kiosk":
+            topics.insert(0, self._topics.kiosk_content(moment.touchpoint))
         for topic in topics:
             self._publisher.post(topic, payload, retain=True)

@@ -80,5 +80,53 @@ class Metrics:
             "gateway_bundles", "Bundles from the cloud by outcome", ["kind", "outcome"], registry=r
         )
 
+        self.ble_adverts_per_s = Gauge(
+            "gateway_ble_adverts_per_s",
+            "Adverts per second over the last 10 s, per scanner",
+            ["scanner"],
+            registry=r,
+        )
+        self.ble_seconds_since_last_advert = Gauge(
+            "gateway_ble_seconds_since_last_advert",
+            "Seconds since the scanner delivered an advert",
+            ["scanner"],
+            registry=r,
+        )
+        self.ble_scanner_restarts = Gauge(
+            "gateway_ble_scanner_restarts",
+            "Watchdog restarts of a scanner",
+            ["scanner"],
+            registry=r,
+        )
+        self.ble_adapter_resets = Gauge(
+            "gateway_ble_adapter_resets",
+            "Adapter power cycles through BlueZ after repeated silent restarts",
+            ["scanner"],
+            registry=r,
+        )
+        self.ble_devices = Gauge(
+            "gateway_ble_devices", "Devices and customers the presence engine tracks", registry=r
+        )
+        self.ble_zone_occupancy = Gauge(
+            "gateway_ble_zone_occupancy",
+            "Visitors in a zone (entered, not yet left)",
+            ["zone", "audience"],
+            registry=r,
+        )
+        self.ble_zone_events = Counter(
+            "gateway_ble_zone_events", "Zone enter / dwell / exit events", ["kind"], registry=r
+        )
+        self.ble_unresolved_eids = Gauge(
+            "gateway_ble_unresolved_eids",
+            "Rotating identifiers heard that match no opted-in customer (counted, not kept)",
+            registry=r,
+        )
+        self.ble_dropped = Gauge(
+            "gateway_ble_dropped",
+            "Sightings dropped by the noise rules, by reason",
+            ["reason"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -50,8 +50,10 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
         "model",
         "journey",
         "rewards",
+        "presence",  # the demo store has BLE scanner nodes
         "health",
     }
+    assert report["ble"]["scanners"] == {}  # no node has published yet
     broker.stop()
     report = await _wait_status(port, "degraded")
     mqtt = report["components"]["mqtt"]  # type: ignore[index]

@@ -47,6 +47,7 @@ class _Route:
     topic_filter: str
     name: str
     handler: Callable[[str, bytes], None]
+    private_topics: bool  # topics may carry identifiers (a device's address): never shown
 
 
 def credentials(
@@ -95,9 +96,19 @@ class MqttLink:
         self._inflight: set[asyncio.Task[None]] = set()
         self.session = 0
 
-    def route(self, topic_filter: str, name: str, handler: Callable[[str, bytes], None]) -> None:
-        """Deliver messages matching `topic_filter` to `handler` (call before `run`)."""
-        self._routes.append(_Route(topic_filter, name, handler))
+    def route(
+        self,
+        topic_filter: str,
+        name: str,
+        handler: Callable[[str, bytes], None],
+        *,
+        private_topics: bool = False,
+    ) -> None:
+        """Deliver messages matching `topic_filter` to `handler` (call before `run`).
+
+        private_topics: logs and error replies name the filter, never the topic itself.
+        """
+        self._routes.append(_Route(topic_filter, name, handler, private_topics))
 
     @property
     def connected(self) -> bool:
@@ -226,11 +237,13 @@ class MqttLink:
             except PayloadError as exc:
                 self._reject(route, topic, payload, str(exc))
             except Exception as exc:
-                log.exception("handler failed", route=route.name, topic=topic)
+                shown = route.topic_filter if route.private_topics else topic
+                log.exception("handler failed", route=route.name, topic=shown)
                 self._reject(route, topic, payload, f"internal error ({type(exc).__name__})")
 
     def _reject(self, route: _Route, topic: str, payload: bytes, error: str) -> None:
         self._metrics.mqtt_rejected.labels(route.name).inc()
+        topic = route.topic_filter if route.private_topics else topic
         log.warning("message rejected", route=route.name, topic=topic, error=error)
         body = encode_error(topic, error, self._clock.now(), _peek_request_id(payload))
         self.post(self._topics.gateway_errors, body)

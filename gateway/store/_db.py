@@ -57,6 +57,8 @@ class Consent:
     customer_ref: str
     personalisation: bool
     segment: str | None = None
+    eid_key: bytes | None = None  # the app's BLE identity key, for rotating identifiers
+    eid_k: int = 10  # the identifier rotates every 2**eid_k seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +173,19 @@ def _migrate_v3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX decisions_open ON decisions (ts) WHERE reward IS NULL")
 
 
+def _migrate_v4(db: sqlite_utils.Database) -> None:
+    """BLE identity keys live with the consent they depend on: withdrawn together."""
+    consents = db.table("consents")
+    consents.add_column("eid_key", bytes)
+    consents.add_column("eid_k", int)
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
+    _migrate_v4,
 )
 
 
@@ -259,10 +269,13 @@ class Store:
     def upsert_consents(
         self, consents: Iterable[Consent], now: float, *, commit: bool = True
     ) -> int:
-        rows = [(c.customer_ref, int(c.personalisation), c.segment, now) for c in consents]
+        rows = [
+            (c.customer_ref, int(c.personalisation), c.segment, c.eid_key, c.eid_k, now)
+            for c in consents
+        ]
         sql = (
-            "INSERT OR REPLACE INTO consents (customer_ref, personalisation, segment, updated_at)"
-            " VALUES (?, ?, ?, ?)"
+            "INSERT OR REPLACE INTO consents (customer_ref, personalisation, segment, eid_key,"
+            " eid_k, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
         )
         self._write(sql, rows, commit)
         return len(rows)
@@ -286,6 +299,14 @@ class Store:
         if row is None:
             return None
         return Consent(customer_ref=customer_ref, personalisation=bool(row[0]), segment=row[1])
+
+    def eid_keys(self) -> dict[str, tuple[bytes, int]]:
+        """customer_ref -> (identity key, rotation exponent) of customers who opted in."""
+        rows = self._conn.execute(
+            "SELECT customer_ref, eid_key, eid_k FROM consents"
+            " WHERE personalisation = 1 AND eid_key IS NOT NULL"
+        )
+        return {ref: (bytes(key), int(k if k is not None else 10)) for ref, key, k in rows}
 
     def record_decision(self, d: Decision, event: OutboxRow | None = None) -> None:
         """Log a decision and, in the same transaction, queue its event for the cloud."""

@@ -34,6 +34,8 @@ def load_seed(path: Path, hash_key: bytes) -> tuple[list[Offer], list[Consent]]:
             customer_ref=c.get("customer_ref") or customer_ref(hash_key, "loyalty", c["loyalty"]),
             personalisation=c["personalisation"],
             segment=c.get("segment"),
+            eid_key=bytes.fromhex(c["eid_key"]) if "eid_key" in c else None,
+            eid_k=c.get("eid_k", 10),
         )
         for c in data.get("consents", [])
     ]

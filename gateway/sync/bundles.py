@@ -107,7 +107,13 @@ class BundleApplier:
         elif bundle.kind == "consents":
             validate("bundle-consents", bundle.body)
             upsert = [
-                Consent(c["customer_ref"], c["personalisation"], c.get("segment"))
+                Consent(
+                    c["customer_ref"],
+                    c["personalisation"],
+                    c.get("segment"),
+                    bytes.fromhex(c["eid_key"]) if "eid_key" in c else None,
+                    c.get("eid_k", 10),
+                )
                 for c in bundle.body.get("upsert", [])
             ]
             forget = list(bundle.body.get("forget", []))

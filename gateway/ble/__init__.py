@@ -1,0 +1,1 @@
+"""BLE presence: beacon frames, sightings, zones and dwell, private rotating identifiers."""

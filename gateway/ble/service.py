@@ -1,0 +1,141 @@
+"""The presence component: every BLE source's sightings -> the presence engine -> zone events.
+
+Zone events go to the journey (screens in that zone) and, as telemetry, to the uplink. The
+identity keys of opted-in customers are loaded from the store at start and after each consents
+bundle, so a withdrawn consent stops resolving at once. Scanner health (adverts per second,
+seconds since the last advert, restarts) is published in /metrics and /healthz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from gateway.ble.eid import EidResolver
+from gateway.ble.presence import PresenceEngine, ZoneEvent
+from gateway.ble.scanners import ScannerStats
+from gateway.ble.sighting import Sighting
+from gateway.clock import Clock
+from gateway.config import BleConfig
+from gateway.metrics import Metrics
+from gateway.store import AsyncStore, Store
+from gateway.supervisor import Handle
+from gateway.sync.outbox import Outbox
+
+__all__ = ["Presence"]
+
+log = structlog.get_logger("gateway.ble")
+
+_TICK_S = 1.0
+
+
+class Presence:
+    name = "presence"
+    requires = ("store",)
+
+    def __init__(
+        self,
+        config: BleConfig,
+        *,
+        db: AsyncStore,
+        clock: Clock,
+        metrics: Metrics,
+        stats: ScannerStats,
+        on_event: Callable[[ZoneEvent], None],
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.config = config
+        self._db = db
+        self._clock = clock
+        self._metrics = metrics
+        self.stats = stats
+        self._on_event = on_event
+        self._outbox = outbox
+        self.resolver = EidResolver(drift_windows=config.eid_drift_windows)
+        self.engine = PresenceEngine(config, self.resolver.resolve)
+        self._handle: Handle | None = None
+
+    def on_sighting(self, sighting: Sighting) -> None:
+        """Every source calls this (on the event loop); cheap: no I/O, no awaits."""
+        for event in self.engine.observe(sighting):
+            self._emit(event)
+
+    async def reload_keys(self) -> None:
+        keys = await self._db.call(Store.eid_keys)
+        self.resolver.load(keys, self._clock.now())
+        log.info("identity keys loaded", customers=len(keys))
+
+    async def run(self, handle: Handle) -> None:
+        self._handle = handle
+        await self.reload_keys()
+        handle.ready(self._detail())
+        while True:
+            await asyncio.sleep(_TICK_S)
+            for event in self.engine.tick(self._clock.now()):
+                self._emit(event)
+            self._report(handle)
+
+    def _emit(self, event: ZoneEvent) -> None:
+        self._metrics.ble_zone_events.labels(event.kind).inc()
+        self._on_event(event)
+        if self._outbox is not None and event.kind != "dwell":
+            data = {
+                "kind": event.kind,
+                "zone": event.zone,
+                "subject": event.subject,  # a customer ref, or a daily-rotated device hash
+                "identified": event.customer_ref is not None,
+                "dwell_s": round(event.dwell_s, 1),
+            }
+            self._outbox.submit(self._outbox.row("presence.zone", "telemetry", data, ts=event.at))
+
+    def _report(self, handle: Handle) -> None:
+        now = self._clock.monotonic()
+        silent = []
+        m = self._metrics
+        for scanner, state in self.stats.scanners.items():
+            quiet = self.stats.silent_for(scanner, now)
+            m.ble_adverts_per_s.labels(scanner).set(self.stats.adverts_per_s(scanner, now))
+            m.ble_seconds_since_last_advert.labels(scanner).set(quiet)
+            m.ble_scanner_restarts.labels(scanner).set(state.restarts)
+            m.ble_adapter_resets.labels(scanner).set(state.adapter_resets)
+            if quiet > self.config.watchdog_s:
+                silent.append(scanner)
+        m.ble_devices.set(len(self.engine))
+        for zone, (known, anonymous) in self.engine.occupancy().items():
+            m.ble_zone_occupancy.labels(zone, "identified").set(known)
+            m.ble_zone_occupancy.labels(zone, "anonymous").set(anonymous)
+        c = self.engine.counters
+        m.ble_unresolved_eids.set(c.eid_unresolved)
+        m.ble_dropped.labels("noisy_address").set(c.noisy_address)
+        m.ble_dropped.labels("cloned_identifier").set(c.cloned_identifier)
+        m.ble_dropped.labels("unknown_scanner").set(c.unknown_scanner)
+        if silent:
+            handle.degraded(f"silent for more than {self.config.watchdog_s:g} s: {silent}")
+        else:
+            handle.ready(self._detail())
+
+    def _detail(self) -> str:
+        # Stable text: the supervisor logs every change of a component's detail.
+        return f"{len(self.stats.scanners)} scanner(s), {len(self.resolver)} customer keys"
+
+    def health(self) -> dict[str, object]:
+        """The /healthz section: per scanner rate, silence, restarts; zone occupancy."""
+        now = self._clock.monotonic()
+        return {
+            "scanners": {
+                name: {
+                    "adverts_per_s": round(self.stats.adverts_per_s(name, now), 2),
+                    "seconds_since_last_advert": round(self.stats.silent_for(name, now), 1),
+                    "restarts": state.restarts,
+                    "adapter_resets": state.adapter_resets,
+                }
+                for name, state in sorted(self.stats.scanners.items())
+            },
+            "devices": len(self.engine),
+            "zones": {
+                zone: {"identified": known, "anonymous": anonymous}
+                for zone, (known, anonymous) in sorted(self.engine.occupancy().items())
+            },
+        }
