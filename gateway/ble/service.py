@@ -54,8 +54,11 @@ class Presence:
         self._on_event = on_event
         self._outbox = outbox
         self.resolver = EidResolver(drift_windows=config.eid_drift_windows)
-        self.engine = PresenceEngine(config, self.resolver.resolve)
+        self.engine = PresenceEngine(config, self._resolve)
         self._handle: Handle | None = None
+
+    def _resolve(self, observed: bytes, now: float) -> str | None:
+        return self.resolver.resolve(observed, now)  # late bound: reload_keys swaps resolvers
 
     def on_sighting(self, sighting: Sighting) -> None:
         """Every source calls this (on the event loop); cheap: no I/O, no awaits."""
@@ -64,7 +67,10 @@ class Presence:
 
     async def reload_keys(self) -> None:
         keys = await self._db.call(Store.eid_keys)
-        self.resolver.load(keys, self._clock.now())
+        # Precomputing 10,000 customers' windows takes ~0.1 s: off the loop, then swapped in.
+        resolver = EidResolver(drift_windows=self.config.eid_drift_windows)
+        await asyncio.to_thread(resolver.load, keys, self._clock.now())
+        self.resolver = resolver
         log.info("identity keys loaded", customers=len(keys))
 
     async def run(self, handle: Handle) -> None:
@@ -73,7 +79,10 @@ class Presence:
         handle.ready(self._detail())
         while True:
             await asyncio.sleep(_TICK_S)
-            for event in self.engine.tick(self._clock.now()):
+            now = self._clock.now()
+            # Rotate the precomputed identifier windows here, mostly not inside a lookup.
+            self.resolver.refresh(now)
+            for event in self.engine.tick(now):
                 self._emit(event)
             self._report(handle)
 
