@@ -3,7 +3,8 @@
     scripts/demo [--duration SECONDS] [--rate VISITS_PER_S] [--seed N]
 
 Customers walk up to the kiosks and identify (loyalty card, app QR code, or a card the store
-does not know); the demo prints what the gateway decided and what each screen shows.
+does not know); shoppers walk the floor with their phones, heard by BLE scanner nodes
+(ESPresense over MQTT); the demo prints what the gateway decided and what each screen shows.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import load_config
+from simulators.beacons import ScannerNodes, World
 from simulators.broker import Mosquitto, MosquittoMissing, free_port
 from simulators.cloud import Cloud
 from simulators.daemon import GatewayProcess
@@ -125,6 +127,27 @@ async def _cloud_step(step: int, cloud: Cloud, lane: EventSource, store_id: str)
         _say("cloud: pushes a signed offers bundle v1 (the catalog plus OFF-CLOUD-1)")
 
 
+async def _narrate_presence(store: SimulatedStore, screens: dict[str, str]) -> None:
+    """Screens changed by BLE presence (content without a kiosk request): one line each."""
+    told: set[str] = set()
+    while True:
+        await asyncio.sleep(0.5)
+        for arrival in list(store.seen.content.values()):
+            content = arrival.content
+            if content.request_id is not None or content.decision_id in told:
+                continue
+            told.add(content.decision_id)
+            zone = screens.get(content.touchpoint, "?")
+            _say(f"ble: {content.audience} presence in zone {zone} -> screen {content.touchpoint}")
+            _say(f"    {render(content.touchpoint, content)}")
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _walk(
     port: int,
     config_path: Path,
@@ -142,10 +165,22 @@ async def _walk(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     deadline = None if duration is None else time.monotonic() + duration
-    async with (
-        SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor") as store,
-        EventSource("127.0.0.1", port, config.store.id) as lane,
-    ):
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(
+            SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor")
+        )
+        lane = await stack.enter_async_context(EventSource("127.0.0.1", port, config.store.id))
+        if config.ble.enabled:
+            world = World(start=time.time(), seed=rng.randrange(1 << 30), devices=12)
+            nodes = await stack.enter_async_context(ScannerNodes("127.0.0.1", port, world))
+            _say(f"ble: {len(world.scanners)} scanner nodes hear 12 phones walking the floor")
+            background = [
+                asyncio.create_task(nodes.run()),
+                asyncio.create_task(
+                    _narrate_presence(store, {k: v.zone for k, v in config.screens.items()})
+                ),
+            ]
+            stack.push_async_callback(_cancel, background)
         step = 0
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             kiosk_id = rng.choice(sorted(kiosks))

@@ -12,7 +12,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.identity import customer_ref, mint_token
 
-__all__ = ["CUSTOMERS", "DEMO_HASH_KEY", "Customer", "demo_token", "demo_token_key"]
+__all__ = [
+    "CUSTOMERS",
+    "DEMO_HASH_KEY",
+    "Customer",
+    "demo_token",
+    "demo_token_key",
+    "eid_identity_key",
+]
 
 DEMO_HASH_KEY = hashlib.sha256(
     b"store-gateway demo identity hash key (never use in production)"
@@ -53,3 +60,9 @@ CUSTOMERS = (
 def demo_token(customer: Customer, now: float, ttl_s: int = 300) -> str:
     """The app's loyalty QR token for `customer`, as the chain's backend would sign it."""
     return mint_token(demo_token_key(), customer.ref, int(now), ttl_s)
+
+
+def eid_identity_key(customer: Customer) -> bytes:
+    """The 16-byte Eddystone-EID identity key of `customer`'s app (DEMO KEYS ONLY: derived from the
+    public loyalty number; a real app gets a random key, registered with its consent)."""
+    return hashlib.sha256(b"demo-eid:" + customer.loyalty.encode()).digest()[:16]

@@ -40,7 +40,7 @@ def test_espresense_ids_name_their_frames() -> None:
     uid = frame_from_id("eddy:00112233445566778899-aabbccddeeff", -59)
     assert isinstance(uid, EddystoneUID)
     assert uid.instance == bytes.fromhex("aabbccddeeff")
-    assert frame_from_id("eid:0102030405060708", -59) == EddystoneEID(bytes(range(1, 9)), -100)
+    assert frame_from_id("eid:0102030405060708", -59) == EddystoneEID(bytes(range(1, 9)), -18)
     assert frame_from_id("iBeacon:e2c56db5-dffb-48d2-b060-d0f5a71096e0-70000-1", -59) is None
     assert frame_from_id("f0cafe000001", -59) is None  # a device without a beacon frame
     assert frame_from_id("apple:1005:9-26", -59) is None
@@ -84,13 +84,13 @@ async def _publish_visit(client: aiomqtt.Client, seconds: float) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         ada_id = f"eid:{eid(key, 10, int(time.time())).hex()}"
-        for room, rssi in (("coffee", -55), ("entrance", -85)):
+        for room, rssi in (("espresense-coffee", -55), ("espresense-entrance", -85)):
             body = {"id": ada_id, "rssi@1m": -59, "rssi": rssi, "distance": 1.2, "mac": ADA_MAC}
             await client.publish(f"espresense/devices/{ada_id}/{room}", json.dumps(body))
         anon = ANON_MAC.replace(":", "")
         body = {"id": anon, "rssi@1m": -59, "rssi": -60, "distance": 2.0, "mac": anon}
-        await client.publish(f"espresense/devices/{anon}/bakery", json.dumps(body))
-        await client.publish(f"espresense/devices/{anon}/bakery", b'{"id": 7}')
+        await client.publish(f"espresense/devices/{anon}/espresense-bakery", json.dumps(body))
+        await client.publish(f"espresense/devices/{anon}/espresense-bakery", b'{"id": 7}')
         await asyncio.sleep(0.1)
 
 
@@ -104,7 +104,7 @@ async def test_scanner_nodes_put_a_known_customer_on_the_screen_of_her_zone(
         SimulatedStore("127.0.0.1", broker.port, STORE) as store,
         aiomqtt.Client("127.0.0.1", broker.port, identifier="espresense-coffee") as node,
     ):
-        await node.publish("espresense/rooms/coffee/status", b"online", retain=True)
+        await node.publish("espresense/rooms/espresense-coffee/status", b"online", retain=True)
         coffee = store.topics.screen_content("coffee-1")
         bakery = store.topics.screen_content("bakery-1")
         async with asyncio.timeout(15):
@@ -124,10 +124,11 @@ async def test_scanner_nodes_put_a_known_customer_on_the_screen_of_her_zone(
     assert store.seen.content[coffee].content.offer.id == "OFF-BEANS-MEMBER"  # her segment
     assert store.seen.content[bakery].content.audience == "anonymous"
     report = json.loads(body)
-    assert set(report["ble"]["scanners"]) >= {"coffee", "entrance", "bakery"}
-    assert report["ble"]["scanners"]["coffee"]["seconds_since_last_advert"] < 5
+    rooms = {"espresense-coffee", "espresense-entrance", "espresense-bakery"}
+    assert set(report["ble"]["scanners"]) >= rooms
+    assert report["ble"]["scanners"]["espresense-coffee"]["seconds_since_last_advert"] < 5
     assert report["components"]["presence"]["state"] == "ready"
-    assert b'gateway_ble_adverts_per_s{scanner="coffee"}' in metrics
+    assert b'gateway_ble_adverts_per_s{scanner="espresense-coffee"}' in metrics
     # The malformed message was refused on the errors topic, naming the filter, not the topic.
     assert errors
     assert {e["topic"] for e in errors} == {"espresense/devices/+/+"}

@@ -55,9 +55,10 @@ def frame_from_id(device_id: str, rssi_1m: int) -> Frame | None:
         beacon_id = uuid.bytes + major.to_bytes(2, "big") + minor.to_bytes(2, "big")
         return AltBeacon(0xFFFF, beacon_id, rssi_1m, 0)  # nodes do not report the company
     if m := _EDDY.fullmatch(device_id):
-        return EddystoneUID(bytes.fromhex(m.group(1)), bytes.fromhex(m.group(2)), rssi_1m - 41)
+        # Eddystone calibrates at 0 m: 41 dB above the 1 m figure nodes report.
+        return EddystoneUID(bytes.fromhex(m.group(1)), bytes.fromhex(m.group(2)), rssi_1m + 41)
     if m := _EID.fullmatch(device_id):
-        return EddystoneEID(bytes.fromhex(m.group(1)), rssi_1m - 41)
+        return EddystoneEID(bytes.fromhex(m.group(1)), rssi_1m + 41)
     return None
 
 

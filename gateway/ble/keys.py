@@ -37,7 +37,7 @@ class DeviceKeys:
         normalised = address.replace(":", "").replace("-", "").lower().encode()
         digest = hmac.new(self._day_key, normalised, hashlib.sha256).digest()
         key = "d_" + b32encode(digest[:10]).decode().lower()
-        if len(self._cache) >= 65_536:  # bounded: address churn must not grow memory
+        if len(self._cache) >= 16_384:  # bounded: address churn must not grow memory
             self._cache.clear()
         self._cache[address] = key
         return key
