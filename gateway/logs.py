@@ -8,6 +8,7 @@ code logs only keyed customer refs to begin with).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Literal, TextIO
 
@@ -22,9 +23,17 @@ _REDACT = frozenset({"value", "loyalty", "phone", "email", "token", "mac", "addr
 _COMPONENTS = {"mqtt": "mqtt", "aiomqtt": "mqtt", "paho": "mqtt", "bleak": "ble", "asyncio": "loop"}
 
 
+# A MAC address in any spelling (AA:BB.., aa-bb.., aabb.., BlueZ's dev_AA_BB..).
+_MAC = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}(?:[:_-]?[0-9a-f]{2}){5}(?![0-9a-f])")
+
+
 def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in _REDACT.intersection(event):
         event[key] = "[redacted]"
+    message = event.get("event")
+    if isinstance(message, str) and event.get("component") == "ble":
+        # Library messages (bleak, D-Bus) may name a device; ours never do.
+        event["event"] = _MAC.sub("<mac>", message)
     return event
 
 
@@ -78,3 +87,5 @@ def configure_logging(
     root.setLevel(level.upper())
     # paho logs every packet at DEBUG; keep it at INFO unless the whole gateway is at DEBUG.
     logging.getLogger("mqtt").setLevel(max(logging.INFO, root.level) if level != "debug" else 10)
+    # bleak's DEBUG lines carry device paths and addresses: never below INFO, even at debug.
+    logging.getLogger("bleak").setLevel(max(logging.INFO, root.level))

@@ -68,3 +68,16 @@ def test_console_format_is_for_people_and_levels_filter() -> None:
     assert "shown" in text
     assert "store=s1" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_bleak_never_logs_an_address_or_debug_lines() -> None:
+    out = io.StringIO()
+    configure_logging("json", "debug", out)
+    bleak = logging.getLogger("bleak.backends.bluezdbus.manager")
+    bleak.debug("received D-Bus signal for /org/bluez/hci0/dev_F0_CA_FE_00_00_01")
+    bleak.warning("device %s disconnected", "F0:CA:FE:00:00:01")
+    bleak.warning("device %s gone", "f0-ca-fe-00-00-01")
+    lines = _lines(out)
+    assert [line["event"] for line in lines] == ["device <mac> disconnected", "device <mac> gone"]
+    text = out.getvalue().lower()
+    assert not any(form in text for form in ("ca:fe", "ca-fe", "ca_fe", "cafe00"))

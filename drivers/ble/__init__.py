@@ -1,0 +1,1 @@
+"""The local Bluetooth LE radio (bleak on BlueZ)."""
