@@ -37,6 +37,7 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayFactory]:
         config: Path = DEMO_CONFIG,
         overrides: dict[str, str] | None = None,
         watchdog_usec: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> GatewayProcess:
         settings = {
             "mqtt.port": str(broker.port),
@@ -49,7 +50,9 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayFactory]:
             "decision.model_file": "",
             **(overrides or {}),
         }
-        process = GatewayProcess(config, tmp_path, overrides=settings, watchdog_usec=watchdog_usec)
+        process = GatewayProcess(
+            config, tmp_path, overrides=settings, watchdog_usec=watchdog_usec, env=env
+        )
         process.start()
         started.append(process)
         return process

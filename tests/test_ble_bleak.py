@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from uuid import UUID
@@ -28,6 +29,8 @@ from gateway.clock import SystemClock
 from gateway.logs import configure_logging
 from gateway.supervisor import Handle, State
 from simulators.bluez import FakeBluez
+from simulators.broker import Mosquitto
+from tests.conftest import GatewayFactory
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -252,3 +255,40 @@ async def test_no_address_reaches_logs_sightings_or_errors(
     assert leaked(repr(rig.sightings)) == []
     assert leaked(str(failure.value)) == []
     assert leaked(repr(rig.states)) == []
+
+
+async def test_the_daemon_scans_the_radio_and_shows_a_known_customer_in_her_zone(
+    broker: Mosquitto, gateway: GatewayFactory
+) -> None:
+    """The whole path: bleak in the gateway process -> fake bluetoothd adverts of Ada's app
+    (rotating EID) -> presence -> the screen of the zone the radio covers."""
+    from gateway.ble.eid import eid
+    from gateway.ble.frames import encode_advert
+    from simulators.population import CUSTOMERS, eid_identity_key
+    from simulators.store import SimulatedStore
+
+    ada = CUSTOMERS[0]
+    async with FakeBluez(passive_supported=False) as bluez:
+        process = gateway(
+            overrides={
+                "ble.adapter": "hci0",
+                "ble.min_dwell_s": "0",
+                "ble.scanners.hci0.zone": "coffee",
+            },
+            env={"DBUS_SYSTEM_BUS_ADDRESS": bluez.address},
+        )
+        await asyncio.to_thread(process.wait_ready)
+        async with SimulatedStore("127.0.0.1", broker.port, "demo-store") as store:
+            topic = store.topics.screen_content("coffee-1")
+            async with asyncio.timeout(20):
+                while topic not in store.seen.content:
+                    frame = EddystoneEID(eid(eid_identity_key(ada), 10, int(time.time())), -20)
+                    manufacturer, service = encode_advert(frame)
+                    await bluez.advertise(PHONE_MAC, -50, manufacturer, service)
+                    await asyncio.sleep(0.2)
+        assert process.stop() == 0
+    content = store.seen.content[topic].content
+    assert content.audience == "personal"
+    assert content.offer is not None
+    assert content.offer.id == "OFF-BEANS-MEMBER"
+    assert leaked(process.log(tail=None)) == []

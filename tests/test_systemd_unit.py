@@ -159,7 +159,7 @@ def test_unit_settings() -> None:
         "TimeoutStopSec": "15",
         "User": "store-gateway",
         "Group": "store-gateway",
-        "SupplementaryGroups": "dialout",
+        "SupplementaryGroups": "dialout bluetooth",
         "StateDirectory": "store-gateway",
         "StateDirectoryMode": "0750",
         "ConfigurationDirectory": "store-gateway",
