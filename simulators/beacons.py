@@ -796,10 +796,15 @@ class ScannerNodes:
 
     async def run(self, until: float | None = None) -> None:
         """Publish a sample every `interval_s` until `until` (clock time; None: until cancelled)."""
+        task = asyncio.current_task()
         async for now, heard in realtime(
             self.world, interval_s=self.interval_s, until=until, clock=self._clock
         ):
             await self._publish(now, heard)
+            # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation
+            # that races with the publish completing: honour it here.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
 
     async def _publish(self, now: float, heard: list[Heard]) -> int:
         by_room: dict[str, dict[str, Heard]] = {room: {} for room in self._nodes}

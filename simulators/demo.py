@@ -145,7 +145,8 @@ async def _narrate_presence(store: SimulatedStore, screens: dict[str, str]) -> N
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # Bounded: a publish stuck in the MQTT client must not hold up the demo's exit.
+    await asyncio.wait(tasks, timeout=2)
 
 
 async def _walk(

@@ -112,7 +112,8 @@ class PresenceEngine:
         self._resolve = resolve_eid
         self._zone_of: Mapping[str, str] = {k: v.zone for k, v in config.scanners.items()}
         self._subjects: OrderedDict[str, _Subject] = OrderedDict()  # LRU by last sighting
-        self._ref_of_device: OrderedDict[str, str] = OrderedDict()
+        # device key -> (customer ref, last seen): adverts without an EID from a resolved address
+        self._ref_of_device: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._ids_of_device: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._devices_of_id: OrderedDict[str, dict[str, float]] = OrderedDict()
         self._occupancy: dict[str, list[int]] = {z: [0, 0] for z in self._zone_of.values()}
@@ -177,8 +178,11 @@ class PresenceEngine:
                 if max(seen.values(), default=0.0) > noise_horizon:
                     break
                 del records[name]
-        while self._ref_of_device and len(self._ref_of_device) > self.config.max_devices:
-            self._ref_of_device.popitem(last=False)
+        while self._ref_of_device:
+            device, (_, seen_at) = next(iter(self._ref_of_device.items()))
+            if seen_at > horizon and len(self._ref_of_device) <= self.config.max_devices:
+                break
+            del self._ref_of_device[device]
         while self.beacons:
             name, beacon = next(iter(self.beacons.items()))
             if beacon.last_seen > horizon:
@@ -230,11 +234,15 @@ class PresenceEngine:
             else:
                 self.counters.eid_resolved += 1
                 # Later adverts from this address without an EID belong to the same customer.
-                self._ref_of_device[device] = ref
+                self._ref_of_device[device] = (ref, at)
                 self._ref_of_device.move_to_end(device)
                 return ref, ref
-        ref = self._ref_of_device.get(device)
-        return (ref, ref) if ref is not None else (device, None)
+        known = self._ref_of_device.get(device)
+        if known is None:
+            return device, None
+        self._ref_of_device[device] = (known[0], at)
+        self._ref_of_device.move_to_end(device)
+        return known[0], known[0]
 
     def _smooth(self, subject: _Subject, scanner: str, rssi: float, at: float) -> None:
         reading = subject.readings.get(scanner)

@@ -62,6 +62,17 @@ class Consent:
 
 
 @dataclass(frozen=True, slots=True)
+class PrintJobRow:
+    id: str
+    lane: str
+    printer: str
+    coupon_code: str
+    body: bytes  # the coupon as JSON; rendered to ESC/POS for the printer's profile at send time
+    copy: bool
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     id: str
     ts: float
@@ -180,12 +191,31 @@ def _migrate_v4(db: sqlite_utils.Database) -> None:
     consents.add_column("eid_k", int)
 
 
+def _migrate_v5(db: sqlite_utils.Database) -> None:
+    """Coupons printed at the till: single use, each tied to the decision that chose it."""
+    db.table("coupons").create(
+        {
+            "code": str,
+            "decision_id": str,
+            "offer_id": str,
+            "lane": str,
+            "issued_at": float,
+            "redeemed_at": float,
+            "redeemed_lane": str,
+        },
+        pk="code",
+        not_null={"decision_id", "issued_at"},
+    )
+    db.table("print_journal").create_index(["printer", "state", "created_at"])
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
     _migrate_v2,
     _migrate_v3,
     _migrate_v4,
+    _migrate_v5,
 )
 
 
@@ -312,27 +342,112 @@ class Store:
         """Log a decision and, in the same transaction, queue its event for the cloud."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
+            self._insert_decision(d, event)
+
+    def record_checkout(
+        self, d: Decision, event: OutboxRow | None, job: PrintJobRow | None
+    ) -> None:
+        """A checkout decision, its uplink event, its coupon and print job: all or nothing."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._insert_decision(d, event)
+            if job is not None:
+                self._conn.execute(
+                    "INSERT INTO coupons (code, decision_id, offer_id, lane, issued_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (job.coupon_code, d.id, d.offer_id, job.lane, d.ts),
+                )
+                self._conn.execute(
+                    "INSERT INTO print_journal (id, lane, printer, state, copy, coupon_code,"
+                    " decision_id, job, attempts, created_at, updated_at)"
+                    " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, 0, ?, ?)",
+                    (job.id, job.lane, job.printer, job.coupon_code, d.id, job.body, d.ts, d.ts),
+                )
+
+    def take_print_job(self, printer: str, now: float) -> PrintJobRow | None:
+        """The oldest queued job of `printer`, now marked sending (attempts + 1)."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute(
+                "SELECT id, lane, coupon_code, job, copy, attempts FROM print_journal"
+                " WHERE printer = ? AND state = 'queued' ORDER BY created_at LIMIT 1",
+                (printer,),
+            ).fetchone()
+            if row is None:
+                return None
             self._conn.execute(
-                "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
-                " policy, propensity, request_id, model_version, feature_hash, context)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    d.id,
-                    d.ts,
-                    d.moment,
-                    d.touchpoint,
-                    d.customer_ref,
-                    d.offer_id,
-                    d.policy,
-                    d.propensity,
-                    d.request_id,
-                    d.model_version,
-                    d.feature_hash,
-                    d.context,
-                ),
+                "UPDATE print_journal SET state = 'sending', attempts = attempts + 1,"
+                " updated_at = ? WHERE id = ?",
+                (now, row[0]),
             )
-            if event is not None:
-                self.outbox.insert_one(event)
+        return PrintJobRow(row[0], row[1], printer, row[2], bytes(row[3]), bool(row[4]), row[5] + 1)
+
+    def finish_print_job(self, job_id: str, state: str, now: float, error: str | None) -> None:
+        """sending -> printed, failed, or queued again as a copy (interrupted by a fault)."""
+        copy = ", copy = 1" if state == "queued" else ""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                f"UPDATE print_journal SET state = ?, error = ?, updated_at = ?{copy}"  # noqa: S608 - constant
+                " WHERE id = ? AND state = 'sending'",
+                (state, error, now, job_id),
+            )
+
+    def requeue_interrupted_prints(self, now: float) -> int:
+        """At start: jobs left 'sending' by a crash may be half printed; queue them as copies."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            cursor = self._conn.execute(
+                "UPDATE print_journal SET state = 'queued', copy = 1, updated_at = ?,"
+                " error = 'interrupted by a restart' WHERE state = 'sending'",
+                (now,),
+            )
+        return cursor.rowcount
+
+    def print_counts(self) -> dict[str, int]:
+        rows = self._conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
+        return {str(state): int(n) for state, n in rows.fetchall()}
+
+    def redeem_coupon(self, code: str, lane: str, now: float) -> tuple[str, str | None]:
+        """('redeemed', decision) the first time; ('already_redeemed', decision) after;
+        ('unknown', None) for a code this store never issued."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            row = self._conn.execute(
+                "SELECT decision_id, redeemed_at FROM coupons WHERE code = ?", (code,)
+            ).fetchone()
+            if row is None:
+                return "unknown", None
+            if row[1] is not None:
+                return "already_redeemed", row[0]
+            self._conn.execute(
+                "UPDATE coupons SET redeemed_at = ?, redeemed_lane = ? WHERE code = ?",
+                (now, lane, code),
+            )
+        return "redeemed", row[0]
+
+    def _insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
+        self._conn.execute(
+            "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
+            " policy, propensity, request_id, model_version, feature_hash, context)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                d.id,
+                d.ts,
+                d.moment,
+                d.touchpoint,
+                d.customer_ref,
+                d.offer_id,
+                d.policy,
+                d.propensity,
+                d.request_id,
+                d.model_version,
+                d.feature_hash,
+                d.context,
+            ),
+        )
+        if event is not None:
+            self.outbox.insert_one(event)
 
     def append_outbox(self, rows: Sequence[OutboxRow], durable: bool) -> tuple[int, int, int, int]:
         """One commit; (inserted, shed, events waiting, bytes waiting)."""
