@@ -544,7 +544,8 @@ def bench_ble(quick: bool) -> Figures:
 
     # RSS over a long churning run: every simulated hour 5,000 new phones (new addresses)
     # arrive and the last hour's leave; evictions and timeouts must keep memory flat.
-    rss = []
+    rss, live = [], []
+    tracemalloc.start()
     for hour in range(1, 5 if quick else 13):
         t_hour = 1_790_000_000 + hour * 3600
         for scanner, address, (manufacturer, service), rssi, t in _ble_world(
@@ -556,6 +557,8 @@ def bench_ble(quick: bool) -> Figures:
         engine.tick(t_hour + 1800.0)  # everyone from this hour has timed out
         gc.collect()
         rss.append(_rss_mib(os.getpid()))
+        live.append(tracemalloc.get_traced_memory()[0] / 2**20)  # Python objects alive
+    tracemalloc.stop()
 
     big = EidResolver()
     big.load({f"c_{i:032x}": (os.urandom(16), 10) for i in range(10_000)}, 1_790_000_000.0)
@@ -581,6 +584,8 @@ def bench_ble(quick: bool) -> Figures:
         "ble_churn_hours": len(rss),
         "ble_rss_first_hour_mib": rss[0],
         "ble_rss_last_hour_mib": rss[-1],
+        "ble_live_first_hour_mib": live[0],
+        "ble_live_last_hour_mib": live[-1],
         "eid_resolve_us": per_call * 1e6,
         "eid_keys": len(big),
     }
