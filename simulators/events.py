@@ -86,7 +86,12 @@ class EventSource:
         """Events at a steady rate (open loop); every 1/telemetry_share-th is a transaction."""
         start = time.monotonic()
         n = 0
+        task = asyncio.current_task()
         while (now := time.monotonic()) - start < duration_s:
+            # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation
+            # that races with the publish completing: honour it here.
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             due = start + n / rate
             if due > now:
                 await asyncio.sleep(due - now)

@@ -9,6 +9,7 @@ with SIGKILL 20 times (`--soak N` for more); after each kill the SQLite file pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sqlite3
 from pathlib import Path
@@ -69,6 +70,8 @@ async def test_sigkill_under_load_loses_nothing_acknowledged(
                 process = _start(tmp_path, broker, cloud, run)
                 await asyncio.to_thread(process.wait_ready)
             stream.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stream  # stopped for sure: no event is sent after this point
             async with asyncio.timeout(60):
                 await lane.settled()  # every event sent has been acknowledged
                 await receiver.wait_until(lambda: lane.acked <= receiver.first_seen.keys())
