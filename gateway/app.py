@@ -30,10 +30,13 @@ from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
 from gateway.decision.rewards import RewardJoiner
 from gateway.device_events import DeviceEvents
+from gateway.escpos import Profile, load_profile
 from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
 from gateway.journey import Journey
 from gateway.metrics import Metrics
+from gateway.pos import PosLanes
+from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
 from gateway.store import AsyncStore, Store, load_seed
 from gateway.supervisor import Handle, State, Supervisor
@@ -122,6 +125,8 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     outbox = Outbox(db, config.store.id, clock, metrics)
     engine = DecisionEngine(config.decision)
     models = ModelManager(engine, state_dir / "models" / "nba.onnx", config.decision.model_file, db)
+    profiles = {pid: load_profile(p.profile) for pid, p in config.printers.items()}
+    printing = PrintJournal(db, profiles, clock, metrics=metrics)
     journey = Journey(
         topics=topics,
         kiosks=config.kiosks,
@@ -136,9 +141,25 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         outbox=outbox,
         screens=config.screens,
         screen_hold_s=config.ble.screen_hold_s,
+        lanes=config.lanes,
+        on_print_job=printing.queued,
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
-    events = DeviceEvents(topics, outbox, link, rewards)
+    lanes = PosLanes(
+        topics=topics,
+        lanes=config.lanes,
+        journey=journey,
+        db=db,
+        publisher=link,
+        hash_key=hash_key,
+        token_key=parse_public_key(token) if token else None,
+        token_leeway_s=config.identity.token_leeway_s,
+        clock=clock,
+        rewards=rewards,
+    )
+    events = DeviceEvents(topics, outbox, link, rewards, after_commit=lanes.after_commit)
+    link.route(lanes.basket_filter, "pos_basket", lanes.on_basket)
+    link.route(lanes.loyalty_filter, "pos_loyalty", lanes.on_loyalty)
     link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
@@ -149,6 +170,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         journey,
         rewards,
     ]
+    components += _printers(config, printing, profiles, clock, metrics)
     presence = _presence(
         config,
         db=db,
@@ -192,6 +214,36 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
                 appended=outbox.appended,
                 on_bundle=bundles.handle,
                 metrics=metrics,
+            )
+        )
+    return components
+
+
+def _printers(
+    config: Config,
+    printing: PrintJournal,
+    profiles: Mapping[str, Profile],
+    clock: Clock,
+    metrics: Metrics,
+) -> list[Any]:
+    """The print journal and one driver per configured printer; [] without printers."""
+    if not config.printers:
+        return []
+    from drivers.escpos import SerialPrinter  # pyserial only when a printer is configured
+
+    components: list[Any] = [printing]
+    for printer_id, printer in config.printers.items():
+        assert printer.device is not None  # checked with the configuration
+        components.append(
+            SerialPrinter(
+                printer_id,
+                printer.device,
+                profiles[printer_id],
+                printing,
+                clock,
+                baud=printer.baud,
+                status_timeout_s=printer.status_timeout_s,
+                on_state=lambda pid, state: metrics.printer_state.labels(pid).state(state),
             )
         )
     return components

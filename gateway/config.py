@@ -30,9 +30,11 @@ __all__ = [
     "HealthConfig",
     "IdentityConfig",
     "KioskConfig",
+    "LaneConfig",
     "LoggingConfig",
     "MqttConfig",
     "OutboxConfig",
+    "PrinterConfig",
     "ScreenConfig",
     "StoreConfig",
     "SupervisorConfig",
@@ -242,6 +244,25 @@ class BleConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrinterConfig:
+    # The serial device: prefer the stable /dev/serial/by-id/... path (it survives replugging).
+    device: Path | None = None
+    # Printer profile (gateway/escpos/profiles/<name>.json): paper width, supported commands.
+    profile: str = "generic-80mm"
+    baud: int = field(default=115200, metadata=_meta(min=1200, max=4_000_000))
+    # A printer that does not answer a status request within this is reported silent.
+    status_timeout_s: float = field(default=1.0, metadata=_meta(min=0.1, max=30))
+
+
+@dataclass(frozen=True, slots=True)
+class LaneConfig:
+    # The printer that prints this POS lane's receipts and coupons.
+    printer: str = ""
+    # A coupon is valid this many days after it is printed.
+    coupon_valid_days: int = field(default=30, metadata=_meta(min=1, max=3650))
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenConfig:
     zone: str = ""
 
@@ -267,6 +288,10 @@ class Config:
     ble: BleConfig = field(default_factory=BleConfig)
     screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+    printers: Mapping[str, PrinterConfig] = field(
+        default_factory=lambda: types.MappingProxyType({})
+    )
+    lanes: Mapping[str, LaneConfig] = field(default_factory=lambda: types.MappingProxyType({}))
 
 
 class ConfigError(Exception):
@@ -448,6 +473,17 @@ def _check_ble(ble: BleConfig, problems: list[str]) -> None:
         )
 
 
+def _profile_names() -> set[str]:
+    from importlib import resources
+
+    folder = resources.files("gateway.escpos").joinpath("profiles")
+    return {p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")}
+
+
+def _profile_exists(name: str) -> bool:
+    return name in _profile_names()
+
+
 def _did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -455,6 +491,32 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _check_references(config: Config, problems: list[str]) -> None:
     _check_ble(config.ble, problems)
+    _check_printing(config, problems)
+    _check_kiosks_and_links(config, problems)
+
+
+def _check_printing(config: Config, problems: list[str]) -> None:
+    for lane_id, lane in config.lanes.items():
+        if lane.printer not in config.printers:
+            hint = _did_you_mean(lane.printer, list(config.printers))
+            problems.append(
+                f"lanes.{lane_id}.printer: found {lane.printer!r}, expected a printer defined"
+                f" under [printers.<id>]{hint}"
+            )
+    for printer_id, printer in config.printers.items():
+        if printer.device is None:
+            problems.append(
+                f"printers.{printer_id}.device: found nothing, expected the serial device"
+                " (a /dev/serial/by-id/... path)"
+            )
+        if not _profile_exists(printer.profile):
+            problems.append(
+                f"printers.{printer_id}.profile: found {printer.profile!r}, expected one of"
+                f" {sorted(_profile_names())}"
+            )
+
+
+def _check_kiosks_and_links(config: Config, problems: list[str]) -> None:
     for kiosk_id, kiosk in config.kiosks.items():
         for i, screen in enumerate(kiosk.screens):
             if screen not in config.screens:

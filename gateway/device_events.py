@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 
@@ -19,7 +21,10 @@ from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
 
-__all__ = ["DeviceEvents"]
+__all__ = ["AfterCommit", "DeviceEvents"]
+
+# (device kind, device id, event type, event data, event id), once the event is committed.
+AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
 
 log = structlog.get_logger("gateway.device_events")
 DEVICE_KINDS = frozenset({"kiosk", "pos", "tablet", "screen"})
@@ -32,7 +37,9 @@ class DeviceEvents:
         outbox: Outbox,
         publisher: Publisher,
         rewards: RewardJoiner | None = None,
+        after_commit: AfterCommit | None = None,
     ) -> None:
+        self._after_commit = after_commit
         self._topics = topics
         self._outbox = outbox
         self._publisher = publisher
@@ -54,6 +61,15 @@ class DeviceEvents:
         )
         future = self._outbox.submit(row)
         future.add_done_callback(lambda f: self._accepted(f, device, row.id))
+        if self._after_commit is not None:
+            hook = self._after_commit
+            future.add_done_callback(
+                lambda f: (
+                    not f.cancelled()
+                    and f.exception() is None
+                    and hook(device[0], device[1], data["type"], data["data"], row.id)
+                )
+            )
         decision_id = data["data"].get("decision_id")
         if self._rewards is not None and data["type"] in REWARD_EVENTS and decision_id:
             # The reward joins its decision once the event itself is safe.

@@ -2,7 +2,8 @@
 
 Moments: a customer identifies at a kiosk (content on the kiosk and its screens); someone enters
 or dwells in a zone (BLE presence: content on that zone's screens, personal for an identified
-customer with consent, else for the anonymous audience).
+customer with consent, else for the anonymous audience); a POS lane totals a basket (a coupon
+printed on the lane's printer: decision, coupon and print job committed together).
 
 The journey is core: it gets typed events, a store, a publisher and a clock, and never touches a
 device. Decisions are committed to the store before their content is published.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.ble.presence import ZoneEvent
 from gateway.clock import Clock
-from gateway.config import KioskConfig, ScreenConfig
+from gateway.config import KioskConfig, LaneConfig, ScreenConfig
 from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
@@ -39,7 +40,8 @@ from gateway.payloads import (
     encode_content,
     encode_error,
 )
-from gateway.store import AsyncStore, Decision, Offer, Store
+from gateway.printing import Coupon, new_coupon_code
+from gateway.store import AsyncStore, Decision, Offer, PrintJobRow, Store
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
@@ -69,6 +71,17 @@ class _Moment:
     dwell_s: float
     request_id: str | None
     screens: tuple[str, ...]  # screens that show the content (besides the kiosk itself)
+    basket: tuple[str, ...] = ()  # categories in the basket (checkout)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A POS lane totalled a basket: the moment to print a coupon."""
+
+    lane: str
+    customer_ref: str | None  # from the lane's loyalty scan, already a keyed hash
+    basket: tuple[str, ...]
+    request_id: str | None  # the transaction event's id
 
 
 class Journey:
@@ -92,6 +105,8 @@ class Journey:
         queue_size: int = 1000,
         screens: Mapping[str, ScreenConfig] | None = None,
         screen_hold_s: float = 30.0,
+        lanes: Mapping[str, LaneConfig] | None = None,
+        on_print_job: Callable[[str], None] | None = None,
     ) -> None:
         self._engine = engine
         self._outbox = outbox
@@ -104,9 +119,11 @@ class Journey:
         self._token_leeway_s = token_leeway_s
         self._metrics = metrics
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[KioskIdentify | ZoneEvent, float]] = asyncio.Queue(
-            queue_size
+        self._queue: asyncio.Queue[tuple[KioskIdentify | ZoneEvent | Checkout, float]] = (
+            asyncio.Queue(queue_size)
         )
+        self._lanes = lanes or {}
+        self._on_print_job = on_print_job
         self._offers: list[Offer] = []
         self._screens_in: dict[str, list[str]] = {}
         for screen_id, screen in (screens or {}).items():
@@ -139,6 +156,16 @@ class Journey:
         except asyncio.QueueFull:
             log.warning("journey queue full, zone event skipped", zone=event.zone)
 
+    def on_checkout(self, checkout: Checkout) -> None:
+        """A lane's total was committed: decide and print (queued; never blocks the caller)."""
+        if checkout.lane not in self._lanes:
+            log.warning("total from a lane without a printer", lane=checkout.lane)
+            return
+        try:
+            self._queue.put_nowait((checkout, self._clock.monotonic()))
+        except asyncio.QueueFull:
+            log.warning("journey queue full, no coupon for this total", lane=checkout.lane)
+
     async def reload_catalog(self) -> None:
         self._offers = await self._store.call(Store.offers)
 
@@ -157,9 +184,21 @@ class Journey:
                     await self._handle(event, received)
             raise
 
-    async def _handle(self, event: KioskIdentify | ZoneEvent, received: float) -> None:
+    async def _handle(self, event: KioskIdentify | ZoneEvent | Checkout, received: float) -> None:
         if isinstance(event, KioskIdentify):
             await self._identify(event, received)
+        elif isinstance(event, Checkout):
+            moment = _Moment(
+                "checkout",
+                event.lane,
+                "receipt",
+                "checkout",
+                0.0,
+                event.request_id,
+                (),
+                event.basket,
+            )
+            await self._act(moment, event.customer_ref, received)
         else:
             await self._zone(event, received)
 
@@ -234,7 +273,11 @@ class Journey:
         decision, choice, personal = await self._store.call(self._decide, moment, ref, now)
         if self._outbox is not None:
             self._outbox.appended.set()  # its event committed with it: wake the uplink
-        self._show(moment, decision, choice, personal)
+        if moment.channel == "receipt":
+            if decision.offer_id is not None and self._on_print_job is not None:
+                self._on_print_job(self._lanes[moment.touchpoint].printer)
+        else:
+            self._show(moment, decision, choice, personal)
         audience = "personal" if personal else "anonymous"
         for screen_id in moment.screens:
             self._screen_last[screen_id] = (now, decision.customer_ref)
@@ -264,6 +307,7 @@ class Journey:
             touchpoint=moment.channel,
             zone=moment.zone,
             dwell_s=moment.dwell_s,
+            basket=moment.basket,
             weather=self._engine.weather,
             customer=CustomerFacts(segment=segment) if personal else None,
         )
@@ -316,8 +360,33 @@ class Journey:
                 event_id=decision.id,
                 ts=now,
             )
-        store.record_decision(decision, uplink)
+        if moment.channel == "receipt" and outcome.offer is not None:
+            store.record_checkout(decision, uplink, self._print_job(moment, outcome.offer, now))
+        else:
+            store.record_decision(decision, uplink)
         return decision, outcome, personal
+
+    def _print_job(self, moment: _Moment, offer: Offer, now: float) -> PrintJobRow:
+        lane = self._lanes[moment.touchpoint]
+        coupon = Coupon(
+            code=new_coupon_code(),
+            offer_id=offer.id,
+            title=offer.title,
+            body=offer.body,
+            discount_pct=offer.discount_pct,
+            store_id=self._topics.store_id,
+            issued_at=now,
+            valid_days=lane.coupon_valid_days,
+        )
+        return PrintJobRow(
+            id=uuid7(int(now * 1000)),
+            lane=moment.touchpoint,
+            printer=lane.printer,
+            coupon_code=coupon.code,
+            body=coupon.to_json(),
+            copy=False,
+            attempts=0,
+        )
 
     def _show(self, moment: _Moment, decision: Decision, choice: Outcome, personal: bool) -> None:
         offer = choice.offer

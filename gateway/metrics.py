@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 __all__ = ["Metrics"]
 
@@ -126,6 +133,25 @@ class Metrics:
             "Sightings dropped by the noise rules, by reason",
             ["reason"],
             registry=r,
+        )
+
+        self.printer_state = Enum(
+            "gateway_printer_state",
+            "What the receipt printer reports",
+            ["printer"],
+            states=[
+                "starting",
+                "ready",
+                "paper_out",
+                "cover_open",
+                "offline",
+                "unplugged",
+                "error",
+            ],
+            registry=r,
+        )
+        self.print_jobs = Counter(
+            "gateway_print_jobs", "Print jobs by outcome", ["printer", "outcome"], registry=r
         )
 
     def render(self) -> bytes:

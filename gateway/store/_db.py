@@ -41,7 +41,7 @@ class Offer:
     body: str = ""
     category: str = ""
     discount_pct: float = 0.0
-    channels: tuple[str, ...] = ("kiosk", "screen")
+    channels: tuple[str, ...] = ("kiosk", "screen", "receipt")
     segments: tuple[str, ...] = ()
     dayparts: tuple[str, ...] = ()
     priority: int = 0
@@ -391,6 +391,16 @@ class Store:
                 f"UPDATE print_journal SET state = ?, error = ?, updated_at = ?{copy}"  # noqa: S608 - constant
                 " WHERE id = ? AND state = 'sending'",
                 (state, error, now, job_id),
+            )
+
+    def release_print_job(self, job_id: str) -> None:
+        """sending -> queued, not a copy: the job was taken but not one byte was sent."""
+        with self._conn:
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(
+                "UPDATE print_journal SET state = 'queued', attempts = attempts - 1"
+                " WHERE id = ? AND state = 'sending'",
+                (job_id,),
             )
 
     def requeue_interrupted_prints(self, now: float) -> int:

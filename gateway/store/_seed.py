@@ -50,7 +50,7 @@ def offer_from_json(o: Mapping[str, Any]) -> Offer:
         body=o.get("body", ""),
         category=o.get("category", ""),
         discount_pct=float(o.get("discount_pct", 0.0)),
-        channels=tuple(o.get("channels", ("kiosk", "screen"))),
+        channels=tuple(o.get("channels", ("kiosk", "screen", "receipt"))),
         segments=tuple(o.get("segments", ())),
         dayparts=tuple(o.get("dayparts", ())),
         priority=o.get("priority", 0),

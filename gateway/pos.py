@@ -1,0 +1,159 @@
+"""POS lanes over MQTT: basket, loyalty scan, total (a coupon), coupon redemption.
+
+- `pos/{lane}/basket` replaces the lane's basket (categories, for the decision's features);
+- `pos/{lane}/loyalty` identifies the customer for this basket (hashed at once, kept in memory);
+- the lane's `pos.transaction` event (accepted means committed, see device events) is the total:
+  the checkout moment decides and prints a coupon on the lane's printer, then the lane's
+  session is cleared;
+- a `pos.redemption` event naming a `coupon` marks it used once and for all and joins the reward
+  to the decision that printed it; the answer goes to `pos/{lane}/coupon` (a second use is
+  refused there with `already_redeemed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from gateway.clock import Clock
+from gateway.config import LaneConfig
+from gateway.decision.rewards import RewardJoiner
+from gateway.identity import TokenError, customer_ref, verify_token
+from gateway.journey import Checkout, Journey, Publisher
+from gateway.payloads import PayloadError, decode, validate
+from gateway.store import AsyncStore, Store
+from gateway.topics import Topics
+
+__all__ = ["PosLanes"]
+
+log = structlog.get_logger("gateway.pos")
+
+_SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
+
+
+@dataclass(slots=True)
+class _Session:
+    basket: tuple[str, ...] = ()
+    customer_ref: str | None = None
+    touched: float = 0.0
+
+
+class PosLanes:
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        lanes: Mapping[str, LaneConfig],
+        journey: Journey,
+        db: AsyncStore,
+        publisher: Publisher,
+        hash_key: bytes,
+        token_key: Ed25519PublicKey | None,
+        token_leeway_s: int,
+        clock: Clock,
+        rewards: RewardJoiner | None = None,
+    ) -> None:
+        self._topics = topics
+        self._lanes = lanes
+        self._journey = journey
+        self._db = db
+        self._publisher = publisher
+        self._hash_key = hash_key
+        self._token_key = token_key
+        self._token_leeway_s = token_leeway_s
+        self._clock = clock
+        self._rewards = rewards
+        self._sessions: dict[str, _Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def basket_filter(self) -> str:
+        return f"{self._topics.root}/pos/+/basket"
+
+    @property
+    def loyalty_filter(self) -> str:
+        return f"{self._topics.root}/pos/+/loyalty"
+
+    def coupon_topic(self, lane: str) -> str:
+        return f"{self._topics.root}/pos/{lane}/coupon"
+
+    def _lane(self, topic: str) -> str:
+        lane = self._topics.device_id(topic, "pos")
+        if lane is None or lane not in self._lanes:
+            raise PayloadError(f"unknown lane: declare it under [lanes.{lane or '<id>'}]")
+        return lane
+
+    def _session(self, lane: str) -> _Session:
+        now = self._clock.monotonic()
+        session = self._sessions.get(lane)
+        if session is None or now - session.touched > _SESSION_IDLE_S:
+            session = self._sessions[lane] = _Session()
+        session.touched = now
+        return session
+
+    def on_basket(self, topic: str, payload: bytes) -> None:
+        lane = self._lane(topic)
+        data = decode("pos-basket", payload)
+        self._session(lane).basket = tuple(dict.fromkeys(data["categories"]))
+
+    def on_loyalty(self, topic: str, payload: bytes) -> None:
+        """The raw value goes no further than this function: only its keyed hash is kept."""
+        lane = self._lane(topic)
+        data = decode("pos-loyalty", payload)
+        if data["method"] == "loyalty":
+            ref = customer_ref(self._hash_key, "loyalty", data["value"])
+        elif self._token_key is None:
+            raise PayloadError("QR tokens are not accepted here (identity.token_public_key)")
+        else:
+            try:
+                ref = verify_token(
+                    self._token_key, data["value"], self._clock.now(), self._token_leeway_s
+                ).ref
+            except TokenError as exc:
+                raise PayloadError(f"QR token refused: {exc}") from None
+        self._session(lane).customer_ref = ref
+
+    def after_commit(
+        self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
+    ) -> None:
+        """DeviceEvents hook: a lane's event is committed (and acknowledged)."""
+        if kind != "pos" or device not in self._lanes:
+            return
+        if event_type == "pos.transaction":
+            session = self._sessions.pop(device, None) or _Session()
+            self._journey.on_checkout(
+                Checkout(device, session.customer_ref, session.basket, event_id)
+            )
+        elif event_type == "pos.redemption" and isinstance(data.get("coupon"), str):
+            task = asyncio.create_task(self._redeem(device, str(data["coupon"]), event_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _redeem(self, lane: str, code: str, event_id: str) -> None:
+        status, decision_id = await self._db.call(
+            Store.redeem_coupon, code.strip().upper(), lane, self._clock.now()
+        )
+        message = {
+            "redeemed": "accepted: first use",
+            "already_redeemed": "refused: this coupon was already redeemed",
+            "unknown": "refused: not a coupon this store issued",
+        }[status]
+        reply = {
+            "schema": "coupon-reply/1",
+            "code": code,
+            "status": status,
+            "request_id": event_id,
+            "message": message,
+        }
+        validate("coupon-reply", reply)
+        body = json.dumps(reply, separators=(",", ":")).encode()
+        self._publisher.post(self.coupon_topic(lane), body)
+        log.info("coupon redemption", lane=lane, status=status, decision=decision_id)
+        if status == "redeemed" and decision_id is not None and self._rewards is not None:
+            self._rewards.join_soon(decision_id, "pos.redemption")

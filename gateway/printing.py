@@ -1,0 +1,206 @@
+"""Print jobs: a journal in the store, and the queue each printer's driver pulls from.
+
+A job goes queued -> sending -> printed, confirmed by the driver's status poll after the last
+byte. A fault mid-job (paper out, cover open, unplugged) sends it back to queued as a *copy*: it
+prints again, marked "COPY", once the printer is back. The coupon code on it is the same, and a
+code can be redeemed once, so a copy never pays twice. Jobs left 'sending' by a crash are queued
+again as copies at start. Nothing queued is lost across a restart: the journal is SQLite.
+
+The job body is the coupon as JSON; it is rendered to ESC/POS for the printer's profile when it
+is sent, so a copy gets its marker and a replaced printer its own paper width.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.escpos import Profile, Receipt
+from gateway.metrics import Metrics
+from gateway.store import AsyncStore, PrintJobRow, Store
+from gateway.supervisor import Handle
+
+__all__ = ["Coupon", "PrintJob", "PrintJournal", "PrintQueue", "new_coupon_code", "render_coupon"]
+
+log = structlog.get_logger("gateway.printer")
+
+# Unambiguous on paper and over a phone line: no 0/O, 1/I/L.
+_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+
+
+def new_coupon_code() -> str:
+    """12 random characters (~59 bits) in groups: CPN-XXXX-XXXX-XXXX."""
+    chars = "".join(secrets.choice(_ALPHABET) for _ in range(12))
+    return f"CPN-{chars[:4]}-{chars[4:8]}-{chars[8:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Coupon:
+    code: str
+    offer_id: str
+    title: str
+    body: str
+    discount_pct: float
+    store_id: str
+    issued_at: float
+    valid_days: int = 30
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Coupon:
+        return cls(**json.loads(data))
+
+
+def render_coupon(coupon: Coupon, profile: Profile, *, copy: bool) -> bytes:
+    """The coupon as ESC/POS for `profile`; a reprint says so at the top."""
+    until = datetime.fromtimestamp(coupon.issued_at + coupon.valid_days * 86_400)
+    receipt = Receipt(profile)
+    if copy:
+        receipt.text("*** COPY - REPRINT ***", bold=True, align="center")
+    receipt.text("Picked for you", double_width=True, double_height=True, align="center")
+    receipt.text(coupon.title, bold=True, align="center")
+    if coupon.body:
+        receipt.text(coupon.body, align="center")
+    if coupon.discount_pct:
+        receipt.text(f"{coupon.discount_pct:g}% off", double_height=True, align="center")
+    receipt.rule()
+    if profile.qr:
+        receipt.qr(coupon.code)
+    if "CODE128" in profile.barcodes and receipt.fits_barcode(coupon.code, "CODE128"):
+        receipt.barcode(coupon.code, "CODE128", height=60)  # too wide for 58 mm paper
+    receipt.text(coupon.code, align="center")
+    receipt.text(f"Valid until {until:%Y-%m-%d}. One use only.", align="center")
+    receipt.feed(2)
+    if profile.cut:
+        receipt.cut()
+    return receipt.build()
+
+
+@dataclass(frozen=True, slots=True)
+class PrintJob:
+    id: str
+    printer: str
+    data: bytes  # the ESC/POS bytes to send (already rendered, "COPY" marked when a reprint)
+    copy: bool
+    attempts: int  # including this one
+
+
+class PrintQueue(Protocol):
+    """What a printer driver needs from the journal."""
+
+    async def next_job(self, printer: str) -> PrintJob:
+        """Wait for the oldest queued job of `printer`; it is marked 'sending'."""
+        ...
+
+    async def printed(self, job_id: str) -> None:
+        """Confirmed by a status poll after the last byte."""
+        ...
+
+    async def interrupted(self, job_id: str, reason: str) -> None:
+        """A fault mid-job: queued again, to print as a copy."""
+        ...
+
+
+class PrintJournal:
+    """The PrintQueue over the store, and a component that recovers jobs at start."""
+
+    name = "printing"
+    requires = ("store",)
+
+    def __init__(
+        self,
+        db: AsyncStore,
+        profiles: Mapping[str, Profile],
+        clock: Clock,
+        *,
+        metrics: Metrics | None = None,
+        max_attempts: int = 10,
+    ) -> None:
+        self._metrics = metrics
+        self._sending: dict[str, str] = {}  # job id -> printer, while a driver has it
+        self._releasing: set[asyncio.Future[None]] = set()
+        self._db = db
+        self._profiles = profiles
+        self._clock = clock
+        self._max_attempts = max_attempts
+        self._wake: dict[str, asyncio.Event] = {p: asyncio.Event() for p in profiles}
+        self.recovered = 0
+
+    def queued(self, printer: str) -> None:
+        """A job for `printer` was committed: wake its driver."""
+        event = self._wake.get(printer)
+        if event is not None:
+            event.set()
+
+    async def next_job(self, printer: str) -> PrintJob:
+        wake = self._wake.setdefault(printer, asyncio.Event())
+        while True:
+            wake.clear()
+            take = asyncio.ensure_future(
+                self._db.call(Store.take_print_job, printer, self._clock.now())
+            )
+            try:
+                row: PrintJobRow | None = await asyncio.shield(take)
+            except asyncio.CancelledError:
+                # Stopped while the store was marking a job 'sending': hand it back untouched.
+                take.add_done_callback(self._release_if_taken)
+                raise
+            if row is None:
+                await wake.wait()
+                continue
+            if row.attempts > self._max_attempts:
+                self._sending[row.id] = printer
+                await self._finish(row.id, "failed", f"gave up after {row.attempts - 1} attempts")
+                self._count(row.id, "failed")
+                log.error("print job failed", printer=printer, job=row.id)
+                continue
+            coupon = Coupon.from_json(row.body)
+            data = render_coupon(coupon, self._profiles[printer], copy=row.copy)
+            self._sending[row.id] = printer
+            return PrintJob(row.id, printer, data, row.copy, row.attempts)
+
+    async def printed(self, job_id: str) -> None:
+        await self._finish(job_id, "printed", None)
+        self._count(job_id, "printed")
+
+    async def interrupted(self, job_id: str, reason: str) -> None:
+        await self._finish(job_id, "queued", reason)
+        self._count(job_id, "interrupted")
+        log.warning("print job interrupted, will print again as a copy", job=job_id, reason=reason)
+
+    def _release_if_taken(self, take: asyncio.Future[PrintJobRow | None]) -> None:
+        if take.cancelled() or take.exception() is not None or take.result() is None:
+            return
+        job = take.result()
+        assert job is not None
+        task = asyncio.ensure_future(self._db.call(Store.release_print_job, job.id))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    def _count(self, job_id: str, outcome: str) -> None:
+        printer = self._sending.pop(job_id, "?")
+        if self._metrics is not None:
+            self._metrics.print_jobs.labels(printer, outcome).inc()
+
+    async def _finish(self, job_id: str, state: str, error: str | None) -> None:
+        await self._db.call(Store.finish_print_job, job_id, state, self._clock.now(), error)
+
+    async def run(self, handle: Handle) -> None:
+        self.recovered = await self._db.call(Store.requeue_interrupted_prints, self._clock.now())
+        if self.recovered:
+            log.warning("print jobs interrupted by a restart queued again", jobs=self.recovered)
+        counts = await self._db.call(Store.print_counts)
+        handle.ready(f"{counts.get('queued', 0)} queued, {self.recovered} recovered")
+        for event in self._wake.values():
+            event.set()
+        await asyncio.Event().wait()

@@ -1,0 +1,736 @@
+"""A receipt printer on a pseudo-terminal: it reads ESC/POS, answers status, renders receipts.
+
+`PrinterSimulator` opens a pty pair and keeps `link` a symlink to the slave side, like a stable
+/dev/serial/by-id/... path: the driver opens `link` with pyserial and cannot tell it from a
+printer. It parses what it reads with the gateway's own `CommandParser`, answers DLE EOT n at
+once with `encode_realtime_status`, sends ASB blocks (`encode_asb`) once GS a enables them and
+whenever its status changes, and renders each receipt (up to the cut) as the text a person
+would read and as a PNG at the profile's dot width, QR codes drawn from the GS ( k data like a
+printer does (so a camera, or OpenCV in a test, can scan them).
+
+Faults are methods: paper out / near end, cover open, unplugged (the pty is closed and the link
+removed: the driver's reads and writes fail; `plug` brings the same path back), silent (never
+answers), line garbage, and a line rate (`set_baud`) so a job takes its physical time. While
+the paper is out or the cover open the printer is offline: what it receives is thrown away and
+the receipt in progress is lost (counted in `spoiled`), like a real printer that stopped.
+
+python -m simulators.printer --link /tmp/printer0 [--profile generic-58mm] [--out-dir receipts]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import signal
+import tty
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import segno
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from gateway.escpos import (
+    Barcode,
+    BarcodeHeight,
+    BarcodeHri,
+    BarcodeModuleWidth,
+    Bold,
+    CharSize,
+    Command,
+    CommandParser,
+    Cut,
+    EnableAsb,
+    Initialize,
+    Justify,
+    LineFeed,
+    PrintAndFeed,
+    PrinterStatus,
+    Profile,
+    QrErrorCorrection,
+    QrModuleSize,
+    QrPrint,
+    QrStore,
+    Raster,
+    SelectCodePage,
+    StatusRequest,
+    Text,
+    Underline,
+    Unknown,
+    encode_asb,
+    encode_realtime_status,
+    load_profile,
+)
+from gateway.escpos.barcodes import bars, ean13_check_digit, unescape_code128
+from gateway.escpos.commands import Align
+
+__all__ = ["PrinterSimulator", "RenderedReceipt"]
+
+_READ_SIZE = 4096
+_CELL_H = 24  # font A is 12 x 24 dots; the cell width is the profile's dots / chars
+_LINE_PITCH = 30  # default line spacing, about 1/6 inch at 203 dpi
+_MARGIN = 16  # dots of paper above and below a receipt
+_QUIET = 4  # QR quiet zone, in modules
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedReceipt:
+    index: int  # 1, 2, ... in the order they were cut
+    text: str  # what a person reads; QR codes and barcodes as [QR: ...], [CODE128: ...]
+    png: bytes
+    path: Path | None  # the PNG, when the simulator has an out_dir
+
+
+# --------------------------------------------------------------------------------------------
+# The printer's mechanism: commands in, printed blocks out (no I/O)
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    text: str
+    bold: bool
+    underline: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    runs: tuple[_Run, ...]
+    align: Align
+    height: int  # magnification of an empty line
+
+
+@dataclass(frozen=True, slots=True)
+class _Qr:
+    data: bytes
+    module: int
+    ec: str
+    align: Align
+
+
+@dataclass(frozen=True, slots=True)
+class _Bars:
+    kind: str
+    data: bytes
+    height: int
+    module: int
+    hri: int
+    align: Align
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    raster: Raster
+    align: Align
+
+
+_Block = _Line | _Qr | _Bars | _Image
+
+
+@dataclass(slots=True)
+class _Modes:
+    """The printer's modes after ESC @ (Epson's defaults)."""
+
+    bold: bool = False
+    underline: int = 0
+    width: int = 1
+    height: int = 1
+    align: Align = "left"
+    code_page: int = 0
+    qr_module: int = 3
+    qr_ec: str = "L"
+    qr_data: bytes = b""
+    bar_height: int = 162
+    bar_module: int = 3
+    hri: int = 0
+
+
+@dataclass(slots=True)
+class _Page:
+    """One receipt being printed: the blocks so far and the line buffer."""
+
+    profile: Profile
+    modes: _Modes = field(default_factory=_Modes)
+    blocks: list[_Block] = field(default_factory=list)
+    runs: list[_Run] = field(default_factory=list)
+    cells: int = 0
+    line_align: Align | None = None  # ESC a counts where a line starts
+
+    @property
+    def empty(self) -> bool:
+        return not self.blocks and not self.runs
+
+    def apply(self, command: Command) -> None:  # noqa: PLR0912 - one branch per command
+        m = self.modes
+        match command:
+            case Text(data):
+                self._text(data)
+            case LineFeed():
+                self._newline()
+            case PrintAndFeed(lines):
+                # ESC d n prints the buffer and feeds n lines in all: the printed one counts.
+                for _ in range(max(lines, bool(self.runs))):
+                    self._newline()
+            case Bold(on):
+                m.bold = on
+            case Underline(dots):
+                m.underline = dots
+            case CharSize(width, height):
+                m.width, m.height = width, height
+            case Justify(align):
+                m.align = align
+            case SelectCodePage(table):
+                m.code_page = table
+            case QrModuleSize(dots):
+                m.qr_module = dots
+            case QrErrorCorrection(level):
+                m.qr_ec = level
+            case QrStore(data):
+                m.qr_data = data
+            case QrPrint() if m.qr_data:
+                self._block(_Qr(m.qr_data, m.qr_module, m.qr_ec, m.align))
+            case BarcodeHeight(dots):
+                m.bar_height = dots
+            case BarcodeModuleWidth(dots):
+                m.bar_module = dots
+            case BarcodeHri(position):
+                m.hri = position
+            case Barcode(kind, data):
+                self._block(_Bars(kind, data, m.bar_height, m.bar_module, m.hri, m.align))
+            case Raster():
+                self._block(_Image(command, m.align))
+            case _:  # QrModel (every model is drawn as model 2), and what a page ignores
+                pass
+
+    def finish(self) -> list[_Block]:
+        if self.runs:
+            self._newline()
+        return self.blocks
+
+    def _text(self, data: bytes) -> None:
+        m = self.modes
+        # A table the profile does not name is read as PC437, the printers' table 0.
+        pages = (c for c, n in self.profile.code_pages.items() if n == m.code_page)
+        for ch in data.decode(next(pages, "cp437"), errors="replace"):
+            if self.cells + m.width > self.profile.chars_per_line:
+                self._newline()  # the printer wraps a full line
+            if self.line_align is None:
+                self.line_align = m.align
+            last = self.runs[-1] if self.runs else None
+            style = (m.bold, m.underline, m.width, m.height)
+            if last is not None and (last.bold, last.underline, last.width, last.height) == style:
+                self.runs[-1] = replace(last, text=last.text + ch)
+            else:
+                self.runs.append(_Run(ch, *style))
+            self.cells += m.width
+
+    def _newline(self) -> None:
+        height = max((r.height for r in self.runs), default=self.modes.height)
+        self.blocks.append(_Line(tuple(self.runs), self.line_align or self.modes.align, height))
+        self.runs, self.cells, self.line_align = [], 0, None
+
+    def _block(self, block: _Block) -> None:
+        if self.runs:
+            self._newline()
+        self.blocks.append(block)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering: blocks to text and to a PNG, in one pass so both say the same
+
+
+class _Renderer:
+    def __init__(self, profile: Profile) -> None:
+        self.dots = profile.dots_per_line
+        self.columns = profile.chars_per_line
+        self.cell_w = profile.dots_per_line // profile.chars_per_line
+        self.font = ImageFont.load_default(size=20)
+        self._glyphs: dict[tuple[str, bool], Image.Image] = {}
+
+    def render(self, blocks: Sequence[_Block]) -> tuple[str, bytes]:
+        lines: list[str] = []
+        strips: list[Image.Image] = []  # masks: 255 is ink
+        for block in blocks:
+            line, strip = self._block(block)
+            lines.append(line.rstrip())
+            strips.append(strip)
+        height = sum(s.height for s in strips) + 2 * _MARGIN
+        page = Image.new("L", (self.dots, height), 0)
+        y = _MARGIN
+        for strip in strips:
+            page.paste(strip, (0, y))
+            y += strip.height
+        out = io.BytesIO()
+        ImageOps.invert(page).convert("1").save(out, "PNG")
+        return "\n".join(lines).rstrip("\n") + "\n", out.getvalue()
+
+    def _block(self, block: _Block) -> tuple[str, Image.Image]:
+        match block:
+            case _Line():
+                return self._line(block)
+            case _Qr():
+                return self._qr(block)
+            case _Bars():
+                return self._bars(block)
+            case _Image():
+                return self._image(block)
+
+    def _aligned(self, text: str, width: int, align: Align) -> str:
+        pad = max(0, self.columns - width)
+        return " " * {"left": 0, "center": pad // 2, "right": pad}[align] + text
+
+    def _x(self, width: int, align: Align) -> int:
+        pad = max(0, self.dots - width)
+        return {"left": 0, "center": pad // 2, "right": pad}[align]
+
+    def _note(self, note: str, *, printed: bool = False) -> tuple[str, Image.Image]:
+        """A block as a line of text: on paper too if `printed`, else only in the text."""
+        strip = Image.new("L", (self.dots, _LINE_PITCH), 0)
+        if printed:
+            image = self._run(_Run(note, False, 0, 1, 1))
+            strip.paste(image, (self._x(image.width, "center"), _LINE_PITCH - _CELL_H - 3))
+        return self._aligned(note, len(note), "center"), strip
+
+    def _line(self, line: _Line) -> tuple[str, Image.Image]:
+        text = "".join(r.text for r in line.runs)
+        width = sum(len(r.text) * r.width for r in line.runs)
+        strip = Image.new("L", (self.dots, _LINE_PITCH * line.height), 0)
+        x = self._x(width * self.cell_w, line.align)
+        for run in line.runs:
+            image = self._run(run)
+            strip.paste(image, (x, strip.height - image.height - 3))
+            x += image.width
+        return self._aligned(text, width, line.align), strip
+
+    def _run(self, run: _Run) -> Image.Image:
+        image = Image.new("L", (len(run.text) * self.cell_w, _CELL_H), 0)
+        for i, ch in enumerate(run.text):
+            image.paste(self._glyph(ch, run.bold), (i * self.cell_w, 0))
+        if (run.width, run.height) != (1, 1):
+            size = (image.width * run.width, image.height * run.height)
+            image = image.resize(size, Image.Resampling.NEAREST)
+        if run.underline:
+            draw = ImageDraw.Draw(image)
+            draw.rectangle((0, image.height - run.underline, image.width, image.height), 255)
+        return image
+
+    def _glyph(self, ch: str, bold: bool) -> Image.Image:
+        """One character in its cell; a glyph wider than the cell is squeezed into it."""
+        key = (ch, bold)
+        if key not in self._glyphs:
+            wide = Image.new("L", (self.cell_w * 3, _CELL_H), 0)
+            draw = ImageDraw.Draw(wide)
+            # Pillow's default font is ASCII only: an accented letter is drawn without its accent.
+            base = unicodedata.normalize("NFKD", ch)[:1]
+            shown = base if not ch.isascii() and base.isascii() else ch
+            for dx in (0, 1) if bold else (0,):
+                draw.text((self.cell_w + dx, 19), shown, fill=255, font=self.font, anchor="ls")
+            cell = Image.new("L", (self.cell_w, _CELL_H), 0)
+            box = wide.getbbox()
+            if box is not None:
+                ink = wide.crop((box[0], 0, box[2], _CELL_H))
+                if ink.width > self.cell_w - 1:
+                    ink = ink.resize((self.cell_w - 1, _CELL_H), Image.Resampling.LANCZOS)
+                cell.paste(ink, ((self.cell_w - ink.width) // 2, 0))
+            self._glyphs[key] = cell.point(lambda v: 255 if v >= 96 else 0)
+        return self._glyphs[key]
+
+    def _qr(self, qr: _Qr) -> tuple[str, Image.Image]:
+        data = qr.data.decode("utf-8", errors="replace")
+        try:
+            code = segno.make_qr(qr.data, error=qr.ec.lower(), boost_error=False)
+        except ValueError:  # more data than a QR code holds: the printer prints nothing
+            return self._note(f"[QR not printed: {len(qr.data)} bytes is too much data]")
+        matrix = code.matrix
+        side = (len(matrix) + 2 * _QUIET) * qr.module
+        if side > self.dots:
+            return self._note(f"[QR not printed: {side} dots is too wide]")
+        image = Image.new("L", (len(matrix), len(matrix)), 0)
+        image.putdata([255 if v else 0 for row in matrix for v in row])
+        image = image.resize((len(matrix) * qr.module,) * 2, Image.Resampling.NEAREST)
+        strip = Image.new("L", (self.dots, side), 0)
+        strip.paste(image, (self._x(side, qr.align) + _QUIET * qr.module, _QUIET * qr.module))
+        return self._aligned(f"[QR: {data}]", len(data) + 6, qr.align), strip
+
+    def _bars(self, bar: _Bars) -> tuple[str, Image.Image]:
+        text: str | None
+        if bar.kind == "CODE128":
+            text = unescape_code128(bar.data)  # None: not code set B, not drawn here
+        else:
+            text = bar.data.decode("ascii", errors="replace")
+            if bar.kind == "EAN13" and len(text) == 12 and text.isdigit():
+                text += ean13_check_digit(text)  # sent without its check digit: the printer adds it
+        label = f"[{bar.kind}: {bar.data.decode('ascii', 'replace') if text is None else text}]"
+        modules = bars(bar.kind, text) if text is not None else None
+        if modules is None or text is None:
+            return self._note(label, printed=True)  # a symbology not drawn here: as text
+        width = len(modules) * bar.module
+        if width > self.dots:
+            return self._note(f"[{bar.kind} not printed: {width} dots is too wide]")
+        hri = self._run(_Run(text, False, 0, 1, 1)) if bar.hri else None
+        above = hri is not None and bar.hri in (1, 3)
+        below = hri is not None and bar.hri in (2, 3)
+        strip = Image.new("L", (self.dots, bar.height + (above + below) * _LINE_PITCH + 6), 0)
+        draw = ImageDraw.Draw(strip)
+        x0, y0 = self._x(width, bar.align), 3 + above * _LINE_PITCH
+        for i, on in enumerate(modules):
+            if on:
+                x = x0 + i * bar.module
+                draw.rectangle((x, y0, x + bar.module - 1, y0 + bar.height - 1), 255)
+        if hri is not None:
+            hx = self._x(hri.width, bar.align)
+            if above:
+                strip.paste(hri, (hx, 0))
+            if below:
+                strip.paste(hri, (hx, y0 + bar.height + 3))
+        return self._aligned(label, len(label), bar.align), strip
+
+    def _image(self, block: _Image) -> tuple[str, Image.Image]:
+        raster = block.raster
+        size = (raster.width_bytes * 8, raster.height)
+        image = Image.frombytes("1", size, raster.data, "raw", "1").convert("L")
+        if raster.mode:  # 1 double width, 2 double height, 3 both
+            scale = (1 + (raster.mode & 1), 1 + (raster.mode >> 1))
+            image = image.resize((size[0] * scale[0], size[1] * scale[1]), Image.Resampling.NEAREST)
+        label = f"[image {image.width}x{image.height}]"
+        strip = Image.new("L", (self.dots, image.height), 0)
+        strip.paste(image, (self._x(image.width, block.align), 0))  # wider than paper: clipped
+        return self._aligned(label, len(label), block.align), strip
+
+
+# --------------------------------------------------------------------------------------------
+# The device: a pty, the line, the faults
+
+
+class PrinterSimulator:
+    """A receipt printer behind `link`; an async context manager (plugged in while inside)."""
+
+    def __init__(
+        self,
+        link: Path,
+        profile: str = "generic-80mm",
+        *,
+        baud: int | None = None,
+        out_dir: Path | None = None,
+    ) -> None:
+        self.link = Path(link)
+        self.profile = load_profile(profile)
+        self.out_dir = out_dir
+        self.receipts: list[RenderedReceipt] = []
+        self.bytes_received = 0
+        self.spoiled = 0  # receipts lost to a fault (offline, unplugged, reset mid-receipt)
+        self._renderer = _Renderer(self.profile)
+        self._parser = CommandParser()
+        self._page: _Page | None = None
+        self._modes = _Modes()  # kept across receipts: ESC @ resets them, a cut does not
+        self._discarding = False  # offline mid-job: the rest of it, up to its cut, is lost
+        self._paper_out = self._near_end = self._cover_open = self._silent = False
+        self._asb_mask = 0
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrived = asyncio.Event()
+        # Line rate: a token bucket of bytes, refilled at baud / 10 per second (8N1 framing).
+        self._rate: float | None = None
+        self._allowance = 0.0
+        self._last = 0.0
+        self._resume: asyncio.TimerHandle | None = None
+        if baud is not None:
+            self.set_baud(baud)
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        self.plug()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.unplug()
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def status(self) -> PrinterStatus:
+        offline = self._paper_out or self._cover_open
+        return PrinterStatus(
+            online=not offline,
+            paper_out=self._paper_out,
+            paper_near_end=self._near_end,
+            cover_open=self._cover_open,
+        )
+
+    @property
+    def plugged(self) -> bool:
+        return self._master is not None
+
+    async def wait_for_receipts(self, n: int) -> list[RenderedReceipt]:
+        """Wait until `n` receipts have been cut; the first `n`. Bound it with asyncio.timeout."""
+        while len(self.receipts) < n:
+            await self._arrived.wait()
+        return self.receipts[:n]
+
+    # -- faults -------------------------------------------------------------------------------
+
+    def paper_out(self) -> None:
+        self._set(paper_out=True)
+
+    def paper_in(self) -> None:
+        """A new roll: neither out nor near its end."""
+        self._set(paper_out=False, near_end=False)
+
+    def paper_near_end(self, on: bool = True) -> None:
+        self._set(near_end=on)
+
+    def cover_open(self) -> None:
+        self._set(cover_open=True)
+
+    def cover_close(self) -> None:
+        self._set(cover_open=False)
+
+    def silent(self, on: bool = True) -> None:
+        """Receive and print, but never answer status (a wedged controller, a one-way cable)."""
+        self._silent = on
+
+    def garbage(self, data: bytes) -> None:
+        """Line noise towards the host."""
+        self._send(data)
+
+    def set_baud(self, baud: int | None) -> None:
+        """Read at most baud / 10 bytes per second (None: as fast as the pty goes)."""
+        if baud is not None and baud <= 0:
+            raise ValueError(f"baud: expected a positive rate, found {baud}")
+        self._rate = baud / 10 if baud else None
+        self._allowance = 0.0
+        self._last = self._loop.time() if self._loop else 0.0
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+            self._listen()
+
+    def unplug(self) -> None:
+        """The cable is pulled (and the printer loses the job in progress)."""
+        if self._master is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._master)
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        tty_name = os.ttyname(self._slave) if self._slave is not None else None
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                os.close(fd)
+        self._master = self._slave = None
+        with contextlib.suppress(FileNotFoundError):
+            if self.link.is_symlink() and os.readlink(self.link) == tty_name:
+                self.link.unlink()
+        self._lose_page()
+        self._parser = CommandParser()
+
+    def plug(self) -> None:
+        """A new pty behind the same `link`."""
+        if self._master is not None:
+            return
+        if self._loop is None:
+            raise RuntimeError("plug() runs inside `async with PrinterSimulator(...)`")
+        if self.link.exists() and not self.link.is_symlink():
+            raise FileExistsError(f"{self.link} exists and is not a symlink: not replacing it")
+        master, slave = os.openpty()
+        tty.setraw(slave)  # no echo, no CR/LF translation: a byte-clean line
+        os.set_blocking(master, False)
+        # The slave stays open here too: when the driver closes it, reads do not fail with EIO.
+        self._master, self._slave = master, slave
+        temporary = self.link.with_name(f".{self.link.name}.{os.getpid()}")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(os.ttyname(slave))
+        temporary.replace(self.link)
+        self._listen()
+
+    # -- the line -----------------------------------------------------------------------------
+
+    def _listen(self) -> None:
+        if self._master is not None and self._loop is not None:
+            self._loop.add_reader(self._master, self._on_readable)
+
+    def _pause(self, seconds: float) -> None:
+        assert self._master is not None
+        assert self._loop is not None
+        self._loop.remove_reader(self._master)
+        self._resume = self._loop.call_later(seconds, self._resumed)
+
+    def _resumed(self) -> None:
+        self._resume = None
+        self._listen()
+
+    def _on_readable(self) -> None:
+        assert self._master is not None
+        assert self._loop is not None
+        size = _READ_SIZE
+        if self._rate is not None:
+            now = self._loop.time()
+            burst = max(1.0, self._rate * 0.02)  # read in slices of about 20 ms of line time
+            self._allowance = min(self._allowance + (now - self._last) * self._rate, burst)
+            self._last = now
+            if self._allowance < 1:
+                self._pause((1 - self._allowance) / self._rate)
+                return
+            size = min(size, int(self._allowance))
+        try:
+            data = os.read(self._master, size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # EIO with no slave side open; cannot last while ours is open
+            self._pause(0.05)
+            return
+        if self._rate is not None:
+            self._allowance -= len(data)
+        if data:
+            self._receive(data)
+
+    def _send(self, data: bytes) -> None:
+        if self._master is None:
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self._master, view) :]
+            except OSError:  # the host is not reading and the pty is full: the bytes are lost
+                return
+
+    def _receive(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        for command in self._parser.feed(data):
+            match command:
+                case StatusRequest(n):  # real-time: answered even offline
+                    if not self._silent:
+                        self._send(encode_realtime_status(n, self.status))
+                case EnableAsb(mask):
+                    if self.profile.asb:
+                        self._asb_mask = mask
+                        if mask & 0x0F and not self._silent:
+                            self._send(encode_asb(self.status))
+                case Unknown():
+                    pass
+                case _:
+                    self._print(command)
+
+    # -- printing -----------------------------------------------------------------------------
+
+    def _print(self, command: Command) -> None:
+        if not self.status.ready:
+            if not self._discarding:
+                self.spoiled += 1
+                self._page = None
+            self._discarding = not isinstance(command, Cut)  # the lost job ends at its cut
+            return
+        if isinstance(command, Initialize):
+            self._modes = _Modes()
+            if self._page is not None and not self._page.empty:
+                if self.profile.cut:
+                    self._lose_page()  # started again before the cut: the driver resends
+                else:
+                    self._finish()  # no cutter: a receipt ends where the next one starts
+            self._discarding = False
+            self._page = _Page(self.profile, self._modes)
+            return
+        if self._discarding:
+            self._discarding = not isinstance(command, Cut)
+            return
+        if self._page is None:
+            self._page = _Page(self.profile, self._modes)
+        if isinstance(command, Cut):
+            self._finish()
+        else:
+            self._page.apply(command)
+
+    def _finish(self) -> None:
+        page, self._page = self._page, None
+        if page is None or page.empty:
+            return
+        text, png = self._renderer.render(page.finish())
+        index = len(self.receipts) + 1
+        path = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            path = self.out_dir / f"receipt-{index:04d}.png"
+            path.write_bytes(png)
+            path.with_suffix(".txt").write_text(text, encoding="utf-8")
+        self.receipts.append(RenderedReceipt(index, text, png, path))
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+
+    def _lose_page(self) -> None:
+        if self._page is not None and not self._page.empty:
+            self.spoiled += 1
+        self._page = None
+
+    def _set(
+        self,
+        *,
+        paper_out: bool | None = None,
+        near_end: bool | None = None,
+        cover_open: bool | None = None,
+    ) -> None:
+        before = self.status
+        if paper_out is not None:
+            self._paper_out = paper_out
+        if near_end is not None:
+            self._near_end = near_end
+        if cover_open is not None:
+            self._cover_open = cover_open
+        after = self.status
+        # ASB mask bits: 1 online/offline (the cover is in that byte), 2 error, 3 paper sensor.
+        online = before.online != after.online or before.cover_open != after.cover_open
+        paper = before.paper_out != after.paper_out or before.paper_near_end != after.paper_near_end
+        changed = 0x02 * online | 0x04 * (before.error != after.error) | 0x08 * paper
+        if changed & self._asb_mask and not self._silent:
+            self._send(encode_asb(after))
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+async def _main(args: argparse.Namespace) -> None:
+    task = asyncio.current_task()
+    assert task is not None
+    # SIGTERM unwinds like Ctrl-C, so the link is removed on the way out.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    async with PrinterSimulator(
+        args.link, args.profile, baud=args.baud, out_dir=args.out_dir
+    ) as printer:
+        print(
+            f"{printer.profile.name} on {printer.link} -> {os.readlink(printer.link)}", flush=True
+        )
+        printed = 0
+        while True:
+            for receipt in (await printer.wait_for_receipts(printed + 1))[printed:]:
+                print(f"--- receipt {receipt.index} ---\n{receipt.text}", end="", flush=True)
+            printed = len(printer.receipts)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A receipt printer on a pseudo-terminal.")
+    parser.add_argument(
+        "--link", type=Path, required=True, help="symlink to create, e.g. /tmp/printer0"
+    )
+    parser.add_argument("--profile", default="generic-80mm")
+    parser.add_argument("--baud", type=int, default=None, help="emulate this line rate")
+    parser.add_argument("--out-dir", type=Path, default=None, help="write receipt PNGs here")
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(_main(parser.parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

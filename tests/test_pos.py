@@ -1,0 +1,205 @@
+"""POS lanes end to end: the daemon, a real Mosquitto, a lane, and the printer simulator on a pty.
+
+A total prints a coupon whose QR decodes to its code; a redemption is accepted once and refused
+after; a fault mid-job prints a marked copy with the same code; queued jobs survive a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import cv2
+import numpy as np
+import pytest
+
+from simulators.broker import Mosquitto
+from simulators.events import EventSource
+from simulators.population import CUSTOMERS
+from simulators.printer import PrinterSimulator, RenderedReceipt
+from tests.conftest import GatewayFactory
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+STORE = "demo-store"
+ROOT = f"store/{STORE}/v1/pos/pos-1"
+ADA = CUSTOMERS[0]
+
+
+def _lane_settings(link: Path) -> dict[str, str]:
+    return {
+        "printers.receipt-1.device": str(link),
+        "printers.receipt-1.profile": "generic-80mm",
+        "lanes.pos-1.printer": "receipt-1",
+        "decision.exploration": "0",
+        "decision.holdout_share": "0",
+    }
+
+
+def _qr(receipt: RenderedReceipt) -> str:
+    image = cv2.imdecode(np.frombuffer(receipt.png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
+    return str(text)
+
+
+@pytest.fixture
+async def printer(tmp_path: Path) -> AsyncIterator[PrinterSimulator]:
+    async with PrinterSimulator(tmp_path / "usb-Sim_Printer-if00-port0") as sim:
+        yield sim
+
+
+class Lane:
+    """The lane's side: basket and loyalty messages, events, coupon replies."""
+
+    def __init__(self, port: int) -> None:
+        self.client = aiomqtt.Client("127.0.0.1", port, identifier="pos-1")
+        self.events = EventSource("127.0.0.1", port, STORE, device_id="pos-1")
+        self.replies: list[dict[str, object]] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Lane:
+        await self.client.__aenter__()
+        await self.client.subscribe(f"{ROOT}/coupon", qos=1)
+        await self.events.__aenter__()
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        await self.events.__aexit__(None, None, None)
+        await self.client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        async for message in self.client.messages:
+            assert isinstance(message.payload, bytes)
+            self.replies.append(json.loads(message.payload))
+
+    async def checkout(self, categories: list[str], loyalty: str | None = None) -> str:
+        body = {"categories": categories, "items": len(categories), "total": 12.5}
+        await self.client.publish(f"{ROOT}/basket", json.dumps(body), qos=1)
+        if loyalty is not None:
+            scan = {"method": "loyalty", "value": loyalty}
+            await self.client.publish(f"{ROOT}/loyalty", json.dumps(scan), qos=1)
+        return await self.events.send("pos.transaction", "transaction", {"total": 12.5})
+
+    async def redeem(self, code: str) -> dict[str, object]:
+        event_id = await self.events.send("pos.redemption", "reward", {"coupon": code})
+        async with asyncio.timeout(10):
+            while not any(r.get("request_id") == event_id for r in self.replies):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        return next(r for r in self.replies if r.get("request_id") == event_id)
+
+
+def _journal(tmp_path: Path) -> list[tuple[str, int, int]]:
+    with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+        return list(db.execute("SELECT state, copy, attempts FROM print_journal"))
+
+
+async def test_a_total_prints_a_coupon_that_redeems_once(
+    broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator, tmp_path: Path
+) -> None:
+    process = gateway(overrides=_lane_settings(printer.link))
+    await asyncio.to_thread(process.wait_ready)
+    async with Lane(broker.port) as lane:
+        await lane.checkout(["coffee", "bakery"], loyalty=ADA.loyalty)
+        async with asyncio.timeout(15):
+            (receipt,) = await printer.wait_for_receipts(1)
+        code = _qr(receipt)
+        assert code.startswith("CPN-")
+        assert code in receipt.text
+        assert "COPY" not in receipt.text
+        first = await lane.redeem(code)
+        again = await lane.redeem(code.lower())  # the till may send it in any case
+        unknown = await lane.redeem("CPN-2222-3333-4444")
+        async with asyncio.timeout(10):  # the reward joins the decision that printed it
+            while True:
+                with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+                    rewarded = db.execute(
+                        "SELECT d.reward FROM decisions d JOIN coupons c ON c.decision_id = d.id"
+                        " WHERE c.code = ?",
+                        (code,),
+                    ).fetchone()
+                if rewarded and rewarded[0] == 1.0:
+                    break
+                await asyncio.sleep(0.1)
+    assert process.stop() == 0
+    assert (first["status"], again["status"], unknown["status"]) == (
+        "redeemed",
+        "already_redeemed",
+        "unknown",
+    )
+    assert _journal(tmp_path) == [("printed", 0, 1)]
+    assert ADA.loyalty not in process.log(tail=None)
+
+
+async def test_paper_out_mid_job_prints_a_marked_copy_with_the_same_code(
+    broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator, tmp_path: Path
+) -> None:
+    printer.set_baud(9600)  # slow enough to run out of paper halfway through the coupon
+    process = gateway(overrides=_lane_settings(printer.link))
+    await asyncio.to_thread(process.wait_ready)
+    async with Lane(broker.port) as lane:
+        await lane.checkout(["pasta"])
+        async with asyncio.timeout(10):
+            while printer.bytes_received < 100:  # noqa: ASYNC110 - the simulator's counter
+                await asyncio.sleep(0.01)
+        printer.paper_out()
+        await asyncio.sleep(1.0)
+        printer.set_baud(None)
+        printer.paper_in()
+        async with asyncio.timeout(15):
+            (receipt,) = await printer.wait_for_receipts(1)
+    assert process.stop() == 0
+    assert "COPY" in receipt.text
+    assert _qr(receipt).startswith("CPN-")
+    assert _journal(tmp_path) == [("printed", 1, 2)]
+
+
+async def test_queued_jobs_survive_a_restart_and_print_once_the_printer_is_back(
+    broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator, tmp_path: Path
+) -> None:
+    printer.unplug()
+    settings = _lane_settings(printer.link)
+    process = gateway(overrides=settings)
+    await asyncio.to_thread(process.wait_ready)
+    async with Lane(broker.port) as lane:
+        for _ in range(3):
+            await lane.checkout(["dairy"])
+        async with asyncio.timeout(10):
+            await lane.events.settled()  # the totals are committed
+            while len(_journal(tmp_path)) < 3:  # noqa: ASYNC110 - polling the database
+                await asyncio.sleep(0.05)
+    assert process.stop() == 0
+    assert {state for state, _, _ in _journal(tmp_path)} == {"queued"}
+    restarted = gateway(overrides=settings)
+    await asyncio.to_thread(restarted.wait_ready)
+    printer.plug()
+    async with asyncio.timeout(20):
+        receipts = await printer.wait_for_receipts(3)
+        # printed = the status poll after the last byte confirmed it, a moment after the cut
+        while {state for state, _, _ in _journal(tmp_path)} != {"printed"}:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert restarted.stop() == 0
+    codes = [_qr(r) for r in receipts]
+    assert len(set(codes)) == 3
+    assert sorted(_journal(tmp_path)) == [("printed", 0, 1)] * 3
+
+
+@pytest.mark.parametrize("profile", ["generic-80mm", "generic-58mm", "epson-tm-t20iii"])
+def test_coupons_render_for_every_shipped_profile(profile: str) -> None:
+    from gateway.escpos import CommandParser, QrStore, load_profile
+    from gateway.printing import Coupon, new_coupon_code, render_coupon
+
+    coupon = Coupon(new_coupon_code(), "OFF-1", "Flat white", "20% off", 20, STORE, 1.79e9)
+    for copy in (False, True):
+        data = render_coupon(coupon, load_profile(profile), copy=copy)
+        commands = CommandParser().feed(data)
+        stored = [c for c in commands if isinstance(c, QrStore)]
+        assert len(stored) == 1
+        assert coupon.code.encode() in data
+        assert (b"COPY" in data) is copy

@@ -1,0 +1,325 @@
+"""The serial printer driver against the printer simulator on a real pty: jobs, faults, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import structlog
+
+from drivers.escpos import SerialPrinter
+from gateway.clock import SystemClock
+from gateway.escpos import Receipt, load_profile
+from gateway.printing import PrintJob
+from gateway.supervisor import Handle, State
+from simulators.printer import PrinterSimulator
+
+PROFILE = load_profile("generic-80mm")
+# Line noise with nothing shaped like a status reply (0xx1xx10) or a whole ASB block in it.
+NOISE = b"\x00\xff\x80\x01\x02\x03\x7f\x10\xff"
+
+
+def _render(job_id: str, *, copy: bool, lines: int) -> bytes:
+    receipt = Receipt(PROFILE)
+    if copy:
+        receipt.text("*** COPY ***", bold=True)
+    receipt.text(f"job {job_id}")
+    for i in range(lines):
+        receipt.text(f"line {i:03d} " + "." * 30)
+    return receipt.cut().build()
+
+
+class FakeQueue:
+    """The journal's contract in memory: an interrupted job goes back to the front as a copy."""
+
+    def __init__(self, witness: Callable[[], int] = lambda: 0) -> None:
+        self.queued: deque[PrintJob] = deque()
+        self.sending: dict[str, PrintJob] = {}
+        self.taken: list[PrintJob] = []
+        self.done: list[str] = []
+        self.requeued: list[tuple[str, str]] = []
+        self.requeued_at: list[float] = []
+        self.witnessed: list[int] = []  # witness() when each job was reported printed
+        self._witness = witness
+        self._lines: dict[str, int] = {}
+        self._added = asyncio.Event()
+
+    def add(self, job_id: str, *, lines: int = 3) -> PrintJob:
+        job = PrintJob(job_id, "p0", _render(job_id, copy=False, lines=lines), False, 1)
+        self._lines[job_id] = lines
+        self.queued.append(job)
+        self._added.set()
+        return job
+
+    async def next_job(self, printer: str) -> PrintJob:
+        assert printer == "p0"
+        while not self.queued:
+            self._added.clear()
+            await self._added.wait()
+        job = self.queued.popleft()
+        self.sending[job.id] = job
+        self.taken.append(job)
+        return job
+
+    async def printed(self, job_id: str) -> None:
+        del self.sending[job_id]
+        self.done.append(job_id)
+        self.witnessed.append(self._witness())
+
+    async def interrupted(self, job_id: str, reason: str) -> None:
+        job = self.sending.pop(job_id)
+        data = _render(job_id, copy=True, lines=self._lines[job_id])
+        self.queued.appendleft(PrintJob(job_id, job.printer, data, True, job.attempts + 1))
+        self.requeued.append((job_id, reason))
+        self.requeued_at.append(asyncio.get_running_loop().time())
+        self._added.set()
+
+
+@dataclass
+class Run:
+    driver: SerialPrinter
+    reports: list[tuple[State, str]] = field(default_factory=list)
+    states: list[tuple[str, float]] = field(default_factory=list)  # on_state, with loop time
+
+    def first(self, state: str, after: float) -> float:
+        """Loop time the driver first entered `state` after `after`."""
+        return next(t for s, t in self.states if s == state and t >= after)
+
+
+@asynccontextmanager
+async def _running(
+    link: Path,
+    queue: FakeQueue,
+    *,
+    baud: int = 115200,
+    poll_s: float = 0.5,
+    status_timeout_s: float = 1.0,
+) -> AsyncIterator[Run]:
+    loop = asyncio.get_running_loop()
+    states: list[tuple[str, float]] = []
+    driver = SerialPrinter(
+        "p0",
+        link,
+        PROFILE,
+        queue,
+        SystemClock(),
+        baud=baud,
+        poll_s=poll_s,
+        status_timeout_s=status_timeout_s,
+        on_state=lambda _pid, state: states.append((state, loop.time())),
+    )
+    run = Run(driver, states=states)
+    handle = Handle(driver.name, lambda _n, state, detail: run.reports.append((state, detail)))
+    task = asyncio.create_task(driver.run(handle))
+    try:
+        yield run
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+    assert task.cancelled(), task.exception()
+
+
+async def _until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - watching the driver from outside, no event
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+async def sim(tmp_path: Path) -> AsyncIterator[PrinterSimulator]:
+    async with PrinterSimulator(tmp_path / "printer0") as printer:
+        yield printer
+
+
+async def test_a_job_prints_once_and_is_confirmed(sim: PrinterSimulator) -> None:
+    queue = FakeQueue(witness=lambda: len(sim.receipts))
+    queue.add("j1")
+    async with _running(sim.link, queue) as run:
+        await _until(lambda: queue.done == ["j1"])
+        await asyncio.sleep(0.2)  # nothing more comes
+    assert queue.witnessed == [1]  # confirmed only once the printer had cut it
+    assert len(sim.receipts) == 1
+    assert "job j1" in sim.receipts[0].text
+    assert "COPY" not in sim.receipts[0].text
+    assert queue.requeued == []
+    assert queue.sending == {}
+    assert [s for s, _ in run.states] == ["ready"]
+    assert run.reports[-1] == (State.READY, "ready")
+
+
+async def test_paper_out_before_a_job_holds_it_until_paper_in(sim: PrinterSimulator) -> None:
+    loop = asyncio.get_running_loop()
+    queue = FakeQueue()
+    async with _running(sim.link, queue) as run:
+        await _until(lambda: run.driver.state == "ready")
+        fault = loop.time()
+        sim.paper_out()
+        await _until(lambda: run.driver.state == "paper_out")
+        assert run.first("paper_out", fault) - fault < 0.1  # ASB: at once
+        assert run.reports[-1] == (State.DEGRADED, "paper out")
+        queue.add("j1")
+        await asyncio.sleep(0.6)  # more than a poll: the job waits, nothing is sent
+        assert sim.receipts == []
+        assert sim.spoiled == 0
+        assert queue.done == []
+        sim.paper_in()
+        await _until(lambda: queue.done == ["j1"])
+    assert queue.requeued == []
+    assert [(j.id, j.copy) for j in queue.taken] == [("j1", False)]
+    assert len(sim.receipts) == 1
+    assert "COPY" not in sim.receipts[0].text
+
+
+async def test_paper_out_during_a_job_prints_a_copy_after_paper_in(
+    sim: PrinterSimulator,
+) -> None:
+    sim.set_baud(19200)  # the job takes ~0.7 s on the line
+    queue = FakeQueue()
+    queue.add("j1", lines=30)
+    async with _running(sim.link, queue, baud=19200) as run:
+        await _until(lambda: sim.bytes_received > 300)
+        sim.paper_out()
+        await _until(lambda: bool(queue.requeued))
+        assert queue.requeued == [("j1", "paper out during the job")]
+        assert run.driver.state == "paper_out"
+        sim.paper_in()
+        await _until(lambda: queue.done == ["j1"])
+    assert [(j.copy, j.attempts) for j in queue.taken] == [(False, 1), (True, 2)]
+    assert sim.spoiled == 1
+    assert len(sim.receipts) == 1
+    assert "COPY" in sim.receipts[0].text
+
+
+async def test_unplug_mid_job_is_detected_and_the_job_prints_once_after_plug(
+    sim: PrinterSimulator,
+) -> None:
+    loop = asyncio.get_running_loop()
+    sim.set_baud(19200)
+    queue = FakeQueue()
+    queue.add("j1", lines=30)
+    async with _running(sim.link, queue, baud=19200) as run:
+        await _until(lambda: sim.bytes_received > 300)
+        pulled = loop.time()
+        sim.unplug()
+        await _until(lambda: bool(queue.requeued))
+        assert queue.requeued_at[0] - pulled < 1.0
+        assert queue.requeued[0][1].startswith("line broke: ")
+        assert run.driver.state == "unplugged"
+        assert run.reports[-1][0] == State.DEGRADED
+        await asyncio.sleep(0.5)
+        assert run.reports[-1] == (State.DEGRADED, f"waiting for {sim.link}")
+        plugged = loop.time()
+        sim.plug()
+        await _until(lambda: queue.done == ["j1"])
+        assert run.first("ready", plugged) - plugged < 1.5  # backoff capped at 1 s
+    assert [j.copy for j in queue.taken] == [False, True]
+    assert queue.sending == {}
+    assert len(sim.receipts) == 1
+    assert "COPY" in sim.receipts[0].text
+
+
+async def test_a_silent_printer_is_offline_until_it_answers_again(sim: PrinterSimulator) -> None:
+    loop = asyncio.get_running_loop()
+    queue = FakeQueue()
+    async with _running(sim.link, queue, poll_s=0.5, status_timeout_s=1.0) as run:
+        await _until(lambda: run.driver.state == "ready")
+        # Idle: found by the next poll, within poll_s + status_timeout_s.
+        hushed = loop.time()
+        sim.silent()
+        await _until(lambda: run.driver.state == "offline")
+        assert run.first("offline", hushed) - hushed < 1.6
+        assert run.reports[-1] == (State.DEGRADED, "silent: no status reply within 1s")
+        sim.silent(False)
+        await _until(lambda: run.driver.state == "ready")
+        # A job: the check right before sending finds it within status_timeout_s.
+        await asyncio.sleep(0.1)
+        hushed = loop.time()
+        sim.silent()
+        queue.add("j1")
+        await _until(lambda: run.driver.state == "offline")
+        assert run.first("offline", hushed) - hushed < 1.2
+        await asyncio.sleep(0.3)
+        assert sim.receipts == []  # held: nothing sent to a printer that can't confirm
+        sim.silent(False)
+        await _until(lambda: queue.done == ["j1"])
+        assert run.driver.state == "ready"
+    assert queue.requeued == []
+    assert [j.copy for j in queue.taken] == [False]
+    assert len(sim.receipts) == 1
+
+
+async def test_garbage_on_the_line_is_counted_and_jobs_still_print(
+    sim: PrinterSimulator,
+) -> None:
+    queue = FakeQueue()
+    with structlog.testing.capture_logs() as logs:
+        async with _running(sim.link, queue) as run:
+            await _until(lambda: run.driver.state == "ready")
+            sim.garbage(NOISE)
+            queue.add("j1")
+            await _until(lambda: queue.done == ["j1"])
+            sim.garbage(NOISE)
+            await asyncio.sleep(0.05)
+            queue.add("j2")
+            await _until(lambda: queue.done == ["j1", "j2"])
+            assert run.driver.state == "ready"
+    garbage = [e for e in logs if e["event"] == "garbage on the line"]
+    assert sum(e["count"] for e in garbage) == 2 * len(NOISE)
+    assert {(e["log_level"], e["printer"]) for e in garbage} == {("debug", "p0")}
+    assert queue.requeued == []
+    assert len(sim.receipts) == 2
+
+
+async def test_a_slow_line_still_confirms(sim: PrinterSimulator) -> None:
+    loop = asyncio.get_running_loop()
+    sim.set_baud(9600)
+    queue = FakeQueue(witness=lambda: len(sim.receipts))
+    job = queue.add("j1", lines=20)
+    wire_s = len(job.data) * 10 / 9600
+    async with _running(sim.link, queue, baud=9600) as run:
+        await _until(lambda: run.driver.state == "ready")
+        started = loop.time()
+        await _until(lambda: queue.done == ["j1"])
+        took = loop.time() - started
+    assert took >= wire_s * 0.9  # the confirmation waited for the line
+    assert queue.witnessed == [1]
+    assert queue.requeued == []
+    assert len(sim.receipts) == 1
+
+
+async def test_stopping_mid_job_gives_the_job_back(sim: PrinterSimulator) -> None:
+    sim.set_baud(19200)
+    queue = FakeQueue()
+    queue.add("j1", lines=30)
+    async with _running(sim.link, queue, baud=19200):
+        await _until(lambda: sim.bytes_received > 300)
+    assert queue.requeued == [("j1", "stopped")]
+    assert queue.sending == {}
+    assert queue.done == []
+
+
+async def test_cover_open_holds_jobs_and_paper_near_end_is_a_warning(
+    sim: PrinterSimulator,
+) -> None:
+    queue = FakeQueue()
+    async with _running(sim.link, queue) as run:
+        await _until(lambda: run.driver.state == "ready")
+        sim.cover_open()
+        await _until(lambda: run.driver.state == "cover_open")
+        assert run.reports[-1] == (State.DEGRADED, "cover open")
+        queue.add("j1")
+        await asyncio.sleep(0.2)
+        assert sim.receipts == []
+        sim.cover_close()
+        await _until(lambda: queue.done == ["j1"])
+        sim.paper_near_end()
+        await _until(lambda: run.reports[-1] == (State.READY, "ready, paper near end"))
+        queue.add("j2")
+        await _until(lambda: queue.done == ["j1", "j2"])
+    assert queue.requeued == []
+    assert [s for s, _ in run.states] == ["ready", "cover_open", "ready"]
