@@ -77,8 +77,9 @@ def render_coupon(coupon: Coupon, profile: Profile, *, copy: bool) -> bytes:
     if profile.qr:
         receipt.qr(coupon.code)
     if "CODE128" in profile.barcodes and receipt.fits_barcode(coupon.code, "CODE128"):
-        receipt.barcode(coupon.code, "CODE128", height=60)  # too wide for 58 mm paper
-    receipt.text(coupon.code, align="center")
+        receipt.barcode(coupon.code, "CODE128", height=60)  # its human-readable line: the code
+    else:  # no barcode (58 mm paper is too narrow for this one): the code in plain text
+        receipt.text(coupon.code, align="center")
     receipt.text(f"Valid until {until:%Y-%m-%d}. One use only.", align="center")
     receipt.feed(2)
     if profile.cut:

@@ -591,7 +591,77 @@ def bench_ble(quick: bool) -> Figures:
     }
 
 
+async def _coupons(port: int, printer: Any, count: int, gap_s: float) -> list[float]:
+    """Total event published -> last byte of its coupon at the printer, one at a time."""
+    from simulators.pos import PosLane
+
+    latencies = []
+    async with PosLane("127.0.0.1", port, "demo-store") as lane:
+        await lane.basket(["coffee"], 4.2)
+        for i in range(count):
+            start = time.monotonic()
+            await lane.total(4.2)
+            (receipt,) = (await printer.wait_for_receipts(i + 1))[i:]
+            latencies.append((receipt.finished_at - start) * 1000)
+            await asyncio.sleep(gap_s)
+    return latencies
+
+
+def bench_printer(quick: bool) -> Figures:
+    """coupon_latency: POS total -> last coupon byte at the printer (Mosquitto + pty, no line
+    limit); print_line_efficiency: the job's bytes x 10 / baud (the physical minimum) over the
+    time it took on an emulated 115200 baud line, first byte to cut."""
+    from simulators.printer import PrinterSimulator
+
+    count = 100 if quick else 500
+    figures: Figures = {"coupons": count}
+
+    async def run(work: Path, broker: Mosquitto) -> None:
+        async with PrinterSimulator(work / "printer-1") as printer:
+            gw = GatewayProcess(
+                REPO / "examples" / "demo.toml",
+                work,
+                overrides={
+                    "mqtt.port": str(broker.port),
+                    "store.state_dir": str(work / "state"),
+                    "logging.format": "json",
+                    "logging.level": "warning",
+                    "health.enabled": "false",
+                    "printers.receipt-1.device": str(printer.link),
+                    "lanes.pos-1.printer": "receipt-1",
+                    "decision.cap_touchpoint_per_hour": "100000",
+                    "decision.cap_customer_per_day": "1000",
+                },
+            )
+            gw.start()
+            await asyncio.to_thread(gw.wait_ready)
+            try:
+                await asyncio.sleep(1.0)  # the driver has found the printer
+                latencies = await _coupons(broker.port, printer, count, 0.02)
+                figures["coupon_latency_p50_ms"] = _percentile(latencies, 50)
+                figures["coupon_latency_p99_ms"] = _percentile(latencies, 99)
+                baud = 115_200
+                printer.set_baud(baud)
+                done = len(printer.receipts)
+                await _coupons(broker.port, printer, 20, 0.2)
+                slow = printer.receipts[done:]
+                ratios = [(r.size * 10 / baud) / (r.finished_at - r.started_at) for r in slow]
+                figures["print_job_bytes"] = statistics.median(r.size for r in slow)
+                figures["print_line_efficiency"] = statistics.median(ratios)
+                figures["print_line_efficiency_min"] = min(ratios)
+            finally:
+                await asyncio.to_thread(gw.stop)
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-printer-") as tmp,
+        Mosquitto(Path(tmp) / "broker") as broker,
+    ):
+        asyncio.run(run(Path(tmp), broker))
+    return figures
+
+
 BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
+    "printer": bench_printer,
     "ble": bench_ble,
     "decide": bench_decide,
     "policy": bench_policy,

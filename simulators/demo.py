@@ -4,7 +4,9 @@
 
 Customers walk up to the kiosks and identify (loyalty card, app QR code, or a card the store
 does not know); shoppers walk the floor with their phones, heard by BLE scanner nodes
-(ESPresense over MQTT); the demo prints what the gateway decided and what each screen shows.
+(ESPresense over MQTT); a POS lane totals baskets and its receipt printer (a simulator on a
+pseudo-terminal) prints coupons, which are later redeemed once; the demo prints what the gateway
+decided, what each screen shows, and every receipt.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from simulators.beacons import ScannerNodes, World
 from simulators.broker import Mosquitto, MosquittoMissing, free_port
 from simulators.cloud import Cloud
 from simulators.daemon import GatewayProcess
-from simulators.events import EventSource
 from simulators.population import CUSTOMERS, Customer, demo_token
+from simulators.pos import PosLane
+from simulators.printer import PrinterSimulator
 from simulators.signage import render
 from simulators.store import SimulatedStore
 
@@ -95,13 +98,59 @@ async def _visit(
         _say(f"    {render(screen, answers[store.topics.screen_content(screen)].content)}")
 
 
-async def _cloud_step(step: int, cloud: Cloud, lane: EventSource, store_id: str) -> None:
+@dataclass
+class _Till:
+    lane: PosLane
+    printer: PrinterSimulator
+    rng: random.Random
+    coupons: list[str]
+
+
+_BASKETS = (["pasta", "sauce"], ["coffee", "bakery"], ["produce", "dairy"], ["drinks", "snacks"])
+
+
+async def _till_step(step: int, till: _Till) -> None:
+    """Every third step a basket is totalled (a coupon prints); every ninth, a customer comes
+    back with an earlier coupon, and tries it a second time."""
+    if step % 3 != 0:
+        return
+    basket = till.rng.choice(_BASKETS)
+    total = round(10 + step * 1.7, 2)
+    await till.lane.basket(basket, total)
+    customer = till.rng.choice(CUSTOMERS)
+    await till.lane.loyalty(customer.loyalty)
+    printed = len(till.printer.receipts)
+    await till.lane.total(total)
+    _say(
+        f"pos-1: {customer.name} pays {total:.2f} for {' + '.join(basket)}"
+        " -> transaction accepted (acknowledged after commit)"
+    )
+    try:
+        async with asyncio.timeout(5):
+            receipt = (await till.printer.wait_for_receipts(printed + 1))[-1]
+    except TimeoutError:
+        _say("receipt-1: no coupon printed (no offer for the receipt channel?)")
+    else:
+        lines = [line.strip() for line in receipt.text.splitlines() if line.strip()]
+        code = next((line for line in lines if line.startswith("CPN-")), "")
+        if code:
+            till.coupons.append(code)
+        where = f" ({receipt.path})" if receipt.path else ""
+        _say(f"receipt-1: printed coupon {code}{where}")
+        for line in lines[:4]:
+            _say(f"    | {line}")
+    if step % 9 == 0 and till.coupons:
+        code = till.coupons.pop(0)
+        for attempt in ("brings back", "tries again with"):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3):
+                    reply = await till.lane.redeem(code)
+                    _say(f"pos-1: a customer {attempt} {code} -> {reply['message']}")
+
+
+async def _cloud_step(step: int, cloud: Cloud, store_id: str) -> None:
     """The cloud's part of the story, at fixed steps: an outage, a backlog, a signed bundle."""
     receiver = cloud.receiver
-    if step % 3 == 0:
-        total = round(10 + step * 1.7, 2)
-        await lane.send("pos.transaction", "transaction", {"lane": 1, "total": total})
-        _say(f"pos-1: basket total {total:.2f} -> transaction accepted (acknowledged after commit)")
     if step == 6:
         await cloud.down()
         _say(f"cloud: link lost (simulated outage); {receiver.count} events received so far")
@@ -157,6 +206,7 @@ async def _walk(
     rng: random.Random,
     *,
     cloud: Cloud,
+    printer: PrinterSimulator,
 ) -> _Tally:
     config = load_config(config_path)
     kiosks = {k: v.screens for k, v in config.kiosks.items()} or {"kiosk-1": ()}
@@ -170,7 +220,8 @@ async def _walk(
         store = await stack.enter_async_context(
             SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor")
         )
-        lane = await stack.enter_async_context(EventSource("127.0.0.1", port, config.store.id))
+        lane = await stack.enter_async_context(PosLane("127.0.0.1", port, config.store.id))
+        till = _Till(lane, printer, rng, [])
         if config.ble.enabled:
             world = World(start=time.time(), seed=rng.randrange(1 << 30), devices=12)
             nodes = await stack.enter_async_context(ScannerNodes("127.0.0.1", port, world))
@@ -186,7 +237,8 @@ async def _walk(
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             kiosk_id = rng.choice(sorted(kiosks))
             step += 1
-            await _cloud_step(step, cloud, lane, config.store.id)
+            await _till_step(step, till)
+            await _cloud_step(step, cloud, config.store.id)
             if step % 7 == 0:
                 await store.kiosk(kiosk_id).send_raw(b'{"method": "fax", "value": 42}')
                 n = len(store.seen.errors)
@@ -206,17 +258,21 @@ async def _walk(
             await cloud.up()
         with contextlib.suppress(TimeoutError):  # let the outbox drain before the summary
             async with asyncio.timeout(5):
-                await lane.settled()
+                await lane.events.settled()
                 await cloud.receiver.wait_until(
-                    lambda: lane.acked <= cloud.receiver.first_seen.keys()
+                    lambda: lane.events.acked <= cloud.receiver.first_seen.keys()
                 )
     return tally
 
 
 async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto) -> int:
     """Cloud up, gateway up, the walk, the summary, everything down in order."""
-    async with Cloud(workdir / "cloud", keep_events=True) as cloud:
+    async with (
+        Cloud(workdir / "cloud", keep_events=True) as cloud,
+        PrinterSimulator(workdir / "printer-1", out_dir=workdir / "receipts") as printer,
+    ):
         _say(f"cloud: private cloud broker on 127.0.0.1:{cloud.port}, bundle key generated")
+        _say(f"receipt-1: printer simulator on {printer.link} (receipts in {workdir}/receipts)")
         health_port = free_port()
         gateway = GatewayProcess(
             args.config,
@@ -232,6 +288,8 @@ async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto)
                 "cloud.reconnect_min_s": "0.2",
                 "cloud.reconnect_max_s": "1",
                 "cloud.bundle_public_key": cloud.signer.public_key_text,
+                "printers.receipt-1.device": str(printer.link),
+                "lanes.pos-1.printer": "receipt-1",
             },
         )
         try:
@@ -248,6 +306,7 @@ async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto)
                 args.rate,
                 random.Random(args.seed),
                 cloud=cloud,
+                printer=printer,
             )
             lat = tally.latencies_ms or [0.0]
             _say(

@@ -25,6 +25,7 @@ import contextlib
 import io
 import os
 import signal
+import time
 import tty
 import unicodedata
 from collections.abc import Sequence
@@ -85,6 +86,11 @@ class RenderedReceipt:
     text: str  # what a person reads; QR codes and barcodes as [QR: ...], [CODE128: ...]
     png: bytes
     path: Path | None  # the PNG, when the simulator has an out_dir
+    # When its first and last (the cut) bytes arrived (time.monotonic()), and its size: for
+    # benchmarks of the gateway's latency and line use, measured before rendering.
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    size: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +431,8 @@ class PrinterSimulator:
         self.out_dir = out_dir
         self.receipts: list[RenderedReceipt] = []
         self.bytes_received = 0
+        self._chunk_start = (0.0, 0)  # when the chunk being parsed arrived, bytes before it
+        self._job_start: tuple[float, int] | None = None
         self.spoiled = 0  # receipts lost to a fault (offline, unplugged, reset mid-receipt)
         self._renderer = _Renderer(self.profile)
         self._parser = CommandParser()
@@ -579,7 +587,7 @@ class PrinterSimulator:
         size = _READ_SIZE
         if self._rate is not None:
             now = self._loop.time()
-            burst = max(1.0, self._rate * 0.02)  # read in slices of about 20 ms of line time
+            burst = max(1.0, self._rate * 0.002)  # read in slices of about 2 ms of line time
             self._allowance = min(self._allowance + (now - self._last) * self._rate, burst)
             self._last = now
             if self._allowance < 1:
@@ -609,6 +617,9 @@ class PrinterSimulator:
                 return
 
     def _receive(self, data: bytes) -> None:
+        # On a real line these bytes took len / rate seconds to arrive: the first came then.
+        wire = len(data) / self._rate if self._rate is not None else 0.0
+        self._chunk_start = (time.monotonic() - wire, self.bytes_received)
         self.bytes_received += len(data)
         for command in self._parser.feed(data):
             match command:
@@ -635,6 +646,7 @@ class PrinterSimulator:
             self._discarding = not isinstance(command, Cut)  # the lost job ends at its cut
             return
         if isinstance(command, Initialize):
+            self._job_start = self._chunk_start  # ESC @ opens every job
             self._modes = _Modes()
             if self._page is not None and not self._page.empty:
                 if self.profile.cut:
@@ -656,6 +668,9 @@ class PrinterSimulator:
 
     def _finish(self) -> None:
         page, self._page = self._page, None
+        finished_at = time.monotonic()
+        started_at, start_bytes = self._job_start or (finished_at, self.bytes_received)
+        self._job_start = None  # the next byte starts the next job
         if page is None or page.empty:
             return
         text, png = self._renderer.render(page.finish())
@@ -666,7 +681,8 @@ class PrinterSimulator:
             path = self.out_dir / f"receipt-{index:04d}.png"
             path.write_bytes(png)
             path.with_suffix(".txt").write_text(text, encoding="utf-8")
-        self.receipts.append(RenderedReceipt(index, text, png, path))
+        size = self.bytes_received - start_bytes
+        self.receipts.append(RenderedReceipt(index, text, png, path, started_at, finished_at, size))
         self._arrived.set()
         self._arrived = asyncio.Event()
 

@@ -7,26 +7,23 @@ after; a fault mid-job prints a marked copy with the same code; queued jobs surv
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiomqtt
 import cv2
 import numpy as np
 import pytest
 
 from simulators.broker import Mosquitto
-from simulators.events import EventSource
 from simulators.population import CUSTOMERS
+from simulators.pos import PosLane
 from simulators.printer import PrinterSimulator, RenderedReceipt
 from tests.conftest import GatewayFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 STORE = "demo-store"
-ROOT = f"store/{STORE}/v1/pos/pos-1"
 ADA = CUSTOMERS[0]
 
 
@@ -52,49 +49,6 @@ async def printer(tmp_path: Path) -> AsyncIterator[PrinterSimulator]:
         yield sim
 
 
-class Lane:
-    """The lane's side: basket and loyalty messages, events, coupon replies."""
-
-    def __init__(self, port: int) -> None:
-        self.client = aiomqtt.Client("127.0.0.1", port, identifier="pos-1")
-        self.events = EventSource("127.0.0.1", port, STORE, device_id="pos-1")
-        self.replies: list[dict[str, object]] = []
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Lane:
-        await self.client.__aenter__()
-        await self.client.subscribe(f"{ROOT}/coupon", qos=1)
-        await self.events.__aenter__()
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-        await self.events.__aexit__(None, None, None)
-        await self.client.__aexit__(None, None, None)
-
-    async def _read(self) -> None:
-        async for message in self.client.messages:
-            assert isinstance(message.payload, bytes)
-            self.replies.append(json.loads(message.payload))
-
-    async def checkout(self, categories: list[str], loyalty: str | None = None) -> str:
-        body = {"categories": categories, "items": len(categories), "total": 12.5}
-        await self.client.publish(f"{ROOT}/basket", json.dumps(body), qos=1)
-        if loyalty is not None:
-            scan = {"method": "loyalty", "value": loyalty}
-            await self.client.publish(f"{ROOT}/loyalty", json.dumps(scan), qos=1)
-        return await self.events.send("pos.transaction", "transaction", {"total": 12.5})
-
-    async def redeem(self, code: str) -> dict[str, object]:
-        event_id = await self.events.send("pos.redemption", "reward", {"coupon": code})
-        async with asyncio.timeout(10):
-            while not any(r.get("request_id") == event_id for r in self.replies):  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-        return next(r for r in self.replies if r.get("request_id") == event_id)
-
-
 def _journal(tmp_path: Path) -> list[tuple[str, int, int]]:
     with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
         return list(db.execute("SELECT state, copy, attempts FROM print_journal"))
@@ -105,17 +59,20 @@ async def test_a_total_prints_a_coupon_that_redeems_once(
 ) -> None:
     process = gateway(overrides=_lane_settings(printer.link))
     await asyncio.to_thread(process.wait_ready)
-    async with Lane(broker.port) as lane:
-        await lane.checkout(["coffee", "bakery"], loyalty=ADA.loyalty)
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+        await lane.basket(["coffee", "bakery"], 12.5)
+        await lane.loyalty(ADA.loyalty)
+        await lane.total(12.5)
         async with asyncio.timeout(15):
             (receipt,) = await printer.wait_for_receipts(1)
         code = _qr(receipt)
         assert code.startswith("CPN-")
         assert code in receipt.text
         assert "COPY" not in receipt.text
-        first = await lane.redeem(code)
-        again = await lane.redeem(code.lower())  # the till may send it in any case
-        unknown = await lane.redeem("CPN-2222-3333-4444")
+        async with asyncio.timeout(10):
+            first = await lane.redeem(code)
+            again = await lane.redeem(code.lower())  # the till may send it in any case
+            unknown = await lane.redeem("CPN-2222-3333-4444")
         async with asyncio.timeout(10):  # the reward joins the decision that printed it
             while True:
                 with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
@@ -143,8 +100,9 @@ async def test_paper_out_mid_job_prints_a_marked_copy_with_the_same_code(
     printer.set_baud(9600)  # slow enough to run out of paper halfway through the coupon
     process = gateway(overrides=_lane_settings(printer.link))
     await asyncio.to_thread(process.wait_ready)
-    async with Lane(broker.port) as lane:
-        await lane.checkout(["pasta"])
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+        await lane.basket(["pasta"], 3.2)
+        await lane.total(3.2)
         async with asyncio.timeout(10):
             while printer.bytes_received < 100:  # noqa: ASYNC110 - the simulator's counter
                 await asyncio.sleep(0.01)
@@ -167,9 +125,10 @@ async def test_queued_jobs_survive_a_restart_and_print_once_the_printer_is_back(
     settings = _lane_settings(printer.link)
     process = gateway(overrides=settings)
     await asyncio.to_thread(process.wait_ready)
-    async with Lane(broker.port) as lane:
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
         for _ in range(3):
-            await lane.checkout(["dairy"])
+            await lane.basket(["dairy"], 1.5)
+            await lane.total(1.5)
         async with asyncio.timeout(10):
             await lane.events.settled()  # the totals are committed
             while len(_journal(tmp_path)) < 3:  # noqa: ASYNC110 - polling the database
