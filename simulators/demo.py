@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import signal
 import statistics
 import sys
@@ -132,8 +133,9 @@ async def _till_step(step: int, till: _Till) -> None:
         _say("receipt-1: no coupon printed (no offer for the receipt channel?)")
     else:
         lines = [line.strip() for line in receipt.text.splitlines() if line.strip()]
-        code = next((line for line in lines if line.startswith("CPN-")), "")
-        if code:
+        found = re.search(r"CPN-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}", receipt.text)
+        code = found.group(0) if found else "?"
+        if found:
             till.coupons.append(code)
         where = f" ({receipt.path})" if receipt.path else ""
         _say(f"receipt-1: printed coupon {code}{where}")
