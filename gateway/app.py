@@ -24,6 +24,7 @@ from gateway.ble.espresense import NodeSource
 from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.service import Presence
+from gateway.camera import CameraPurposes
 from gateway.clock import Clock, SystemClock
 from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
@@ -171,6 +172,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         rewards,
     ]
     components += _printers(config, printing, profiles, clock, metrics)
+    components += _camera(config, journey, clock, metrics, outbox)
     presence = _presence(
         config,
         db=db,
@@ -247,6 +249,34 @@ def _printers(
             )
         )
     return components
+
+
+def _camera(
+    config: Config, journey: Journey, clock: Clock, metrics: Metrics, outbox: Outbox
+) -> list[Any]:
+    """The camera driver, only when the store enabled it: OpenCV is not even imported else."""
+    camera = config.camera
+    if not camera.enabled:
+        return []
+    from drivers.camera import CameraSource
+
+    purposes = CameraPurposes(
+        camera, on_qr_token=journey.on_camera_qr, clock=clock, metrics=metrics, outbox=outbox
+    )
+    return [
+        purposes,  # stopped after the camera: it reports the minute in progress
+        CameraSource(
+            camera.source,
+            qr=purposes.qr,
+            audience=purposes.counting,
+            on_qr=purposes.on_qr,
+            on_faces=purposes.on_faces,
+            clock=clock,
+            process_fps=camera.process_fps,
+            stall_timeout_s=camera.stall_timeout_s,
+            reopen_max_s=camera.reopen_max_s,
+        ),
+    ]
 
 
 def _presence(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 __all__ = [
     "BleConfig",
     "BleScannerConfig",
+    "CameraConfig",
     "CatalogConfig",
     "CloudConfig",
     "Config",
@@ -263,6 +264,32 @@ class LaneConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CameraConfig:
+    # The opt-in camera. Off by default; enabling it needs the purposes AND notice_posted.
+    enabled: bool = False
+    # What the camera may be used for: "qr_identify" (a customer shows the app's loyalty QR
+    # code) and/or "audience_count" (how many people look at a screen; no identity kept).
+    purposes: tuple[str, ...] = ()
+    # The store confirms the camera notice is displayed where the camera is.
+    notice_posted: bool = False
+    # /dev/videoN, an rtsp:// or http(s):// stream, or a video file.
+    source: str = "/dev/video0"
+    # qr_identify: the kiosk whose journey (content on it and its screens) a scanned code feeds.
+    kiosk: str = ""
+    # audience_count: the screen whose audience is counted.
+    screen: str = ""
+    # Frames analysed per second (the rest are dropped: a buffer of one frame).
+    process_fps: float = field(default=5.0, metadata=_meta(min=0.2, max=60))
+    # Counts under this are reported as "<k" (k-anonymity floor).
+    k_anonymity: int = field(default=5, metadata=_meta(min=2, max=100))
+    # The same QR code again within this is the same customer still holding up the phone.
+    qr_repeat_s: float = field(default=10.0, metadata=_meta(min=0, max=3600))
+    # No frame for this long: the camera is stalled and is reopened (backoff up to reopen_max_s).
+    stall_timeout_s: float = field(default=5.0, metadata=_meta(min=0.5, max=600))
+    reopen_max_s: float = field(default=30.0, metadata=_meta(min=1, max=3600))
+
+
+@dataclass(frozen=True, slots=True)
 class ScreenConfig:
     zone: str = ""
 
@@ -286,6 +313,7 @@ class Config:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     ble: BleConfig = field(default_factory=BleConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
     screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     printers: Mapping[str, PrinterConfig] = field(
@@ -491,8 +519,42 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 def _check_references(config: Config, problems: list[str]) -> None:
     _check_ble(config.ble, problems)
+    _check_camera(config, problems)
     _check_printing(config, problems)
     _check_kiosks_and_links(config, problems)
+
+
+def _check_camera(config: Config, problems: list[str]) -> None:
+    camera = config.camera
+    allowed = ("qr_identify", "audience_count")
+    for i, purpose in enumerate(camera.purposes):
+        if purpose not in allowed:
+            problems.append(
+                f"camera.purposes[{i}]: found {purpose!r}, expected one of {list(allowed)}"
+                f"{_did_you_mean(purpose, list(allowed))}"
+            )
+    if not camera.enabled:
+        return
+    if not camera.purposes:
+        problems.append(
+            "camera.purposes: found none, expected the purposes the store enabled"
+            ' ("qr_identify", "audience_count"): a camera is only on for a purpose'
+        )
+    if not camera.notice_posted:
+        problems.append(
+            "camera.notice_posted: found false, expected true: the store must confirm the"
+            " camera notice is displayed before the camera is enabled"
+        )
+    if "qr_identify" in camera.purposes and camera.kiosk not in config.kiosks:
+        problems.append(
+            f"camera.kiosk: found {camera.kiosk!r}, expected a kiosk under [kiosks.<id>]"
+            " (qr_identify feeds that kiosk's journey)"
+        )
+    if "audience_count" in camera.purposes and camera.screen not in config.screens:
+        problems.append(
+            f"camera.screen: found {camera.screen!r}, expected a screen under [screens.<id>]"
+            " (audience_count counts that screen's audience)"
+        )
 
 
 def _check_printing(config: Config, problems: list[str]) -> None:

@@ -147,6 +147,17 @@ class Journey:
         except asyncio.QueueFull:
             raise PayloadError("gateway overloaded, try again") from None
 
+    def on_camera_qr(self, kiosk_id: str, token: str) -> None:
+        """The kiosk's camera read an app QR code: the same path as a kiosk's qr_token."""
+        if kiosk_id not in self._kiosks:
+            log.warning("camera QR for an undeclared kiosk", kiosk=kiosk_id)
+            return
+        event = KioskIdentify(kiosk_id, "qr_token", token, request_id=None)
+        try:
+            self._queue.put_nowait((event, self._clock.monotonic()))
+        except asyncio.QueueFull:
+            log.warning("journey queue full, camera QR skipped", kiosk=kiosk_id)
+
     def on_zone_event(self, event: ZoneEvent) -> None:
         """Presence hook: enter and dwell reach the zone's screens (exits change nothing)."""
         if event.kind == "exit" or not self._screens_in.get(event.zone):

@@ -154,5 +154,20 @@ class Metrics:
             "gateway_print_jobs", "Print jobs by outcome", ["printer", "outcome"], registry=r
         )
 
+        self.camera_frames_persisted = Counter(
+            "gateway_camera_frames_persisted",
+            "Camera frames written anywhere by the gateway: no code path does; stays 0",
+            registry=r,
+        )
+        self.camera_qr_codes = Counter(
+            "gateway_camera_qr_codes", "QR codes read by the camera and passed on", registry=r
+        )
+        self.camera_audience = Gauge(
+            "gateway_camera_audience_peak",
+            "Peak viewers of the last full minute (0 when under the k-anonymity floor)",
+            ["screen"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

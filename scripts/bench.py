@@ -660,7 +660,72 @@ def bench_printer(quick: bool) -> Figures:
     return figures
 
 
+def _camera_fps(purpose: str, seconds: float) -> float:
+    """Frames analysed per second at 640x480 on one core, by the driver's own FrameAnalyzer."""
+    from drivers.camera import FrameAnalyzer
+    from simulators.camera import audience_frame, qr_frame
+
+    if purpose == "qr":
+        frames = [qr_frame(f"gw1.bench-{i:04d}.0123456789abcdef01234", seed=i) for i in range(5)]
+    else:
+        frames = [audience_frame(n, seed=n) for n in range(5)]  # 0..4 faces
+    analyzer = FrameAnalyzer(qr=purpose == "qr", audience=purpose == "audience")
+    analyzer.analyze(frames[0])  # warm-up
+    count, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        analyzer.analyze(frames[count % len(frames)])
+        count += 1
+    return count / elapsed
+
+
+def bench_camera(quick: bool) -> Figures:
+    """Analysis rate per purpose at 640x480 on one core; the RSS the camera adds to the daemon
+    (both purposes on a 30 fps video, against the same daemon with the camera off)."""
+    from simulators.camera import audience_frame, qr_frame, write_video
+
+    seconds = 2.0 if quick else 10.0
+    figures: Figures = {
+        "camera_qr_fps": _camera_fps("qr", seconds),
+        "camera_audience_fps": _camera_fps("audience", seconds),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-camera-") as tmp:
+        work = Path(tmp)
+        frames = [qr_frame("gw1.bench", seed=1)] * 30 + [
+            audience_frame(3, seed=i) for i in range(30)
+        ]
+        video = write_video(work / "camera.avi", frames, fps=30)
+        rss = {}
+        with Mosquitto(work / "broker") as broker:
+            for enabled in (False, True):
+                run = work / f"camera-{enabled}"
+                gw = GatewayProcess(
+                    REPO / "examples" / "demo.toml",
+                    run,
+                    overrides={
+                        "mqtt.port": str(broker.port),
+                        "store.state_dir": str(run / "state"),
+                        "logging.level": "warning",
+                        "health.enabled": "false",
+                        "camera.enabled": str(enabled).lower(),
+                        "camera.notice_posted": "true",
+                        "camera.purposes": '["qr_identify", "audience_count"]',
+                        "camera.source": str(video),
+                        "camera.kiosk": "kiosk-1",
+                        "camera.screen": "entrance-1",
+                    },
+                )
+                gw.start()
+                gw.wait_ready()
+                time.sleep(3.0 if quick else 8.0)
+                rss[enabled] = _rss_mib(gw.pid)
+                gw.stop()
+    figures["camera_off_rss_mib"] = rss[False]
+    figures["camera_rss_mib"] = rss[True] - rss[False]
+    return figures
+
+
 BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
+    "camera": bench_camera,
     "printer": bench_printer,
     "ble": bench_ble,
     "decide": bench_decide,

@@ -178,8 +178,11 @@ async def _cloud_step(step: int, cloud: Cloud, store_id: str) -> None:
         _say("cloud: pushes a signed offers bundle v1 (the catalog plus OFF-CLOUD-1)")
 
 
-async def _narrate_presence(store: SimulatedStore, screens: dict[str, str]) -> None:
-    """Screens changed by BLE presence (content without a kiosk request): one line each."""
+async def _narrate_presence(
+    store: SimulatedStore, screens: dict[str, str], kiosks: set[str]
+) -> None:
+    """Content no kiosk request asked for: BLE presence on a zone's screens, or the kiosk
+    camera reading an app QR code. One line each."""
     told: set[str] = set()
     while True:
         await asyncio.sleep(0.5)
@@ -188,6 +191,13 @@ async def _narrate_presence(store: SimulatedStore, screens: dict[str, str]) -> N
             if content.request_id is not None or content.decision_id in told:
                 continue
             told.add(content.decision_id)
+            if content.touchpoint in kiosks:
+                _say(
+                    f"{content.touchpoint} camera: reads an app QR code ->"
+                    f" {content.audience} content on {content.touchpoint} and its screens"
+                )
+                _say(f"    {render(content.touchpoint, content)}")
+                continue
             zone = screens.get(content.touchpoint, "?")
             _say(f"ble: {content.audience} presence in zone {zone} -> screen {content.touchpoint}")
             _say(f"    {render(content.touchpoint, content)}")
@@ -224,17 +234,18 @@ async def _walk(
         )
         lane = await stack.enter_async_context(PosLane("127.0.0.1", port, config.store.id))
         till = _Till(lane, printer, rng, [])
+        background = []
         if config.ble.enabled:
             world = World(start=time.time(), seed=rng.randrange(1 << 30), devices=12)
             nodes = await stack.enter_async_context(ScannerNodes("127.0.0.1", port, world))
             _say(f"ble: {len(world.scanners)} scanner nodes hear 12 phones walking the floor")
-            background = [
-                asyncio.create_task(nodes.run()),
-                asyncio.create_task(
-                    _narrate_presence(store, {k: v.zone for k, v in config.screens.items()})
-                ),
-            ]
-            stack.push_async_callback(_cancel, background)
+            background.append(asyncio.create_task(nodes.run()))
+        if config.ble.enabled or config.camera.enabled:
+            screens = {k: v.zone for k, v in config.screens.items()}
+            background.append(
+                asyncio.create_task(_narrate_presence(store, screens, set(config.kiosks)))
+            )
+        stack.push_async_callback(_cancel, background)
         step = 0
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
             kiosk_id = rng.choice(sorted(kiosks))
@@ -267,6 +278,26 @@ async def _walk(
     return tally
 
 
+def _camera_settings(workdir: Path) -> dict[str, str]:
+    """The kiosk-2 camera, on a looping video: consenting customers show their app's QR code
+    for three seconds each, with an empty counter in between."""
+    from simulators.camera import blank_frame, qr_frame, write_video
+
+    frames = []
+    for i, customer in enumerate(c for c in CUSTOMERS if c.consented):
+        token = demo_token(customer, time.time(), ttl_s=3600)
+        frames += [qr_frame(token, seed=i)] * 30 + [blank_frame(seed=i)] * 20
+    video = write_video(workdir / "kiosk-2-camera.avi", frames, fps=10)
+    _say(f"camera: kiosk-2's camera enabled (qr_identify) on a simulated video, {video}")
+    return {
+        "camera.enabled": "true",
+        "camera.notice_posted": "true",
+        "camera.purposes": '["qr_identify"]',
+        "camera.source": str(video),
+        "camera.kiosk": "kiosk-2",
+    }
+
+
 async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto) -> int:
     """Cloud up, gateway up, the walk, the summary, everything down in order."""
     async with (
@@ -292,6 +323,7 @@ async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto)
                 "cloud.bundle_public_key": cloud.signer.public_key_text,
                 "printers.receipt-1.device": str(printer.link),
                 "lanes.pos-1.printer": "receipt-1",
+                **(_camera_settings(workdir) if args.camera else {}),
             },
         )
         try:
@@ -334,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=1.0, help="visits per second (default 1)")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--seed", type=int, default=None, help="random seed for the visitors")
+    parser.add_argument(
+        "--camera",
+        action="store_true",
+        help="enable the opt-in kiosk camera (qr_identify) on a simulated video of app QR codes",
+    )
     args = parser.parse_args(argv)
     if args.rate <= 0:
         parser.error("--rate must be positive")
