@@ -121,13 +121,17 @@ def _camera_settings(video: Path, *purposes: str) -> dict[str, str]:
 async def test_a_qr_shown_to_the_camera_identifies_through_the_kiosk_journey(
     broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    from simulators.camera import qr_frame, write_video
+    from simulators.camera import blank_frame, qr_frame, write_video
 
     bo = CUSTOMERS[1]
     good = demo_token(bo, time.time(), ttl_s=600)
     expired = demo_token(bo, time.time() - 3600, ttl_s=60)
     forged = good[:-6] + ("AAAAAA" if not good.endswith("AAAAAA") else "BBBBBB")
-    frames = [qr_frame(t, seed=i) for i, t in enumerate([expired, forged, good]) for _ in range(8)]
+    # An empty counter first (the gateway connects meanwhile), then the three codes in turn.
+    frames = [blank_frame(seed=0)] * 20
+    for i, token in enumerate([expired, forged, good]):
+        frames += [qr_frame(token, seed=i)] * (10 if token != good else 30)
+        frames += [blank_frame(seed=i)] * 5
     video = write_video(tmp_path / "camera.avi", frames, fps=10)
     port = free_port()
     # Subscribed before the gateway starts: the camera reads the codes as soon as it is up.
@@ -137,7 +141,7 @@ async def test_a_qr_shown_to_the_camera_identifies_through_the_kiosk_journey(
         )
         await asyncio.to_thread(process.wait_ready)
         topic = store.topics.kiosk_content("kiosk-1")
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(45):
             await store.wait_for(
                 lambda: (
                     topic in store.seen.content
