@@ -73,7 +73,10 @@ class FrameAnalyzer:
         # Process-wide: OpenCV's own thread pool would take every core of a small box.
         cv2.setNumThreads(1)
         self._max_size = max_size
+        # Two finders: the classic QRCodeDetector never finds ~8 % of the app's tokens (whole
+        # symbols, not frames), the ArUco-based one misses others; a code either reads is read.
         self._qr = cv2.QRCodeDetector() if qr else None
+        self._qr_aruco = cv2.QRCodeDetectorAruco() if qr else None
         self._faces: cv2.CascadeClassifier | None = None
         if audience:
             self._faces = cv2.CascadeClassifier(haarcascades + _FACE_CASCADE)
@@ -92,7 +95,10 @@ class FrameAnalyzer:
         text: str | None = None
         if self._qr is not None:
             # A light blur: the finder-pattern search is thrown by per-pixel sensor noise.
-            decoded, _, _ = self._qr.detectAndDecode(cv2.GaussianBlur(gray, (3, 3), 0))
+            smooth = cv2.GaussianBlur(gray, (3, 3), 0)
+            decoded, _, _ = self._qr.detectAndDecode(smooth)
+            if not decoded and self._qr_aruco is not None:
+                decoded, _, _ = self._qr_aruco.detectAndDecode(smooth)
             text = decoded or None
         faces: int | None = None
         if self._faces is not None:
