@@ -307,7 +307,9 @@ def _presence(
     )
     components: list[Any] = [presence]
     if ble.nodes_topic:
-        nodes = NodeSource(ble.nodes_topic, keys, stats, presence.on_sighting, clock)
+        nodes = NodeSource(
+            ble.nodes_topic, keys, stats, presence.on_sighting, clock, rooms=ble.scanners
+        )
         link.route(nodes.device_filter, "ble_nodes", nodes.on_device, private_topics=True)
         link.route(nodes.status_filter, "ble_node_status", nodes.on_status)
     if ble.adapter:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +53,7 @@ class DeviceEvents:
         if device is None or device[0] not in DEVICE_KINDS:
             raise PayloadError(f"events are accepted from {sorted(DEVICE_KINDS)} devices only")
         data = decode("device-event", payload)
+        _refuse_identifiers(data["data"])
         row = self._outbox.row(
             data["type"],
             data["priority"],
@@ -71,7 +73,15 @@ class DeviceEvents:
                 )
             )
         decision_id = data["data"].get("decision_id")
-        if self._rewards is not None and data["type"] in REWARD_EVENTS and decision_id:
+        # A redemption naming a coupon is rewarded by the coupon's check (once, and only when
+        # the coupon was valid), not here.
+        by_coupon = data["type"] == "pos.redemption" and "coupon" in data["data"]
+        if (
+            self._rewards is not None
+            and data["type"] in REWARD_EVENTS
+            and decision_id
+            and not by_coupon
+        ):
             # The reward joins its decision once the event itself is safe.
             future.add_done_callback(
                 lambda f: (
@@ -101,3 +111,27 @@ class DeviceEvents:
         for (kind, device_id), ids in acks.items():
             body = json.dumps({"schema": "event-ack/1", "ids": ids}, separators=(",", ":"))
             self._publisher.post(self._topics.device_events_ack(kind, device_id), body.encode())
+
+
+# Keys that would carry a raw identifier to the cloud: devices send keyed refs or nothing.
+_IDENTIFIER_KEYS = frozenset(
+    {"loyalty", "card", "phone", "email", "mac", "address", "token", "qr_token", "name"}
+)
+# Separated spellings only: twelve bare hex digits also end every UUID (decision ids).
+_MAC = re.compile(r"(?i)(?<![0-9a-f:-])(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}(?![0-9a-f:-])")
+# Bounded quantifiers: a long value must not cost quadratic time on the event loop.
+_EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
+
+
+def _refuse_identifiers(data: Mapping[str, Any], path: str = "data") -> None:
+    """Events are stored and uplinked as sent: one carrying a raw identifier is refused."""
+    for key, value in data.items():
+        where = f"{path}.{key}"
+        if key.lower() in _IDENTIFIER_KEYS:
+            raise PayloadError(f"{where}: raw identifiers are not accepted in events")
+        if isinstance(value, str) and (
+            _MAC.search(value) or ("@" in value and _EMAIL.search(value))
+        ):
+            raise PayloadError(f"{where}: looks like a device address or an e-mail address")
+        if isinstance(value, Mapping):
+            _refuse_identifiers(value, where)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -281,7 +282,14 @@ class Journey:
     async def _act(self, moment: _Moment, ref: str | None, received: float) -> None:
         now = self._clock.now()
         # One trip to the store thread: read the consent, decide, commit the decision.
-        decision, choice, personal = await self._store.call(self._decide, moment, ref, now)
+        try:
+            decision, choice, personal = await self._store.call(self._decide, moment, ref, now)
+        except sqlite3.IntegrityError:
+            if moment.name != "checkout":
+                raise
+            # A re-sent transaction event (same id): its coupon was decided and queued already.
+            log.info("checkout already decided for this transaction", lane=moment.touchpoint)
+            return
         if self._outbox is not None:
             self._outbox.appended.set()  # its event committed with it: wake the uplink
         if moment.channel == "receipt":

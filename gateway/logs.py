@@ -31,8 +31,8 @@ def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in _REDACT.intersection(event):
         event[key] = "[redacted]"
     message = event.get("event")
-    if isinstance(message, str) and event.get("component") == "ble":
-        # Library messages (bleak, D-Bus) may name a device; ours never do.
+    if isinstance(message, str):
+        # Library messages (bleak, D-Bus, paho) may name a device or a topic holding one.
         event["event"] = _MAC.sub("<mac>", message)
     return event
 
@@ -63,7 +63,13 @@ def configure_logging(
     renderer: Processor
     if as_json:
         renderer = structlog.processors.JSONRenderer()
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks without the frames' local variables: a local may hold a raw identifier
+        # (a payload, a token, an address), and logs must never carry one.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     structlog.configure(
@@ -85,7 +91,9 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
-    # paho logs every packet at DEBUG; keep it at INFO unless the whole gateway is at DEBUG.
-    logging.getLogger("mqtt").setLevel(max(logging.INFO, root.level) if level != "debug" else 10)
+    # paho logs every packet at DEBUG.
+    # Never below INFO, even at debug: its DEBUG lines name topics, and ESPresense topics
+    # carry device addresses.
+    logging.getLogger("mqtt").setLevel(max(logging.INFO, root.level))
     # bleak's DEBUG lines carry device paths and addresses: never below INFO, even at debug.
     logging.getLogger("bleak").setLevel(max(logging.INFO, root.level))

@@ -7,6 +7,7 @@ Every payload is checked against its JSON Schema in `gateway/schemas/` (the same
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -55,13 +56,24 @@ def schema(name: str) -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
+def _no_constant(name: str) -> Any:
+    raise PayloadError(f"payload holds {name}, which is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise PayloadError("payload holds a number too large for a double")
+    return value
+
+
 def decode(name: str, payload: bytes, max_bytes: int | None = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
     """Parse JSON and validate it against schema `name`, or raise `PayloadError`."""
     if max_bytes is not None and len(payload) > max_bytes:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
     try:
         # Decode first: json.loads would guess UTF-16/32 from the first bytes of a payload.
-        data = json.loads(payload.decode("utf-8"))
+        data = json.loads(payload.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:

@@ -30,16 +30,27 @@ from gateway.payloads import PayloadError, decode, validate
 from gateway.store import AsyncStore, Store
 from gateway.topics import Topics
 
-__all__ = ["PosLanes"]
+__all__ = ["PosLanes", "normalise_code"]
 
 log = structlog.get_logger("gateway.pos")
 
 _SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
 
 
+def normalise_code(code: str) -> str:
+    """A coupon code as keyed or scanned (any case, with or without hyphens or spaces) in
+    its printed form, CPN-XXXX-XXXX-XXXX."""
+    chars = "".join(c for c in code.upper() if c.isalnum())
+    if chars.startswith("CPN") and len(chars) == 15:
+        body = chars[3:]
+        return f"CPN-{body[:4]}-{body[4:8]}-{body[8:]}"
+    return code.strip().upper()
+
+
 @dataclass(slots=True)
 class _Session:
     basket: tuple[str, ...] = ()
+    basket_id: str | None = None
     customer_ref: str | None = None
     touched: float = 0.0
 
@@ -100,7 +111,13 @@ class PosLanes:
     def on_basket(self, topic: str, payload: bytes) -> None:
         lane = self._lane(topic)
         data = decode("pos-basket", payload)
-        self._session(lane).basket = tuple(dict.fromkeys(data["categories"]))
+        session = self._session(lane)
+        basket_id = data.get("id")
+        if basket_id is not None and session.basket_id not in (None, basket_id):
+            # Another basket on this lane: the last customer's scan must not carry over.
+            session = self._sessions[lane] = _Session(touched=session.touched)
+        session.basket_id = basket_id
+        session.basket = tuple(dict.fromkeys(data["categories"]))
 
     def on_loyalty(self, topic: str, payload: bytes) -> None:
         """The raw value goes no further than this function: only its keyed hash is kept."""
@@ -127,6 +144,8 @@ class PosLanes:
             return
         if event_type == "pos.transaction":
             session = self._sessions.pop(device, None) or _Session()
+            if self._clock.monotonic() - session.touched > _SESSION_IDLE_S:
+                session = _Session()  # an abandoned basket's customer is not this one
             self._journey.on_checkout(
                 Checkout(device, session.customer_ref, session.basket, event_id)
             )
@@ -136,8 +155,8 @@ class PosLanes:
             task.add_done_callback(self._tasks.discard)
 
     async def _redeem(self, lane: str, code: str, event_id: str) -> None:
-        status, decision_id = await self._db.call(
-            Store.redeem_coupon, code.strip().upper(), lane, self._clock.now()
+        status, decision_id, first = await self._db.call(
+            Store.redeem_coupon, normalise_code(code), lane, self._clock.now(), event_id
         )
         message = {
             "redeemed": "accepted: first use",
@@ -155,5 +174,5 @@ class PosLanes:
         body = json.dumps(reply, separators=(",", ":")).encode()
         self._publisher.post(self.coupon_topic(lane), body)
         log.info("coupon redemption", lane=lane, status=status, decision=decision_id)
-        if status == "redeemed" and decision_id is not None and self._rewards is not None:
+        if first and decision_id is not None and self._rewards is not None:
             self._rewards.join_soon(decision_id, "pos.redemption")

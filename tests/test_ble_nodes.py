@@ -143,3 +143,26 @@ async def test_scanner_nodes_put_a_known_customer_on_the_screen_of_her_zone(
         for form in _address_forms(mac):
             assert form not in log, form
             assert form not in stored, form
+
+
+def test_rooms_that_are_not_configured_are_ignored() -> None:
+    from gateway.ble.espresense import NodeSource
+    from gateway.ble.keys import DeviceKeys
+    from gateway.ble.scanners import ScannerStats
+    from gateway.clock import SystemClock
+
+    stats, seen = ScannerStats(), []
+    nodes = NodeSource(
+        "espresense", DeviceKeys(b"k" * 32), stats, seen.append, SystemClock(), rooms={"coffee"}
+    )
+    body = b'{"id": "abc", "rssi": -60}'
+    nodes.on_device("espresense/devices/abc/kiosk-1", body)  # a kiosk posing as a room
+    nodes.on_status("espresense/rooms/kiosk-1/status", b"online")
+    nodes.on_device("espresense/devices/abc/coffee", body)
+    assert [s.scanner for s in seen] == ["coffee"]
+    assert set(stats.scanners) == {"coffee"}
+    assert nodes.ignored == 2
+    with pytest.raises(PayloadError, match="not JSON"):
+        decode_device_message(
+            "espresense", "espresense/devices/x/coffee", b"[" * 1020 + b"]" * 1020
+        )

@@ -81,3 +81,21 @@ def test_bleak_never_logs_an_address_or_debug_lines() -> None:
     assert [line["event"] for line in lines] == ["device <mac> disconnected", "device <mac> gone"]
     text = out.getvalue().lower()
     assert not any(form in text for form in ("ca:fe", "ca-fe", "ca_fe", "cafe00"))
+
+
+def test_tracebacks_carry_no_local_variables() -> None:
+    out = io.StringIO()
+    configure_logging("json", "info", out)
+
+    def handler(payload: bytes) -> None:
+        mac = "f0:ca:fe:00:00:09"  # a local a careless handler might hold
+        raise ValueError(f"bad payload of {len(payload)} bytes from a device {len(mac)}")
+
+    try:
+        handler(b'{"loyalty": "4000000000001"}')
+    except ValueError:
+        structlog.get_logger("gateway.test").exception("handler failed")
+    text = out.getvalue()
+    assert "ValueError" in text  # the traceback is there...
+    assert "4000000000001" not in text  # ...without the frames' locals
+    assert "f0:ca:fe" not in text

@@ -90,3 +90,39 @@ def test_content_and_status_round_trip_through_their_schemas() -> None:
 def test_encoders_refuse_output_that_breaks_the_contract() -> None:
     with pytest.raises(ValueError, match="session"):
         encode_status(GatewayStatus("online", 0, 1.0, "x"))
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"total": 3, "loyalty": "4000000000001"}, "data.loyalty: raw identifiers"),
+        ({"customer": {"email": "x"}}, "data.customer.email: raw identifiers"),
+        ({"note": "seen F0:CA:FE:00:00:01"}, "data.note: looks like a device address"),
+        (
+            {"note": "write to ada@example.com"},
+            "data.note: looks like a device address or an e-mail",
+        ),
+    ],
+)
+def test_device_events_carrying_raw_identifiers_are_refused(
+    data: dict[str, object], error: str
+) -> None:
+    from gateway.device_events import _refuse_identifiers
+
+    with pytest.raises(PayloadError, match=error):
+        _refuse_identifiers(data)
+    _refuse_identifiers({"decision_id": "01a20925-dfc6-757b-9cc2-1114bf20cbeb", "total": 4.2})
+
+
+def test_nan_and_infinity_are_not_json_numbers() -> None:
+    from gateway.payloads import decode
+
+    body = (
+        b'{"id": "01a20925-dfc6", "type": "pos.scan", "priority": "telemetry", "data": {},'
+        b' "ts": 1e400}'
+    )
+    with pytest.raises(PayloadError, match="too large"):
+        decode("device-event", body)
+    with pytest.raises(PayloadError, match="NaN"):
+        decode("device-event", body.replace(b"1e400", b"NaN"))
+    assert decode("device-event", body.replace(b"1e400", b"1.5e9"))["ts"] == 1.5e9

@@ -162,3 +162,42 @@ def test_coupons_render_for_every_shipped_profile(profile: str) -> None:
         assert len(stored) == 1
         assert coupon.code.encode() in data
         assert (b"COPY" in data) is copy
+
+
+async def test_re_sent_events_are_harmless(
+    broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator, tmp_path: Path
+) -> None:
+    """A lane re-sends what it did not see acknowledged, with the same id: the total prints
+    one coupon, and the redemption gets the same answer twice, not a refusal."""
+    import json
+
+    process = gateway(overrides=_lane_settings(printer.link))
+    await asyncio.to_thread(process.wait_ready)
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+        total = json.dumps(
+            {"id": "tx-000001", "type": "pos.transaction", "priority": "transaction", "data": {}}
+        )
+        for _ in range(2):
+            await lane.client.publish(f"{lane.root}/events", total, qos=1)
+        async with asyncio.timeout(15):
+            (receipt,) = await printer.wait_for_receipts(1)
+        code = _qr(receipt)
+        spaced = code.replace("-", " ").lower()  # keyed in by hand, the hyphens forgotten
+        redeem = json.dumps(
+            {
+                "id": "rd-000001",
+                "type": "pos.redemption",
+                "priority": "reward",
+                "data": {"coupon": spaced},
+            }
+        )
+        async with asyncio.timeout(10):
+            for _ in range(2):
+                await lane.client.publish(f"{lane.root}/events", redeem, qos=1)
+            while len([r for r in lane.replies if r["request_id"] == "rd-000001"]) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # a second coupon, if any, would have printed by now
+    assert process.stop() == 0
+    assert [r["status"] for r in lane.replies if r["request_id"] == "rd-000001"] == ["redeemed"] * 2
+    assert len(printer.receipts) == 1
+    assert _journal(tmp_path) == [("printed", 0, 1)]

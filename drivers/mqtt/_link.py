@@ -243,9 +243,12 @@ class MqttLink:
 
     def _reject(self, route: _Route, topic: str, payload: bytes, error: str) -> None:
         self._metrics.mqtt_rejected.labels(route.name).inc()
-        topic = route.topic_filter if route.private_topics else topic
+        private = route.private_topics
+        topic = route.topic_filter if private else topic
         log.warning("message rejected", route=route.name, topic=topic, error=error)
-        body = encode_error(topic, error, self._clock.now(), _peek_request_id(payload))
+        # On private routes the payload's id may itself be a device's address: not echoed.
+        request_id = None if private else _peek_request_id(payload)
+        body = encode_error(topic, error, self._clock.now(), request_id)
         self.post(self._topics.gateway_errors, body)
 
     async def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:

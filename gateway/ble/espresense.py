@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TypeGuard
 from uuid import UUID
@@ -71,7 +71,7 @@ def decode_device_message(prefix: str, topic: str, payload: bytes) -> NodeReport
         raise PayloadError(f"payload of {len(payload)} bytes, at most {_MAX_PAYLOAD} expected")
     try:
         data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadError(f"not JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
         raise PayloadError("expected a JSON object")
@@ -103,8 +103,14 @@ class NodeSource:
         stats: ScannerStats,
         on_sighting: Callable[[Sighting], None],
         clock: Clock,
+        *,
+        rooms: Collection[str],
     ) -> None:
         self.prefix = prefix
+        # Only the configured rooms: any device user may publish under its own name (the ACL
+        # keys on the user), and an unknown room must not grow the stats or the metrics.
+        self._rooms = frozenset(rooms)
+        self.ignored = 0
         self._keys = keys
         self._stats = stats
         self._on_sighting = on_sighting
@@ -121,6 +127,9 @@ class NodeSource:
 
     def on_device(self, topic: str, payload: bytes) -> None:
         report = decode_device_message(self.prefix, topic, payload)
+        if report.room not in self._rooms:
+            self.ignored += 1
+            return
         now = self._clock.now()
         if report.room not in self.online:
             self.online[report.room] = True
@@ -137,6 +146,9 @@ class NodeSource:
         if state not in (b"online", b"offline"):
             raise PayloadError("expected 'online' or 'offline'")
         room = parts[2]
+        if room not in self._rooms:
+            self.ignored += 1
+            return
         if room not in self.online:
             self._stats.started(room, self._clock.monotonic())
         self.online[room] = state == b"online"

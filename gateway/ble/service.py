@@ -56,6 +56,7 @@ class Presence:
         self.resolver = EidResolver(drift_windows=config.eid_drift_windows)
         self.engine = PresenceEngine(config, self._resolve)
         self._handle: Handle | None = None
+        self._reloading = asyncio.Lock()
 
     def _resolve(self, observed: bytes, now: float) -> str | None:
         return self.resolver.resolve(observed, now)  # late bound: reload_keys swaps resolvers
@@ -66,6 +67,12 @@ class Presence:
             self._emit(event)
 
     async def reload_keys(self) -> None:
+        # One reload at a time, in order: an older key set must never land after a newer one
+        # (a withdrawn consent would resolve again).
+        async with self._reloading:
+            await self._reload_keys()
+
+    async def _reload_keys(self) -> None:
         keys = await self._db.call(Store.eid_keys)
         # Precomputing 10,000 customers' windows takes ~0.1 s: off the loop, then swapped in.
         resolver = EidResolver(drift_windows=self.config.eid_drift_windows)

@@ -209,6 +209,16 @@ def _migrate_v5(db: sqlite_utils.Database) -> None:
     db.table("print_journal").create_index(["printer", "state", "created_at"])
 
 
+def _migrate_v6(db: sqlite_utils.Database) -> None:
+    """Re-sent POS events are harmless: one checkout per transaction event, and the redemption
+    that used a coupon is remembered so its re-sent copy gets the same answer."""
+    db.table("coupons").add_column("redeemed_event", str)
+    db.execute(
+        "CREATE UNIQUE INDEX decisions_checkout_request ON decisions (request_id)"
+        " WHERE moment = 'checkout' AND request_id IS NOT NULL"
+    )
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -216,6 +226,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v3,
     _migrate_v4,
     _migrate_v5,
+    _migrate_v6,
 )
 
 
@@ -418,23 +429,29 @@ class Store:
         rows = self._conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
         return {str(state): int(n) for state, n in rows.fetchall()}
 
-    def redeem_coupon(self, code: str, lane: str, now: float) -> tuple[str, str | None]:
-        """('redeemed', decision) the first time; ('already_redeemed', decision) after;
-        ('unknown', None) for a code this store never issued."""
+    def redeem_coupon(
+        self, code: str, lane: str, now: float, event_id: str
+    ) -> tuple[str, str | None, bool]:
+        """(status, decision, first): 'redeemed' the first time, and again for a re-sent copy
+        of that same redemption event (first = False then); 'already_redeemed' for any other
+        event; 'unknown' for a code this store never issued."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             row = self._conn.execute(
-                "SELECT decision_id, redeemed_at FROM coupons WHERE code = ?", (code,)
+                "SELECT decision_id, redeemed_at, redeemed_event FROM coupons WHERE code = ?",
+                (code,),
             ).fetchone()
             if row is None:
-                return "unknown", None
+                return "unknown", None, False
             if row[1] is not None:
-                return "already_redeemed", row[0]
+                status = "redeemed" if row[2] == event_id else "already_redeemed"
+                return status, row[0], False
             self._conn.execute(
-                "UPDATE coupons SET redeemed_at = ?, redeemed_lane = ? WHERE code = ?",
-                (now, lane, code),
+                "UPDATE coupons SET redeemed_at = ?, redeemed_lane = ?, redeemed_event = ?"
+                " WHERE code = ?",
+                (now, lane, event_id, code),
             )
-        return "redeemed", row[0]
+        return "redeemed", row[0], True
 
     def _insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
         self._conn.execute(
