@@ -535,6 +535,7 @@ def _check_camera(config: Config, problems: list[str]) -> None:
             )
     if not camera.enabled:
         return
+    _check_camera_source(camera.source, problems)
     if not camera.purposes:
         problems.append(
             "camera.purposes: found none, expected the purposes the store enabled"
@@ -554,6 +555,29 @@ def _check_camera(config: Config, problems: list[str]) -> None:
         problems.append(
             f"camera.screen: found {camera.screen!r}, expected a screen under [screens.<id>]"
             " (audience_count counts that screen's audience)"
+        )
+
+
+def _check_camera_source(source: str, problems: list[str]) -> None:
+    """A stream URL must name a host (and a numeric port); the message never repeats the URL,
+    which may hold a password."""
+    from urllib.parse import urlsplit
+
+    scheme = source.split("://", 1)[0].lower() if "://" in source else ""
+    if scheme not in ("rtsp", "rtsps", "http", "https"):
+        if not source:
+            problems.append("camera.source: found nothing, expected a device, URL or file")
+        return
+    try:
+        parts = urlsplit(source)
+        _ = parts.port  # raises on a non-numeric or out-of-range port
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if not host:
+        problems.append(
+            f"camera.source: a {scheme}:// URL without a valid host or port, expected"
+            f" {scheme}://[user:password@]host[:port]/path"
         )
 
 

@@ -111,6 +111,10 @@ class PrintQueue(Protocol):
         """A fault mid-job: queued again, to print as a copy."""
         ...
 
+    async def release(self, job_id: str) -> None:
+        """Taken but not one byte sent: queued again as it was (not a copy)."""
+        ...
+
 
 class PrintJournal:
     """The PrintQueue over the store, and a component that recovers jobs at start."""
@@ -187,6 +191,10 @@ class PrintJournal:
         task = asyncio.ensure_future(self._db.call(Store.release_print_job, job.id))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
+
+    async def release(self, job_id: str) -> None:
+        await self._db.call(Store.release_print_job, job_id)
+        self._sending.pop(job_id, None)
 
     def _count(self, job_id: str, outcome: str) -> None:
         printer = self._sending.pop(job_id, "?")

@@ -64,6 +64,19 @@ def test_an_enabled_camera_needs_purposes_and_the_notice() -> None:
         },
     )
     assert ok.camera.enabled
+    for bad in ("rtsp://user:secret@/path", "rtsp://user:secret@cam:port/"):
+        problems = _problems(
+            **{
+                "camera.enabled": "true",
+                "camera.notice_posted": "true",
+                "camera.purposes": '["qr_identify"]',
+                "camera.kiosk": "kiosk-1",
+                "camera.source": bad,
+            }
+        )
+        assert len(problems) == 1
+        assert problems[0].startswith("camera.source: a rtsp:// URL without a valid host")
+        assert "secret" not in problems[0]
 
 
 def test_with_the_camera_off_opencv_is_never_imported(tmp_path: Path) -> None:

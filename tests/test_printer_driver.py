@@ -44,6 +44,7 @@ class FakeQueue:
         self.done: list[str] = []
         self.requeued: list[tuple[str, str]] = []
         self.requeued_at: list[float] = []
+        self.released: list[str] = []
         self.witnessed: list[int] = []  # witness() when each job was reported printed
         self._witness = witness
         self._lines: dict[str, int] = {}
@@ -77,6 +78,12 @@ class FakeQueue:
         self.queued.appendleft(PrintJob(job_id, job.printer, data, True, job.attempts + 1))
         self.requeued.append((job_id, reason))
         self.requeued_at.append(asyncio.get_running_loop().time())
+        self._added.set()
+
+    async def release(self, job_id: str) -> None:
+        job = self.sending.pop(job_id)
+        self.queued.appendleft(job)  # as it was: not a copy
+        self.released.append(job_id)
         self._added.set()
 
 
@@ -301,6 +308,22 @@ async def test_stopping_mid_job_gives_the_job_back(sim: PrinterSimulator) -> Non
     assert queue.requeued == [("j1", "stopped")]
     assert queue.sending == {}
     assert queue.done == []
+
+
+async def test_a_job_held_at_a_stop_goes_back_untouched_not_as_a_copy(
+    sim: PrinterSimulator,
+) -> None:
+    queue = FakeQueue()
+    async with _running(sim.link, queue) as run:
+        await _until(lambda: run.driver.state == "ready")
+        sim.cover_open()
+        await _until(lambda: run.driver.state == "cover_open")
+        queue.add("j1")
+        await asyncio.sleep(0.3)  # taken or waiting: nothing is sent while the cover is open
+    assert queue.requeued == []  # never reported as interrupted: no "COPY" on its first print
+    assert queue.sending == {}
+    assert [job.id for job in queue.queued] == ["j1"]
+    assert not queue.queued[0].copy
 
 
 async def test_cover_open_holds_jobs_and_paper_near_end_is_a_warning(

@@ -84,3 +84,16 @@ async def test_async_store_runs_off_the_loop_and_refuses_calls_when_closed(tmp_p
     await db.close()
     with pytest.raises(StoreClosed):
         await db.call(Store.offers)
+
+
+def test_a_consent_update_without_the_app_key_keeps_it(tmp_path: Path) -> None:
+    from gateway.store import Consent
+
+    store = Store(tmp_path / "g.sqlite3")
+    ref = "c_" + "b" * 32
+    store.upsert_consents([Consent(ref, True, "x", eid_key=b"k" * 16, eid_k=8)], 1.0)
+    store.upsert_consents([Consent(ref, True, "y")], 2.0)  # a segment change only
+    assert store.eid_keys() == {ref: (b"k" * 16, 8)}
+    assert store.consent(ref) == Consent(ref, True, "y")
+    store.upsert_consents([Consent(ref, False, "y")], 3.0)  # consent withdrawn
+    assert store.eid_keys() == {}

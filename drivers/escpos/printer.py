@@ -372,16 +372,22 @@ class SerialPrinter:
     async def _release(self, reason: str) -> None:
         """On the way out: every job taken is given back, and every report has reached the
         journal."""
-        jobs = [job for job in (self._sending, self._held) if job is not None]
-        self._sending = self._held = None
+        sending, self._sending = self._sending, None
+        # Taken but not one byte sent: back to the queue untouched, so the customer's first
+        # print is not marked as a copy.
+        untouched = [self._held] if self._held is not None else []
+        self._held = None
         taking, self._taking = self._taking, None
         if taking is not None:
             taking.cancel()
             await asyncio.wait({taking})
             if not taking.cancelled() and taking.exception() is None:
-                jobs.append(taking.result())
-        for job in jobs:
-            await self._finish(job, reason)
+                untouched.append(taking.result())
+        if sending is not None:
+            await self._finish(sending, reason)
+        for job in untouched:
+            self._log.info("print job handed back untouched", job=job.id, reason=reason)
+            await asyncio.shield(self._queue.release(job.id))
         if self._finishing:
             await asyncio.wait(self._finishing)
 

@@ -314,9 +314,15 @@ class Store:
             (c.customer_ref, int(c.personalisation), c.segment, c.eid_key, c.eid_k, now)
             for c in consents
         ]
+        # An update that does not mention the app's identity key keeps the one on record.
         sql = (
-            "INSERT OR REPLACE INTO consents (customer_ref, personalisation, segment, eid_key,"
-            " eid_k, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+            "INSERT INTO consents (customer_ref, personalisation, segment, eid_key, eid_k,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(customer_ref) DO UPDATE SET"
+            " personalisation = excluded.personalisation, segment = excluded.segment,"
+            " eid_k = CASE WHEN excluded.eid_key IS NULL THEN consents.eid_k"
+            " ELSE excluded.eid_k END,"
+            " eid_key = COALESCE(excluded.eid_key, consents.eid_key),"
+            " updated_at = excluded.updated_at"
         )
         self._write(sql, rows, commit)
         return len(rows)
