@@ -160,6 +160,24 @@ def bench_e2e(quick: bool) -> Figures:
                 startups.append(gw.wait_ready())
                 gw.stop()
         figures["startup_ready_s"] = statistics.median(startups)
+        # Issue 3's idle figure: no model (and no camera), so the rules decide.
+        with Mosquitto(work / "idle-broker") as broker:
+            gw = GatewayProcess(
+                REPO / "examples" / "demo.toml",
+                work / "idle",
+                overrides={
+                    "mqtt.port": str(broker.port),
+                    "store.state_dir": str(work / "idle" / "state"),
+                    "logging.format": "json",
+                    "logging.level": "warning",
+                    "decision.model_file": "",
+                },
+            )
+            gw.start()
+            gw.wait_ready()
+            time.sleep(1.0)
+            figures["idle_rss_mib"] = _rss_mib(gw.pid)
+            gw.stop()
         with Mosquitto(work / "broker") as broker:
             gw = GatewayProcess(
                 REPO / "examples" / "demo.toml",
@@ -174,7 +192,7 @@ def bench_e2e(quick: bool) -> Figures:
             gw.start()
             gw.wait_ready()
             time.sleep(1.0)
-            figures["idle_rss_mib"] = _rss_mib(gw.pid)
+            figures["idle_rss_with_model_mib"] = _rss_mib(gw.pid)
             rtts = _broker_rtt(broker.port, rate, count)
             latencies = asyncio.run(_identify_latency(broker.port, rate, count))
             figures["loaded_rss_mib"] = _rss_mib(gw.pid)

@@ -26,10 +26,16 @@ async def _identify(store: SimulatedStore, kiosk: str, method: str, value: str) 
     return await store.kiosk(kiosk).identify(method, value)  # type: ignore[arg-type]
 
 
+def _mapped_libraries(pid: int) -> str:
+    """The shared objects a live process has loaded (numpy's and onnxruntime's among them)."""
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
 async def test_kiosk_identification_shows_offer_on_kiosk_and_nearby_screens(
     broker: Mosquitto, gateway: GatewayFactory
 ) -> None:
-    gateway().wait_ready()
+    process = gateway()
+    process.wait_ready()
     async with SimulatedStore("127.0.0.1", broker.port, STORE) as store:
         t = store.topics
         rid = await _identify(store, "kiosk-2", "loyalty", ADA.loyalty)
@@ -46,6 +52,10 @@ async def test_kiosk_identification_shows_offer_on_kiosk_and_nearby_screens(
     assert len({c.decision_id for c in contents}) == 1
     # The entrance screen is not near kiosk-2 and got nothing.
     assert t.screen_content("entrance-1") not in store.seen.content
+    # Deciding by the rules (no model file) never loads numpy or onnxruntime: ~45 MiB saved.
+    maps = _mapped_libraries(process.pid)
+    assert "_multiarray_umath" not in maps
+    assert "onnxruntime" not in maps
 
 
 async def test_qr_token_identifies_and_bad_tokens_get_anonymous_content_and_an_error(
@@ -297,6 +307,9 @@ async def test_the_shipped_model_decides_the_demo_stores_moments(
                 if row is not None and row[0] == "nba":
                     break
                 await asyncio.sleep(0.2)
+    maps = _mapped_libraries(process.pid)
+    assert "_multiarray_umath" in maps
+    assert "onnxruntime" in maps
     assert process.stop() == 0
     assert content.offer is not None
     assert row[1].startswith("nba-")  # the shipped model's version, from its ONNX metadata

@@ -4,6 +4,8 @@ Synchronous and deterministic given its random source: the journey runs it on th
 (off the event loop) right between reading the consent and committing the decision, so a
 decision and its log entry are one step. Models are swapped by replacing one reference: a
 decision under way finishes with the scorer it started with, none waits.
+
+numpy is imported on the model's paths only: a gateway deciding by the rules never loads it.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import numpy as np
 import structlog
 
 from gateway.config import DecisionConfig
@@ -22,6 +24,9 @@ from gateway.decision.features import FeatureContext, Weather, featurize, row_ha
 from gateway.decision.model import ModelError, Scorer
 from gateway.decision.policy import epsilon_greedy
 from gateway.store import Offer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["DecisionEngine", "Outcome"]
 
@@ -63,6 +68,8 @@ class DecisionEngine:
 
     def install(self, scorer: Scorer, replay: Sequence[tuple[FeatureContext, list[Offer]]]) -> str:
         """Validate a loaded model on recent decisions, then serve it (or shadow it)."""
+        import numpy as np
+
         for ctx, offers in replay:
             if not offers:
                 continue
@@ -129,6 +136,8 @@ class DecisionEngine:
             self.counters.fallback += 1
             reason = choice.reason if scorer is not None else f"no model; {choice.reason}"
             return Outcome(choice.offer, choice.propensity, "rules", reason, arm=arm)
+        import numpy as np
+
         matrix = featurize(features, candidates)
         try:
             scores = scorer.score(matrix)
@@ -164,5 +173,5 @@ class DecisionEngine:
             log.warning("shadow model failed", model=shadow.info.version, error=str(exc))
             self.shadow = None
             return None
-        best = int(np.argmax(scores))
+        best = int(scores.argmax())
         return {"model_version": shadow.info.version, "offer_id": candidates[best].id}

@@ -3,6 +3,9 @@
 Declared as data and versioned; its hash goes into every model file's metadata and every
 decision's log, so a model trained on another spec is refused rather than fed the wrong columns.
 Customer features are filled only for an identified customer who consented; otherwise zeros.
+
+numpy is imported by `featurize` and `row_hash`, which only a loaded model calls: a gateway
+that decides by the rules never pays its memory.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from gateway.store import Offer
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "CATEGORIES",
@@ -175,6 +179,8 @@ def _offer_row(offer: Offer, ctx: FeatureContext, complements: frozenset[str]) -
 
 def featurize(ctx: FeatureContext, offers: Sequence[Offer]) -> npt.NDArray[np.float32]:
     """The model's input: one float32 row per offer, columns in `FEATURES` order."""
+    import numpy as np
+
     complements = frozenset(c for item in ctx.basket for c in COMPLEMENTS.get(item, ()))
     context = _context_row(ctx)
     rows = [context + _offer_row(offer, ctx, complements) for offer in offers]
@@ -183,6 +189,8 @@ def featurize(ctx: FeatureContext, offers: Sequence[Offer]) -> npt.NDArray[np.fl
 
 def row_hash(row: npt.NDArray[np.float32]) -> str:
     """A short, stable fingerprint of one feature row, logged with the decision."""
+    import numpy as np
+
     return hashlib.sha256(np.ascontiguousarray(row, dtype=np.float32).tobytes()).hexdigest()[:16]
 
 

@@ -6,8 +6,8 @@ The contract (written by scripts/train_model.py): one input `features`, float32
 the conversion probability. A file that breaks any of it is refused with the reason, and
 whatever served before keeps serving.
 
-onnxruntime is imported here only, when a model is loaded: a gateway without a model never
-pays its memory.
+onnxruntime and numpy are imported here only, when a model is loaded: a gateway without a
+model never pays their memory.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING, Any
 
 from gateway.decision.features import FEATURES, SPEC_HASH
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["ModelError", "ModelInfo", "Scorer"]
 
@@ -62,6 +63,7 @@ class Scorer:
     @classmethod
     def from_bytes(cls, data: bytes, path: Path) -> Scorer:
         """A scorer from a model's bytes; `path` names it in errors and in `info`."""
+        import numpy as np
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -103,6 +105,8 @@ class Scorer:
 
     def score(self, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         """P(convert) per row, from one onnxruntime call."""
+        import numpy as np
+
         (out,) = self.session.run([self._output], {"features": features})
         scores = np.asarray(out, dtype=np.float64)
         if scores.ndim == 2 and scores.shape[1] > 1:

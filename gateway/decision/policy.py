@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
+if TYPE_CHECKING:  # numpy is loaded with a model (gateway.decision.model), never before
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = ["Pick", "epsilon_greedy", "propensities"]
 
@@ -24,11 +26,13 @@ class Pick:
 
 
 def _best(scores: npt.NDArray[np.float64]) -> int:
-    return int(np.argmax(scores))  # ties: the first, i.e. the catalog's order
+    return int(scores.argmax())  # ties: the first, i.e. the catalog's order
 
 
 def propensities(scores: npt.NDArray[np.float64], epsilon: float) -> npt.NDArray[np.float64]:
     """The probability of each candidate under epsilon-greedy (sums to one)."""
+    import numpy as np
+
     k = len(scores)
     probabilities = np.full(k, epsilon / k)
     probabilities[_best(scores)] += 1 - epsilon

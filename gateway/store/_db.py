@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-import sqlite_utils
-
 from gateway.store._outbox import OutboxRow, OutboxTable, create_outbox
+from gateway.store._sqlite_utils import sqlite_utils
 
 __all__ = [
     "AsyncStore",
