@@ -158,7 +158,15 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         rewards=rewards,
     )
-    events = DeviceEvents(topics, outbox, link, rewards, after_commit=lanes.after_commit)
+    declared = {
+        "kiosk": config.kiosks,
+        "screen": config.screens,
+        "pos": config.lanes,
+        "tablet": config.tablets,
+    }
+    events = DeviceEvents(
+        topics, outbox, link, declared=declared, rewards=rewards, after_commit=lanes.after_commit
+    )
     link.route(lanes.basket_filter, "pos_basket", lanes.on_basket)
     link.route(lanes.loyalty_filter, "pos_loyalty", lanes.on_loyalty)
     link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)

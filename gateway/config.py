@@ -257,7 +257,8 @@ class PrinterConfig:
 
 @dataclass(frozen=True, slots=True)
 class LaneConfig:
-    # The printer that prints this POS lane's receipts and coupons.
+    # The printer that prints this POS lane's coupons; "" for a lane without one (its events
+    # and coupon redemptions are taken, its totals print nothing).
     printer: str = ""
     # A coupon is valid this many days after it is printed.
     coupon_valid_days: int = field(default=30, metadata=_meta(min=1, max=3650))
@@ -295,6 +296,11 @@ class ScreenConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TabletConfig:
+    """An associate tablet: declared so that the gateway takes its events. No settings yet."""
+
+
+@dataclass(frozen=True, slots=True)
 class KioskConfig:
     zone: str = ""
     screens: tuple[str, ...] = ()
@@ -320,6 +326,7 @@ class Config:
         default_factory=lambda: types.MappingProxyType({})
     )
     lanes: Mapping[str, LaneConfig] = field(default_factory=lambda: types.MappingProxyType({}))
+    tablets: Mapping[str, TabletConfig] = field(default_factory=lambda: types.MappingProxyType({}))
 
 
 class ConfigError(Exception):
@@ -583,7 +590,7 @@ def _check_camera_source(source: str, problems: list[str]) -> None:
 
 def _check_printing(config: Config, problems: list[str]) -> None:
     for lane_id, lane in config.lanes.items():
-        if lane.printer not in config.printers:
+        if lane.printer and lane.printer not in config.printers:
             hint = _did_you_mean(lane.printer, list(config.printers))
             problems.append(
                 f"lanes.{lane_id}.printer: found {lane.printer!r}, expected a printer defined"

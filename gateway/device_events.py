@@ -4,6 +4,9 @@ A device publishes an event with its own id; the gateway commits it to the outbo
 commit) and only then answers on the device's ack topic. Acks are gathered per device and sent
 once per loop turn, so a burst of events costs a few ack messages, not one each. A device
 re-sends what was not acknowledged (after a gateway crash, say); the id makes it harmless.
+
+Only devices that config.toml declares are heard: the broker's ACL lets a device user write
+under its own name in every kind's tree (`pos/kiosk-1/events`), so the kind is checked here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import structlog
@@ -28,7 +31,8 @@ __all__ = ["AfterCommit", "DeviceEvents"]
 AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
 
 log = structlog.get_logger("gateway.device_events")
-DEVICE_KINDS = frozenset({"kiosk", "pos", "tablet", "screen"})
+# Device kind in topics -> its config section.
+SECTIONS = {"kiosk": "kiosks", "pos": "lanes", "tablet": "tablets", "screen": "screens"}
 
 
 class DeviceEvents:
@@ -37,9 +41,13 @@ class DeviceEvents:
         topics: Topics,
         outbox: Outbox,
         publisher: Publisher,
+        *,
+        declared: Mapping[str, Collection[str]],
         rewards: RewardJoiner | None = None,
         after_commit: AfterCommit | None = None,
     ) -> None:
+        """declared: device kind -> the ids config.toml declares for it."""
+        self._declared = declared
         self._after_commit = after_commit
         self._topics = topics
         self._outbox = outbox
@@ -50,8 +58,13 @@ class DeviceEvents:
     def on_event(self, topic: str, payload: bytes) -> None:
         """Route handler: validate and queue for commit; raises `PayloadError` if refused."""
         device = self._topics.device_of(topic)
-        if device is None or device[0] not in DEVICE_KINDS:
-            raise PayloadError(f"events are accepted from {sorted(DEVICE_KINDS)} devices only")
+        if device is None or device[0] not in SECTIONS:
+            raise PayloadError(f"events are accepted from {sorted(SECTIONS)} devices only")
+        kind, device_id = device
+        if device_id not in self._declared.get(kind, ()):
+            raise PayloadError(
+                f"unknown {kind} {device_id!r}: declare it under [{SECTIONS[kind]}.{device_id}]"
+            )
         data = decode("device-event", payload)
         _refuse_identifiers(data["data"])
         row = self._outbox.row(
@@ -91,11 +104,6 @@ class DeviceEvents:
                     )
                 )
             )
-
-    def _reward(self, future: asyncio.Future[None], decision_id: str, event_type: str) -> None:
-        """The reward joins its decision once the event itself is committed."""
-        if self._rewards is not None and not future.cancelled() and future.exception() is None:
-            self._rewards.join_soon(decision_id, event_type)
 
     def _accepted(
         self, future: asyncio.Future[None], device: tuple[str, str], event_id: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -124,7 +125,7 @@ def test_the_documented_examples_are_valid() -> None:
 def test_examples_store_toml_documents_every_key() -> None:
     text = (REPO / "examples" / "store.toml").read_text()
     for section, cls in Config.__dataclass_fields__.items():
-        if section in ("screens", "kiosks", "printers", "lanes"):
+        if isinstance(cls.default_factory(), Mapping):  # type: ignore[misc]  # [lanes.<id>], ...
             assert f"[{section}." in text, section
             continue
         assert f"[{section}]" in text, section

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from simulators.broker import Mosquitto
+from simulators.events import EventSource
 from simulators.population import CUSTOMERS, demo_token
 from simulators.store import SimulatedStore
 from tests.conftest import REPO, GatewayFactory
@@ -145,6 +146,41 @@ async def test_an_undeclared_kiosk_is_refused_with_the_fix(
     error = next(e for e in store.seen.errors if e["request_id"] == rid)
     assert error["error"] == "unknown kiosk 'screen-1': declare it under [kiosks.screen-1]"
     assert store.topics.kiosk_content("screen-1") not in store.seen.content
+
+
+async def test_events_from_undeclared_devices_are_refused_with_the_fix(
+    broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """The broker's ACL lets user kiosk-1 write pos/kiosk-1/events: the gateway hears only the
+    devices config.toml declares (demo.toml: lanes pos-1 and pos-2, kiosks, screens, tablet-1)."""
+    gateway().wait_ready()
+    async with (
+        SimulatedStore("127.0.0.1", broker.port, STORE) as store,
+        EventSource("127.0.0.1", broker.port, STORE, device_id="kiosk-1") as posing,
+        EventSource("127.0.0.1", broker.port, STORE, device_id="pos-9") as stranger,
+        EventSource("127.0.0.1", broker.port, STORE, kind="tablet", device_id="tablet-1") as tab,
+    ):
+        refused = [
+            await posing.send("pos.transaction", "transaction", {"total": 1.0}),
+            await stranger.send("pos.transaction", "transaction", {"total": 2.0}),
+        ]
+        accepted = await tab.send("tablet.accepted", "reward", {"note": "coffee"})
+        async with asyncio.timeout(5):
+            await tab.settled()
+            await store.wait_for(lambda: len(store.seen.errors) >= 2)
+    errors = {e["topic"]: e["error"] for e in store.seen.errors}
+    topics = store.topics
+    assert errors == {
+        topics.device_events("pos", "kiosk-1"): (
+            "unknown pos 'kiosk-1': declare it under [lanes.kiosk-1]"
+        ),
+        topics.device_events("pos", "pos-9"): "unknown pos 'pos-9': declare it under [lanes.pos-9]",
+    }
+    assert not (posing.acked | stranger.acked)
+    with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+        stored = {row[0] for row in db.execute("SELECT id FROM outbox")}
+    assert accepted in stored
+    assert not stored & set(refused)
 
 
 async def test_broker_restart_reconnects_and_restores_retained_state(
