@@ -130,6 +130,8 @@ async def test_consents_delta_upserts_and_forgets(rig: Rig) -> None:
     assert await rig.applier.handle("consents", rig.signer.make("consents", 1, body)) == "applied"
     assert await rig.db.call(Store.consent, REF) == Consent(REF, True, "coffee")
     assert await rig.db.call(Store.consent, other) is None
+    # What was applied lives in the consents table only: no copy of refs to outlive a forget.
+    assert await rig.db.call(Store.applied_body, "consents") == '{"upsert": 1, "forget": 1}'
     raw = {"upsert": [{"customer_ref": "4000000000001", "personalisation": True}]}
     outcome = await rig.applier.handle("consents", rig.signer.make("consents", 2, raw))
     assert outcome.startswith("rejected:")  # raw identifiers are refused: keyed hashes only

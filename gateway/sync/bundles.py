@@ -117,7 +117,11 @@ class BundleApplier:
                 for c in bundle.body.get("upsert", [])
             ]
             forget = list(bundle.body.get("forget", []))
-            await self._db.call(_apply, replace(change, consents=upsert, forget=forget))
+            # The consents table holds what was applied; a copy of the delta (refs, EID keys)
+            # would outlive a later `forget`.
+            tally = json.dumps({"upsert": len(upsert), "forget": len(forget)})
+            change = replace(change, body=tally, consents=upsert, forget=forget)
+            await self._db.call(_apply, change)
         elif bundle.kind == "model":
             validate("bundle-model", bundle.body)
             sha = await self._install_model(bundle)
