@@ -103,10 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_problems(loaded)
             return 1
         broker = f"{loaded.mqtt.host}:{loaded.mqtt.port}"
-        print(
-            f"{args.config}: OK (store {loaded.store.id}, broker {broker},"
-            f" {len(loaded.kiosks)} kiosks, {len(loaded.screens)} screens)"
+        devices = {
+            "kiosk": loaded.kiosks,
+            "screen": loaded.screens,
+            "lane": loaded.lanes,
+            "printer": loaded.printers,
+            "tablet": loaded.tablets,
+        }
+        counts = "".join(
+            f", {len(ids)} {kind}{'' if len(ids) == 1 else 's'}" for kind, ids in devices.items()
         )
+        print(f"{args.config}: OK (store {loaded.store.id}, broker {broker}{counts})")
         return 0
     if isinstance(loaded, ConfigError):
         _print_problems(loaded)
