@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
+from gateway.identity import TOKEN_PREFIX
 from gateway.journey import Publisher
 from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
@@ -67,6 +68,11 @@ class DeviceEvents:
             )
         data = decode("device-event", payload)
         _refuse_identifiers(data["data"])
+        decision_id = data["data"].get("decision_id")
+        if decision_id is not None and not (
+            isinstance(decision_id, str) and _UUID.fullmatch(decision_id)
+        ):
+            raise PayloadError("data.decision_id: expected a decision id (a UUID)")
         row = self._outbox.row(
             data["type"],
             data["priority"],
@@ -85,7 +91,6 @@ class DeviceEvents:
                     and hook(device[0], device[1], data["type"], data["data"], row.id)
                 )
             )
-        decision_id = data["data"].get("decision_id")
         # A redemption naming a coupon is rewarded by the coupon's check (once, and only when
         # the coupon was valid), not here.
         by_coupon = data["type"] == "pos.redemption" and "coupon" in data["data"]
@@ -122,24 +127,44 @@ class DeviceEvents:
 
 
 # Keys that would carry a raw identifier to the cloud: devices send keyed refs or nothing.
-_IDENTIFIER_KEYS = frozenset(
-    {"loyalty", "card", "phone", "email", "mac", "address", "token", "qr_token", "name"}
+# A word anywhere in a key ("customer_phone", "loyaltyNumber") ...
+_IDENTIFIER_WORDS = frozenset(
+    {"loyalty", "phone", "mobile", "msisdn", "email", "mac", "token", "cardholder"}
 )
+# ... or the whole key, for words that are innocent inside others ("product_name").
+_IDENTIFIER_KEYS = frozenset({"card", "card_number", "address", "name", "qr", "qr_token"})
+_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 # Separated spellings only: twelve bare hex digits also end every UUID (decision ids).
 _MAC = re.compile(r"(?i)(?<![0-9a-f:-])(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}(?![0-9a-f:-])")
 # Bounded quantifiers: a long value must not cost quadratic time on the event loop.
 _EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
+# International numbers ("+44 7700 900123"); bare digit runs are also product codes (EAN-13).
+_PHONE = re.compile(r"\+\d[\d ()./-]{6,20}\d")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _refuse_identifiers(data: Mapping[str, Any], path: str = "data") -> None:
+def _identifier_key(key: str) -> bool:
+    lowered = key.lower()
+    words = {w.lower() for w in _WORDS.findall(key[:128])}
+    return lowered in _IDENTIFIER_KEYS or not words.isdisjoint(_IDENTIFIER_WORDS)
+
+
+def _refuse_identifiers(data: Mapping[str, Any] | list[Any], path: str = "data") -> None:
     """Events are stored and uplinked as sent: one carrying a raw identifier is refused."""
-    for key, value in data.items():
-        where = f"{path}.{key}"
-        if key.lower() in _IDENTIFIER_KEYS:
+    items = data.items() if isinstance(data, Mapping) else enumerate(data)
+    for key, value in items:
+        where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        if isinstance(key, str) and _identifier_key(key):
             raise PayloadError(f"{where}: raw identifiers are not accepted in events")
         if isinstance(value, str) and (
-            _MAC.search(value) or ("@" in value and _EMAIL.search(value))
+            _MAC.search(value)
+            or ("@" in value and _EMAIL.search(value))
+            or ("+" in value and _PHONE.search(value))
+            or f"{TOKEN_PREFIX}." in value
         ):
-            raise PayloadError(f"{where}: looks like a device address or an e-mail address")
-        if isinstance(value, Mapping):
+            raise PayloadError(
+                f"{where}: looks like a device address, an e-mail address, a phone number"
+                " or a customer's token"
+            )
+        if isinstance(value, Mapping | list):
             _refuse_identifiers(value, where)

@@ -42,7 +42,7 @@ from gateway.payloads import (
     encode_error,
 )
 from gateway.printing import Coupon, new_coupon_code
-from gateway.store import AsyncStore, Decision, Offer, PrintJobRow, Store
+from gateway.store import AsyncStore, Decision, Offer, PrintJobRow, Store, StoreClosed
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
@@ -188,7 +188,16 @@ class Journey:
         try:
             while True:
                 event, received = await self._queue.get()
-                await self._handle(event, received)
+                try:
+                    await self._handle(event, received)
+                except (sqlite3.Error, StoreClosed):
+                    raise  # the store is in trouble: the supervisor restarts and reports it
+                except Exception as exc:  # noqa: BLE001 - one bad event must not stall the rest
+                    log.error(
+                        "journey event failed, skipped",
+                        moment=type(event).__name__,
+                        error=type(exc).__name__,
+                    )
         except asyncio.CancelledError:
             # Drain: what was already taken in is still answered before the link goes away.
             while not self._queue.empty():

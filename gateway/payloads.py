@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -67,13 +68,44 @@ def _finite(text: str) -> float:
     return value
 
 
+def _integer(text: str) -> int:
+    # Python refuses over 4,300 digits with a ValueError, after quadratic work; no field needs 40.
+    if len(text) > 40:
+        raise PayloadError(f"payload holds an integer of {len(text)} digits")
+    return int(text)
+
+
+# \uD800-\uDFFF escapes: JSON lets a lone surrogate through, and it fails later when encoded.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def decode(name: str, payload: bytes, max_bytes: int | None = MAX_PAYLOAD_BYTES) -> dict[str, Any]:
     """Parse JSON and validate it against schema `name`, or raise `PayloadError`."""
     if max_bytes is not None and len(payload) > max_bytes:
         raise PayloadError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    data = parse_json(payload)
+    validate(name, data)
+    assert isinstance(data, dict)
+    return data
+
+
+def parse_json(payload: bytes) -> Any:
+    """Strict JSON from a device: UTF-8, finite numbers, no lone surrogates; else PayloadError.
+
+    Everything it returns can be encoded again (to the store, the uplink, a log line).
+    """
     try:
         # Decode first: json.loads would guess UTF-16/32 from the first bytes of a payload.
-        data = json.loads(payload.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+        text = payload.decode("utf-8")
+        data = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite, parse_int=_integer
+        )
+        if _SURROGATE_ESCAPE.search(text):  # rare: escaped pairs (emoji) pass, lone halves not
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(
+            "payload holds a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape)"
+        ) from None
     except UnicodeDecodeError as exc:
         raise PayloadError(f"payload is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -82,8 +114,6 @@ def decode(name: str, payload: bytes, max_bytes: int | None = MAX_PAYLOAD_BYTES)
         ) from None
     except RecursionError:
         raise PayloadError("payload is nested too deeply") from None
-    validate(name, data)
-    assert isinstance(data, dict)
     return data
 
 

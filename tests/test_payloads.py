@@ -98,10 +98,15 @@ def test_encoders_refuse_output_that_breaks_the_contract() -> None:
         ({"total": 3, "loyalty": "4000000000001"}, "data.loyalty: raw identifiers"),
         ({"customer": {"email": "x"}}, "data.customer.email: raw identifiers"),
         ({"note": "seen F0:CA:FE:00:00:01"}, "data.note: looks like a device address"),
-        (
-            {"note": "write to ada@example.com"},
-            "data.note: looks like a device address or an e-mail",
-        ),
+        ({"note": "write to ada@example.com"}, "data.note: looks like .* an e-mail"),
+        ({"items": [{"email": "ada@example.com"}]}, r"data.items\[0\].email: raw identifiers"),
+        ({"seen": ["AA:BB:CC:DD:EE:FF"]}, r"data.seen\[0\]: looks like a device address"),
+        ({"customer_phone": "x"}, "data.customer_phone: raw identifiers"),
+        ({"loyaltyNumber": "x"}, "data.loyaltyNumber: raw identifiers"),
+        ({"Mobile": "x"}, "data.Mobile: raw identifiers"),
+        ({"note": "call +44 7700 900123"}, "data.note: looks like .* a phone number"),
+        ({"qr": "x"}, "data.qr: raw identifiers"),
+        ({"scanned": "SGW1.eyJzdWIi.c2ln"}, "data.scanned: looks like .* a customer's token"),
     ],
 )
 def test_device_events_carrying_raw_identifiers_are_refused(
@@ -112,6 +117,26 @@ def test_device_events_carrying_raw_identifiers_are_refused(
     with pytest.raises(PayloadError, match=error):
         _refuse_identifiers(data)
     _refuse_identifiers({"decision_id": "01a20925-dfc6-757b-9cc2-1114bf20cbeb", "total": 4.2})
+    # Product codes and names are not identifiers.
+    _refuse_identifiers({"items": [{"ean": "4006381333931", "product_name": "Milk"}], "n": 3})
+
+
+def test_strings_that_cannot_be_encoded_again_and_giant_integers_are_refused() -> None:
+    from gateway.ble.espresense import decode_device_message
+
+    event = b'{"id": "01a20925-dfc6", "type": "pos.scan", "priority": "telemetry", "data": %s}'
+    with pytest.raises(PayloadError, match="lone UTF-16 surrogate"):
+        decode("device-event", event % b'{"category": "\\ud800"}')
+    emoji = decode("device-event", event % b'{"note": "\\ud83d\\ude00"}')  # an escaped pair
+    assert emoji["data"]["note"] == "\U0001f600"
+    with pytest.raises(PayloadError, match="an integer of 5000 digits"):
+        decode("device-event", event % b'{"n": %s}' % (b"9" * 5000))
+    with pytest.raises(PayloadError, match="lone UTF-16 surrogate"):
+        decode_device_message(
+            "espresense",
+            "espresense/devices/x/espresense-entrance",
+            b'{"id": "\\udfff", "rssi": -60}',
+        )
 
 
 def test_nan_and_infinity_are_not_json_numbers() -> None:

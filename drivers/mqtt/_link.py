@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import socket
 from collections import deque
@@ -30,7 +29,15 @@ from gateway import __version__
 from gateway.clock import Clock
 from gateway.config import CloudConfig, MqttConfig
 from gateway.metrics import Metrics
-from gateway.payloads import GatewayStatus, PayloadError, decode_status, encode_error, encode_status
+from gateway.payloads import (
+    MAX_PAYLOAD_BYTES,
+    GatewayStatus,
+    PayloadError,
+    decode_status,
+    encode_error,
+    encode_status,
+    parse_json,
+)
 from gateway.supervisor import Backoff, Handle
 from gateway.topics import Topics
 
@@ -118,13 +125,16 @@ class MqttLink:
         """Publish at QoS 1; kept for the next connection if the broker is away."""
         if retain:
             self._retained[topic] = payload
-        client = self._client
-        if client is not None:
+        while (client := self._client) is not None:
             try:
                 await client.publish(topic, payload, qos=1, retain=retain)
                 return
             except aiomqtt.MqttError as exc:
                 log.warning("publish failed, kept for reconnect", topic=topic, error=str(exc))
+            if self._client is client:
+                break
+            # The broker dropped us during the publish and a new connection is up already:
+            # send on it (the queue is drained only when a connection starts).
         if not retain:
             self._queue_offline(topic, payload)
 
@@ -185,7 +195,6 @@ class MqttLink:
             try:
                 async with self._client_for(session) as client:
                     await self._on_connect(client)
-                    self._client = client
                     self._metrics.mqtt_connected.set(1)
                     self._metrics.mqtt_connects.inc()
                     backoff.reset()
@@ -210,12 +219,21 @@ class MqttLink:
         # Birth last: a device that sees 'online' can count on the state being restored.
         for route in self._routes:
             await client.subscribe(route.topic_filter, qos=1)
-        for topic, payload in list(self._retained.items()):
-            await client.publish(topic, payload, qos=1, retain=True)
-        while self._pending:
-            topic, payload = self._pending[0]
-            await client.publish(topic, payload, qos=1)
-            self._pending.popleft()
+        # Posts made while this runs are stored, not sent (no client yet): pass again until a
+        # pass finds nothing new, then go live with no await in between.
+        sent: dict[str, bytes] = {}
+        while True:
+            changed = [(t, p) for t, p in self._retained.items() if sent.get(t) is not p]
+            if not changed and not self._pending:
+                break
+            for topic, payload in changed:
+                await client.publish(topic, payload, qos=1, retain=True)
+                sent[topic] = payload
+            while self._pending:
+                topic, payload = self._pending[0]
+                await client.publish(topic, payload, qos=1)
+                self._pending.popleft()
+        self._client = client
         await client.publish(
             self._topics.gateway_status, self._status("online"), qos=1, retain=True
         )
@@ -254,7 +272,7 @@ class MqttLink:
     async def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
             status = decode_status(payload)
-        except PayloadError:
+        except (PayloadError, ValueError):
             status = None  # someone else's garbage on our topic: restore the truth
         if status is None or status.state == "offline":
             stale = status.session if status else None
@@ -280,9 +298,11 @@ class MqttLink:
 
 def _peek_request_id(payload: bytes) -> str | None:
     """The `id` of a refused request, when it can be read, so the device can correlate."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None  # refused for its size: parsing megabytes would stall the loop
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
+        data = parse_json(payload)
+    except PayloadError:
         return None
     value = data.get("id") if isinstance(data, dict) else None
     return value if isinstance(value, str) and 0 < len(value) <= 64 else None

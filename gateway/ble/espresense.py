@@ -13,7 +13,6 @@ hashed into the device key here and goes no further; errors never echo a topic o
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
 from gateway.clock import Clock
-from gateway.payloads import PayloadError
+from gateway.payloads import PayloadError, parse_json
 
 __all__ = ["NodeReport", "NodeSource", "decode_device_message", "frame_from_id"]
 
@@ -69,10 +68,7 @@ def decode_device_message(prefix: str, topic: str, payload: bytes) -> NodeReport
         raise PayloadError(f"expected a topic {prefix}/devices/<id>/<room>")
     if len(payload) > _MAX_PAYLOAD:
         raise PayloadError(f"payload of {len(payload)} bytes, at most {_MAX_PAYLOAD} expected")
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError(f"not JSON ({type(exc).__name__})") from None
+    data = parse_json(payload)
     if not isinstance(data, dict):
         raise PayloadError("expected a JSON object")
     device_id, rssi, rssi_1m = data.get("id"), data.get("rssi"), data.get("rssi@1m", -59)
