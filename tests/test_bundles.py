@@ -108,6 +108,12 @@ async def test_bad_bundles_are_each_refused_and_the_old_state_keeps_serving(rig:
         "wrong kind": (rig.signer.make("consents", 9, {}), "published on the 'offers' topic"),
         "malformed": (rig.signer.make("offers", 10, {"offers": [{"id": 3}]}), "must contain"),
         "garbage": (b"\x00\xff not json", "not a signed-bundle/1 message"),
+        "nested": (b"[" * 100_000 + b"]" * 100_000, "malformed"),
+        # Signed and well formed, but sqlite cannot hold it: refused, not a crash loop.
+        "huge": (
+            rig.signer.make("offers", 11, {"offers": [{**OFFER, "inventory": 2**63}]}),
+            "could not be applied (OverflowError)",
+        ),
     }
     for name, (message, reason) in cases.items():
         outcome = await rig.applier.handle("offers", message)
@@ -131,20 +137,54 @@ async def test_consents_delta_upserts_and_forgets(rig: Rig) -> None:
     assert await rig.db.call(Store.consent, REF) == Consent(REF, True, "coffee")
     assert await rig.db.call(Store.consent, other) is None
     # What was applied lives in the consents table only: no copy of refs to outlive a forget.
-    assert await rig.db.call(Store.applied_body, "consents") == '{"upsert": 1, "forget": 1}'
+    tally = '{"upsert": 1, "forget": 1, "snapshot": false}'
+    assert await rig.db.call(Store.applied_body, "consents") == tally
     raw = {"upsert": [{"customer_ref": "4000000000001", "personalisation": True}]}
     outcome = await rig.applier.handle("consents", rig.signer.make("consents", 2, raw))
     assert outcome.startswith("rejected:")  # raw identifiers are refused: keyed hashes only
     assert await rig.db.call(Store.applied_version, "consents") == 1
 
 
-async def test_a_model_is_downloaded_verified_and_swapped_in(rig: Rig) -> None:
-    model = b"ONNX-v1" * 1000
+async def test_a_missed_consents_delta_is_noticed_and_a_snapshot_recovers(rig: Rig) -> None:
+    ann, bea = "c_" + "a" * 32, "c_" + "b" * 32
+    v1 = {"upsert": [{"customer_ref": ann, "personalisation": True}]}
+    assert await rig.applier.handle("consents", rig.signer.make("consents", 1, v1)) == "applied"
+    # v2 ("forget Ann") never arrives; v3 must not be applied over the gap, or Ann stays.
+    v3 = {"upsert": [{"customer_ref": bea, "personalisation": True}]}
+    outcome = await rig.applier.handle("consents", rig.signer.make("consents", 3, v3))
+    assert "consents delta v3 does not follow the applied v1: v2..v2 missing" in outcome
+    assert await rig.db.call(Store.consent, bea) is None
+    # The cloud answers the bundle.rejected with a snapshot: everyone on record, and only them.
+    snapshot = {**v3, "snapshot": True}
+    assert await rig.applier.handle("consents", rig.signer.make("consents", 4, snapshot)) == (
+        "applied"
+    )
+    assert await rig.db.call(Store.consent, ann) is None
+    assert await rig.db.call(Store.consent, bea) == Consent(bea, True, None)
+    assert await rig.db.call(Store.applied_version, "consents") == 4
+
+
+async def test_a_model_is_downloaded_verified_and_swapped_in(rig: Rig, tmp_path: Path) -> None:
+    from tests.test_decision import make_model
+
+    model = make_model(tmp_path / "v1.onnx", version="v1").read_bytes()
     artifact = rig.artifacts.artifact("nba-1.onnx", model)
     bundle = rig.signer.make("model", 1, {"name": "nba", "model_version": "1"}, artifact=artifact)
     assert await rig.applier.handle("model", bundle) == "applied"
     assert (rig.models / "nba.onnx").read_bytes() == model
-    newer = b"ONNX-v2" * 1000
+    # The right bytes of the wrong thing: refused before the file that serves is touched.
+    for name, wrong, reason in (
+        ("junk.onnx", b"ONNX-v2" * 1000, "not a loadable ONNX model"),
+        ("spec.onnx", make_model(tmp_path / "s.onnx", spec="other").read_bytes(), "feature spec"),
+    ):
+        bundle2 = rig.signer.make(
+            "model", 2, {"name": "nba"}, artifact=rig.artifacts.artifact(name, wrong)
+        )
+        outcome = await rig.applier.handle("model", bundle2)
+        assert outcome.startswith("rejected: artifact refused:"), outcome
+        assert reason in outcome
+        assert (rig.models / "nba.onnx").read_bytes() == model
+    newer = make_model(tmp_path / "v2.onnx", version="v2").read_bytes()
     artifact2 = rig.artifacts.artifact("nba-2.onnx", newer)
     for fault, reason in (("flip", "does not match"), ("truncate", "bytes"), (503, "download")):
         rig.artifacts.fault("nba-2.onnx", fault)  # type: ignore[arg-type]
@@ -166,4 +206,9 @@ async def test_a_model_is_downloaded_verified_and_swapped_in(rig: Rig) -> None:
 async def test_config_bundles_are_recorded(rig: Rig) -> None:
     message = rig.signer.make("config", 3, {"settings": {"exploration": 0.1}})
     assert await rig.applier.handle("config", message) == "applied"
+    assert await rig.db.call(Store.applied_version, "config") == 3
+    # Weather is acted on (a decision feature): a value it cannot use is refused before commit.
+    bad = rig.signer.make("config", 4, {"settings": {"weather": {"temp_c": None}}})
+    outcome = await rig.applier.handle("config", bad)
+    assert outcome.startswith("rejected:") and "temp_c must be number" in outcome, outcome
     assert await rig.db.call(Store.applied_version, "config") == 3

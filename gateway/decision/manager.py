@@ -99,10 +99,14 @@ class ModelManager:
             self.apply_settings(json.loads(body).get("settings", {}))
 
     def apply_settings(self, settings: dict[str, object]) -> None:
+        """The bundle schema checked these; a body stored by an older version may not be."""
         weather = settings.get("weather")
-        if isinstance(weather, dict):
-            from gateway.decision.features import Weather
+        if not isinstance(weather, dict):
+            return
+        temp_c, raining = weather.get("temp_c", 15.0), weather.get("raining", False)
+        if not isinstance(temp_c, int | float) or isinstance(temp_c, bool):
+            log.warning("config bundle weather ignored: temp_c is not a number")
+            return
+        from gateway.decision.features import Weather
 
-            self._engine.weather = Weather(
-                float(weather.get("temp_c", 15.0)), bool(weather.get("raining", False))
-            )
+        self._engine.weather = Weather(float(temp_c), bool(raining))

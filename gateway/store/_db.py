@@ -604,12 +604,14 @@ class Store:
         *,
         offers: Sequence[Offer] | None = None,
         consents: Sequence[Consent] = (),
+        consents_snapshot: bool = False,
         forget: Sequence[str] = (),
         artifact_sha256: str | None = None,
     ) -> None:
         """Apply a verified bundle all or nothing: its data and its version in one transaction.
 
-        offers: the whole new catalog (replaces the old one); consents / forget: a delta.
+        offers: the whole new catalog (replaces the old one); consents / forget: a delta, or
+        with consents_snapshot every consent on record (everyone else is forgotten).
         """
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
@@ -621,6 +623,8 @@ class Store:
             if offers is not None:
                 self._conn.execute("DELETE FROM offers")
                 self.upsert_offers(offers, now, commit=False)
+            if consents_snapshot:
+                self._conn.execute("DELETE FROM consents")
             if consents:
                 self.upsert_consents(consents, now, commit=False)
             self._conn.execute(

@@ -7,6 +7,7 @@ re-delivered on reconnect) is a no-op, not an error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.clock import Clock
+from gateway.decision.model import ModelError, Scorer
 from gateway.metrics import Metrics
 from gateway.payloads import PayloadError, validate
 from gateway.store import AsyncStore, Consent, Offer, Store, offer_from_json
@@ -75,13 +77,29 @@ class BundleApplier:
                 raise BundleError(
                     f"version {bundle.version} is older than the applied {applied} (replayed?)"
                 )
+            if _missed_delta(bundle, applied):
+                raise BundleError(
+                    f"consents delta v{bundle.version} does not follow the applied v{applied}:"
+                    f" v{applied + 1}..v{bundle.version - 1} missing; send them, or a snapshot"
+                )
             await self._apply(bundle)
         except (BundleError, PayloadError) as exc:
             await self._refuse(kind, version, str(exc))
             return f"rejected: {exc}"
+        except RecursionError:
+            await self._refuse(kind, version, "malformed: nested too deeply")
+            return "rejected: malformed"
+        except Exception as exc:  # a retained bundle that crashed us would crash us again
+            log.exception("bundle could not be applied", kind=kind, version=version)
+            reason = f"could not be applied ({type(exc).__name__})"
+            await self._refuse(kind, version, reason)
+            return f"rejected: {reason}"
         self._metrics.bundles.labels(kind, "applied").inc()
         log.info("bundle applied", kind=kind, version=bundle.version)
-        await self._on_applied(kind, bundle.body)
+        try:
+            await self._on_applied(kind, bundle.body)
+        except Exception:  # applied and committed; what reacts to it reports its own trouble
+            log.exception("acting on an applied bundle failed", kind=kind, version=version)
         await self._outbox.accept(
             "bundle.applied", "decision", {"kind": kind, "version": bundle.version}
         )
@@ -117,10 +135,13 @@ class BundleApplier:
                 for c in bundle.body.get("upsert", [])
             ]
             forget = list(bundle.body.get("forget", []))
+            snapshot = bool(bundle.body.get("snapshot", False))
             # The consents table holds what was applied; a copy of the delta (refs, EID keys)
             # would outlive a later `forget`.
-            tally = json.dumps({"upsert": len(upsert), "forget": len(forget)})
-            change = replace(change, body=tally, consents=upsert, forget=forget)
+            tally = json.dumps({"upsert": len(upsert), "forget": len(forget), "snapshot": snapshot})
+            change = replace(
+                change, body=tally, consents=upsert, forget=forget, consents_snapshot=snapshot
+            )
             await self._db.call(_apply, change)
         elif bundle.kind == "model":
             validate("bundle-model", bundle.body)
@@ -147,8 +168,14 @@ class BundleApplier:
         if digest != artifact["sha256"]:
             raise BundleError(f"artifact sha256 {digest[:12]}... does not match the bundle's")
         name = str(bundle.body["name"])
-        self._models_dir.mkdir(parents=True, exist_ok=True)
         final = self._models_dir / f"{name}.onnx"
+        # The right bytes may still be the wrong model (spec, outputs): the file that serves
+        # now is replaced only by one that would serve.
+        try:
+            await asyncio.to_thread(Scorer.from_bytes, data, final)
+        except ModelError as exc:
+            raise BundleError(f"artifact refused: {exc}") from None
+        self._models_dir.mkdir(parents=True, exist_ok=True)
         aside = final.with_suffix(".onnx.incoming")
         with aside.open("wb") as f:
             f.write(data)
@@ -172,8 +199,16 @@ class _Change:
     now: float
     offers: Sequence[Offer] | None = None
     consents: Sequence[Consent] = ()
+    consents_snapshot: bool = False
     forget: Sequence[str] = ()
     artifact_sha256: str | None = None
+
+
+def _missed_delta(bundle: Bundle, applied: int) -> bool:
+    """Consents are deltas: one skipped (a `forget` among them, say) must not go unnoticed."""
+    if bundle.kind != "consents" or bundle.body.get("snapshot") is True:
+        return False
+    return bundle.version != applied + 1
 
 
 def _apply(store: Store, change: _Change, /) -> None:
@@ -187,6 +222,7 @@ def _apply(store: Store, change: _Change, /) -> None:
             change.now,
             offers=change.offers,
             consents=change.consents,
+            consents_snapshot=change.consents_snapshot,
             forget=change.forget,
             artifact_sha256=change.artifact_sha256,
         )
