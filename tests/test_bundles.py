@@ -210,5 +210,6 @@ async def test_config_bundles_are_recorded(rig: Rig) -> None:
     # Weather is acted on (a decision feature): a value it cannot use is refused before commit.
     bad = rig.signer.make("config", 4, {"settings": {"weather": {"temp_c": None}}})
     outcome = await rig.applier.handle("config", bad)
-    assert outcome.startswith("rejected:") and "temp_c must be number" in outcome, outcome
+    assert outcome.startswith("rejected:"), outcome
+    assert "temp_c must be number" in outcome
     assert await rig.db.call(Store.applied_version, "config") == 3

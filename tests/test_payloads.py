@@ -124,7 +124,10 @@ def test_device_events_carrying_raw_identifiers_are_refused(
 def test_strings_that_cannot_be_encoded_again_and_giant_integers_are_refused() -> None:
     from gateway.ble.espresense import decode_device_message
 
-    event = b'{"id": "01a20925-dfc6", "type": "pos.scan", "priority": "telemetry", "data": %s}'
+    event = (
+        b'{"id": "01a20925-dfc6-757b-9cc2-1114bf20cbeb", "type": "pos.scan",'
+        b' "priority": "telemetry", "data": %s}'
+    )
     with pytest.raises(PayloadError, match="lone UTF-16 surrogate"):
         decode("device-event", event % b'{"category": "\\ud800"}')
     emoji = decode("device-event", event % b'{"note": "\\ud83d\\ude00"}')  # an escaped pair
@@ -143,8 +146,8 @@ def test_nan_and_infinity_are_not_json_numbers() -> None:
     from gateway.payloads import decode
 
     body = (
-        b'{"id": "01a20925-dfc6", "type": "pos.scan", "priority": "telemetry", "data": {},'
-        b' "ts": 1e400}'
+        b'{"id": "01a20925-dfc6-757b-9cc2-1114bf20cbeb", "type": "pos.scan",'
+        b' "priority": "telemetry", "data": {}, "ts": 1e400}'
     )
     with pytest.raises(PayloadError, match="too large"):
         decode("device-event", body)

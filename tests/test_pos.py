@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 STORE = "demo-store"
 ADA = CUSTOMERS[0]
+TOTAL_ID, REDEEM_ID = "01a20925-dfc6-757b-9cc2-000000000001", "01a20925-dfc6-757b-9cc2-000000000002"
 
 
 def _lane_settings(link: Path) -> dict[str, str]:
@@ -175,7 +176,12 @@ async def test_re_sent_events_are_harmless(
     await asyncio.to_thread(process.wait_ready)
     async with PosLane("127.0.0.1", broker.port, STORE) as lane:
         total = json.dumps(
-            {"id": "tx-000001", "type": "pos.transaction", "priority": "transaction", "data": {}}
+            {
+                "id": TOTAL_ID,
+                "type": "pos.transaction",
+                "priority": "transaction",
+                "data": {},
+            }
         )
         for _ in range(2):
             await lane.client.publish(f"{lane.root}/events", total, qos=1)
@@ -185,7 +191,7 @@ async def test_re_sent_events_are_harmless(
         spaced = code.replace("-", " ").lower()  # keyed in by hand, the hyphens forgotten
         redeem = json.dumps(
             {
-                "id": "rd-000001",
+                "id": REDEEM_ID,
                 "type": "pos.redemption",
                 "priority": "reward",
                 "data": {"coupon": spaced},
@@ -194,10 +200,10 @@ async def test_re_sent_events_are_harmless(
         async with asyncio.timeout(10):
             for _ in range(2):
                 await lane.client.publish(f"{lane.root}/events", redeem, qos=1)
-            while len([r for r in lane.replies if r["request_id"] == "rd-000001"]) < 2:  # noqa: ASYNC110
+            while len([r for r in lane.replies if r["request_id"] == REDEEM_ID]) < 2:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1.0)  # a second coupon, if any, would have printed by now
     assert process.stop() == 0
-    assert [r["status"] for r in lane.replies if r["request_id"] == "rd-000001"] == ["redeemed"] * 2
+    assert [r["status"] for r in lane.replies if r["request_id"] == REDEEM_ID] == ["redeemed"] * 2
     assert len(printer.receipts) == 1
     assert _journal(tmp_path) == [("printed", 0, 1)]

@@ -97,3 +97,17 @@ def test_a_consent_update_without_the_app_key_keeps_it(tmp_path: Path) -> None:
     assert store.consent(ref) == Consent(ref, True, "y")
     store.upsert_consents([Consent(ref, False, "y")], 3.0)  # consent withdrawn
     assert store.eid_keys() == {}
+
+
+def test_coupon_redemptions_commit_with_an_fsync_and_the_connection_goes_back_to_normal(
+    tmp_path: Path,
+) -> None:
+    store = Store(tmp_path / "g.sqlite3")
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    assert store.redeem_coupon("CPN-NONE", "pos-1", 1.0, "e-1")[0] == "unknown"
+    store._conn.set_trace_callback(None)
+    full = statements.index("PRAGMA synchronous = FULL")
+    assert full < statements.index("BEGIN IMMEDIATE") < statements.index("COMMIT")
+    assert statements[-1] == "PRAGMA synchronous = NORMAL"
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from gateway.store._outbox import OutboxRow, OutboxTable, create_outbox
+from gateway.store._outbox import OutboxRow, OutboxTable, create_outbox, transaction
 from gateway.store._sqlite_utils import sqlite_utils
 
 __all__ = [
@@ -363,9 +363,9 @@ class Store:
     def record_checkout(
         self, d: Decision, event: OutboxRow | None, job: PrintJobRow | None
     ) -> None:
-        """A checkout decision, its uplink event, its coupon and print job: all or nothing."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        """A checkout decision, its uplink event, its coupon and print job: all or nothing,
+        fsynced (a printed coupon must be known after a power cut)."""
+        with transaction(self._conn, durable=True):
             self._insert_decision(d, event)
             if job is not None:
                 self._conn.execute(
@@ -439,9 +439,8 @@ class Store:
     ) -> tuple[str, str | None, bool]:
         """(status, decision, first): 'redeemed' the first time, and again for a re-sent copy
         of that same redemption event (first = False then); 'already_redeemed' for any other
-        event; 'unknown' for a code this store never issued."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        event; 'unknown' for a code this store never issued. Fsynced before the till hears it."""
+        with transaction(self._conn, durable=True):
             row = self._conn.execute(
                 "SELECT decision_id, redeemed_at, redeemed_event FROM coupons WHERE code = ?",
                 (code,),

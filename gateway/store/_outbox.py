@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["SHEDDABLE_RANK", "OutboxRow", "OutboxTable", "create_outbox"]
+__all__ = ["SHEDDABLE_RANK", "OutboxRow", "OutboxTable", "create_outbox", "transaction"]
 
 SHEDDABLE_RANK = 2  # telemetry
 # A JSON array as the one parameter: any number of rows, no SQL built from strings.
@@ -21,6 +22,21 @@ _SIZE = (
     "SELECT coalesce(sum(length(body)), 0) FROM outbox"
     " WHERE seq IN (SELECT value FROM json_each(?))"
 )
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, *, durable: bool) -> Iterator[None]:
+    """BEGIN IMMEDIATE .. COMMIT (rolled back on an exception). durable: the commit fsyncs
+    the WAL (synchronous=FULL), for what carries money or consent; NORMAL otherwise."""
+    if durable:
+        conn.execute("PRAGMA synchronous = FULL")
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+    finally:
+        if durable:
+            conn.execute("PRAGMA synchronous = NORMAL")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,23 +74,24 @@ class OutboxTable:
         durable: fsync the WAL on commit (synchronous=FULL), for money and consent.
         """
         conn = self._conn
-        conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with transaction(conn, durable=durable):
             before = conn.total_changes
+            (last_seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
             conn.executemany(
                 "INSERT OR IGNORE INTO outbox (id, rank, type, ts, body) VALUES (?, ?, ?, ?, ?)",
                 [(r.id, r.rank, r.type, r.ts, r.body) for r in rows],
             )
             inserted = conn.total_changes - before
             if inserted == len(rows):
-                self.count += inserted
-                self.bytes += sum(len(r.body) for r in rows)
-            else:  # a device re-sent events already here (rare): recount rather than guess
-                self._recount()
+                added = sum(len(r.body) for r in rows)
+            else:  # a device re-sent events already here: size what went in (a range of seq)
+                (added,) = conn.execute(
+                    "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?",
+                    (last_seq,),
+                ).fetchone()
+            self.count += inserted
+            self.bytes += added
             shed = self._shed() if self.bytes > self.budget_bytes else 0
-        if durable:
-            conn.execute("PRAGMA synchronous = NORMAL")
         return inserted, shed
 
     def insert_one(self, row: OutboxRow) -> None:
