@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import socket
@@ -480,6 +481,9 @@ def _build_dataclass(
 
 def _within_bounds(value: Any, meta: Mapping[str, Any], path: str, problems: list[str]) -> bool:
     low, high = meta.get("min"), meta.get("max")
+    if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison
+        problems.append(f"{path}: found {value!r}, expected a finite number")
+        return False
     if isinstance(value, int | float) and (
         (low is not None and value < low) or (high is not None and value > high)
     ):
@@ -496,6 +500,12 @@ def _check_ble(ble: BleConfig, problems: list[str]) -> None:
         return
     if not ble.adapter and not ble.nodes_topic:
         problems.append("ble.adapter, ble.nodes_topic: found neither, expected a BLE source")
+    levels = ble.nodes_topic.split("/")
+    if ble.nodes_topic and (not all(levels) or any("+" in lv or "#" in lv for lv in levels)):
+        problems.append(
+            f"ble.nodes_topic: found {ble.nodes_topic!r}, expected a topic prefix such as"
+            " 'espresense' (no wildcards, no empty levels)"
+        )
     if not ble.scanners:
         problems.append('ble.scanners: found none, expected [ble.scanners.<id>] zone = "..."')
     for scanner_id, scanner in ble.scanners.items():
@@ -525,6 +535,8 @@ def _did_you_mean(word: str, choices: list[str]) -> str:
 
 
 def _check_references(config: Config, problems: list[str]) -> None:
+    if not config.mqtt.host.strip():
+        problems.append("mqtt.host: found nothing, expected the store broker's host name")
     _check_ble(config.ble, problems)
     _check_camera(config, problems)
     _check_printing(config, problems)
@@ -660,6 +672,7 @@ def _check_files(config: Config, problems: list[str]) -> None:
     for key, file in files.items():
         if file is not None and not file.is_file():
             problems.append(f"{key}: found {str(file)!r}, expected an existing readable file")
+    _check_contents(config, problems)
     from gateway.identity import parse_public_key
 
     keys = {
@@ -672,3 +685,22 @@ def _check_files(config: Config, problems: list[str]) -> None:
                 parse_public_key(text)
             except ValueError as exc:
                 problems.append(f"{key}: {exc}")
+
+
+def _check_contents(config: Config, problems: list[str]) -> None:
+    """Files the daemon reads at start: a bad one is a config error now, not a crash loop."""
+    from gateway.identity import load_or_create_hash_key
+    from gateway.store import SeedError, load_seed
+
+    key_file = config.identity.hash_key_file
+    if key_file is not None and key_file.is_file():
+        try:
+            load_or_create_hash_key(key_file)  # exists: read only
+        except (ValueError, OSError) as exc:
+            problems.append(f"identity.hash_key_file: {exc}")
+    seed = config.catalog.seed_file
+    if seed is not None and seed.is_file():
+        try:
+            load_seed(seed, bytes(32))  # any key: this checks the file, nothing is kept
+        except (SeedError, OSError) as exc:
+            problems.append(f"catalog.seed_file: {exc}")

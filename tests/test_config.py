@@ -165,3 +165,38 @@ def test_console_script_help_version_and_bad_config_exit_code(tmp_path: Path) ->
     )
     assert run.returncode == 78  # EX_CONFIG: systemd does not restart-loop on it
     assert "mqtt.port" in run.stderr
+
+
+def test_values_that_would_only_fail_at_run_time_are_config_errors(tmp_path: Path) -> None:
+    (tmp_path / "bad.key").write_text("not hex\n")
+    (tmp_path / "seed.json").write_text('{"offers": [{"id": "OFF-1"}]}')
+    problems = _problems(
+        tmp_path,
+        """
+[mqtt]
+host = ""
+reconnect_max_s = nan
+[outbox]
+max_mb = inf
+[identity]
+hash_key_file = "bad.key"
+[catalog]
+seed_file = "seed.json"
+[ble]
+enabled = true
+nodes_topic = "espresense/#"
+[ble.scanners.espresense-entrance]
+zone = "entrance"
+""",
+    )
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "ble.nodes_topic",
+        "catalog.seed_file",
+        "identity.hash_key_file",
+        "mqtt.host",
+        "mqtt.reconnect_max_s",
+        "outbox.max_mb",
+    ]
+    assert any("expected a finite number" in p for p in problems)
+    assert any("expected 64 hexadecimal characters" in p for p in problems)
+    assert any("must contain ['title']" in p for p in problems)
