@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -103,7 +104,7 @@ class CloudLink:
                         group.create_task(self._pump(client))
                         group.create_task(self._receive(client))
             except* aiomqtt.MqttError as exc:
-                error = "; ".join(str(e) for e in exc.exceptions)
+                error = "; ".join(dict.fromkeys(str(e) for e in _leaves(exc)))
             finally:
                 self._metrics.cloud_connected.set(0)
             delay = backoff.next()
@@ -139,7 +140,8 @@ class CloudLink:
                     continue
                 for seq, rank, _ in rows:
                     cursors[rank] = max(cursors[rank], seq)
-                messages = self._encode(rows)
+                # gzip of up to ~0.8 MB of JSON: tens of ms, off the loop.
+                messages = await asyncio.to_thread(self._encode, rows)
                 for i, (payload, seqs) in enumerate(messages):
                     if i:  # a batch split in several messages takes a window slot each
                         await window.acquire()
@@ -160,7 +162,10 @@ class CloudLink:
     ) -> None:
         try:
             await self._throttle(len(payload))
-            await client.publish(self._topic, payload, qos=1)
+            # No publish timeout: on a slow uplink a full window takes longer than any fixed
+            # bound to acknowledge; a dead link is found by the keepalive, which ends the
+            # connection's task group and with it this wait.
+            await client.publish(self._topic, payload, qos=1, timeout=math.inf)
             _, waiting, size = await self._db.call(Store.outbox_ack, seqs)
             self._metrics.outbox_events.set(waiting)
             self._metrics.outbox_bytes.set(size)
@@ -178,3 +183,11 @@ class CloudLink:
         self._send_at = start + size / rate
         if start > now:
             await asyncio.sleep(start - now)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions inside nested task groups, for one readable log line."""
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
