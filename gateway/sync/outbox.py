@@ -85,6 +85,8 @@ class Outbox:
 
     async def run(self, handle: Handle) -> None:
         handle.ready()
+        if self._pending:  # left by a commit that failed before this restart
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()
