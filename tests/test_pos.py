@@ -11,8 +11,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 
 from simulators.broker import Mosquitto
@@ -20,6 +18,7 @@ from simulators.population import CUSTOMERS
 from simulators.pos import PosLane
 from simulators.printer import PrinterSimulator, RenderedReceipt
 from tests.conftest import GatewayFactory
+from tests.test_printer_simulator import scan_qr
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -39,9 +38,7 @@ def _lane_settings(link: Path) -> dict[str, str]:
 
 
 def _qr(receipt: RenderedReceipt) -> str:
-    image = cv2.imdecode(np.frombuffer(receipt.png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
-    return str(text)
+    return scan_qr(receipt.png)
 
 
 @pytest.fixture

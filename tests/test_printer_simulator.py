@@ -95,9 +95,13 @@ async def line(printer: PrinterSimulator) -> AsyncIterator[Line]:
     opened.close()
 
 
-def _scan_qr(png: bytes) -> str:
+def scan_qr(png: bytes) -> str:
+    """What a till's scanner reads. OpenCV's classic detector misses ~0.3 % of the coupon
+    symbols (found by a flaky CI run; 1 of 300 random codes), its ArUco-based one reads those."""
     image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
     text, _, _ = cv2.QRCodeDetector().detectAndDecode(image)
+    if not text:
+        text, _, _ = cv2.QRCodeDetectorAruco().detectAndDecode(image)
     return str(text)
 
 
@@ -119,7 +123,7 @@ async def test_a_job_renders_to_text_and_png(printer: PrinterSimulator, line: Li
     image = cv2.imdecode(np.frombuffer(receipt.png, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert image.shape[1] == 576  # the profile's dots
     # The printer draws the QR code from the GS ( k data: a scanner reads the coupon code.
-    assert _scan_qr(receipt.png) == CODE
+    assert scan_qr(receipt.png) == CODE
     # And the EAN-13 bars are faithful: OpenCV reads them at some scale, as a scanner would.
     detector = cv2.barcode.BarcodeDetector()
     scans = {
@@ -143,7 +147,7 @@ async def test_a_58mm_printer(tmp_path: Path) -> None:
         line.close()
     image = cv2.imdecode(np.frombuffer(receipt.png, np.uint8), cv2.IMREAD_GRAYSCALE)
     assert image.shape[1] == 384
-    assert _scan_qr(receipt.png) == CODE
+    assert scan_qr(receipt.png) == CODE
     assert "CODE128" not in receipt.text  # too wide for 58 mm: the builder left it out
     assert receipt.path is None
     assert not (tmp_path / "narrow").exists()  # the link goes with the simulator
@@ -213,7 +217,7 @@ async def test_paper_out_discards_the_job(printer: PrinterSimulator, line: Line)
     await line.send(job)
     async with asyncio.timeout(5):
         (receipt,) = await printer.wait_for_receipts(1)
-    assert _scan_qr(receipt.png) == CODE
+    assert scan_qr(receipt.png) == CODE
 
 
 async def test_cover_open_discards_too(printer: PrinterSimulator, line: Line) -> None:
