@@ -253,7 +253,8 @@ class PrinterConfig:
     profile: str = "generic-80mm"
     baud: int = field(default=115200, metadata=_meta(min=1200, max=4_000_000))
     # A printer that does not answer a status request within this is reported silent.
-    status_timeout_s: float = field(default=1.0, metadata=_meta(min=0.1, max=30))
+    # With the idle poll every 0.5 s, a printer that stops answering is offline within 1 s.
+    status_timeout_s: float = field(default=0.5, metadata=_meta(min=0.1, max=30))
 
 
 @dataclass(frozen=True, slots=True)

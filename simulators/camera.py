@@ -68,14 +68,15 @@ def blank_frame(*, size: tuple[int, int] = (640, 480), noise: float = 8.0, seed:
 
 
 def qr_frame(
-    text: str,
+    text: str | bytes,
     *,
     size: tuple[int, int] = (640, 480),
     module_px: int = 6,
     noise: float = 8.0,
     seed: int = 0,
 ) -> Frame:
-    """`text` as a QR code (error correction M) held up near the centre of the frame."""
+    """`text` as a QR code (error correction M) held up near the centre of the frame; bytes
+    make a byte-mode code that need not be UTF-8 (a hostile one)."""
     rng = np.random.default_rng(seed)
     image = _background(rng, size)
     matrix = np.array(segno.make_qr(text, error="m", boost_error=False).matrix, dtype=bool)

@@ -94,6 +94,14 @@ def test_the_analyzer_reads_qr_codes_and_counts_faces() -> None:
     assert FrameAnalyzer(qr=True, audience=False).analyze(big)[0] == TOKEN
 
 
+def test_a_code_that_is_not_utf8_or_not_a_token_reads_as_no_code() -> None:
+    # OpenCV's binding raised UnicodeDecodeError on these: anyone could crash-loop the camera.
+    analyzer = FrameAnalyzer(qr=True, audience=False)
+    for data in (b"\xed\xa0\x80 surrogate", b"\xc0\xaf overlong", b"caf\xe9 latin-1"):
+        assert analyzer.analyze(qr_frame(data)) == (None, None), data
+    assert analyzer.analyze(qr_frame(b"SGW1.abc.def")) == ("SGW1.abc.def", None)
+
+
 async def test_a_qr_code_held_up_reaches_on_qr_and_no_log(tmp_path: Path) -> None:
     frames = [blank_frame(seed=1)] * 3 + [qr_frame(TOKEN, seed=s) for s in range(3)]
     video = write_video(tmp_path / "qr.avi", frames, fps=30)

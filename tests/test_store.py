@@ -111,3 +111,18 @@ def test_coupon_redemptions_commit_with_an_fsync_and_the_connection_goes_back_to
     assert full < statements.index("BEGIN IMMEDIATE") < statements.index("COMMIT")
     assert statements[-1] == "PRAGMA synchronous = NORMAL"
     assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_a_redemption_repeats_only_from_the_same_lane_with_the_same_event(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.sqlite3")
+    with store._conn:
+        store._conn.execute(
+            "INSERT INTO coupons (code, decision_id, offer_id, lane, issued_at)"
+            " VALUES ('CPN-AAAA-BBBB-CCCC', 'd-1', 'OFF-1', 'pos-1', 1.0)"
+        )
+    code = "CPN-AAAA-BBBB-CCCC"
+    assert store.redeem_coupon(code, "pos-1", 2.0, "e-1") == ("redeemed", "d-1", True)
+    assert store.redeem_coupon(code, "pos-1", 3.0, "e-1") == ("redeemed", "d-1", False)
+    # Another till reusing that event id is not a re-send: the coupon is spent.
+    assert store.redeem_coupon(code, "pos-2", 3.0, "e-1")[0] == "already_redeemed"
+    assert store.redeem_coupon(code, "pos-1", 4.0, "e-2")[0] == "already_redeemed"

@@ -96,10 +96,9 @@ class FrameAnalyzer:
         if self._qr is not None:
             # A light blur: the finder-pattern search is thrown by per-pixel sensor noise.
             smooth = cv2.GaussianBlur(gray, (3, 3), 0)
-            decoded, _, _ = self._qr.detectAndDecode(smooth)
-            if not decoded and self._qr_aruco is not None:
-                decoded, _, _ = self._qr_aruco.detectAndDecode(smooth)
-            text = decoded or None
+            text = _read_qr(self._qr, smooth)
+            if text is None and self._qr_aruco is not None:
+                text = _read_qr(self._qr_aruco, smooth)
         faces: int | None = None
         if self._faces is not None:
             found = self._faces.detectMultiScale(
@@ -110,6 +109,17 @@ class FrameAnalyzer:
             )
             faces = len(found)
         return text, faces
+
+
+def _read_qr(detector: cv2.QRCodeDetector | cv2.QRCodeDetectorAruco, gray: MatLike) -> str | None:
+    """A code's text, or None. OpenCV's binding raises UnicodeDecodeError for a byte-mode
+    payload that is not UTF-8: anyone can hold one up, so it reads as no code at all."""
+    try:
+        decoded, _, _ = detector.detectAndDecode(gray)
+    except UnicodeDecodeError:
+        return None
+    # Lone surrogates could still reach the token check and the log: not a token either way.
+    return decoded if decoded and decoded.isprintable() and decoded.isascii() else None
 
 
 def _kind(source: str) -> SourceKind:

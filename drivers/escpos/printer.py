@@ -204,7 +204,7 @@ class SerialPrinter:
         *,
         baud: int = 115200,
         status_timeout_s: float = 1.0,
-        poll_s: float = 2.0,
+        poll_s: float = 0.5,
         on_state: Callable[[str, str], None] | None = None,
         requires: tuple[str, ...] = ("printing",),
     ) -> None:

@@ -442,14 +442,15 @@ class Store:
         event; 'unknown' for a code this store never issued. Fsynced before the till hears it."""
         with transaction(self._conn, durable=True):
             row = self._conn.execute(
-                "SELECT decision_id, redeemed_at, redeemed_event FROM coupons WHERE code = ?",
+                "SELECT decision_id, redeemed_at, redeemed_event, redeemed_lane FROM coupons"
+                " WHERE code = ?",
                 (code,),
             ).fetchone()
             if row is None:
                 return "unknown", None, False
             if row[1] is not None:
-                status = "redeemed" if row[2] == event_id else "already_redeemed"
-                return status, row[0], False
+                repeat = row[2] == event_id and row[3] == lane  # the same till sending again
+                return ("redeemed" if repeat else "already_redeemed"), row[0], False
             self._conn.execute(
                 "UPDATE coupons SET redeemed_at = ?, redeemed_lane = ?, redeemed_event = ?"
                 " WHERE code = ?",
