@@ -138,6 +138,20 @@ def test_an_address_broadcasting_many_identifiers_is_ignored() -> None:
     assert engine.counters.noisy_address == 10 - CONFIG.max_ids_per_address
 
 
+def test_a_noisy_address_costs_a_bounded_record_however_long_it_goes_on() -> None:
+    engine = _engine()
+    for i in range(5000):  # a new identifier in every advert, all within the noise window
+        frame = EddystoneEID(i.to_bytes(8, "big"), -20)
+        engine.observe(Sighting("node-a", "d_spammer", frame, -50, T0 + i * 0.01))
+    assert engine.counters.noisy_address == 5000 - CONFIG.max_ids_per_address
+    assert len(engine._ids_of_device["d_spammer"]) == CONFIG.max_ids_per_address + 1
+    # Quiet for a window, then an ordinary visitor again: the old identifiers have expired.
+    later = T0 + 50 + CONFIG.noise_window_s + 1
+    engine.observe(Sighting("node-a", "d_spammer", EddystoneEID(b"\x01" * 8, -20), -50, later))
+    assert engine.counters.noisy_address == 5000 - CONFIG.max_ids_per_address
+    assert len(engine._ids_of_device["d_spammer"]) == 1
+
+
 def test_an_identifier_moving_between_many_addresses_is_ignored() -> None:
     engine = _engine()
     frame = EddystoneEID(b"\x42" * 8, -20)

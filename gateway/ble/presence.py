@@ -194,21 +194,15 @@ class PresenceEngine:
 
     def _plausible(self, device: str, identifier: str, at: float) -> bool:
         """The noise rules; False drops the sighting (and counts why)."""
-        window, cap = self.config.noise_window_s, self.config.max_devices
+        horizon, cap = at - self.config.noise_window_s, self.config.max_devices
         ids = _touch(self._ids_of_device, device, cap)
-        ids[identifier] = at
-        if len(ids) > self.config.max_ids_per_address:
-            _prune(ids, at - window)
-            if len(ids) > self.config.max_ids_per_address:
-                self.counters.noisy_address += 1
-                return False
+        if _note(ids, identifier, at, horizon, self.config.max_ids_per_address):
+            self.counters.noisy_address += 1
+            return False
         devices = _touch(self._devices_of_id, identifier, cap)
-        devices[device] = at
-        if len(devices) > self.config.max_addresses_per_id:
-            _prune(devices, at - window)
-            if len(devices) > self.config.max_addresses_per_id:
-                self.counters.cloned_identifier += 1
-                return False
+        if _note(devices, device, at, horizon, self.config.max_addresses_per_id):
+            self.counters.cloned_identifier += 1
+            return False
         return True
 
     def _beacon(self, sighting: Sighting, identifier: str | None) -> None:
@@ -322,6 +316,18 @@ def _touch(records: OrderedDict[str, dict[str, float]], name: str, cap: int) -> 
     return entry
 
 
-def _prune(seen: dict[str, float], horizon: float) -> None:
-    for name in [n for n, t in seen.items() if t < horizon]:
-        del seen[name]
+def _note(seen: dict[str, float], name: str, at: float, horizon: float, limit: int) -> bool:
+    """Record `name` seen at `at`; True if more than `limit` names were seen since `horizon`.
+
+    Kept newest last, expired ones dropped from the front, and never more than limit + 1 (all
+    it takes to tell "over the limit"): a device sending a new identifier in every advert costs
+    O(1) per sighting and a bounded record, however long it keeps at it.
+    """
+    seen.pop(name, None)
+    seen[name] = at
+    while seen:
+        oldest = next(iter(seen))
+        if len(seen) <= limit + 1 and seen[oldest] >= horizon:
+            break
+        del seen[oldest]
+    return len(seen) > limit
