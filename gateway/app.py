@@ -165,7 +165,13 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         "tablet": config.tablets,
     }
     events = DeviceEvents(
-        topics, outbox, link, declared=declared, rewards=rewards, after_commit=lanes.after_commit
+        topics,
+        outbox,
+        link,
+        declared=declared,
+        rewards=rewards,
+        pending_checkout=lanes.pending_checkout,
+        after_commit=lanes.after_commit,
     )
     link.route(lanes.basket_filter, "pos_basket", lanes.on_basket)
     link.route(lanes.loyalty_filter, "pos_loyalty", lanes.on_loyalty)

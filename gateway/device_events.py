@@ -15,6 +15,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -26,10 +27,12 @@ from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
 
-__all__ = ["AfterCommit", "DeviceEvents"]
+__all__ = ["AfterCommit", "DeviceEvents", "PendingCheckout"]
 
 # (device kind, device id, event type, event data, event id), once the event is committed.
 AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
+# The same, before the commit: a pending checkout (JSON) to commit with the event, or None.
+PendingCheckout = Callable[[str, str, str, Mapping[str, Any], str], str | None]
 
 log = structlog.get_logger("gateway.device_events")
 # Device kind in topics -> its config section.
@@ -45,11 +48,13 @@ class DeviceEvents:
         *,
         declared: Mapping[str, Collection[str]],
         rewards: RewardJoiner | None = None,
+        pending_checkout: PendingCheckout | None = None,
         after_commit: AfterCommit | None = None,
     ) -> None:
         """declared: device kind -> the ids config.toml declares for it."""
         self._declared = declared
         self._after_commit = after_commit
+        self._pending_checkout = pending_checkout
         self._topics = topics
         self._outbox = outbox
         self._publisher = publisher
@@ -80,6 +85,9 @@ class DeviceEvents:
             event_id=data["id"],
             ts=data.get("ts"),
         )
+        if self._pending_checkout is not None:
+            checkout = self._pending_checkout(kind, device_id, data["type"], data["data"], row.id)
+            row = replace(row, pending_checkout=checkout)
         future = self._outbox.submit(row)
         future.add_done_callback(lambda f: self._accepted(f, device, row.id))
         if self._after_commit is not None:

@@ -179,11 +179,26 @@ class Journey:
         except asyncio.QueueFull:
             log.warning("journey queue full, no coupon for this total", lane=checkout.lane)
 
+    async def _resume_checkouts(self) -> None:
+        """Totals acknowledged before a stop or a crash whose coupon was not decided yet."""
+        for event_id, body in await self._store.call(Store.pending_checkouts):
+            data = json.loads(body)
+            checkout = Checkout(
+                data["lane"], data.get("customer_ref"), tuple(data["basket"]), event_id
+            )
+            lane = self._lanes.get(checkout.lane)
+            if lane is None or not lane.printer:  # the lane lost its printer since
+                await self._store.call(Store.settle_checkout, event_id)
+                continue
+            log.info("resuming the checkout of an acknowledged total", lane=checkout.lane)
+            self.on_checkout(checkout)
+
     async def reload_catalog(self) -> None:
         self._offers = await self._store.call(Store.offers)
 
     async def run(self, handle: Handle) -> None:
         await self.reload_catalog()
+        await self._resume_checkouts()
         handle.ready(f"{len(self._offers)} offers")
         try:
             while True:
@@ -299,6 +314,8 @@ class Journey:
                 raise
             # A re-sent transaction event (same id): its coupon was decided and queued already.
             log.info("checkout already decided for this transaction", lane=moment.touchpoint)
+            if moment.request_id is not None:
+                await self._store.call(Store.settle_checkout, moment.request_id)
             return
         if self._outbox is not None:
             self._outbox.appended.set()  # its event committed with it: wake the uplink
@@ -392,7 +409,8 @@ class Journey:
         if moment.channel == "receipt" and outcome.offer is not None:
             store.record_checkout(decision, uplink, self._print_job(moment, outcome.offer, now))
         else:
-            store.record_decision(decision, uplink)
+            settles = moment.request_id if moment.name == "checkout" else None
+            store.record_decision(decision, uplink, settles=settles)
         return decision, outcome, personal
 
     def _print_job(self, moment: _Moment, offer: Offer, now: float) -> PrintJobRow:

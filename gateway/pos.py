@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = ["PosLanes", "normalise_code"]
 log = structlog.get_logger("gateway.pos")
 
 _SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
+_MAX_PREPARED = 1000  # checkouts between acceptance and commit (a commit takes milliseconds)
 
 
 def normalise_code(code: str) -> str:
@@ -82,6 +84,9 @@ class PosLanes:
         self._rewards = rewards
         self._sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # event id -> its checkout, from the total's acceptance to its commit (a commit that
+        # fails leaves one behind until the lane re-sends: bounded all the same).
+        self._checkouts: OrderedDict[str, Checkout] = OrderedDict()
 
     @property
     def basket_filter(self) -> str:
@@ -136,6 +141,26 @@ class PosLanes:
                 raise PayloadError(f"QR token refused: {exc}") from None
         self._session(lane).customer_ref = ref
 
+    def pending_checkout(
+        self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
+    ) -> str | None:
+        """DeviceEvents hook, before the commit: a total on a lane with a printer becomes a
+        pending checkout (lane, customer, basket) committed with the total itself."""
+        lane = self._lanes.get(device)
+        if kind != "pos" or event_type != "pos.transaction" or lane is None:
+            return None
+        session = self._sessions.pop(device, None) or _Session()  # the total ends the visit
+        if not lane.printer:
+            return None
+        if self._clock.monotonic() - session.touched > _SESSION_IDLE_S:
+            session = _Session()  # an abandoned basket's customer is not this one
+        checkout = Checkout(device, session.customer_ref, session.basket, event_id)
+        self._checkouts[event_id] = checkout
+        while len(self._checkouts) > _MAX_PREPARED:
+            self._checkouts.popitem(last=False)
+        body = {"lane": device, "customer_ref": checkout.customer_ref, "basket": checkout.basket}
+        return json.dumps(body, separators=(",", ":"))
+
     def after_commit(
         self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
     ) -> None:
@@ -143,12 +168,9 @@ class PosLanes:
         if kind != "pos" or device not in self._lanes:
             return
         if event_type == "pos.transaction":
-            session = self._sessions.pop(device, None) or _Session()
-            if self._clock.monotonic() - session.touched > _SESSION_IDLE_S:
-                session = _Session()  # an abandoned basket's customer is not this one
-            self._journey.on_checkout(
-                Checkout(device, session.customer_ref, session.basket, event_id)
-            )
+            checkout = self._checkouts.pop(event_id, None)
+            if checkout is not None:
+                self._journey.on_checkout(checkout)
         elif event_type == "pos.redemption" and isinstance(data.get("coupon"), str):
             task = asyncio.create_task(self._redeem(device, str(data["coupon"]), event_id))
             self._tasks.add(task)

@@ -147,6 +147,43 @@ async def test_queued_jobs_survive_a_restart_and_print_once_the_printer_is_back(
     assert sorted(_journal(tmp_path)) == [("printed", 0, 1)] * 3
 
 
+async def test_a_total_acknowledged_just_before_a_crash_still_gets_its_coupon(
+    broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator, tmp_path: Path
+) -> None:
+    """The lane never re-sends an acknowledged total: its checkout is committed with it."""
+    settings = _lane_settings(printer.link)
+    totals = []
+    for _ in range(5):  # the kill lands before the decision in about half the rounds
+        process = gateway(overrides=settings)
+        await asyncio.to_thread(process.wait_ready)
+        async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+            await lane.basket(["pasta"], 3.2)
+            total = await lane.total(3.2)
+            async with asyncio.timeout(10):
+                while total not in lane.events.acked:  # noqa: ASYNC110 - the lane's own record
+                    await asyncio.sleep(0.001)
+            process.kill()  # right after the ack, before or while the coupon is decided
+        totals.append(total)
+    restarted = gateway(overrides=settings)
+    await asyncio.to_thread(restarted.wait_ready)
+    async with asyncio.timeout(20):
+        while True:
+            with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+                decided = {
+                    row[0]
+                    for row in db.execute(
+                        "SELECT request_id FROM decisions WHERE moment = 'checkout'"
+                    )
+                }
+                codes = {row[0] for row in db.execute("SELECT code FROM coupons")}
+                left = db.execute("SELECT count(*) FROM pending_checkouts").fetchone()[0]
+            if decided >= set(totals) and left == 0 and {_qr(r) for r in printer.receipts} >= codes:
+                break
+            await asyncio.sleep(0.1)
+    assert restarted.stop() == 0
+    assert len(codes) == 5  # one coupon per total, each printed (a copy if cut off mid-job)
+
+
 @pytest.mark.parametrize("profile", ["generic-80mm", "generic-58mm", "epson-tm-t20iii"])
 def test_coupons_render_for_every_shipped_profile(profile: str) -> None:
     from gateway.escpos import CommandParser, QrStore, load_profile

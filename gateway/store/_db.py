@@ -218,6 +218,16 @@ def _migrate_v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_v7(db: sqlite_utils.Database) -> None:
+    """A POS total's checkout, committed with the total's event and settled by its decision:
+    an acknowledged total gets its coupon even if the daemon dies in between."""
+    db.table("pending_checkouts").create(
+        {"event_id": str, "body": str, "created_at": float},
+        pk="event_id",
+        not_null={"body", "created_at"},
+    )
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -226,6 +236,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v4,
     _migrate_v5,
     _migrate_v6,
+    _migrate_v7,
 )
 
 
@@ -354,19 +365,27 @@ class Store:
         )
         return {ref: (bytes(key), int(k if k is not None else 10)) for ref, key, k in rows}
 
-    def record_decision(self, d: Decision, event: OutboxRow | None = None) -> None:
-        """Log a decision and, in the same transaction, queue its event for the cloud."""
+    def record_decision(
+        self, d: Decision, event: OutboxRow | None = None, *, settles: str | None = None
+    ) -> None:
+        """Log a decision and, in the same transaction, queue its event for the cloud.
+        settles: the pending checkout (the total's event id) this decision answers."""
         with self._conn:
             self._conn.execute("BEGIN IMMEDIATE")
             self._insert_decision(d, event)
+            if settles is not None:
+                self.settle_checkout(settles, commit=False)
 
     def record_checkout(
         self, d: Decision, event: OutboxRow | None, job: PrintJobRow | None
     ) -> None:
-        """A checkout decision, its uplink event, its coupon and print job: all or nothing,
-        fsynced (a printed coupon must be known after a power cut)."""
+        """A checkout decision, its uplink event, its coupon and print job, and the pending
+        checkout it settles: all or nothing, fsynced (a printed coupon must be known after a
+        power cut)."""
         with transaction(self._conn, durable=True):
             self._insert_decision(d, event)
+            if d.request_id is not None:
+                self.settle_checkout(d.request_id, commit=False)
             if job is not None:
                 self._conn.execute(
                     "INSERT INTO coupons (code, decision_id, offer_id, lane, issued_at)"
@@ -433,6 +452,16 @@ class Store:
     def print_counts(self) -> dict[str, int]:
         rows = self._conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
         return {str(state): int(n) for state, n in rows.fetchall()}
+
+    def pending_checkouts(self) -> list[tuple[str, str]]:
+        """(event id, body) of totals whose checkout is not decided yet, oldest first."""
+        rows = self._conn.execute(
+            "SELECT event_id, body FROM pending_checkouts ORDER BY created_at"
+        ).fetchall()
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    def settle_checkout(self, event_id: str, *, commit: bool = True) -> None:
+        self._write("DELETE FROM pending_checkouts WHERE event_id = ?", [(event_id,)], commit)
 
     def redeem_coupon(
         self, code: str, lane: str, now: float, event_id: str

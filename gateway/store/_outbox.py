@@ -46,6 +46,9 @@ class OutboxRow:
     type: str
     ts: float
     body: bytes  # the event as JSON, exactly as uplinked
+    # A POS total's checkout to decide (JSON: lane, customer_ref, basket), committed with the
+    # event so that an acknowledged total gets its coupon even if the daemon dies right after.
+    pending_checkout: str | None = None
 
 
 def create_outbox(conn: sqlite3.Connection) -> None:
@@ -89,6 +92,13 @@ class OutboxTable:
                     "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?",
                     (last_seq,),
                 ).fetchone()
+            checkouts = [(r.id, r.pending_checkout, r.ts) for r in rows if r.pending_checkout]
+            if checkouts:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO pending_checkouts (event_id, body, created_at)"
+                    " VALUES (?, ?, ?)",
+                    checkouts,
+                )
             self.count += inserted
             self.bytes += added
             shed = self._shed() if self.bytes > self.budget_bytes else 0
