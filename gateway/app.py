@@ -152,9 +152,6 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         journey=journey,
         db=db,
         publisher=link,
-        hash_key=hash_key,
-        token_key=parse_public_key(token) if token else None,
-        token_leeway_s=config.identity.token_leeway_s,
         clock=clock,
         rewards=rewards,
     )

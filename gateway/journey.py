@@ -239,23 +239,22 @@ class Journey:
         else:
             await self._zone(event, received)
 
-    def _resolve(self, event: KioskIdentify) -> tuple[str | None, str | None]:
-        """(customer ref, problem); the raw identifier goes no further than this function."""
-        if event.method != "qr_token":
-            return customer_ref(self._hash_key, event.method, event.value), None
+    def resolve(self, method: str, value: str) -> tuple[str | None, str | None]:
+        """(customer ref, problem) for an identifier shown at a kiosk or a lane; the raw value
+        goes no further than this function."""
+        if method != "qr_token":
+            return customer_ref(self._hash_key, method, value), None
         if self._token_key is None:
             return None, "QR tokens are not accepted here (identity.token_public_key is not set)"
         try:
-            claims = verify_token(
-                self._token_key, event.value, self._clock.now(), self._token_leeway_s
-            )
+            claims = verify_token(self._token_key, value, self._clock.now(), self._token_leeway_s)
         except TokenError as exc:
             return None, f"QR token refused: {exc}"
         return claims.ref, None
 
     async def _identify(self, event: KioskIdentify, received: float) -> None:
         now = self._clock.now()
-        ref, problem = self._resolve(event)
+        ref, problem = self.resolve(event.method, event.value)
         if problem is not None:
             topic = self._topics.kiosk_identify(event.kiosk_id)
             log.warning("identification refused", kiosk=event.kiosk_id, reason=problem)

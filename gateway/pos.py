@@ -20,33 +20,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.clock import Clock
 from gateway.config import LaneConfig
 from gateway.decision.rewards import RewardJoiner
-from gateway.identity import TokenError, customer_ref, verify_token
 from gateway.journey import Checkout, Journey, Publisher
 from gateway.payloads import PayloadError, decode, validate
+from gateway.printing import normalise_code
 from gateway.store import AsyncStore, Store
 from gateway.topics import Topics
 
-__all__ = ["PosLanes", "normalise_code"]
+__all__ = ["PosLanes"]
 
 log = structlog.get_logger("gateway.pos")
 
 _SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
 _MAX_PREPARED = 1000  # checkouts between acceptance and commit (a commit takes milliseconds)
-
-
-def normalise_code(code: str) -> str:
-    """A coupon code as keyed or scanned (any case, with or without hyphens or spaces) in
-    its printed form, CPN-XXXX-XXXX-XXXX."""
-    chars = "".join(c for c in code.upper() if c.isalnum())
-    if chars.startswith("CPN") and len(chars) == 15:
-        body = chars[3:]
-        return f"CPN-{body[:4]}-{body[4:8]}-{body[8:]}"
-    return code.strip().upper()
 
 
 @dataclass(slots=True)
@@ -66,9 +55,6 @@ class PosLanes:
         journey: Journey,
         db: AsyncStore,
         publisher: Publisher,
-        hash_key: bytes,
-        token_key: Ed25519PublicKey | None,
-        token_leeway_s: int,
         clock: Clock,
         rewards: RewardJoiner | None = None,
     ) -> None:
@@ -77,9 +63,6 @@ class PosLanes:
         self._journey = journey
         self._db = db
         self._publisher = publisher
-        self._hash_key = hash_key
-        self._token_key = token_key
-        self._token_leeway_s = token_leeway_s
         self._clock = clock
         self._rewards = rewards
         self._sessions: dict[str, _Session] = {}
@@ -128,17 +111,9 @@ class PosLanes:
         """The raw value goes no further than this function: only its keyed hash is kept."""
         lane = self._lane(topic)
         data = decode("pos-loyalty", payload)
-        if data["method"] == "loyalty":
-            ref = customer_ref(self._hash_key, "loyalty", data["value"])
-        elif self._token_key is None:
-            raise PayloadError("QR tokens are not accepted here (identity.token_public_key)")
-        else:
-            try:
-                ref = verify_token(
-                    self._token_key, data["value"], self._clock.now(), self._token_leeway_s
-                ).ref
-            except TokenError as exc:
-                raise PayloadError(f"QR token refused: {exc}") from None
+        ref, problem = self._journey.resolve(data["method"], data["value"])
+        if problem is not None:
+            raise PayloadError(problem)
         self._session(lane).customer_ref = ref
 
     def pending_checkout(

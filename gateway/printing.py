@@ -28,7 +28,15 @@ from gateway.metrics import Metrics
 from gateway.store import AsyncStore, PrintJobRow, Store
 from gateway.supervisor import Handle
 
-__all__ = ["Coupon", "PrintJob", "PrintJournal", "PrintQueue", "new_coupon_code", "render_coupon"]
+__all__ = [
+    "Coupon",
+    "PrintJob",
+    "PrintJournal",
+    "PrintQueue",
+    "new_coupon_code",
+    "normalise_code",
+    "render_coupon",
+]
 
 log = structlog.get_logger("gateway.printer")
 
@@ -37,8 +45,20 @@ _ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 
 
 def new_coupon_code() -> str:
-    """12 random characters (~59 bits) in groups: CPN-XXXX-XXXX-XXXX."""
-    chars = "".join(secrets.choice(_ALPHABET) for _ in range(12))
+    """12 random characters (~59 bits) in three groups of four, e.g. CPN-7KQ2-M9XD-4HTA."""
+    return _printed("".join(secrets.choice(_ALPHABET) for _ in range(12)))
+
+
+def normalise_code(code: str) -> str:
+    """A coupon code as keyed or scanned (any case, with or without hyphens or spaces) in
+    the form `new_coupon_code` prints."""
+    chars = "".join(c for c in code.upper() if c.isalnum())
+    if chars.startswith("CPN") and len(chars) == 15:
+        return _printed(chars[3:])
+    return code.strip().upper()
+
+
+def _printed(chars: str) -> str:
     return f"CPN-{chars[:4]}-{chars[4:8]}-{chars[8:]}"
 
 
