@@ -15,7 +15,7 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "scrub_addresses"]
 
 # Keys that could carry a raw identifier if a future log call got careless.
 _REDACT = frozenset({"value", "loyalty", "phone", "email", "token", "mac", "address", "payload"})
@@ -27,13 +27,18 @@ _COMPONENTS = {"mqtt": "mqtt", "aiomqtt": "mqtt", "paho": "mqtt", "bleak": "ble"
 _MAC = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}(?:[:_-]?[0-9a-f]{2}){5}(?![0-9a-f])")
 
 
+def scrub_addresses(text: str) -> str:
+    """`text` with every MAC address replaced by <mac>: for log lines and error details."""
+    return _MAC.sub("<mac>", text)
+
+
 def _redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     for key in _REDACT.intersection(event):
         event[key] = "[redacted]"
     message = event.get("event")
     if isinstance(message, str):
         # Library messages (bleak, D-Bus, paho) may name a device or a topic holding one.
-        event["event"] = _MAC.sub("<mac>", message)
+        event["event"] = scrub_addresses(message)
     return event
 
 

@@ -37,6 +37,7 @@ import numpy as np
 from drivers.mqtt import NO_DELAY
 from gateway.ble.eid import eid as eddystone_eid
 from gateway.ble.frames import (
+    EDDYSTONE_0M_TO_1M_DB,
     AltBeacon,
     EddystoneEID,
     EddystoneTLM,
@@ -70,7 +71,6 @@ PATH_LOSS_EXPONENT = 2.2  # open retail floor, people and shelves in between
 NOISE_DB = 4.0
 SENSITIVITY_DBM = -95  # a node hears nothing weaker
 HEIGHT_M = 1.5  # nodes sit on the ceiling, phones at hand height: never closer than this
-EDDYSTONE_0M_TO_1M_DB = 41  # Eddystone frames carry the power at 0 m; 1 m is 41 dB less
 EID_K = 10
 ADDRESS_ROTATION_S = 900.0  # phones change their resolvable private address about every 15 min
 APPLE, MICROSOFT, SAMSUNG = 0x004C, 0x0006, 0x0075
@@ -712,10 +712,6 @@ class ScannerNodes:
         self._nodes = {room: _Node(room) for room in names}
         self.published: Counter[str] = Counter()
         self.telemetry: Counter[str] = Counter()
-
-    @property
-    def rooms(self) -> list[str]:
-        return list(self._nodes)
 
     def online(self, room: str) -> bool:
         return self._nodes[room].client is not None

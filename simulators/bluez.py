@@ -615,10 +615,6 @@ class FakeBluez:
     def active_monitors(self) -> int:
         return sum(1 for m in self._monitors.values() if m.active)
 
-    @property
-    def device_paths(self) -> list[str]:
-        return list(self._devices)
-
     # -- org.bluez.Adapter1 ----------------------------------------------------------------
 
     def set_powered(self, on: bool) -> None:

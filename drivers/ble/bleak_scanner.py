@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from typing import Literal
 
@@ -36,6 +35,7 @@ from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
 from gateway.clock import Clock
+from gateway.logs import scrub_addresses
 from gateway.supervisor import Handle
 
 __all__ = ["BleError", "BleakSource"]
@@ -55,8 +55,6 @@ _NO_MONITORS = {
 _ERRORS = (BleakError, DBusError, AuthError, OSError, EOFError, TimeoutError)
 _OP_TIMEOUT_S = 10.0  # a bluetoothd that doesn't answer is as broken as one that refuses
 _NO_RSSI = -127  # bleak's RSSI for a property update that is not an advert
-# A MAC in any spelling (AA:BB.., aa-bb.., aabb.., BlueZ's dev_AA_BB..), for error messages.
-_MAC = re.compile(r"(?i)(?<![0-9a-f])[0-9a-f]{2}(?:[:_-]?[0-9a-f]{2}){5}(?![0-9a-f])")
 
 
 class BleError(RuntimeError):
@@ -64,7 +62,8 @@ class BleError(RuntimeError):
 
 
 def _scrub(exc: BaseException) -> str:
-    return _MAC.sub("<mac>", f"{type(exc).__name__}: {exc}")
+    """An error for logs and health details (BleError reaches /healthz): no device address."""
+    return scrub_addresses(f"{type(exc).__name__}: {exc}")
 
 
 def _monitors_unsupported(exc: BleakError) -> bool:

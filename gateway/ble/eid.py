@@ -116,7 +116,9 @@ class EidResolver:
     def load(self, keys: Mapping[str, tuple[bytes, int]], now: float) -> None:
         """Replace the key set (customer ref -> (identity key, k)): a withdrawn ref is no longer
         resolved. Unchanged keys keep their precomputed ids; a bad key raises ValueError and
-        leaves the resolver as it was."""
+        leaves the resolver as it was. The daemon loads into a fresh resolver off the loop and
+        swaps it in (a loaded resolver's ciphers are used on the loop); reloading one in place
+        is for a caller on a single thread, such as the benchmarks and tests."""
         for ref, (identity_key, k) in keys.items():
             try:
                 _check(identity_key, k)

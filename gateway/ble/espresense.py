@@ -19,7 +19,14 @@ from dataclasses import dataclass
 from typing import TypeGuard
 from uuid import UUID
 
-from gateway.ble.frames import AltBeacon, EddystoneEID, EddystoneUID, Frame, IBeacon
+from gateway.ble.frames import (
+    EDDYSTONE_0M_TO_1M_DB,
+    AltBeacon,
+    EddystoneEID,
+    EddystoneUID,
+    Frame,
+    IBeacon,
+)
 from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
@@ -54,10 +61,12 @@ def frame_from_id(device_id: str, rssi_1m: int) -> Frame | None:
         beacon_id = uuid.bytes + major.to_bytes(2, "big") + minor.to_bytes(2, "big")
         return AltBeacon(0xFFFF, beacon_id, rssi_1m, 0)  # nodes do not report the company
     if m := _EDDY.fullmatch(device_id):
-        # Eddystone calibrates at 0 m: 41 dB above the 1 m figure nodes report.
-        return EddystoneUID(bytes.fromhex(m.group(1)), bytes.fromhex(m.group(2)), rssi_1m + 41)
+        # Eddystone calibrates at 0 m, above the 1 m figure nodes report.
+        return EddystoneUID(
+            bytes.fromhex(m.group(1)), bytes.fromhex(m.group(2)), rssi_1m + EDDYSTONE_0M_TO_1M_DB
+        )
     if m := _EID.fullmatch(device_id):
-        return EddystoneEID(bytes.fromhex(m.group(1)), rssi_1m + 41)
+        return EddystoneEID(bytes.fromhex(m.group(1)), rssi_1m + EDDYSTONE_0M_TO_1M_DB)
     return None
 
 
@@ -111,7 +120,6 @@ class NodeSource:
         self._stats = stats
         self._on_sighting = on_sighting
         self._clock = clock
-        self.online: dict[str, bool] = {}
 
     @property
     def device_filter(self) -> str:
@@ -127,9 +135,6 @@ class NodeSource:
             self.ignored += 1
             return
         now = self._clock.now()
-        if report.room not in self.online:
-            self.online[report.room] = True
-            self._stats.started(report.room, self._clock.monotonic())
         self._stats.advert(report.room, self._clock.monotonic())
         device = self._keys.key(report.device, now)
         self._on_sighting(Sighting(report.room, device, report.frame, report.rssi, now))
@@ -145,6 +150,5 @@ class NodeSource:
         if room not in self._rooms:
             self.ignored += 1
             return
-        if room not in self.online:
+        if room not in self._stats.scanners:  # a node that reports, even with nothing heard yet
             self._stats.started(room, self._clock.monotonic())
-        self.online[room] = state == b"online"

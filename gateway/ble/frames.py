@@ -19,6 +19,7 @@ from typing import assert_never
 from uuid import UUID
 
 __all__ = [
+    "EDDYSTONE_0M_TO_1M_DB",
     "EDDYSTONE_UUID",
     "AltBeacon",
     "EddystoneEID",
@@ -81,6 +82,7 @@ Frame = IBeacon | AltBeacon | EddystoneUID | EddystoneURL | EddystoneTLM | Eddys
 
 # Service data keys as bleak gives them: the lowercase 128-bit form of the service UUID.
 EDDYSTONE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
+EDDYSTONE_0M_TO_1M_DB = 41  # Eddystone frames carry the power at 0 m; 1 m is 41 dB less
 _BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"  # Bluetooth base UUID after the first 32 bits
 
 _APPLE = 0x004C

@@ -48,10 +48,8 @@ class ZoneEvent:
 
 @dataclass(slots=True)
 class PresenceCounters:
-    sightings: int = 0
     unknown_scanner: int = 0
     beacon_frames: int = 0
-    eid_resolved: int = 0
     eid_unresolved: int = 0
     noisy_address: int = 0  # sightings dropped: the address shows too many identifiers
     cloned_identifier: int = 0  # sightings dropped: the identifier moves between addresses
@@ -61,9 +59,7 @@ class PresenceCounters:
 
 @dataclass(slots=True)
 class BeaconHealth:
-    scanner: str
     last_seen: float
-    identifier: str | None = None
     tlm: EddystoneTLM | None = None
 
 
@@ -136,7 +132,6 @@ class PresenceEngine:
     # -- input -----------------------------------------------------------------------------
 
     def observe(self, sighting: Sighting) -> list[ZoneEvent]:
-        self.counters.sightings += 1
         zone = self._zone_of.get(sighting.scanner)
         if zone is None:
             self.counters.unknown_scanner += 1
@@ -146,7 +141,7 @@ class PresenceEngine:
         if identifier is not None and not self._plausible(device, identifier, at):
             return []
         if frame is not None and not isinstance(frame, EddystoneEID):
-            self._beacon(sighting, identifier)
+            self._beacon(sighting)
             return []
         key, ref = self._subject_key(device, frame, at)
         subject = self._subjects.get(key)
@@ -205,11 +200,11 @@ class PresenceEngine:
             return False
         return True
 
-    def _beacon(self, sighting: Sighting, identifier: str | None) -> None:
+    def _beacon(self, sighting: Sighting) -> None:
         self.counters.beacon_frames += 1
         health = self.beacons.get(sighting.device)
         if health is None:
-            health = self.beacons[sighting.device] = BeaconHealth(sighting.scanner, sighting.at)
+            health = self.beacons[sighting.device] = BeaconHealth(sighting.at)
             if len(self.beacons) > self.config.max_devices:
                 self.beacons.popitem(last=False)
         else:
@@ -217,8 +212,6 @@ class PresenceEngine:
             health.last_seen = sighting.at
         if isinstance(sighting.frame, EddystoneTLM):
             health.tlm = sighting.frame
-        elif identifier is not None:
-            health.identifier = identifier
 
     def _subject_key(self, device: str, frame: Frame | None, at: float) -> tuple[str, str | None]:
         if isinstance(frame, EddystoneEID):
@@ -226,7 +219,6 @@ class PresenceEngine:
             if ref is None:
                 self.counters.eid_unresolved += 1
             else:
-                self.counters.eid_resolved += 1
                 # Later adverts from this address without an EID belong to the same customer.
                 self._ref_of_device[device] = (ref, at)
                 self._ref_of_device.move_to_end(device)

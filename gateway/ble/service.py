@@ -55,7 +55,6 @@ class Presence:
         self._outbox = outbox
         self.resolver = EidResolver(drift_windows=config.eid_drift_windows)
         self.engine = PresenceEngine(config, self._resolve)
-        self._handle: Handle | None = None
         self._reloading = asyncio.Lock()
 
     def _resolve(self, observed: bytes, now: float) -> str | None:
@@ -81,7 +80,6 @@ class Presence:
         log.info("identity keys loaded", customers=len(keys))
 
     async def run(self, handle: Handle) -> None:
-        self._handle = handle
         await self.reload_keys()
         handle.ready(self._detail())
         while True:
@@ -106,17 +104,28 @@ class Presence:
             }
             self._outbox.submit(self._outbox.row("presence.zone", "telemetry", data, ts=event.at))
 
-    def _report(self, handle: Handle) -> None:
+    def _scanners(self) -> dict[str, dict[str, float]]:
+        """Per scanner, sorted: rate, silence, restarts, adapter resets (metrics and /healthz)."""
         now = self._clock.monotonic()
+        return {
+            name: {
+                "adverts_per_s": self.stats.adverts_per_s(name, now),
+                "seconds_since_last_advert": self.stats.silent_for(name, now),
+                "restarts": state.restarts,
+                "adapter_resets": state.adapter_resets,
+            }
+            for name, state in sorted(self.stats.scanners.items())
+        }
+
+    def _report(self, handle: Handle) -> None:
         silent = []
         m = self._metrics
-        for scanner, state in self.stats.scanners.items():
-            quiet = self.stats.silent_for(scanner, now)
-            m.ble_adverts_per_s.labels(scanner).set(self.stats.adverts_per_s(scanner, now))
-            m.ble_seconds_since_last_advert.labels(scanner).set(quiet)
-            m.ble_scanner_restarts.labels(scanner).set(state.restarts)
-            m.ble_adapter_resets.labels(scanner).set(state.adapter_resets)
-            if quiet > self.config.watchdog_s:
+        for scanner, row in self._scanners().items():
+            m.ble_adverts_per_s.labels(scanner).set(row["adverts_per_s"])
+            m.ble_seconds_since_last_advert.labels(scanner).set(row["seconds_since_last_advert"])
+            m.ble_scanner_restarts.labels(scanner).set(row["restarts"])
+            m.ble_adapter_resets.labels(scanner).set(row["adapter_resets"])
+            if row["seconds_since_last_advert"] > self.config.watchdog_s:
                 silent.append(scanner)
         m.ble_devices.set(len(self.engine))
         for zone, (known, anonymous) in self.engine.occupancy().items():
@@ -138,16 +147,14 @@ class Presence:
 
     def health(self) -> dict[str, object]:
         """The /healthz section: per scanner rate, silence, restarts; zone occupancy."""
-        now = self._clock.monotonic()
         return {
             "scanners": {
                 name: {
-                    "adverts_per_s": round(self.stats.adverts_per_s(name, now), 2),
-                    "seconds_since_last_advert": round(self.stats.silent_for(name, now), 1),
-                    "restarts": state.restarts,
-                    "adapter_resets": state.adapter_resets,
+                    **row,
+                    "adverts_per_s": round(row["adverts_per_s"], 2),
+                    "seconds_since_last_advert": round(row["seconds_since_last_advert"], 1),
                 }
-                for name, state in sorted(self.stats.scanners.items())
+                for name, row in self._scanners().items()
             },
             "devices": len(self.engine),
             "zones": {
