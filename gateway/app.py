@@ -30,7 +30,7 @@ from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
 from gateway.decision.rewards import RewardJoiner
-from gateway.device_events import DeviceEvents
+from gateway.device_events import SECTIONS, DeviceEvents
 from gateway.escpos import Profile, load_profile
 from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
@@ -155,12 +155,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         rewards=rewards,
     )
-    declared = {
-        "kiosk": config.kiosks,
-        "screen": config.screens,
-        "pos": config.lanes,
-        "tablet": config.tablets,
-    }
+    declared = {kind: getattr(config, section) for kind, section in SECTIONS.items()}
     events = DeviceEvents(
         topics,
         outbox,
@@ -170,8 +165,8 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         pending_checkout=lanes.pending_checkout,
         after_commit=lanes.after_commit,
     )
-    link.route(lanes.basket_filter, "pos_basket", lanes.on_basket)
-    link.route(lanes.loyalty_filter, "pos_loyalty", lanes.on_loyalty)
+    link.route(topics.pos_basket_filter, "pos_basket", lanes.on_basket)
+    link.route(topics.pos_loyalty_filter, "pos_loyalty", lanes.on_loyalty)
     link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [

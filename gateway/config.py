@@ -519,17 +519,6 @@ def _check_ble(ble: BleConfig, problems: list[str]) -> None:
         )
 
 
-def _profile_names() -> set[str]:
-    from importlib import resources
-
-    folder = resources.files("gateway.escpos").joinpath("profiles")
-    return {p.name.removesuffix(".json") for p in folder.iterdir() if p.name.endswith(".json")}
-
-
-def _profile_exists(name: str) -> bool:
-    return name in _profile_names()
-
-
 def _did_you_mean(word: str, choices: list[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
@@ -602,6 +591,8 @@ def _check_camera_source(source: str, problems: list[str]) -> None:
 
 
 def _check_printing(config: Config, problems: list[str]) -> None:
+    from gateway.escpos.profiles import load_profile
+
     for lane_id, lane in config.lanes.items():
         if lane.printer and lane.printer not in config.printers:
             hint = _did_you_mean(lane.printer, list(config.printers))
@@ -615,11 +606,10 @@ def _check_printing(config: Config, problems: list[str]) -> None:
                 f"printers.{printer_id}.device: found nothing, expected the serial device"
                 " (a /dev/serial/by-id/... path)"
             )
-        if not _profile_exists(printer.profile):
-            problems.append(
-                f"printers.{printer_id}.profile: found {printer.profile!r}, expected one of"
-                f" {sorted(_profile_names())}"
-            )
+        try:
+            load_profile(printer.profile)  # a malformed profile file is refused here too
+        except ValueError as exc:
+            problems.append(f"printers.{printer_id}.profile: {exc}")
 
 
 def _check_kiosks_and_links(config: Config, problems: list[str]) -> None:

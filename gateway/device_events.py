@@ -12,10 +12,10 @@ under its own name in every kind's tree (`pos/kiosk-1/events`), so the kind is c
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -27,7 +27,7 @@ from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
 
-__all__ = ["AfterCommit", "DeviceEvents", "PendingCheckout"]
+__all__ = ["SECTIONS", "AfterCommit", "DeviceEvents", "PendingCheckout"]
 
 # (device kind, device id, event type, event data, event id), once the event is committed.
 AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
@@ -71,61 +71,42 @@ class DeviceEvents:
             raise PayloadError(
                 f"unknown {kind} {device_id!r}: declare it under [{SECTIONS[kind]}.{device_id}]"
             )
-        data = decode("device-event", payload)
+        data = decode("device-event", payload)  # the schema also checks data.decision_id
         _refuse_identifiers(data["data"])
-        decision_id = data["data"].get("decision_id")
-        if decision_id is not None and not (
-            isinstance(decision_id, str) and _UUID.fullmatch(decision_id)
-        ):
-            raise PayloadError("data.decision_id: expected a decision id (a UUID)")
-        row = self._outbox.row(
-            data["type"],
-            data["priority"],
-            {**data["data"], "device": f"{device[0]}/{device[1]}"},
-            event_id=data["id"],
-            ts=data.get("ts"),
-        )
+        event_type, event_id, fields = data["type"], data["id"], data["data"]
+        checkout = None
         if self._pending_checkout is not None:
-            checkout = self._pending_checkout(kind, device_id, data["type"], data["data"], row.id)
-            row = replace(row, pending_checkout=checkout)
+            checkout = self._pending_checkout(kind, device_id, event_type, fields, event_id)
+        row = self._outbox.row(
+            event_type,
+            data["priority"],
+            {**fields, "device": f"{kind}/{device_id}"},
+            event_id=event_id,
+            ts=data.get("ts"),
+            pending_checkout=checkout,
+        )
         future = self._outbox.submit(row)
-        future.add_done_callback(lambda f: self._accepted(f, device, row.id))
-        if self._after_commit is not None:
-            hook = self._after_commit
-            future.add_done_callback(
-                lambda f: (
-                    not f.cancelled()
-                    and f.exception() is None
-                    and hook(device[0], device[1], data["type"], data["data"], row.id)
-                )
-            )
-        # A redemption naming a coupon is rewarded by the coupon's check (once, and only when
-        # the coupon was valid), not here.
-        by_coupon = data["type"] == "pos.redemption" and "coupon" in data["data"]
-        if (
-            self._rewards is not None
-            and data["type"] in REWARD_EVENTS
-            and decision_id
-            and not by_coupon
-        ):
-            # The reward joins its decision once the event itself is safe.
-            future.add_done_callback(
-                lambda f: (
-                    f.exception() is None
-                    and self._rewards.join_soon(  # type: ignore[union-attr]
-                        str(decision_id), data["type"]
-                    )
-                )
-            )
+        future.add_done_callback(lambda f: self._committed(f, kind, device_id, data))
 
-    def _accepted(
-        self, future: asyncio.Future[None], device: tuple[str, str], event_id: str
+    def _committed(
+        self, future: asyncio.Future[None], kind: str, device_id: str, data: dict[str, Any]
     ) -> None:
+        """Once the event is committed: the ack, the lane's hook, the reward it carries."""
         if future.cancelled() or future.exception() is not None:
             return  # not committed: no ack, the device will send it again
+        event_type, event_id, fields = data["type"], data["id"], data["data"]
         if not self._acks:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._acks.setdefault(device, []).append(event_id)
+        self._acks.setdefault((kind, device_id), []).append(event_id)
+        if self._after_commit is not None:
+            self._after_commit(kind, device_id, event_type, fields, event_id)
+        decision_id = fields.get("decision_id")
+        # A redemption naming a coupon is rewarded by the coupon's check (once, and only when
+        # the coupon was valid), not here.
+        by_coupon = event_type == "pos.redemption" and "coupon" in fields
+        rewarded = event_type in REWARD_EVENTS and decision_id and not by_coupon
+        if self._rewards is not None and rewarded:
+            self._rewards.join_soon(decision_id, event_type)
 
     def _flush(self) -> None:
         acks, self._acks = self._acks, {}
@@ -148,9 +129,9 @@ _MAC = re.compile(r"(?i)(?<![0-9a-f:-])(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}(?![0-9a
 _EMAIL = re.compile(r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
 # International numbers ("+44 7700 900123"); bare digit runs are also product codes (EAN-13).
 _PHONE = re.compile(r"\+\d[\d ()./-]{6,20}\d")
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
+@functools.lru_cache(maxsize=4096)  # devices send a few fixed keys: split each once
 def _identifier_key(key: str) -> bool:
     lowered = key.lower()
     words = {w.lower() for w in _WORDS.findall(key[:128])}

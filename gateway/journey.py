@@ -84,6 +84,16 @@ class Checkout:
     basket: tuple[str, ...]
     request_id: str | None  # the transaction event's id
 
+    def to_json(self) -> str:
+        """The pending checkout committed with its total (the event id is its key)."""
+        body = {"lane": self.lane, "customer_ref": self.customer_ref, "basket": self.basket}
+        return json.dumps(body, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, body: str, event_id: str) -> Checkout:
+        data = json.loads(body)
+        return cls(data["lane"], data.get("customer_ref"), tuple(data["basket"]), event_id)
+
 
 class Journey:
     name = "journey"
@@ -169,11 +179,8 @@ class Journey:
             log.warning("journey queue full, zone event skipped", zone=event.zone)
 
     def on_checkout(self, checkout: Checkout) -> None:
-        """A lane's total was committed: decide and print (queued; never blocks the caller)."""
-        lane = self._lanes.get(checkout.lane)
-        if lane is None or not lane.printer:
-            log.debug("total from a lane without a printer", lane=checkout.lane)
-            return
+        """A lane's total was committed: decide and print (queued; never blocks the caller).
+        Lanes make checkouts only where they have a printer."""
         try:
             self._queue.put_nowait((checkout, self._clock.monotonic()))
         except asyncio.QueueFull:
@@ -182,10 +189,7 @@ class Journey:
     async def _resume_checkouts(self) -> None:
         """Totals acknowledged before a stop or a crash whose coupon was not decided yet."""
         for event_id, body in await self._store.call(Store.pending_checkouts):
-            data = json.loads(body)
-            checkout = Checkout(
-                data["lane"], data.get("customer_ref"), tuple(data["basket"]), event_id
-            )
+            checkout = Checkout.from_json(body, event_id)
             lane = self._lanes.get(checkout.lane)
             if lane is None or not lane.printer:  # the lane lost its printer since
                 await self._store.call(Store.settle_checkout, event_id)

@@ -31,6 +31,7 @@ __all__ = [
     "decode_kiosk_identify",
     "decode_status",
     "encode_content",
+    "encode_coupon_reply",
     "encode_error",
     "encode_kiosk_identify",
     "encode_status",
@@ -243,6 +244,20 @@ def decode_status(payload: bytes) -> GatewayStatus:
     data = decode("gateway-status", payload)
     return GatewayStatus(
         state=data["state"], session=data["session"], ts=data["ts"], version=data["version"]
+    )
+
+
+def encode_coupon_reply(code: str, status: str, request_id: str, message: str) -> bytes:
+    """A lane's answer to a coupon redemption (pos/{lane}/coupon)."""
+    return _encode(
+        "coupon-reply",
+        {
+            "schema": "coupon-reply/1",
+            "code": code,
+            "status": status,
+            "request_id": request_id,
+            "message": message,
+        },
     )
 
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from gateway.clock import Clock
 from gateway.config import LaneConfig
 from gateway.decision.rewards import RewardJoiner
 from gateway.journey import Checkout, Journey, Publisher
-from gateway.payloads import PayloadError, decode, validate
+from gateway.payloads import PayloadError, decode, encode_coupon_reply
 from gateway.printing import normalise_code
 from gateway.store import AsyncStore, Store
 from gateway.topics import Topics
@@ -71,17 +70,6 @@ class PosLanes:
         # fails leaves one behind until the lane re-sends: bounded all the same).
         self._checkouts: OrderedDict[str, Checkout] = OrderedDict()
 
-    @property
-    def basket_filter(self) -> str:
-        return f"{self._topics.root}/pos/+/basket"
-
-    @property
-    def loyalty_filter(self) -> str:
-        return f"{self._topics.root}/pos/+/loyalty"
-
-    def coupon_topic(self, lane: str) -> str:
-        return f"{self._topics.root}/pos/{lane}/coupon"
-
     def _lane(self, topic: str) -> str:
         lane = self._topics.device_id(topic, "pos")
         if lane is None or lane not in self._lanes:
@@ -124,17 +112,15 @@ class PosLanes:
         lane = self._lanes.get(device)
         if kind != "pos" or event_type != "pos.transaction" or lane is None:
             return None
-        session = self._sessions.pop(device, None) or _Session()  # the total ends the visit
+        session = self._session(device)  # an idle one is fresh: not this customer's basket
+        del self._sessions[device]  # the total ends the visit
         if not lane.printer:
             return None
-        if self._clock.monotonic() - session.touched > _SESSION_IDLE_S:
-            session = _Session()  # an abandoned basket's customer is not this one
         checkout = Checkout(device, session.customer_ref, session.basket, event_id)
         self._checkouts[event_id] = checkout
         while len(self._checkouts) > _MAX_PREPARED:
             self._checkouts.popitem(last=False)
-        body = {"lane": device, "customer_ref": checkout.customer_ref, "basket": checkout.basket}
-        return json.dumps(body, separators=(",", ":"))
+        return checkout.to_json()
 
     def after_commit(
         self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
@@ -160,16 +146,8 @@ class PosLanes:
             "already_redeemed": "refused: this coupon was already redeemed",
             "unknown": "refused: not a coupon this store issued",
         }[status]
-        reply = {
-            "schema": "coupon-reply/1",
-            "code": code,
-            "status": status,
-            "request_id": event_id,
-            "message": message,
-        }
-        validate("coupon-reply", reply)
-        body = json.dumps(reply, separators=(",", ":")).encode()
-        self._publisher.post(self.coupon_topic(lane), body)
+        body = encode_coupon_reply(code, status, event_id, message)
+        self._publisher.post(self._topics.pos_coupon(lane), body)
         log.info("coupon redemption", lane=lane, status=status, decision=decision_id)
         if first and decision_id is not None and self._rewards is not None:
             self._rewards.join_soon(decision_id, "pos.redemption")

@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger("gateway.printer")
+_MAX_ATTEMPTS = 10  # a job that failed this often is given up (and counted)
 
 # Unambiguous on paper and over a phone line: no 0/O, 1/I/L.
 _ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -148,8 +149,7 @@ class PrintJournal:
         profiles: Mapping[str, Profile],
         clock: Clock,
         *,
-        metrics: Metrics | None = None,
-        max_attempts: int = 10,
+        metrics: Metrics,
     ) -> None:
         self._metrics = metrics
         self._sending: dict[str, str] = {}  # job id -> printer, while a driver has it
@@ -157,9 +157,7 @@ class PrintJournal:
         self._db = db
         self._profiles = profiles
         self._clock = clock
-        self._max_attempts = max_attempts
         self._wake: dict[str, asyncio.Event] = {p: asyncio.Event() for p in profiles}
-        self.recovered = 0
 
     def queued(self, printer: str) -> None:
         """A job for `printer` was committed: wake its driver."""
@@ -183,10 +181,9 @@ class PrintJournal:
             if row is None:
                 await wake.wait()
                 continue
-            if row.attempts > self._max_attempts:
-                self._sending[row.id] = printer
+            if row.attempts > _MAX_ATTEMPTS:
                 await self._finish(row.id, "failed", f"gave up after {row.attempts - 1} attempts")
-                self._count(row.id, "failed")
+                self._count(printer, "failed")
                 log.error("print job failed", printer=printer, job=row.id)
                 continue
             coupon = Coupon.from_json(row.body)
@@ -196,11 +193,11 @@ class PrintJournal:
 
     async def printed(self, job_id: str) -> None:
         await self._finish(job_id, "printed", None)
-        self._count(job_id, "printed")
+        self._count(self._sending.pop(job_id, "?"), "printed")
 
     async def interrupted(self, job_id: str, reason: str) -> None:
         await self._finish(job_id, "queued", reason)
-        self._count(job_id, "interrupted")
+        self._count(self._sending.pop(job_id, "?"), "interrupted")
         log.warning("print job interrupted, will print again as a copy", job=job_id, reason=reason)
 
     def _release_if_taken(self, take: asyncio.Future[PrintJobRow | None]) -> None:
@@ -216,20 +213,18 @@ class PrintJournal:
         await self._db.call(Store.release_print_job, job_id)
         self._sending.pop(job_id, None)
 
-    def _count(self, job_id: str, outcome: str) -> None:
-        printer = self._sending.pop(job_id, "?")
-        if self._metrics is not None:
-            self._metrics.print_jobs.labels(printer, outcome).inc()
+    def _count(self, printer: str, outcome: str) -> None:
+        self._metrics.print_jobs.labels(printer, outcome).inc()
 
     async def _finish(self, job_id: str, state: str, error: str | None) -> None:
         await self._db.call(Store.finish_print_job, job_id, state, self._clock.now(), error)
 
     async def run(self, handle: Handle) -> None:
-        self.recovered = await self._db.call(Store.requeue_interrupted_prints, self._clock.now())
-        if self.recovered:
-            log.warning("print jobs interrupted by a restart queued again", jobs=self.recovered)
+        recovered = await self._db.call(Store.requeue_interrupted_prints, self._clock.now())
+        if recovered:
+            log.warning("print jobs interrupted by a restart queued again", jobs=recovered)
         counts = await self._db.call(Store.print_counts)
-        handle.ready(f"{counts.get('queued', 0)} queued, {self.recovered} recovered")
+        handle.ready(f"{counts.get('queued', 0)} queued, {recovered} recovered")
         for event in self._wake.values():
             event.set()
         await asyncio.Event().wait()

@@ -38,6 +38,23 @@ class Topics:
         return f"{self.root}/screen/{screen_id}/content"
 
     @property
+    def pos_basket_filter(self) -> str:
+        return f"{self.root}/pos/+/basket"
+
+    @property
+    def pos_loyalty_filter(self) -> str:
+        return f"{self.root}/pos/+/loyalty"
+
+    def pos_basket(self, lane: str) -> str:
+        return f"{self.root}/pos/{lane}/basket"
+
+    def pos_loyalty(self, lane: str) -> str:
+        return f"{self.root}/pos/{lane}/loyalty"
+
+    def pos_coupon(self, lane: str) -> str:
+        return f"{self.root}/pos/{lane}/coupon"
+
+    @property
     def device_events_filter(self) -> str:
         return f"{self.root}/+/+/events"
 

@@ -22,16 +22,17 @@ __all__ = ["PosLane"]
 
 class PosLane:
     def __init__(self, host: str, port: int, store_id: str, lane: str = "pos-1") -> None:
-        self.root = f"store/{store_id}/v1/pos/{lane}"
-        self.client = aiomqtt.Client(host, port, identifier=lane, socket_options=[NO_DELAY])
         self.events = EventSource(host, port, store_id, device_id=lane)
+        self.lane, self.topics = lane, self.events.topics
+        self.root = f"{self.topics.root}/pos/{lane}"  # for a test's hand-made messages
+        self.client = aiomqtt.Client(host, port, identifier=lane, socket_options=[NO_DELAY])
         self.replies: list[dict[str, Any]] = []
         self._changed = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PosLane:
         await self.client.__aenter__()
-        await self.client.subscribe(f"{self.root}/coupon", qos=1)
+        await self.client.subscribe(self.topics.pos_coupon(self.lane), qos=1)
         await self.events.__aenter__()
         self._reader = asyncio.create_task(self._read(), name="pos-lane-replies")
         return self
@@ -57,11 +58,11 @@ class PosLane:
 
     async def basket(self, categories: list[str], total: float) -> None:
         body = {"categories": categories, "items": len(categories), "total": total}
-        await self.client.publish(f"{self.root}/basket", json.dumps(body), qos=1)
+        await self.client.publish(self.topics.pos_basket(self.lane), json.dumps(body), qos=1)
 
     async def loyalty(self, card: str) -> None:
         body = {"method": "loyalty", "value": card}
-        await self.client.publish(f"{self.root}/loyalty", json.dumps(body), qos=1)
+        await self.client.publish(self.topics.pos_loyalty(self.lane), json.dumps(body), qos=1)
 
     async def total(self, total: float) -> str:
         """The transaction event: the gateway prints a coupon once it is committed."""

@@ -194,6 +194,9 @@ def _state_of(status: PrinterStatus) -> tuple[PrinterState, str]:
 class SerialPrinter:
     """A supervisor component: one ESC/POS printer on `device`, printing jobs from `queue`."""
 
+    # The journal requeues jobs a crash left 'sending' when it starts: take none before.
+    requires = ("printing",)
+
     def __init__(
         self,
         printer_id: str,
@@ -203,14 +206,11 @@ class SerialPrinter:
         clock: Clock,
         *,
         baud: int = 115200,
-        status_timeout_s: float = 1.0,
+        status_timeout_s: float = 0.5,
         poll_s: float = 0.5,
         on_state: Callable[[str, str], None] | None = None,
-        requires: tuple[str, ...] = ("printing",),
     ) -> None:
         self.name = f"printer-{printer_id}"
-        # The journal requeues jobs a crash left 'sending' when it starts: take none before.
-        self.requires = requires
         self.printer_id = printer_id
         self.state: PrinterState = "offline"
         self.detail = "not opened yet"

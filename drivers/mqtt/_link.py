@@ -272,7 +272,7 @@ class MqttLink:
     async def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
             status = decode_status(payload)
-        except (PayloadError, ValueError):
+        except ValueError:  # PayloadError among them
             status = None  # someone else's garbage on our topic: restore the truth
         if status is None or status.state == "offline":
             stale = status.session if status else None

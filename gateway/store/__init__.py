@@ -11,7 +11,7 @@ from gateway.store._db import (
     StoreClosed,
 )
 from gateway.store._outbox import OutboxRow, OutboxTable
-from gateway.store._seed import SeedError, load_seed, offer_from_json
+from gateway.store._seed import SeedError, consent_from_json, load_seed, offer_from_json
 
 __all__ = [
     "AsyncStore",
@@ -25,6 +25,7 @@ __all__ = [
     "SeedError",
     "Store",
     "StoreClosed",
+    "consent_from_json",
     "load_seed",
     "offer_from_json",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import sqlite3
@@ -266,8 +267,7 @@ class Store:
                 f" ({len(MIGRATIONS)}); upgrade store-gateway or restore a matching backup"
             )
         for version, migration in enumerate(MIGRATIONS[current:], start=current + 1):
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
+            with transaction(self._conn, durable=False):
                 migration(self._db)
                 self._conn.execute(f"PRAGMA user_version = {version}")
 
@@ -276,8 +276,7 @@ class Store:
 
     def bump_counter(self, key: str) -> int:
         """Increment and return a durable counter (e.g. the MQTT session number)."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
             value = int(row[0]) + 1 if row else 1
             self._conn.execute(
@@ -338,11 +337,8 @@ class Store:
         return len(rows)
 
     def _write(self, sql: str, rows: list[tuple[Any, ...]], commit: bool) -> None:
-        if commit:
-            with self._conn:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany(sql, rows)
-        else:
+        """commit=False: inside the caller's transaction."""
+        with transaction(self._conn, durable=False) if commit else contextlib.nullcontext():
             self._conn.executemany(sql, rows)
 
     def offers(self) -> list[Offer]:
@@ -370,15 +366,12 @@ class Store:
     ) -> None:
         """Log a decision and, in the same transaction, queue its event for the cloud.
         settles: the pending checkout (the total's event id) this decision answers."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             self._insert_decision(d, event)
             if settles is not None:
                 self.settle_checkout(settles, commit=False)
 
-    def record_checkout(
-        self, d: Decision, event: OutboxRow | None, job: PrintJobRow | None
-    ) -> None:
+    def record_checkout(self, d: Decision, event: OutboxRow | None, job: PrintJobRow) -> None:
         """A checkout decision, its uplink event, its coupon and print job, and the pending
         checkout it settles: all or nothing, fsynced (a printed coupon must be known after a
         power cut)."""
@@ -386,23 +379,21 @@ class Store:
             self._insert_decision(d, event)
             if d.request_id is not None:
                 self.settle_checkout(d.request_id, commit=False)
-            if job is not None:
-                self._conn.execute(
-                    "INSERT INTO coupons (code, decision_id, offer_id, lane, issued_at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (job.coupon_code, d.id, d.offer_id, job.lane, d.ts),
-                )
-                self._conn.execute(
-                    "INSERT INTO print_journal (id, lane, printer, state, copy, coupon_code,"
-                    " decision_id, job, attempts, created_at, updated_at)"
-                    " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, 0, ?, ?)",
-                    (job.id, job.lane, job.printer, job.coupon_code, d.id, job.body, d.ts, d.ts),
-                )
+            self._conn.execute(
+                "INSERT INTO coupons (code, decision_id, offer_id, lane, issued_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (job.coupon_code, d.id, d.offer_id, job.lane, d.ts),
+            )
+            self._conn.execute(
+                "INSERT INTO print_journal (id, lane, printer, state, copy, coupon_code,"
+                " decision_id, job, attempts, created_at, updated_at)"
+                " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, 0, ?, ?)",
+                (job.id, job.lane, job.printer, job.coupon_code, d.id, job.body, d.ts, d.ts),
+            )
 
     def take_print_job(self, printer: str, now: float) -> PrintJobRow | None:
         """The oldest queued job of `printer`, now marked sending (attempts + 1)."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             row = self._conn.execute(
                 "SELECT id, lane, coupon_code, job, copy, attempts FROM print_journal"
                 " WHERE printer = ? AND state = 'queued' ORDER BY created_at LIMIT 1",
@@ -420,28 +411,25 @@ class Store:
     def finish_print_job(self, job_id: str, state: str, now: float, error: str | None) -> None:
         """sending -> printed, failed, or queued again as a copy (interrupted by a fault)."""
         copy = ", copy = 1" if state == "queued" else ""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
-                f"UPDATE print_journal SET state = ?, error = ?, updated_at = ?{copy}"  # noqa: S608 - constant
-                " WHERE id = ? AND state = 'sending'",
-                (state, error, now, job_id),
-            )
+        self._write(
+            f"UPDATE print_journal SET state = ?, error = ?, updated_at = ?{copy}"  # noqa: S608 - constant
+            " WHERE id = ? AND state = 'sending'",
+            [(state, error, now, job_id)],
+            commit=True,
+        )
 
     def release_print_job(self, job_id: str) -> None:
         """sending -> queued, not a copy: the job was taken but not one byte was sent."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._conn.execute(
-                "UPDATE print_journal SET state = 'queued', attempts = attempts - 1"
-                " WHERE id = ? AND state = 'sending'",
-                (job_id,),
-            )
+        self._write(
+            "UPDATE print_journal SET state = 'queued', attempts = attempts - 1"
+            " WHERE id = ? AND state = 'sending'",
+            [(job_id,)],
+            commit=True,
+        )
 
     def requeue_interrupted_prints(self, now: float) -> int:
         """At start: jobs left 'sending' by a crash may be half printed; queue them as copies."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             cursor = self._conn.execute(
                 "UPDATE print_journal SET state = 'queued', copy = 1, updated_at = ?,"
                 " error = 'interrupted by a restart' WHERE state = 'sending'",
@@ -556,8 +544,7 @@ class Store:
     ) -> bool:
         """Set a decision's reward if it is still open and within the window; the outcome
         event commits with it. False: unknown, already joined, or too late."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             cursor = self._conn.execute(
                 "UPDATE decisions SET reward = ?, reward_at = ? WHERE id = ? AND reward IS NULL"
                 " AND ts >= ?",
@@ -572,8 +559,7 @@ class Store:
         self, now: float, window_s: float, outcome: Callable[[Decision], OutboxRow], limit: int
     ) -> int:
         """Close decisions whose window passed with no reward: reward 0, outcome event."""
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             rows = self._conn.execute(
                 "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
                 " request_id, model_version, feature_hash FROM decisions"
@@ -642,8 +628,7 @@ class Store:
         offers: the whole new catalog (replaces the old one); consents / forget: a delta, or
         with consents_snapshot every consent on record (everyone else is forgotten).
         """
-        with self._conn:
-            self._conn.execute("BEGIN IMMEDIATE")
+        with transaction(self._conn, durable=False):
             row = self._conn.execute(
                 "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)
             ).fetchone()

@@ -69,7 +69,9 @@ class OutboxTable:
         self._conn = conn
         self.budget_bytes = budget_bytes
         self.count = self.bytes = 0
-        self._recount()
+        row = self._conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox")
+        count, total = row.fetchone()
+        self.count, self.bytes = int(count), int(total)
 
     def append(self, rows: Sequence[OutboxRow], *, durable: bool) -> tuple[int, int]:
         """Insert (a duplicate id is ignored) and commit; returns (inserted, shed).
@@ -113,11 +115,6 @@ class OutboxTable:
         if cursor.rowcount:
             self.count += 1
             self.bytes += len(row.body)
-
-    def _recount(self) -> None:
-        row = self._conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox")
-        count, total = row.fetchone()
-        self.count, self.bytes = int(count), int(total)
 
     def _shed(self) -> int:
         """Delete the oldest telemetry until under budget; returns how many rows went."""

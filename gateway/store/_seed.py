@@ -10,7 +10,7 @@ from gateway.identity import customer_ref
 from gateway.payloads import PayloadError, decode
 from gateway.store._db import Consent, Offer
 
-__all__ = ["SeedError", "load_seed", "offer_from_json"]
+__all__ = ["SeedError", "consent_from_json", "load_seed", "offer_from_json"]
 
 
 class SeedError(ValueError):
@@ -30,16 +30,24 @@ def load_seed(path: Path, hash_key: bytes) -> tuple[list[Offer], list[Consent]]:
         raise SeedError(f"{path}: {exc}") from exc
     offers = [offer_from_json(o) for o in data.get("offers", [])]
     consents = [
-        Consent(
-            customer_ref=c.get("customer_ref") or customer_ref(hash_key, "loyalty", c["loyalty"]),
-            personalisation=c["personalisation"],
-            segment=c.get("segment"),
-            eid_key=bytes.fromhex(c["eid_key"]) if "eid_key" in c else None,
-            eid_k=c.get("eid_k", 10),
+        consent_from_json(
+            c, c.get("customer_ref") or customer_ref(hash_key, "loyalty", c["loyalty"])
         )
         for c in data.get("consents", [])
     ]
     return offers, consents
+
+
+def consent_from_json(c: Mapping[str, Any], ref: str) -> Consent:
+    """A consent as the seed and the consents bundle describe it, already validated."""
+    rotation: dict[str, int] = {"eid_k": c["eid_k"]} if "eid_k" in c else {}  # else the default
+    return Consent(
+        customer_ref=ref,
+        personalisation=c["personalisation"],
+        segment=c.get("segment"),
+        eid_key=bytes.fromhex(c["eid_key"]) if "eid_key" in c else None,
+        **rotation,
+    )
 
 
 def offer_from_json(o: Mapping[str, Any]) -> Offer:

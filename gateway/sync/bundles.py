@@ -22,7 +22,7 @@ from gateway.clock import Clock
 from gateway.decision.model import ModelError, Scorer
 from gateway.metrics import Metrics
 from gateway.payloads import PayloadError, validate
-from gateway.store import AsyncStore, Consent, Offer, Store, offer_from_json
+from gateway.store import AsyncStore, Consent, Offer, Store, consent_from_json, offer_from_json
 from gateway.sync.outbox import Outbox
 from gateway.sync.wire import Bundle, BundleError, open_bundle, sha256_hex
 
@@ -125,14 +125,7 @@ class BundleApplier:
         elif bundle.kind == "consents":
             validate("bundle-consents", bundle.body)
             upsert = [
-                Consent(
-                    c["customer_ref"],
-                    c["personalisation"],
-                    c.get("segment"),
-                    bytes.fromhex(c["eid_key"]) if "eid_key" in c else None,
-                    c.get("eid_k", 10),
-                )
-                for c in bundle.body.get("upsert", [])
+                consent_from_json(c, c["customer_ref"]) for c in bundle.body.get("upsert", [])
             ]
             forget = list(bundle.body.get("forget", []))
             snapshot = bool(bundle.body.get("snapshot", False))

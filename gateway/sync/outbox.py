@@ -52,6 +52,7 @@ class Outbox:
         *,
         event_id: str | None = None,
         ts: float | None = None,
+        pending_checkout: str | None = None,
     ) -> OutboxRow:
         """The event envelope, serialised once, exactly as it will be uplinked."""
         now = self._clock.now() if ts is None else ts
@@ -66,7 +67,8 @@ class Outbox:
             "data": data,
         }
         encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        return OutboxRow(id=eid, rank=PRIORITY_RANK[priority], type=type, ts=now, body=encoded)
+        rank = PRIORITY_RANK[priority]
+        return OutboxRow(eid, rank, type, now, encoded, pending_checkout=pending_checkout)
 
     def submit(self, row: OutboxRow) -> asyncio.Future[None]:
         """Queue for the next commit; the future resolves once the row is committed."""
