@@ -124,9 +124,8 @@ class CameraPurposes:
         return "audience_count" in self.config.purposes
 
     def on_qr(self, text: str) -> None:
-        """A decoded QR text: the app's signed token, checked by the journey like a kiosk's."""
-        if not self.qr:
-            return
+        """A decoded QR text: the app's signed token, checked by the journey like a kiosk's.
+        (The source reads codes only when qr_identify is on, faces only for audience_count.)"""
         now = self._clock.monotonic()
         digest = hashlib.sha256(text.encode()).digest()  # the token itself is not kept
         last = self._recent.get(digest)
@@ -140,8 +139,6 @@ class CameraPurposes:
         self._on_qr_token(self.config.kiosk, text)
 
     def on_faces(self, count: int, at: float) -> None:
-        if not self.counting:
-            return
         minute = self.audience.add(count, at)
         if minute is not None:
             self._report(minute)
@@ -150,25 +147,25 @@ class CameraPurposes:
         handle.ready(", ".join(self.config.purposes))
         try:
             await asyncio.Event().wait()
-        finally:
+        finally:  # the minute in progress, reported and committed before the stop
             minute = self.audience.flush()
-            if minute is not None:
-                self._metrics.camera_audience.labels(minute.screen).set(minute.peak or 0)
-                if self._outbox is not None:
-                    row = self._outbox.row("audience.minute", "telemetry", minute.as_event())
-                    await asyncio.shield(self._outbox.submit(row))
+            if minute is not None and (committed := self._report(minute)) is not None:
+                await asyncio.shield(committed)
 
-    def _report(self, minute: AudienceMinute) -> None:
+    def _report(self, minute: AudienceMinute) -> asyncio.Future[None] | None:
+        """Gauge, telemetry and log line for one minute; the future of its commit, if any."""
         shown = minute.peak if minute.peak is not None else 0
         self._metrics.camera_audience.labels(minute.screen).set(shown)
+        committed = None
         if self._outbox is not None:
             row = self._outbox.row(
                 "audience.minute", "telemetry", minute.as_event(), ts=minute.minute
             )
-            self._outbox.submit(row)
+            committed = self._outbox.submit(row)
         log.info(
             "audience minute",
             screen=minute.screen,
             viewers_peak=minute.as_event()["viewers_peak"],
             samples=minute.samples,
         )
+        return committed

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
+    "STREAM_SCHEMES",
     "BleConfig",
     "BleScannerConfig",
     "CameraConfig",
@@ -567,13 +568,16 @@ def _check_camera(config: Config, problems: list[str]) -> None:
         )
 
 
+STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "http", "https"})  # camera.source as a stream URL
+
+
 def _check_camera_source(source: str, problems: list[str]) -> None:
     """A stream URL must name a host (and a numeric port); the message never repeats the URL,
     which may hold a password."""
     from urllib.parse import urlsplit
 
-    scheme = source.split("://", 1)[0].lower() if "://" in source else ""
-    if scheme not in ("rtsp", "rtsps", "http", "https"):
+    scheme = urlsplit(source).scheme.lower()
+    if scheme not in STREAM_SCHEMES:
         if not source:
             problems.append("camera.source: found nothing, expected a device, URL or file")
         return

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
-from gateway.identity import TOKEN_PREFIX
+from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
 from gateway.journey import Publisher
 from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
@@ -115,13 +115,7 @@ class DeviceEvents:
             self._publisher.post(self._topics.device_events_ack(kind, device_id), body.encode())
 
 
-# Keys that would carry a raw identifier to the cloud: devices send keyed refs or nothing.
-# A word anywhere in a key ("customer_phone", "loyaltyNumber") ...
-_IDENTIFIER_WORDS = frozenset(
-    {"loyalty", "phone", "mobile", "msisdn", "email", "mac", "token", "cardholder"}
-)
-# ... or the whole key, for words that are innocent inside others ("product_name").
-_IDENTIFIER_KEYS = frozenset({"card", "card_number", "address", "name", "qr", "qr_token"})
+# Devices send keyed refs or nothing: keys named like identifiers (gateway.identity) refused.
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 # Separated spellings only: twelve bare hex digits also end every UUID (decision ids).
 _MAC = re.compile(r"(?i)(?<![0-9a-f:-])(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}(?![0-9a-f:-])")
@@ -135,7 +129,7 @@ _PHONE = re.compile(r"\+\d[\d ()./-]{6,20}\d")
 def _identifier_key(key: str) -> bool:
     lowered = key.lower()
     words = {w.lower() for w in _WORDS.findall(key[:128])}
-    return lowered in _IDENTIFIER_KEYS or not words.isdisjoint(_IDENTIFIER_WORDS)
+    return lowered in IDENTIFIER_KEYS or not words.isdisjoint(IDENTIFIER_WORDS)
 
 
 def _refuse_identifiers(data: Mapping[str, Any] | list[Any], path: str = "data") -> None:

@@ -23,6 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
+    "IDENTIFIER_KEYS",
+    "IDENTIFIER_WORDS",
     "TOKEN_PREFIX",
     "TokenError",
     "customer_ref",
@@ -34,6 +36,13 @@ __all__ = [
 ]
 
 TOKEN_PREFIX = "SGW1"  # noqa: S105 - a format tag, not a secret
+# Names of fields that would carry a raw identifier (device events refuse them, logs redact
+# them): a word anywhere in a key ("customer_phone", "loyaltyNumber") ...
+IDENTIFIER_WORDS = frozenset(
+    {"loyalty", "phone", "mobile", "msisdn", "email", "mac", "token", "cardholder"}
+)
+# ... or the whole key, for words that are innocent inside others ("product_name").
+IDENTIFIER_KEYS = frozenset({"card", "card_number", "address", "name", "qr", "qr_token"})
 _NON_DIGIT = re.compile(r"[\s\-.]")
 
 

@@ -15,10 +15,12 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS
+
 __all__ = ["configure_logging", "scrub_addresses"]
 
 # Keys that could carry a raw identifier if a future log call got careless.
-_REDACT = frozenset({"value", "loyalty", "phone", "email", "token", "mac", "address", "payload"})
+_REDACT = IDENTIFIER_WORDS | IDENTIFIER_KEYS | {"value", "payload"}
 # Library loggers -> the component they belong to.
 _COMPONENTS = {"mqtt": "mqtt", "aiomqtt": "mqtt", "paho": "mqtt", "bleak": "ble", "asyncio": "loop"}
 

@@ -22,11 +22,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "examples" / "demo.toml"
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
@@ -50,6 +51,14 @@ def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
     return ordered[index]
+
+
+def _gateway(
+    work: Path, broker_port: int, overrides: Mapping[str, str] | None = None
+) -> GatewayProcess:
+    """The demo store's daemon on `broker_port`, its state under `work`, logging warnings only."""
+    base = settings(store_port=broker_port, state_dir=work / "state", logging__level="warning")
+    return GatewayProcess(DEMO, work, overrides=base | dict(overrides or {}))
 
 
 def _rss_mib(pid: int) -> float:
@@ -146,32 +155,15 @@ def bench_e2e(quick: bool) -> Figures:
         startups = []
         for run in range(3):
             with Mosquitto(work / f"startup-broker-{run}") as broker:
-                gw = GatewayProcess(
-                    REPO / "examples" / "demo.toml",
-                    work / f"startup-{run}",
-                    overrides={
-                        "mqtt.port": str(broker.port),
-                        "store.state_dir": str(work / f"startup-{run}" / "state"),
-                        "logging.format": "json",
-                        "health.enabled": "false",
-                    },
-                )
+                gw = _gateway(work / f"startup-{run}", broker.port)
                 gw.start()
                 startups.append(gw.wait_ready())
                 gw.stop()
         figures["startup_ready_s"] = statistics.median(startups)
         # Issue 3's idle figure: no model (and no camera), so the rules decide.
         with Mosquitto(work / "idle-broker") as broker:
-            gw = GatewayProcess(
-                REPO / "examples" / "demo.toml",
-                work / "idle",
-                overrides={
-                    "mqtt.port": str(broker.port),
-                    "store.state_dir": str(work / "idle" / "state"),
-                    "logging.format": "json",
-                    "logging.level": "warning",
-                    "decision.model_file": "",
-                },
+            gw = _gateway(
+                work / "idle", broker.port, {"health.enabled": "true", "decision.model_file": ""}
             )
             gw.start()
             gw.wait_ready()
@@ -179,16 +171,7 @@ def bench_e2e(quick: bool) -> Figures:
             figures["idle_rss_mib"] = _rss_mib(gw.pid)
             gw.stop()
         with Mosquitto(work / "broker") as broker:
-            gw = GatewayProcess(
-                REPO / "examples" / "demo.toml",
-                work,
-                overrides={
-                    "mqtt.port": str(broker.port),
-                    "store.state_dir": str(work / "state"),
-                    "logging.format": "json",
-                    "logging.level": "warning",
-                },
-            )
+            gw = _gateway(work, broker.port, {"health.enabled": "true"})
             gw.start()
             gw.wait_ready()
             time.sleep(1.0)
@@ -287,7 +270,7 @@ def _prefill(database: Path, count: int) -> None:
 async def _drain(work: Path, count: int) -> Figures:
     async with Cloud(work / "cloud", keep_events=False) as cloud:
         gateway = GatewayProcess(
-            REPO / "examples" / "demo.toml",
+            DEMO,
             work,
             overrides=settings(
                 store_port=cloud.port,  # any broker will do for the store side here
@@ -474,6 +457,9 @@ def bench_policy(quick: bool) -> Figures:
     }
 
 
+_BLE_ZONES = ("entrance", "produce", "bakery", "coffee", "checkout")  # one scanner each
+
+
 def _ble_world(
     devices: int, seconds: int, seed: int = 7, t0: int = 1_790_000_000
 ) -> list[tuple[str, str, Any, float, float]]:
@@ -486,7 +472,7 @@ def _ble_world(
     from gateway.ble.frames import EddystoneEID, encode_advert
 
     rng = random.Random(seed)
-    scanners = ["entrance", "produce", "bakery", "coffee", "checkout"]
+    scanners = _BLE_ZONES
     heard = []
     for second in range(seconds):
         t = t0 + second
@@ -505,7 +491,7 @@ def _ble_world(
     return heard
 
 
-def _presence_rig(devices: int) -> tuple[Any, Any, Any]:
+def _presence_rig(devices: int) -> tuple[Any, Any]:
     import types
 
     from gateway.ble.eid import EidResolver
@@ -513,15 +499,14 @@ def _presence_rig(devices: int) -> tuple[Any, Any, Any]:
     from gateway.ble.presence import PresenceEngine
     from gateway.config import BleConfig, BleScannerConfig
 
-    zones = ["entrance", "produce", "bakery", "coffee", "checkout"]
     config = BleConfig(
         enabled=True,
-        scanners=types.MappingProxyType({z: BleScannerConfig(zone=z) for z in zones}),
+        scanners=types.MappingProxyType({z: BleScannerConfig(zone=z) for z in _BLE_ZONES}),
     )
     resolver = EidResolver()
     keys = {f"c_{d:032x}": (d.to_bytes(16, "big"), 10) for d in range(0, devices, 3)}
     resolver.load(keys, 1_790_000_000.0)
-    return PresenceEngine(config, resolver.resolve), DeviceKeys(b"bench-key" * 4), resolver
+    return PresenceEngine(config, resolver.resolve), DeviceKeys(b"bench-key" * 4)
 
 
 def bench_ble(quick: bool) -> Figures:
@@ -537,7 +522,7 @@ def bench_ble(quick: bool) -> Figures:
     devices = 5000
     seconds = 6 if quick else 30
     heard = _ble_world(devices, seconds)
-    engine, keys, resolver = _presence_rig(devices)
+    engine, keys = _presence_rig(devices)
 
     start = time.perf_counter()
     for _scanner, _address, (manufacturer, service), _rssi, _t in heard:
@@ -579,7 +564,6 @@ def bench_ble(quick: bool) -> Figures:
     tracemalloc.stop()
 
     big = EidResolver()
-    big.load({f"c_{i:032x}": (os.urandom(16), 10) for i in range(10_000)}, 1_790_000_000.0)
     key = os.urandom(16)
     big.load(
         {**{f"c_{i:032x}": (os.urandom(16), 10) for i in range(9_999)}, "c_me": (key, 10)},
@@ -592,7 +576,6 @@ def bench_ble(quick: bool) -> Figures:
         / calls
     )
     assert big.resolve(hit, 1_790_000_000.0) == "c_me"
-    del resolver
     return {
         "ble_adverts_per_s": len(heard) / elapsed,
         "ble_decode_only_per_s": decode_only,
@@ -636,15 +619,10 @@ def bench_printer(quick: bool) -> Figures:
 
     async def run(work: Path, broker: Mosquitto) -> None:
         async with PrinterSimulator(work / "printer-1") as printer:
-            gw = GatewayProcess(
-                REPO / "examples" / "demo.toml",
+            gw = _gateway(
                 work,
-                overrides={
-                    "mqtt.port": str(broker.port),
-                    "store.state_dir": str(work / "state"),
-                    "logging.format": "json",
-                    "logging.level": "warning",
-                    "health.enabled": "false",
+                broker.port,
+                {
                     "printers.receipt-1.device": str(printer.link),
                     "lanes.pos-1.printer": "receipt-1",
                     "decision.cap_touchpoint_per_hour": "100000",
@@ -716,14 +694,10 @@ def bench_camera(quick: bool) -> Figures:
         with Mosquitto(work / "broker") as broker:
             for enabled in (False, True):
                 run = work / f"camera-{enabled}"
-                gw = GatewayProcess(
-                    REPO / "examples" / "demo.toml",
+                gw = _gateway(
                     run,
-                    overrides={
-                        "mqtt.port": str(broker.port),
-                        "store.state_dir": str(run / "state"),
-                        "logging.level": "warning",
-                        "health.enabled": "false",
+                    broker.port,
+                    {
                         "camera.enabled": str(enabled).lower(),
                         "camera.notice_posted": "true",
                         "camera.purposes": '["qr_identify", "audience_count"]',

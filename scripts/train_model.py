@@ -292,14 +292,19 @@ def scoring_p99_ms(scorer: OnnxScorer, rows: F32, calls: int = 2000) -> tuple[fl
 
 
 def evaluate(
-    scorer: OnnxScorer, args: argparse.Namespace, *, holdout: int, moments: int
+    scorer: OnnxScorer,
+    args: argparse.Namespace,
+    training: TrainingSet,
+    *,
+    holdout: int,
+    moments: int,
 ) -> dict[str, Any]:
     """Offline metrics on held-out logs, off-policy estimates, the on-simulator comparison."""
     seed, epsilon, from_file = args.seed, args.logging_epsilon, args.from_file
     out: dict[str, Any] = {}
     # Held-out logs: the same logging policy on another simulator seed (or the file's records).
     if from_file is not None:
-        held = load(from_file)
+        held = training  # loaded once already
         terms = ope_terms_from_records(read_jsonl(from_file), scorer, reward_model=scorer)
         out["holdout_source"] = f"{from_file} (the training file itself: not held out)"
     else:
@@ -572,12 +577,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx_bytes = export(model, args.seed, trained_at, data.features[:5000])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_bytes(onnx_bytes)
-    scorer = OnnxScorer(args.out)
+    scorer = OnnxScorer(onnx_bytes)
     timing = scoring_p99_ms(scorer, data.features[:100])
     say(f"wrote {args.out} ({len(onnx_bytes):,} bytes); 100 rows: p99 {timing[1]:.3f} ms")
 
     say("evaluating")
-    results = evaluate(scorer, args, holdout=args.holdout, moments=args.moments)
+    results = evaluate(scorer, args, data, holdout=args.holdout, moments=args.moments)
     comparison: Comparison = results["comparison"]
     for name in ("random", "popularity", "rules", "model", "oracle-observable", "oracle"):
         say(f"  {name:>17}  {comparison.conversion(name)}")

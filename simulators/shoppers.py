@@ -583,13 +583,6 @@ class Simulator:
         return moment.offers[int(np.argmax(moment.truth))]
 
 
-def _timely(ctx: FeatureContext) -> list[float]:
-    """The hour's and weather's effects alone (what also drives baskets and trends)."""
-    return _time_weather_effects(
-        FeatureContext(local_time=ctx.local_time, touchpoint=ctx.touchpoint, weather=ctx.weather)
-    )
-
-
 def _basket_chances(touchpoint: str, segment: str | None, timely: Sequence[float]) -> list[float]:
     """P(category in the basket) for each category."""
     affinity = _SEGMENT_EFFECTS.get(segment or "", {})
@@ -750,7 +743,7 @@ class ObservableOraclePolicy(Policy):
         if moment.segment is not None:
             return {moment.segment: 1.0}
         ctx = moment.ctx
-        timely = _timely(ctx)
+        timely = _time_weather_effects(ctx)  # reads only the hour and the weather
         weights: dict[str | None, float] = {}
         for segment, share in SEGMENT_SHARES.items():
             likelihood = share
@@ -824,13 +817,22 @@ class OnnxScorer:
             scorer = Scorer.from_bytes(data, origin)
         except (OSError, ModelError) as e:
             raise ModelContractError(str(e)) from e
-        self.session: Any = scorer.session
-        self.metadata: dict[str, str] = scorer.metadata
-        problems = contract_problems(self.metadata, self.session)
+        problems = contract_problems(scorer.metadata, scorer.session)
         if problems:
             raise ModelContractError("; ".join(problems))
-        self.version = self.metadata["model_version"]
         self._scorer = scorer
+
+    @property
+    def session(self) -> Any:
+        return self._scorer.session
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self._scorer.metadata
+
+    @property
+    def version(self) -> str:
+        return self._scorer.info.version  # the contract requires model_version
 
     def scores(self, features: F32) -> F64:
         """P(convert) for each row of `features` ([N, len(FEATURES)] float32), one call."""

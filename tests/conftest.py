@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from simulators.broker import Mosquitto, find_mosquitto
-from simulators.daemon import GatewayProcess
+from simulators.daemon import GatewayProcess, settings
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "examples" / "demo.toml"
@@ -39,19 +39,13 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayFactory]:
         watchdog_usec: int | None = None,
         env: dict[str, str] | None = None,
     ) -> GatewayProcess:
-        settings = {
-            "mqtt.port": str(broker.port),
-            "store.state_dir": str(tmp_path / "state"),
-            "health.enabled": "false",
-            "logging.format": "json",
-            "mqtt.reconnect_max_s": "1",
-            # The journey tests assert the rules' picks: no model file, the rules serve. Tests
-            # of the shipped model pass decision.model_file themselves.
-            "decision.model_file": "",
-            **(overrides or {}),
-        }
+        # The journey tests assert the rules' picks: no model file, the rules serve. Tests of
+        # the shipped model pass decision.model_file themselves.
+        values = settings(
+            store_port=broker.port, state_dir=tmp_path / "state", decision__model_file=""
+        ) | (overrides or {})
         process = GatewayProcess(
-            config, tmp_path, overrides=settings, watchdog_usec=watchdog_usec, env=env
+            config, tmp_path, overrides=values, watchdog_usec=watchdog_usec, env=env
         )
         process.start()
         started.append(process)

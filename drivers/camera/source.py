@@ -39,6 +39,7 @@ from cv2.data import haarcascades
 from cv2.typing import MatLike
 
 from gateway.clock import Clock
+from gateway.config import STREAM_SCHEMES
 from gateway.supervisor import Backoff, Handle
 
 __all__ = ["CameraSource", "FrameAnalyzer"]
@@ -125,7 +126,7 @@ def _read_qr(detector: cv2.QRCodeDetector | cv2.QRCodeDetectorAruco, gray: MatLi
 def _kind(source: str) -> SourceKind:
     if source.startswith("/dev/"):
         return "v4l2"
-    if urlsplit(source).scheme.lower() in ("rtsp", "rtsps", "http", "https"):
+    if urlsplit(source).scheme.lower() in STREAM_SCHEMES:
         return "stream"
     return "file"
 
