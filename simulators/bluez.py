@@ -57,6 +57,8 @@ from dbus_fast.annotations import (
 )
 from dbus_fast.service import ServiceInterface, dbus_method, dbus_property
 
+from gateway.ble.frames import BASE_UUID_TAIL, ad_structures
+
 __all__ = ["ADAPTER_INTERFACE", "BLUEZ", "DEVICE_INTERFACE", "FakeBluez", "device_path"]
 
 BLUEZ = "org.bluez"
@@ -81,7 +83,6 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 </busconfig>
 """
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
-_BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"
 _RSSI_THRESHOLD = 8  # dBm: bluetoothd's threshold for RSSI updates outside filtered discovery
 _AD_MAX = 31  # bytes of legacy advertising data
 _FILTERS = {  # SetDiscoveryFilter keys and their D-Bus signatures (GetDiscoveryFilters order)
@@ -108,9 +109,9 @@ def _uuid128(uuid: str) -> str:
     """BlueZ names every UUID in full: "feaa" -> "0000feaa-0000-1000-8000-00805f9b34fb"."""
     uuid = uuid.lower()
     if len(uuid) == 4:
-        return f"0000{uuid}{_BASE_UUID_TAIL}"
+        return f"0000{uuid}{BASE_UUID_TAIL}"
     if len(uuid) == 8:
-        return f"{uuid}{_BASE_UUID_TAIL}"
+        return f"{uuid}{BASE_UUID_TAIL}"
     return uuid
 
 
@@ -130,24 +131,16 @@ class _Advert:
     name: str | None
 
     def ad_structures(self) -> list[tuple[int, bytes]]:
-        """The AD structures (type, data) a beacon puts on air, for or_pattern matching."""
-        ads: list[tuple[int, bytes]] = [(0x01, b"\x06")]  # flags: LE general, no BR/EDR
-        short = [u for u in self.uuids if u.endswith(_BASE_UUID_TAIL) and u.startswith("0000")]
-        if short:  # complete list of 16-bit service UUIDs
-            ads.append((0x03, b"".join(int(u[4:8], 16).to_bytes(2, "little") for u in short)))
+        """The AD structures (type, data) a beacon puts on air, for or_pattern matching: the
+        codec's, with the advertised UUID list, the name and the TX power."""
+        short = [
+            int(u[4:8], 16) for u in self.uuids if u.endswith(BASE_UUID_TAIL) and u[:4] == "0000"
+        ]
+        ads = ad_structures(self.manufacturer_data, self.service_data, uuids16=short)
         if self.name is not None:
-            ads.append((0x09, self.name.encode()))
+            ads.append((0x09, self.name.encode()))  # complete local name
         if self.tx_power is not None:
-            ads.append((0x0A, (self.tx_power & 0xFF).to_bytes(1, "little")))
-        for uuid, data in self.service_data.items():
-            if uuid.endswith(_BASE_UUID_TAIL) and uuid.startswith("0000"):
-                ads.append((0x16, int(uuid[4:8], 16).to_bytes(2, "little") + data))
-            elif uuid.endswith(_BASE_UUID_TAIL):
-                ads.append((0x20, int(uuid[:8], 16).to_bytes(4, "little") + data))
-            else:
-                ads.append((0x21, int(uuid.replace("-", ""), 16).to_bytes(16, "little") + data))
-        for company, data in self.manufacturer_data.items():
-            ads.append((0xFF, company.to_bytes(2, "little") + data))
+            ads.append((0x0A, (self.tx_power & 0xFF).to_bytes(1, "little")))  # TX power level
         return ads
 
 

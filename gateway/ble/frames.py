@@ -13,12 +13,13 @@ data keyed by the lowercase 128-bit service UUID string (without it). `decode_ad
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 from uuid import UUID
 
 __all__ = [
+    "BASE_UUID_TAIL",
     "EDDYSTONE_0M_TO_1M_DB",
     "EDDYSTONE_UUID",
     "AltBeacon",
@@ -28,6 +29,7 @@ __all__ = [
     "EddystoneURL",
     "Frame",
     "IBeacon",
+    "ad_structures",
     "decode_ad_structures",
     "decode_advert",
     "encode_ad_structures",
@@ -83,7 +85,7 @@ Frame = IBeacon | AltBeacon | EddystoneUID | EddystoneURL | EddystoneTLM | Eddys
 # Service data keys as bleak gives them: the lowercase 128-bit form of the service UUID.
 EDDYSTONE_UUID = "0000feaa-0000-1000-8000-00805f9b34fb"
 EDDYSTONE_0M_TO_1M_DB = 41  # Eddystone frames carry the power at 0 m; 1 m is 41 dB less
-_BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"  # Bluetooth base UUID after the first 32 bits
+BASE_UUID_TAIL = "-0000-1000-8000-00805f9b34fb"  # Bluetooth base UUID after the first 32 bits
 
 _APPLE = 0x004C
 _IBEACON_PREFIX = b"\x02\x15"
@@ -245,7 +247,7 @@ def decode_ad_structures(payload: bytes) -> tuple[dict[int, bytes], dict[str, by
 
 
 def _uuid_from_short(short: int) -> str:
-    return f"{short:08x}{_BASE_UUID_TAIL}"
+    return f"{short:08x}{BASE_UUID_TAIL}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,11 +340,26 @@ def encode_ad_structures(
 ) -> bytes:
     """A raw advertising payload that `decode_ad_structures` decodes to the same data.
 
-    Flags come first, then the complete list of 16-bit service UUIDs (0xFEAA for Eddystone, as
-    real beacons send it), manufacturer data, service data. The length is not capped: a legacy
-    advertisement must stay within 31 bytes, an extended one may not.
+    The length is not capped: a legacy advertisement must stay within 31 bytes, an extended
+    one may not.
     """
-    structures = [bytes((_AD_FLAGS, _FLAGS_LE_GENERAL_NO_BREDR))]
+    out = bytearray()
+    for ad_type, body in ad_structures(manufacturer_data, service_data):
+        if len(body) > 254:
+            raise ValueError(f"an AD structure holds at most 254 data bytes, not {len(body)}")
+        out += bytes((len(body) + 1, ad_type)) + body
+    return bytes(out)
+
+
+def ad_structures(
+    manufacturer_data: Mapping[int, bytes],
+    service_data: Mapping[str, bytes],
+    uuids16: Sequence[int] | None = None,
+) -> list[tuple[int, bytes]]:
+    """The AD structures (type, data) of an advert, in the order beacons send them: flags,
+    the complete list of 16-bit service UUIDs (by default those of the service data: 0xFEAA
+    for Eddystone), manufacturer data, service data."""
+    structures = [(_AD_FLAGS, bytes((_FLAGS_LE_GENERAL_NO_BREDR,)))]
     service: list[tuple[int, bytes]] = []
     uuid16: list[int] = []
     for key, data in service_data.items():
@@ -352,29 +369,23 @@ def encode_ad_structures(
             raise ValueError(f"service data key is not a UUID: {key!r}") from None
         text = str(uuid)
         short = int(text[:8], 16)
-        if text.endswith(_BASE_UUID_TAIL) and short <= 0xFFFF:
+        if text.endswith(BASE_UUID_TAIL) and short <= 0xFFFF:
             uuid16.append(short)
             service.append((_AD_SERVICE_DATA_16, short.to_bytes(2, "little") + data))
-        elif text.endswith(_BASE_UUID_TAIL):
+        elif text.endswith(BASE_UUID_TAIL):
             service.append((_AD_SERVICE_DATA_32, short.to_bytes(4, "little") + data))
         else:
             service.append((_AD_SERVICE_DATA_128, uuid.bytes[::-1] + data))
-    if uuid16:
-        listed = b"".join(short.to_bytes(2, "little") for short in uuid16)
-        structures.append(bytes((_AD_UUID16_COMPLETE,)) + listed)
+    listed = uuid16 if uuids16 is None else uuids16
+    if listed:
+        structures.append(
+            (_AD_UUID16_COMPLETE, b"".join(short.to_bytes(2, "little") for short in listed))
+        )
     for company_id, data in manufacturer_data.items():
         company = _u16(company_id, "company_id")[::-1]  # little-endian on air
-        structures.append(bytes((_AD_MANUFACTURER,)) + company + data)
-    structures.extend(bytes((ad_type,)) + body for ad_type, body in service)
-    out = bytearray()
-    for structure in structures:
-        if len(structure) > 255:
-            raise ValueError(
-                f"an AD structure holds at most 254 data bytes, not {len(structure) - 1}"
-            )
-        out.append(len(structure))
-        out += structure
-    return bytes(out)
+        structures.append((_AD_MANUFACTURER, company + data))
+    structures.extend(service)
+    return structures
 
 
 def _uint(value: int, size: int, name: str) -> bytes:
