@@ -180,6 +180,7 @@ def bench_e2e(quick: bool) -> Figures:
             latencies = asyncio.run(_identify_latency(broker.port, rate, count))
             figures["loaded_rss_mib"] = _rss_mib(gw.pid)
             gw.stop()
+        loaded, load_rate = _e2e_loaded(work / "loaded", rate, count)
     figures["broker_rtt_p50_ms"] = _percentile(rtts, 50)
     figures["broker_rtt_p99_ms"] = _percentile(rtts, 99)
     figures["e2e_p50_ms"] = _percentile(latencies, 50)
@@ -187,7 +188,64 @@ def bench_e2e(quick: bool) -> Figures:
     figures["e2e_p99_minus_broker_rtt_p99_ms"] = (
         figures["e2e_p99_ms"] - figures["broker_rtt_p99_ms"]
     )
+    figures["e2e_loaded_p50_ms"] = _percentile(loaded, 50)
+    figures["e2e_loaded_p99_ms"] = _percentile(loaded, 99)
+    figures["e2e_load_events_per_s"] = load_rate
     return figures
+
+
+def _e2e_loaded(work: Path, rate: float, count: int) -> tuple[list[float], float]:
+    """The e2e latency again, with every fsync of the daemon FSYNC_DELAY_MS slower and its
+    Outbox committing DURABLE_LOAD_PER_S durable events per second (`_loaded_daemon`).
+
+    Returns the latencies and the rate the load was committed at while they were measured."""
+    work.mkdir(parents=True)
+    base = settings(store_port=0, state_dir=work / "state", logging__level="warning")
+    with Mosquitto(work / "broker") as broker:
+        gw = GatewayProcess(
+            DEMO,
+            work,
+            overrides=base | {"mqtt.port": str(broker.port)},
+            env=_slow_fsync_env(work),
+            command=[__file__, "_daemon"],
+        )
+        gw.start()
+        try:
+            gw.wait_ready()
+            time.sleep(2.0)  # the load is steady
+            started = time.time()
+            latencies = asyncio.run(_identify_latency(broker.port, rate, count))
+            ended = time.time()
+        finally:
+            gw.stop()
+    conn = sqlite3.connect(work / "state" / "gateway.sqlite3")
+    (committed,) = conn.execute(
+        "SELECT count(*) FROM outbox WHERE type = 'bench.load' AND ts BETWEEN ? AND ?",
+        (started, ended),
+    ).fetchone()
+    conn.close()
+    return latencies, committed / (ended - started)
+
+
+def _loaded_daemon(argv: list[str]) -> int:
+    """`gateway run` whose Outbox also commits DURABLE_LOAD_PER_S durable events per second.
+
+    The load is made inside the daemon, through its own Outbox and store thread, because the
+    daemon's MQTT intake of device events tops out near 1,000 per second on a small box: a
+    device could not make it commit 2,000 per second. Only `bench_e2e` runs this."""
+    from gateway.cli import main as gateway_main
+
+    serve = Outbox.run
+
+    async def run(self: Outbox, handle: Handle) -> None:
+        load = asyncio.create_task(_durable_load(self, DURABLE_LOAD_PER_S, _Tally(0)))
+        try:
+            await serve(self, handle)
+        finally:
+            load.cancel()
+
+    Outbox.run = run  # type: ignore[method-assign]
+    return gateway_main(argv)
 
 
 def _raw_sqlite_rate(path: Path, rows: list[OutboxRow]) -> float:
@@ -346,6 +404,202 @@ def _decision_rig() -> tuple[Any, Any, Any, Any, Any]:
     return engine, scorer, offers, rule_ctx, features
 
 
+_FSYNC_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <time.h>
+
+/* Sleeps BENCH_FSYNC_DELAY_US in every fsync and fdatasync, then syncs: an SD card's commit. */
+static void delay(void) {
+    const char *value = getenv("BENCH_FSYNC_DELAY_US");
+    long us = value ? atol(value) : 0;
+    struct timespec left = {us / 1000000, (us % 1000000) * 1000};
+    while (nanosleep(&left, &left) != 0) {
+    }
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    delay();
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    delay();
+    return real(fd);
+}
+"""
+FSYNC_DELAY_MS = 10
+DURABLE_LOAD_PER_S = 2000
+
+
+def _slow_fsync_env(work: Path) -> dict[str, str]:
+    """Environment for a child process whose every fsync/fdatasync takes FSYNC_DELAY_MS longer:
+    an LD_PRELOAD shim, compiled with gcc into `work`."""
+    source = work / "fsync_delay.c"
+    source.write_text(_FSYNC_SHIM)
+    shim = work / "fsync_delay.so"
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"], check=True
+    )
+    return {"LD_PRELOAD": str(shim), "BENCH_FSYNC_DELAY_US": str(FSYNC_DELAY_MS * 1000)}
+
+
+def _check_slow_fsync(work: Path) -> None:
+    """Refuse to report loaded figures if the shim is not in effect."""
+    with open(work / "fsync-probe", "wb") as probe:
+        probe.write(b"x")
+        started = time.perf_counter()
+        os.fsync(probe.fileno())
+        took_ms = (time.perf_counter() - started) * 1000
+    if took_ms < FSYNC_DELAY_MS * 0.9:
+        raise RuntimeError(f"the fsync delay shim is not in effect (fsync took {took_ms:.2f} ms)")
+
+
+class _Tally:
+    """Durable events committed by the load, and the content posts the bench waits for."""
+
+    def __init__(self, expected: int) -> None:
+        self.committed = 0
+        self.posted: dict[str, float] = {}  # request id -> when its screen got content
+        self.expected = expected
+        self.all_posted = asyncio.Event()
+
+    def commit(self, future: asyncio.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is None:  # stopped: not committed
+            self.committed += 1
+
+    def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        if topic.endswith("/screen/entrance-1/content"):
+            self.posted[json.loads(payload)["request_id"]] = time.perf_counter()
+            if len(self.posted) == self.expected:
+                self.all_posted.set()
+
+
+async def _durable_load(outbox: Outbox, rate: float, tally: _Tally) -> None:
+    """Transaction-class events (durable: synchronous=FULL), `rate` per second, forever."""
+    started, n = time.monotonic(), 0
+    while True:
+        for _ in range(n, int((time.monotonic() - started) * rate)):
+            row = outbox.row("bench.load", "transaction", {"lane": "pos-1", "n": n})
+            outbox.submit(row).add_done_callback(tally.commit)
+            n += 1
+        await asyncio.sleep(0.002)
+
+
+async def _journey_rig(db: AsyncStore, tally: _Tally, decided: list[float]) -> tuple[Any, Outbox]:
+    """The daemon's own Journey and Outbox over `db`: the shipped model, 100 offers, 100
+    consenting customers (loyalty 4000000000000..99), one kiosk with one screen."""
+    from gateway.config import DecisionConfig, KioskConfig
+    from gateway.decision.engine import DecisionEngine, Outcome
+    from gateway.identity import customer_ref
+    from gateway.journey import Journey
+    from gateway.store import Consent
+    from gateway.topics import Topics
+
+    class StampedEngine(DecisionEngine):
+        def decide(self, *args: Any, **kwargs: Any) -> Outcome:
+            outcome = super().decide(*args, **kwargs)
+            decided.append(time.perf_counter())  # the journey decides one moment at a time
+            return outcome
+
+    _, scorer, offers, _, _ = _decision_rig()
+    hash_key = b"bench-key" * 4
+    now = time.time()
+    await db.call(Store.upsert_offers, offers, now)
+    refs = [customer_ref(hash_key, "loyalty", f"40000000{i:05d}") for i in range(100)]
+    consents = [Consent(ref, True, "families" if i % 2 else None) for i, ref in enumerate(refs)]
+    await db.call(Store.upsert_consents, consents, now)
+    clock, metrics = SystemClock(), Metrics()
+    outbox = Outbox(db, "bench", clock, metrics)
+    engine = StampedEngine(
+        DecisionConfig(exploration=0.05, cap_customer_per_day=1000, cap_touchpoint_per_hour=10**5)
+    )
+    engine.install(scorer, replay=[])
+    journey = Journey(
+        topics=Topics("bench"),
+        kiosks={"kiosk-1": KioskConfig(zone="entrance", screens=("entrance-1",))},
+        store=db,
+        publisher=tally,
+        hash_key=hash_key,
+        token_key=None,
+        token_leeway_s=0,
+        metrics=metrics,
+        clock=clock,
+        engine=engine,
+        outbox=outbox,
+    )
+    return journey, outbox
+
+
+async def _journey_latency(
+    work: Path, rate: float, count: int, load_per_s: float
+) -> tuple[list[float], list[float], float]:
+    """Kiosk identifications into the Journey (`_journey_rig`) while its Outbox commits
+    `load_per_s` durable events per second.
+
+    Returns (moment -> decision made, moment -> decision committed and its content posted) in
+    milliseconds, and the durable events committed per second during the run."""
+    from gateway.payloads import encode_kiosk_identify
+    from gateway.topics import Topics
+
+    warm = 200
+    tally, decided = _Tally(warm + count), []
+    db = AsyncStore(work / "gateway.sqlite3")
+    await db.open()
+    journey, outbox = await _journey_rig(db, tally, decided)
+    handle = Handle("bench", lambda *_: None)
+    tasks = [asyncio.create_task(outbox.run(handle)), asyncio.create_task(journey.run(handle))]
+    if load_per_s:
+        tasks.append(asyncio.create_task(_durable_load(outbox, load_per_s, tally)))
+    await asyncio.sleep(1.0)  # the load is steady, the journey has read the catalog
+    sent: list[tuple[str, float]] = []
+    topic = Topics("bench").kiosk_identify("kiosk-1")
+
+    async def send(i: int) -> None:
+        rid = f"bench-{i}"
+        payload = encode_kiosk_identify("loyalty", f"40000000{i % 100:05d}", rid, time.time())
+        sent.append((rid, time.perf_counter()))
+        journey.on_kiosk_identify(topic, payload)
+
+    committed, started = tally.committed, time.monotonic()
+    await _paced(rate, warm + count, send)
+    async with asyncio.timeout(60):
+        await tally.all_posted.wait()
+    load_rate = (tally.committed - committed) / (time.monotonic() - started)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await db.close()
+    if len(decided) != len(sent):
+        raise RuntimeError(f"{len(decided)} decisions for {len(sent)} moments")
+    made = [(at - t0) * 1000 for (_, t0), at in zip(sent, decided, strict=True)][warm:]
+    done = [(tally.posted[rid] - t0) * 1000 for rid, t0 in sent][warm:]
+    return made, done, load_rate
+
+
+def _journey_worker(load_per_s: float, count: int, out: Path) -> None:
+    """Child process (under the fsync shim): one journey run, its samples as JSON in `out`."""
+    from gateway.logs import configure_logging
+
+    configure_logging("json", "warning")  # as the benchmarked daemons log
+    with tempfile.TemporaryDirectory(prefix="bench-journey-") as tmp:
+        _check_slow_fsync(Path(tmp))
+        made, done, load_rate = asyncio.run(_journey_latency(Path(tmp), 50.0, count, load_per_s))
+    out.write_text(json.dumps({"made": made, "done": done, "load_rate": load_rate}))
+
+
+def _journey_run(work: Path, env: Mapping[str, str], load_per_s: float, count: int) -> Any:
+    out = work / f"journey-{load_per_s:g}.json"
+    worker = [sys.executable, __file__, "_journey", str(load_per_s), str(count), str(out)]
+    subprocess.run(worker, env=os.environ | dict(env), cwd=REPO, check=True)
+    return json.loads(out.read_text())
+
+
 def bench_decide(quick: bool) -> Figures:
     from gateway.decision.features import featurize
 
@@ -376,7 +630,7 @@ def bench_decide(quick: bool) -> Figures:
 
     decide_ms = timed(decide)
     ort_ms = timed(lambda: scorer.score(matrix))
-    return {
+    figures = {
         "decide_candidates": len(offers),
         "decide_p50_ms": _percentile(decide_ms, 50),
         "decide_p99_ms": _percentile(decide_ms, 99),
@@ -384,6 +638,23 @@ def bench_decide(quick: bool) -> Figures:
         "ort_only_p99_ms": _percentile(ort_ms, 99),
         "decisions_per_s": 1000 / statistics.mean(decide_ms),
     }
+    # The same decisions through the journey (consent and caps read, scored, committed with
+    # their event), with every fsync FSYNC_DELAY_MS slower: alone, then while the outbox
+    # commits DURABLE_LOAD_PER_S durable events per second.
+    with tempfile.TemporaryDirectory(prefix="bench-decide-") as tmp:
+        env = _slow_fsync_env(Path(tmp))
+        journey_n = 500 if quick else 2000
+        idle = _journey_run(Path(tmp), env, 0, journey_n)
+        loaded = _journey_run(Path(tmp), env, DURABLE_LOAD_PER_S, journey_n)
+    figures |= {
+        "decide_journey_p99_ms": _percentile(idle["made"], 99),
+        "decide_loaded_p50_ms": _percentile(loaded["made"], 50),
+        "decide_loaded_p99_ms": _percentile(loaded["made"], 99),
+        "decide_committed_p99_ms": _percentile(idle["done"], 99),
+        "decide_loaded_committed_p99_ms": _percentile(loaded["done"], 99),
+        "decide_load_events_per_s": loaded["load_rate"],
+    }
+    return figures
 
 
 def bench_swap(quick: bool) -> Figures:
@@ -732,6 +1003,11 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
 def main() -> int:
     # The load generator's own collector pauses would show up as gateway latency.
     gc.freeze()
+    if sys.argv[1:2] == ["_journey"]:  # bench_decide's child process
+        _journey_worker(float(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]))
+        return 0
+    if sys.argv[1:2] == ["_daemon"]:  # bench_e2e's loaded daemon
+        return _loaded_daemon(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "names", nargs="*", metavar="NAME", help=f"any of {sorted(BENCHMARKS)} (default: all)"

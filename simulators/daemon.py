@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["GatewayProcess", "settings"]
@@ -57,8 +57,11 @@ class GatewayProcess:
         env: Mapping[str, str] | None = None,
         watchdog_usec: int | None = None,
         output: Path | None = None,
+        command: Sequence[str] = ("-m", "gateway"),
     ) -> None:
+        """command: what the interpreter runs, given `run --config ...` after it."""
         self.config = config
+        self.command = tuple(command)
         self.workdir = workdir
         self.overrides = dict(overrides or {})
         self.extra_env = dict(env or {})
@@ -91,7 +94,7 @@ class GatewayProcess:
         env.pop("WATCHDOG_PID", None)
         if self.watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
-        args = [sys.executable, "-m", "gateway", "run", "--config", str(self.config)]
+        args = [sys.executable, *self.command, "run", "--config", str(self.config)]
         for key, value in self.overrides.items():
             args += ["--set", f"{key}={value}"]
         out = self.output.open("ab")
