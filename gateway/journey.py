@@ -7,6 +7,10 @@ printed on the lane's printer: decision, coupon and print job committed together
 
 The journey is core: it gets typed events, a store, a publisher and a clock, and never touches a
 device. Decisions are committed to the store before their content is published.
+
+A decision takes three steps, each on a thread of its own kind: read the consent and the
+frequency caps (the store's read thread), score and plan (the journey's decide thread), commit
+the plan (the store thread, SQLite only). Reading and scoring never queue behind a commit.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -42,7 +47,16 @@ from gateway.payloads import (
     encode_error,
 )
 from gateway.printing import Coupon, new_coupon_code
-from gateway.store import AsyncStore, Decision, Offer, PrintJobRow, Store, StoreClosed
+from gateway.store import (
+    AsyncStore,
+    Decision,
+    Offer,
+    OutboxRow,
+    PrintJobRow,
+    Reader,
+    Store,
+    StoreClosed,
+)
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 from gateway.topics import Topics
@@ -95,6 +109,45 @@ class Checkout:
         return cls(data["lane"], data.get("customer_ref"), tuple(data["basket"]), event_id)
 
 
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a decision reads from the store before it decides."""
+
+    customer: str | None  # the customer's ref, with a personalisation consent; else None
+    segment: str | None  # the consenting customer's segment
+    seen: dict[str, int]  # offer -> times shown to this customer today (consenting only)
+    here: dict[str, int]  # offer -> times shown at this touchpoint this hour
+
+
+def _read_facts(reader: Reader, ref: str | None, touchpoint: str, now: float) -> _Facts:
+    """Runs on the store's read thread: the consent, then the caps of who it lets us know."""
+    with reader.snapshot():
+        consent = reader.consent(ref) if ref else None
+        personal = consent is not None and consent.personalisation
+        customer = ref if personal else None  # no consent, no record of who it was
+        seen, here = reader.offer_counts(customer, touchpoint, now)
+    segment = consent.segment if consent is not None and personal else None
+    return _Facts(customer, segment, seen, here)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A decision taken, and what commits it: all in one transaction on the store thread."""
+
+    decision: Decision
+    outcome: Outcome
+    uplink: OutboxRow | None  # its event for the cloud
+    job: PrintJobRow | None  # the coupon to print (a checkout that chose an offer)
+    settles: str | None  # the pending checkout (the total's event id) it answers
+
+    def commit(self, store: Store) -> None:
+        """Runs on the store thread."""
+        if self.job is not None:
+            store.record_checkout(self.decision, self.uplink, self.job)
+        else:
+            store.record_decision(self.decision, self.uplink, settles=self.settles)
+
+
 class Journey:
     name = "journey"
     requires = ("store",)
@@ -142,6 +195,8 @@ class Journey:
         self._screen_hold_s = screen_hold_s
         # screen -> (when it last got content, for whom: a customer ref or None)
         self._screen_last: dict[str, tuple[float, str | None]] = {}
+        # Scoring (onnxruntime) off the loop and off the store thread; one decision at a time.
+        self._decide_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide")
 
     def on_kiosk_identify(self, topic: str, payload: bytes) -> None:
         """Route handler: decode, then queue; raises `PayloadError` for the link to answer."""
@@ -309,9 +364,13 @@ class Journey:
 
     async def _act(self, moment: _Moment, ref: str | None, received: float) -> None:
         now = self._clock.now()
-        # One trip to the store thread: read the consent, decide, commit the decision.
+        facts = await self._store.read(_read_facts, ref, moment.touchpoint, now)
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(self._decide_thread, self._plan, moment, facts, now)
+        decision, choice = plan.decision, plan.outcome
+        personal = decision.customer_ref is not None  # only with a personalisation consent
         try:
-            decision, choice, personal = await self._store.call(self._decide, moment, ref, now)
+            await self._store.call(plan.commit)
         except sqlite3.IntegrityError:
             if moment.name != "checkout":
                 raise
@@ -342,14 +401,9 @@ class Journey:
             decision=decision.id,
         )
 
-    def _decide(
-        self, store: Store, moment: _Moment, ref: str | None, now: float
-    ) -> tuple[Decision, Outcome, bool]:
-        """Runs on the store thread: read the consent, decide (model call included), commit."""
-        consent = store.consent(ref) if ref else None
-        personal = consent is not None and consent.personalisation
-        customer = ref if personal else None  # no consent, no record of who it was
-        segment = consent.segment if consent is not None and personal else None
+    def _plan(self, moment: _Moment, facts: _Facts, now: float) -> _Plan:
+        """Runs on the decide thread: the features, the model call, the rows to commit."""
+        customer, segment = facts.customer, facts.segment
         local = datetime.fromtimestamp(now)
         features = FeatureContext(
             local_time=local,
@@ -358,17 +412,16 @@ class Journey:
             dwell_s=moment.dwell_s,
             basket=moment.basket,
             weather=self._engine.weather,
-            customer=CustomerFacts(segment=segment) if personal else None,
+            customer=CustomerFacts(segment=segment) if customer is not None else None,
         )
-        seen, here = store.offer_counts(customer, moment.touchpoint, now)
         outcome = self._engine.decide(
             self._offers,
             Context(now=now, local_time=local, channel=moment.channel, segment=segment),
             features,
             customer_ref=customer,
             touchpoint_id=moment.touchpoint,
-            customer_counts=seen,
-            touchpoint_counts=here,
+            customer_counts=facts.seen,
+            touchpoint_counts=facts.here,
         )
         logged = {**context_to_json(features), "arm": outcome.arm, "reason": outcome.reason}
         if outcome.shadow is not None:
@@ -409,12 +462,11 @@ class Journey:
                 event_id=decision.id,
                 ts=now,
             )
+        job = None
         if moment.channel == "receipt" and outcome.offer is not None:
-            store.record_checkout(decision, uplink, self._print_job(moment, outcome.offer, now))
-        else:
-            settles = moment.request_id if moment.name == "checkout" else None
-            store.record_decision(decision, uplink, settles=settles)
-        return decision, outcome, personal
+            job = self._print_job(moment, outcome.offer, now)
+        settles = moment.request_id if moment.name == "checkout" else None
+        return _Plan(decision, outcome, uplink, job, settles)
 
     def _print_job(self, moment: _Moment, offer: Offer, now: float) -> PrintJobRow:
         lane = self._lanes[moment.touchpoint]

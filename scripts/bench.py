@@ -230,9 +230,10 @@ def _e2e_loaded(work: Path, rate: float, count: int) -> tuple[list[float], float
 def _loaded_daemon(argv: list[str]) -> int:
     """`gateway run` whose Outbox also commits DURABLE_LOAD_PER_S durable events per second.
 
-    The load is made inside the daemon, through its own Outbox and store thread, because the
-    daemon's MQTT intake of device events tops out near 1,000 per second on a small box: a
-    device could not make it commit 2,000 per second. Only `bench_e2e` runs this."""
+    The load is made inside the daemon, through its own Outbox and store thread: two simulated
+    POS lanes publishing transaction events over MQTT got about 1,000 per second acknowledged
+    on a 2-core box (the daemon then used ~75 % of a core), short of 2,000. Only `bench_e2e`
+    runs this."""
     from gateway.cli import main as gateway_main
 
     serve = Outbox.run

@@ -1,9 +1,10 @@
 """The decision engine: hard rules, experiments, one model call, exploration, and a fallback.
 
-Synchronous and deterministic given its random source: the journey runs it on the store thread
-(off the event loop) right between reading the consent and committing the decision, so a
-decision and its log entry are one step. Models are swapped by replacing one reference: a
-decision under way finishes with the scorer it started with, none waits.
+Synchronous and deterministic given its random source: the journey runs it on a thread of its
+own (off the event loop, and off the store thread, which runs SQLite only), between reading the
+consent and caps and committing the decision with its log entry. Models are swapped by
+replacing one reference: a decision under way finishes with the scorer it started with, none
+waits.
 
 numpy is imported on the model's paths only: a gateway deciding by the rules never loads it.
 """

@@ -1,4 +1,9 @@
-"""The SQLite store: offers, consents, decisions; `AsyncStore` keeps it off the event loop."""
+"""The SQLite store: offers, consents, decisions; `AsyncStore` keeps it off the event loop.
+
+One connection writes, on the store thread; a decision's reads go through a second, read-only
+connection on a thread of their own (WAL lets readers run beside a commit), so they never wait
+behind an unrelated commit's fsync.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ import contextlib
 import functools
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,7 @@ __all__ = [
     "Consent",
     "Decision",
     "Offer",
+    "Reader",
     "SchemaTooNew",
     "Store",
     "StoreClosed",
@@ -241,13 +247,70 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
 )
 
 
-class Store:
-    """One connection, owned by one thread at a time (see `AsyncStore`)."""
+class Reader:
+    """What a decision reads (consent, frequency caps), over any connection to the store: the
+    store's own, or a read-only one (`Reader.open`) that a commit in progress never blocks."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path) -> Reader:
+        """A read-only connection to an existing store (WAL: it reads beside the writer)."""
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout=5000")
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one committed state of the store."""
+        with self._conn:
+            self._conn.execute("BEGIN")
+            yield
+
+    def consent(self, customer_ref: str) -> Consent | None:
+        row = self._conn.execute(
+            "SELECT personalisation, segment FROM consents WHERE customer_ref = ?",
+            (customer_ref,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Consent(customer_ref=customer_ref, personalisation=bool(row[0]), segment=row[1])
+
+    def offer_counts(
+        self, customer_ref: str | None, touchpoint: str, now: float
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """Offers shown to this customer in the last day, at this touchpoint in the last hour."""
+        customer: dict[str, int] = {}
+        if customer_ref is not None:
+            customer = dict(
+                self._conn.execute(
+                    "SELECT offer_id, count(*) FROM decisions WHERE customer_ref = ? AND ts >= ?"
+                    " AND offer_id IS NOT NULL GROUP BY offer_id",
+                    (customer_ref, now - 86400),
+                ).fetchall()
+            )
+        at_touchpoint = dict(
+            self._conn.execute(
+                "SELECT offer_id, count(*) FROM decisions WHERE touchpoint = ? AND ts >= ?"
+                " AND offer_id IS NOT NULL GROUP BY offer_id",
+                (touchpoint, now - 3600),
+            ).fetchall()
+        )
+        return customer, at_touchpoint
+
+
+class Store(Reader):
+    """The writing connection, owned by one thread at a time (see `AsyncStore`)."""
 
     def __init__(self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        super().__init__(sqlite3.connect(path, isolation_level=None, check_same_thread=False))
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=5000")
@@ -343,15 +406,6 @@ class Store:
 
     def offers(self) -> list[Offer]:
         return [_offer(row) for row in self._db.table("offers").rows_where(order_by="id")]
-
-    def consent(self, customer_ref: str) -> Consent | None:
-        row = self._conn.execute(
-            "SELECT personalisation, segment FROM consents WHERE customer_ref = ?",
-            (customer_ref,),
-        ).fetchone()
-        if row is None:
-            return None
-        return Consent(customer_ref=customer_ref, personalisation=bool(row[0]), segment=row[1])
 
     def eid_keys(self) -> dict[str, tuple[bytes, int]]:
         """customer_ref -> (identity key, rotation exponent) of customers who opted in."""
@@ -517,28 +571,6 @@ class Store:
         deleted = self.outbox.acknowledge(seqs)
         return deleted, self.outbox.count, self.outbox.bytes
 
-    def offer_counts(
-        self, customer_ref: str | None, touchpoint: str, now: float
-    ) -> tuple[dict[str, int], dict[str, int]]:
-        """Offers shown to this customer in the last day, at this touchpoint in the last hour."""
-        customer: dict[str, int] = {}
-        if customer_ref is not None:
-            customer = dict(
-                self._conn.execute(
-                    "SELECT offer_id, count(*) FROM decisions WHERE customer_ref = ? AND ts >= ?"
-                    " AND offer_id IS NOT NULL GROUP BY offer_id",
-                    (customer_ref, now - 86400),
-                ).fetchall()
-            )
-        at_touchpoint = dict(
-            self._conn.execute(
-                "SELECT offer_id, count(*) FROM decisions WHERE touchpoint = ? AND ts >= ?"
-                " AND offer_id IS NOT NULL GROUP BY offer_id",
-                (touchpoint, now - 3600),
-            ).fetchall()
-        )
-        return customer, at_touchpoint
-
     def join_reward(
         self, decision_id: str, reward: float, now: float, window_s: float, event: OutboxRow
     ) -> bool:
@@ -691,40 +723,56 @@ class StoreClosed(RuntimeError):
 
 
 class AsyncStore:
-    """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop.
+    """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop, and
+    `Reader` calls on another, with a read-only connection, so reads never wait for a commit.
 
-    `await db.call(Store.consent, ref)` runs `store.consent(ref)` on that thread.
+    `await db.call(Store.bump_counter, key)` runs `store.bump_counter(key)` on the store
+    thread; `await db.read(Reader.consent, ref)` runs `reader.consent(ref)` on the read thread.
+    The store thread runs SQLite and nothing else: callers do their other work elsewhere.
     """
 
     def __init__(self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024) -> None:
         self.path = path
         self.outbox_budget_bytes = outbox_budget_bytes
         self._store: Store | None = None
+        self._reader: Reader | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
     @property
     def is_open(self) -> bool:
         return self._store is not None
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._store = await loop.run_in_executor(
-            self._executor, Store, self.path, self.outbox_budget_bytes
+        self._store = await _run(
+            self._executor, functools.partial(Store, self.path, self.outbox_budget_bytes)
         )
+        # After the store: the file exists, migrated, in WAL mode.
+        self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
 
     async def call(
         self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        store = self._store
-        if store is None:
+        if self._store is None:
             raise StoreClosed(f"{self.path} is not open")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor, functools.partial(fn, store, *args, **kwargs)
-        )
+        return await _run(self._executor, functools.partial(fn, self._store, *args, **kwargs))
+
+    async def read(
+        self, fn: Callable[Concatenate[Reader, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a read on the read thread: it sees the last commit, and waits for none."""
+        if self._reader is None:
+            raise StoreClosed(f"{self.path} is not open")
+        return await _run(self._read_executor, functools.partial(fn, self._reader, *args, **kwargs))
 
     async def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await _run(self._read_executor, reader.close)
         store, self._store = self._store, None
         if store is not None:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, store.close)
+            await _run(self._executor, store.close)
+
+
+async def _run(executor: ThreadPoolExecutor, job: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(executor, job)
