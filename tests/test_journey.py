@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -159,3 +160,34 @@ async def test_a_decision_reads_and_scores_while_an_unrelated_commit_holds_the_s
         "decision",
         "pos.transaction",
     ]
+
+
+async def test_a_decision_commits_while_an_unrelated_durable_commit_waits_for_its_fsync(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    in_fsync, release = threading.Event(), threading.Event()
+    fdatasync = os.fdatasync
+
+    def slow_fdatasync(fd: int) -> None:
+        in_fsync.set()
+        release.wait(10)
+        fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    try:
+        accepted = asyncio.create_task(
+            rig.outbox.accept("pos.transaction", "transaction", {"total": 9.5})
+        )
+        assert await asyncio.to_thread(in_fsync.wait, 5)  # committed, its WAL being fsynced
+
+        topic = Topics("test-store").kiosk_identify("kiosk-1")
+        rig.journey.on_kiosk_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-2"))
+        async with asyncio.timeout(5):
+            await rig.screens.posted.wait()  # decided, committed, shown
+        (decision,) = await rig.db.call(Store.decisions)
+        assert decision.customer_ref == REF
+        assert not accepted.done()  # the total is acknowledged only once it is durable
+    finally:
+        release.set()
+    async with asyncio.timeout(5):
+        await accepted

@@ -2,7 +2,7 @@
 
 One connection writes, on the store thread; a decision's reads go through a second, read-only
 connection on a thread of their own (WAL lets readers run beside a commit), so they never wait
-behind an unrelated commit's fsync.
+behind an unrelated commit's fsync; a durable group commit's fsync runs on a third thread.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -722,9 +723,41 @@ class StoreClosed(RuntimeError):
     """The store is not open (yet, or any more)."""
 
 
+class _WriteAheadLog:
+    """The store's WAL file, fsynced apart from the connection that writes it.
+
+    A commit with synchronous=FULL is a commit with NORMAL followed by an fdatasync of the WAL,
+    made while the commit still holds the write lock, so every other write waits for the disk.
+    This makes that same fdatasync after the lock is released: what was committed before
+    `sync` is then as durable as with FULL. SQLite takes no POSIX lock on the WAL file (its
+    locks are on the -shm file), so this descriptor cannot release one of its locks.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-wal")
+        self._fd: int | None = None
+
+    def sync(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            # As SQLite does for a new WAL: its directory entry is durable too.
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 class AsyncStore:
     """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop, and
-    `Reader` calls on another, with a read-only connection, so reads never wait for a commit.
+    `Reader` calls on another, with a read-only connection, so reads never wait for a commit;
+    `sync` fsyncs the WAL on a third, so a durable commit's fsync holds up no other write.
 
     `await db.call(Store.bump_counter, key)` runs `store.bump_counter(key)` on the store
     thread; `await db.read(Reader.consent, ref)` runs `reader.consent(ref)` on the read thread.
@@ -738,6 +771,8 @@ class AsyncStore:
         self._reader: Reader | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
         self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._wal = _WriteAheadLog(path)
+        self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync")
 
     @property
     def is_open(self) -> bool:
@@ -765,7 +800,14 @@ class AsyncStore:
             raise StoreClosed(f"{self.path} is not open")
         return await _run(self._read_executor, functools.partial(fn, self._reader, *args, **kwargs))
 
+    async def sync(self) -> None:
+        """Make every commit so far durable (fsync the WAL), off the store thread."""
+        if self._store is None:
+            raise StoreClosed(f"{self.path} is not open")
+        await _run(self._sync_executor, self._wal.sync)
+
     async def close(self) -> None:
+        await _run(self._sync_executor, self._wal.close)
         reader, self._reader = self._reader, None
         if reader is not None:
             await _run(self._read_executor, reader.close)

@@ -2,9 +2,11 @@
 
 Callers hand events in; one writer commits whatever is waiting in a single transaction (group
 commit: batches form by themselves while a commit is under way, so a burst costs one fsync, and a
-lone event waits for nothing). A batch holding a transaction, reward or consent is committed with
-`synchronous=FULL` (its WAL is fsynced), telemetry and decisions with `NORMAL` (safe against a
-crash of the process, not against a power cut). Only then are the callers told "accepted".
+lone event waits for nothing). A batch holding a transaction, reward or consent is durable: once
+committed, its WAL is fsynced (`AsyncStore.sync`, what `synchronous=FULL` would do inside the
+commit, but off the store thread, so other writes need not wait for the disk); telemetry and
+decisions are not fsynced (safe against a crash of the process, not against a power cut). Only
+then are the callers told "accepted".
 """
 
 from __future__ import annotations
@@ -101,7 +103,11 @@ class Outbox:
         rows = [row for row, _ in batch]
         durable = any(row.rank == 0 for row in rows)
         try:
-            inserted, shed, waiting, size = await self._db.call(Store.append_outbox, rows, durable)
+            inserted, shed, waiting, size = await self._db.call(
+                Store.append_outbox, rows, durable=False
+            )
+            if durable:
+                await self._db.sync()
         except BaseException as exc:
             failure = exc if isinstance(exc, Exception) else RuntimeError("outbox stopped")
             _settle(batch, lambda f: f.set_exception(failure))
