@@ -121,6 +121,8 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         session_source=lambda: db.call(Store.bump_counter, "mqtt_session"),
         metrics=metrics,
         clock=clock,
+        client_secret=hash_key,
+        budgets=config.budgets,
         requires=("store",),
     )
     outbox = Outbox(db, config.store.id, clock, metrics)
@@ -161,6 +163,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         outbox,
         link,
         declared=declared,
+        clock=clock,
         rewards=rewards,
         pending_checkout=lanes.pending_checkout,
         after_commit=lanes.after_commit,
@@ -316,8 +319,20 @@ def _presence(
         nodes = NodeSource(
             ble.nodes_topic, keys, stats, presence.on_sighting, clock, rooms=ble.scanners
         )
-        link.route(nodes.device_filter, "ble_nodes", nodes.on_device, private_topics=True)
-        link.route(nodes.status_filter, "ble_node_status", nodes.on_status)
+        link.route(
+            nodes.device_filter,
+            "ble_nodes",
+            nodes.on_device,
+            device_of=nodes.node_of,
+            private_topics=True,
+        )
+        link.route(
+            nodes.status_filter,
+            "ble_node_status",
+            nodes.on_status,
+            device_of=nodes.node_of,
+            retained=True,  # a node's online/offline is retained state (its will among them)
+        )
     if ble.adapter:
         from drivers.ble.bleak_scanner import BleakSource  # bleak only when a radio is used
 

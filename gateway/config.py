@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
+import hmac
 import math
 import os
 import re
@@ -24,6 +26,7 @@ __all__ = [
     "STREAM_SCHEMES",
     "BleConfig",
     "BleScannerConfig",
+    "BudgetsConfig",
     "CameraConfig",
     "CatalogConfig",
     "CloudConfig",
@@ -88,9 +91,44 @@ class MqttConfig:
     reconnect_max_s: float = field(default=30.0, metadata=_meta(min=0.1, max=3600))
     # Messages that are not state (errors, events) kept while the broker is away.
     offline_queue: int = field(default=1000, metadata=_meta(min=0, max=1_000_000))
+    # QoS 1 messages the broker may have in flight to the gateway, unacknowledged (MQTT 5
+    # receive maximum): the gateway acknowledges a message once it has taken it (committed, or
+    # refused with an answer), so this bounds its memory; the rest waits at the broker.
+    receive_maximum: int = field(default=2000, metadata=_meta(min=10, max=65535))
+    # A publish not acknowledged by the broker within this time means the link is broken,
+    # whatever the socket says: reconnect.
+    publish_timeout_s: float = field(default=10.0, metadata=_meta(min=1, max=300))
+    # Seconds the broker keeps the gateway's session (subscriptions, messages that arrive
+    # meanwhile) while it is away: a restart loses nothing that devices sent in between.
+    session_expiry_s: int = field(default=3600, metadata=_meta(min=0, max=7 * 86400))
 
-    def effective_client_id(self, store_id: str) -> str:
-        return self.client_id or f"store-gateway-{store_id}"
+    def effective_client_id(self, store_id: str, secret: bytes) -> str:
+        """The configured id, else one that a device cannot guess from the store id alone."""
+        if self.client_id:
+            return self.client_id
+        tag = hmac.new(secret, b"mqtt-client-id", hashlib.sha256).hexdigest()[:12]
+        return f"store-gateway-{store_id}-{tag}"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetsConfig:
+    """Messages per second (sustained) and burst each device may send, by kind; beyond, a
+    message is refused with a `busy` answer before it is even parsed (docs/mqtt.md)."""
+
+    # A kiosk is used by one person at a time: an identification or a tap every half second,
+    # sustained, is already a lot.
+    kiosk_per_s: float = field(default=2.0, metadata=_meta(min=0.01, max=1e6))
+    kiosk_burst: int = field(default=20, metadata=_meta(min=1, max=10_000_000))
+    screen_per_s: float = field(default=10.0, metadata=_meta(min=0.01, max=1e6))
+    screen_burst: int = field(default=50, metadata=_meta(min=1, max=10_000_000))
+    tablet_per_s: float = field(default=20.0, metadata=_meta(min=0.01, max=1e6))
+    tablet_burst: int = field(default=100, metadata=_meta(min=1, max=10_000_000))
+    # A lane that was cut off from the gateway flushes what it kept: a large burst.
+    pos_per_s: float = field(default=200.0, metadata=_meta(min=0.01, max=1e6))
+    pos_burst: int = field(default=5000, metadata=_meta(min=1, max=10_000_000))
+    # A BLE scanner node reports every phone it hears, about once a second each.
+    node_per_s: float = field(default=500.0, metadata=_meta(min=0.01, max=1e6))
+    node_burst: int = field(default=2000, metadata=_meta(min=1, max=10_000_000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +351,7 @@ class KioskConfig:
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)

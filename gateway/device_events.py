@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from gateway.clock import Clock
 from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
 from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
 from gateway.journey import Publisher
@@ -35,6 +36,9 @@ AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
 PendingCheckout = Callable[[str, str, str, Mapping[str, Any], str], str | None]
 
 log = structlog.get_logger("gateway.device_events")
+# A device's `ts` may be this far from the gateway's clock (a lane keeps events for days).
+_TS_PAST_S = 30 * 86400.0
+_TS_FUTURE_S = 86400.0
 # Device kind in topics -> its config section.
 SECTIONS = {"kiosk": "kiosks", "pos": "lanes", "tablet": "tablets", "screen": "screens"}
 
@@ -47,12 +51,14 @@ class DeviceEvents:
         publisher: Publisher,
         *,
         declared: Mapping[str, Collection[str]],
+        clock: Clock,
         rewards: RewardJoiner | None = None,
         pending_checkout: PendingCheckout | None = None,
         after_commit: AfterCommit | None = None,
     ) -> None:
         """declared: device kind -> the ids config.toml declares for it."""
         self._declared = declared
+        self._clock = clock
         self._after_commit = after_commit
         self._pending_checkout = pending_checkout
         self._topics = topics
@@ -61,8 +67,12 @@ class DeviceEvents:
         self._rewards = rewards
         self._acks: dict[tuple[str, str], list[str]] = {}
 
-    def on_event(self, topic: str, payload: bytes) -> None:
-        """Route handler: validate and queue for commit; raises `PayloadError` if refused."""
+    def on_event(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        """Route handler: validate and queue for commit; raises `PayloadError` if refused.
+
+        Returns the commit's future: the link acknowledges the message to the broker once the
+        event is committed (or refused), never before.
+        """
         device = self._topics.device_of(topic)
         if device is None or device[0] not in SECTIONS:
             raise PayloadError(f"events are accepted from {sorted(SECTIONS)} devices only")
@@ -72,6 +82,13 @@ class DeviceEvents:
                 f"unknown {kind} {device_id!r}: declare it under [{SECTIONS[kind]}.{device_id}]"
             )
         data = decode("device-event", payload)  # the schema also checks data.decision_id
+        ts = data.get("ts")
+        if ts is not None and not (
+            -_TS_PAST_S <= ts - self._clock.now() <= _TS_FUTURE_S
+        ):  # a device clock that is far off would mislead every report built on its events
+            raise PayloadError(
+                "ts is out of range: more than 30 days before or 1 day after the gateway's clock"
+            )
         _refuse_identifiers(data["data"])
         event_type, event_id, fields = data["type"], data["id"], data["data"]
         checkout = None
@@ -87,6 +104,7 @@ class DeviceEvents:
         )
         future = self._outbox.submit(row)
         future.add_done_callback(lambda f: self._committed(f, kind, device_id, data))
+        return future
 
     def _committed(
         self, future: asyncio.Future[None], kind: str, device_id: str, data: dict[str, Any]
@@ -115,6 +133,8 @@ class DeviceEvents:
             self._publisher.post(self._topics.device_events_ack(kind, device_id), body.encode())
 
 
+# Keys shown in a refusal: field names only (an e-mail address or a number used as a key is not).
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 # Devices send keyed refs or nothing: keys named like identifiers (gateway.identity) refused.
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 # Separated spellings only: twelve bare hex digits also end every UUID (decision ids).
@@ -136,7 +156,10 @@ def _refuse_identifiers(data: Mapping[str, Any] | list[Any], path: str = "data")
     """Events are stored and uplinked as sent: one carrying a raw identifier is refused."""
     items = data.items() if isinstance(data, Mapping) else enumerate(data)
     for key, value in items:
-        where = f"{path}.{key}" if isinstance(key, str) else f"{path}[{key}]"
+        if not isinstance(key, str):
+            where = f"{path}[{key}]"
+        else:  # refusals never echo a key that could itself be an identifier
+            where = f"{path}.{key}" if _FIELD_NAME.fullmatch(key) else f"{path}.<key>"
         if isinstance(key, str) and _identifier_key(key):
             raise PayloadError(f"{where}: raw identifiers are not accepted in events")
         if isinstance(value, str) and (

@@ -41,8 +41,19 @@ class Metrics:
         )
         self.mqtt_rejected = Counter(
             "gateway_mqtt_rejected",
-            "Inbound MQTT messages refused (answered on the errors topic)",
+            "Inbound MQTT messages refused (answered on the errors topic, within a share)",
             ["route"],
+            registry=r,
+        )
+        self.mqtt_busy = Counter(
+            "gateway_mqtt_busy",
+            "Inbound messages refused as over their device's budget ([budgets])",
+            ["kind", "device"],
+            registry=r,
+        )
+        self.mqtt_answers_suppressed = Counter(
+            "gateway_mqtt_answers_suppressed",
+            "Refusals not answered on the errors topic: the device had its share of answers",
             registry=r,
         )
         self.mqtt_dropped = Counter(

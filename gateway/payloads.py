@@ -123,6 +123,10 @@ def validate(name: str, data: object) -> None:
     try:
         _validator(name)(data)
     except fastjsonschema.JsonSchemaValueException as exc:
+        if exc.rule == "additionalProperties":  # the message would name the key: never echoed
+            raise PayloadError(
+                f"{exc.name} holds a key the {name} schema does not define"
+            ) from None
         raise PayloadError(f"{exc.message} ({name} schema)") from None
 
 
@@ -223,27 +227,26 @@ def decode_content(payload: bytes) -> Content:
 class GatewayStatus:
     state: Literal["online", "offline"]
     session: int
-    ts: float
+    ts: float | None  # None in the last will: the broker sends it whenever it notices the loss
     version: str
 
 
 def encode_status(status: GatewayStatus) -> bytes:
-    return _encode(
-        "gateway-status",
-        {
-            "schema": "gateway-status/1",
-            "state": status.state,
-            "session": status.session,
-            "ts": status.ts,
-            "version": status.version,
-        },
-    )
+    data: dict[str, Any] = {
+        "schema": "gateway-status/1",
+        "state": status.state,
+        "session": status.session,
+        "version": status.version,
+    }
+    if status.ts is not None:
+        data["ts"] = status.ts
+    return _encode("gateway-status", data)
 
 
 def decode_status(payload: bytes) -> GatewayStatus:
     data = decode("gateway-status", payload)
     return GatewayStatus(
-        state=data["state"], session=data["session"], ts=data["ts"], version=data["version"]
+        state=data["state"], session=data["session"], ts=data.get("ts"), version=data["version"]
     )
 
 

@@ -35,6 +35,7 @@ log = structlog.get_logger("gateway.pos")
 
 _SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
 _MAX_PREPARED = 1000  # checkouts between acceptance and commit (a commit takes milliseconds)
+_MAX_TOTALS = 10_000  # recent totals remembered (re-sends come within seconds or minutes)
 
 
 @dataclass(slots=True)
@@ -69,6 +70,9 @@ class PosLanes:
         # event id -> its checkout, from the total's acceptance to its commit (a commit that
         # fails leaves one behind until the lane re-sends: bounded all the same).
         self._checkouts: OrderedDict[str, Checkout] = OrderedDict()
+        # Ids of the totals taken since the start: a lane re-sends a total whose acknowledgement
+        # it missed, and that must not end the next customer's session.
+        self._totals: OrderedDict[str, None] = OrderedDict()
 
     def _lane(self, topic: str) -> str:
         lane = self._topics.device_id(topic, "pos")
@@ -112,6 +116,11 @@ class PosLanes:
         lane = self._lanes.get(device)
         if kind != "pos" or event_type != "pos.transaction" or lane is None:
             return None
+        if event_id in self._totals:
+            return None  # a re-sent total: it ended its visit already, not the one now at the till
+        self._totals[event_id] = None
+        while len(self._totals) > _MAX_TOTALS:
+            self._totals.popitem(last=False)
         session = self._session(device)  # an idle one is fresh: not this customer's basket
         del self._sessions[device]  # the total ends the visit
         if not lane.printer:

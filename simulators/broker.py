@@ -112,6 +112,22 @@ class ServerProcess:
         self.stop()
 
 
+# The shipped configuration's flow control, which the gateway's intake relies on (the queue
+# that holds what the gateway has not acknowledged yet): test brokers use the same.
+SHIPPED_CONF = (
+    Path(__file__).resolve().parent.parent / "systemd" / "mosquitto" / "store-gateway.conf"
+)
+_FLOW_CONTROL = ("max_queued_messages", "max_queued_bytes", "max_inflight_messages")
+
+
+def shipped_flow_control() -> str:
+    """The flow-control lines of systemd/mosquitto/store-gateway.conf ("" if not shipped)."""
+    if not SHIPPED_CONF.exists():
+        return ""
+    lines = SHIPPED_CONF.read_text().splitlines()
+    return "".join(f"{line}\n" for line in lines if line.split(" ")[0] in _FLOW_CONTROL)
+
+
 class Mosquitto(ServerProcess):
     """Start with `start()` (or `with`), stop with `stop()`; `start()` again reuses the port."""
 
@@ -138,5 +154,6 @@ class Mosquitto(ServerProcess):
             "set_tcp_nodelay true\n"
             f"{user}"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            f"{shipped_flow_control()}"
             f"{self.extra_conf}\n"
         )

@@ -222,7 +222,14 @@ async def test_the_camera_pipeline_writes_no_image_data(
 
 
 def _get(port: int, path: str) -> str:
+    """The body, also of a 503 (/healthz while a component is still starting, on a busy box)."""
+    import urllib.error
     import urllib.request
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-        return str(response.read().decode())
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return str(response.read().decode())
+    except urllib.error.HTTPError as exc:
+        if exc.code != 503:
+            raise
+        return str(exc.read().decode())

@@ -154,3 +154,27 @@ def test_nan_and_infinity_are_not_json_numbers() -> None:
     with pytest.raises(PayloadError, match="NaN"):
         decode("device-event", body.replace(b"1e400", b"NaN"))
     assert decode("device-event", body.replace(b"1e400", b"1.5e9"))["ts"] == 1.5e9
+
+
+def test_refusals_never_echo_a_key_or_value_from_the_payload() -> None:
+    """An e-mail address used as a key reached every device through the errors topic."""
+    from gateway.device_events import _refuse_identifiers
+
+    email = "ada@example.com"
+    unknown_key = json.dumps({"method": "loyalty", "value": "1", email: 1}).encode()
+    with pytest.raises(PayloadError) as refused:
+        decode("kiosk-identify", unknown_key)
+    assert email not in str(refused.value)
+    assert "holds a key the kiosk-identify schema does not define" in str(refused.value)
+    with pytest.raises(PayloadError) as refused:
+        _refuse_identifiers({email: "call +44 7700 900123"})
+    assert email not in str(refused.value)
+    assert str(refused.value).startswith("data.<key>: looks like")
+
+
+def test_the_last_will_has_no_time_and_a_birth_must_have_one() -> None:
+    will = GatewayStatus("offline", 3, None, "0.1.0")
+    assert b'"ts"' not in encode_status(will)
+    assert decode_status(encode_status(will)) == will
+    with pytest.raises(ValueError, match="ts"):
+        encode_status(GatewayStatus("online", 3, None, "0.1.0"))

@@ -241,3 +241,60 @@ async def test_re_sent_events_are_harmless(
     assert [r["status"] for r in lane.replies if r["request_id"] == REDEEM_ID] == ["redeemed"] * 2
     assert len(printer.receipts) == 1
     assert _journal(tmp_path) == [("printed", 0, 1)]
+
+
+async def test_a_re_sent_total_leaves_the_next_customers_scan_alone(
+    broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator, tmp_path: Path
+) -> None:
+    """The lane missed the ack of a total and sends it again after the next customer's loyalty
+    scan: that scan still makes the next coupon personal."""
+    import json
+
+    process = gateway(overrides=_lane_settings(printer.link))
+    await asyncio.to_thread(process.wait_ready)
+    total = {"id": TOTAL_ID, "type": "pos.transaction", "priority": "transaction", "data": {}}
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+        await lane.client.publish(f"{lane.root}/events", json.dumps(total), qos=1)
+        async with asyncio.timeout(15):
+            await printer.wait_for_receipts(1)
+        await lane.basket(["coffee"], 4.2)
+        await lane.loyalty(ADA.loyalty)  # the next customer
+        await lane.client.publish(f"{lane.root}/events", json.dumps(total), qos=1)  # re-sent
+        second = await lane.total(4.2)
+        async with asyncio.timeout(15):
+            await printer.wait_for_receipts(2)
+    assert process.stop() == 0
+    with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+        refs = dict(
+            db.execute(
+                "SELECT request_id, customer_ref FROM decisions WHERE moment = 'checkout'"
+            ).fetchall()
+        )
+    assert refs[TOTAL_ID] is None
+    assert refs[second] is not None  # Ada's: the re-sent total did not end her session
+
+
+async def test_a_redemption_without_a_coupon_code_is_refused_with_an_answer(
+    broker: Mosquitto, gateway: GatewayFactory
+) -> None:
+    """The till waits for an answer: a redemption naming no coupon (nor a decision) gets one."""
+    import json
+
+    process = gateway()
+    await asyncio.to_thread(process.wait_ready)
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+        await lane.client.subscribe(lane.topics.gateway_errors, qos=1)
+        bad = {
+            REDEEM_ID: {"coupon": 12345678},  # scanned as a number
+            TOTAL_ID: {},
+        }
+        for event_id, data in bad.items():
+            event = {"id": event_id, "type": "pos.redemption", "priority": "reward", "data": data}
+            await lane.client.publish(f"{lane.root}/events", json.dumps(event), qos=1)
+        async with asyncio.timeout(10):
+            while {r.get("request_id") for r in lane.replies} < set(bad):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    assert process.stop() == 0
+    errors = [r for r in lane.replies if r.get("schema") == "gateway-error/1"]
+    assert {e["request_id"] for e in errors} == set(bad)
+    assert all("device-event schema" in e["error"] for e in errors)

@@ -1,15 +1,26 @@
-"""The link to the store's MQTT broker (aiomqtt): birth and will, routing, retained state.
+"""The link to the store's MQTT broker (aiomqtt, MQTT 5): birth and will, intake, retained state.
 
 - Reconnects forever with jittered exponential backoff; the component reports `degraded` while
-  the broker is away, and `ready` again once connected.
+  the broker is away, or while what it publishes is not acknowledged (a link that says it is
+  connected while nothing leaves is broken: it is dropped and made again), and `ready` once
+  connected.
 - Each connection has a session number from a durable counter; the birth and the will carry it.
-  The link subscribes to its own status topic and re-asserts the birth whenever an `offline`
-  appears while it is connected, so a stale will never leaves a live gateway marked offline.
+  The link subscribes to its own status topic and re-asserts the birth whenever an `offline` or
+  garbage appears there while it is connected (at most once a second).
 - Retained publications are the gateway's desired state: the link remembers the last payload per
   topic and publishes them again after every reconnect (a broker restarted without persistence
   has forgotten them). Other messages wait in a bounded queue while the broker is away.
-- Inbound messages are routed by topic filter to synchronous handlers; a handler that raises
-  `PayloadError` gets the message answered on the errors topic, and nothing stops the loop.
+- Intake: a message is acknowledged to the broker (PUBACK, manual acknowledgements) only once the
+  gateway has taken it: its handler returned (it was queued, or refused with an answer) or the
+  future it returned completed (the event was committed). What is not acknowledged yet waits at
+  the broker, which sends at most `mqtt.receive_maximum` unacknowledged messages: memory stays
+  bounded whatever devices send, and nothing the broker acknowledged to a device is dropped.
+  The session outlives the connection (`session_expiry_s`), so a restart loses nothing either.
+- Fair share: each device has a message budget (`[budgets]`); a message over it is refused with a
+  `busy, retry after` answer before it is parsed. Answers on the shared errors topic are limited
+  per device, and repeated trouble is logged as one line per device and reason per interval.
+- Requests are for now: a retained message on a request topic is never acted on, and the link
+  clears it from the broker (it may hold a customer identifier).
 """
 
 from __future__ import annotations
@@ -20,14 +31,19 @@ import socket
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import aiomqtt
+import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway import __version__
+from gateway.admission import Answers, Budget, Budgets, Trouble, TroubleLog
 from gateway.clock import Clock
-from gateway.config import CloudConfig, MqttConfig
+from gateway.config import BudgetsConfig, CloudConfig, MqttConfig
 from gateway.metrics import Metrics
 from gateway.payloads import (
     MAX_PAYLOAD_BYTES,
@@ -41,20 +57,39 @@ from gateway.payloads import (
 from gateway.supervisor import Backoff, Handle
 from gateway.topics import Topics
 
-__all__ = ["NO_DELAY", "MqttLink", "credentials"]
+__all__ = ["NO_DELAY", "Handler", "MqttLink", "budgets_of", "credentials"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
+_ROUTE_CACHE = 4096  # topics -> route, remembered (devices use a few topics each)
+_BIRTH_INTERVAL_S = 1.0  # garbage on the status topic re-asserts the birth at most this often
 # Nagle's algorithm with delayed ACKs holds small publishes ~40 ms; content must not wait.
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+# A route handler gets (topic, payload) and returns None once it has taken the message (queued
+# or done), or a future that completes when it has (an event's commit); it raises
+# `PayloadError` to refuse the message (answered on the errors topic).
+Handler = Callable[[str, bytes], "asyncio.Future[Any] | None"]
+Device = tuple[str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class _Route:
     topic_filter: str
     name: str
-    handler: Callable[[str, bytes], None]
+    handler: Handler
+    device_of: Callable[[str], Device | None]  # whose budget a message spends
     private_topics: bool  # topics may carry identifiers (a device's address): never shown
+    retained: bool  # retained messages are meant for it (a node's status); else cleared
+
+
+def budgets_of(config: BudgetsConfig) -> dict[str, Budget]:
+    """Per-kind budgets from the `[budgets]` section (kind "node": BLE scanner nodes)."""
+    kinds = ("kiosk", "screen", "tablet", "pos", "node")
+    return {
+        kind: Budget(getattr(config, f"{kind}_per_s"), getattr(config, f"{kind}_burst"))
+        for kind in kinds
+    }
 
 
 def credentials(
@@ -75,6 +110,10 @@ def credentials(
     return tls, password
 
 
+class _Broken(Exception):
+    """The link is connected but does not work (publishes are not acknowledged)."""
+
+
 class MqttLink:
     name = "mqtt"
 
@@ -86,57 +125,96 @@ class MqttLink:
         session_source: Callable[[], Awaitable[int]],
         metrics: Metrics,
         clock: Clock,
+        client_secret: bytes = b"",
+        budgets: BudgetsConfig | None = None,
         rng: random.Random | None = None,
         requires: tuple[str, ...] = (),
     ) -> None:
+        """client_secret: makes the default client id unguessable (config.effective_client_id)."""
         self.requires = requires  # components whose readiness `session_source` needs
         self._config = config
         self._topics = topics
         self._session_source = session_source
         self._metrics = metrics
         self._clock = clock
+        self._client_id = config.effective_client_id(topics.store_id, client_secret)
         self._rng = rng or random.Random()
         self._routes: list[_Route] = []
         self._retained: dict[str, bytes] = {}
         self._pending: deque[tuple[str, bytes]] = deque()
-        self._client: aiomqtt.Client | None = None
+        self._client: aiomqtt.Client | None = None  # connected, state restored: publish on it
+        self._intake: aiomqtt.Client | None = None  # whose messages are being acknowledged
+        self._route_cache: dict[str, _Route | None] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self._budgets = Budgets(budgets_of(budgets or BudgetsConfig()), clock)
+        self._answers = Answers(clock)
+        self._trouble = TroubleLog(clock, _log_trouble)
+        self._broken: asyncio.Future[str] | None = None
+        self._last_birth = float("-inf")
+        self._birth_due: asyncio.TimerHandle | None = None
         self.session = 0
+        self._session_used = True  # a session number is spent by a connection, not an attempt
 
     def route(
         self,
         topic_filter: str,
         name: str,
-        handler: Callable[[str, bytes], None],
+        handler: Handler,
         *,
+        device_of: Callable[[str], Device | None] | None = None,
         private_topics: bool = False,
+        retained: bool = False,
     ) -> None:
         """Deliver messages matching `topic_filter` to `handler` (call before `run`).
 
-        private_topics: logs and error replies name the filter, never the topic itself.
+        device_of: the (kind, id) whose budget a message spends; default: the store tree's
+        `{kind}/{device}` levels. private_topics: logs and error replies name the filter, never
+        the topic itself. retained: retained messages are state for this route (a node's
+        status); otherwise they are ignored and cleared.
         """
-        self._routes.append(_Route(topic_filter, name, handler, private_topics))
+        self._routes.append(
+            _Route(
+                topic_filter,
+                name,
+                handler,
+                device_of or self._topics.device_of,
+                private_topics,
+                retained,
+            )
+        )
 
     @property
     def connected(self) -> bool:
         return self._client is not None
 
-    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
-        """Publish at QoS 1; kept for the next connection if the broker is away."""
-        if retain:
+    async def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, remember: bool = True
+    ) -> None:
+        """Publish at QoS 1; kept for the next connection if the broker is away.
+
+        remember: a retained payload is state, published again after every reconnect.
+        """
+        if retain and remember:
             self._retained[topic] = payload
         while (client := self._client) is not None:
             try:
-                await client.publish(topic, payload, qos=1, retain=retain)
+                await client.publish(
+                    topic, payload, qos=1, retain=retain, timeout=self._config.publish_timeout_s
+                )
                 return
             except aiomqtt.MqttError as exc:
-                log.warning("publish failed, kept for reconnect", topic=topic, error=str(exc))
+                self._trouble.note(("publish", "broker"), f"publish failed: {exc}")
+                if self._client is client and "timed out" in str(exc):
+                    limit = self._config.publish_timeout_s
+                    self._break(f"a publish was not acknowledged within {limit:g}s")
             if self._client is client:
                 break
             # The broker dropped us during the publish and a new connection is up already:
             # send on it (the queue is drained only when a connection starts).
         if not retain:
             self._queue_offline(topic, payload)
+        # A retained one is sent again on connecting (a clearing need not: the retained message
+        # it clears comes back on subscribing, and is cleared then).
 
     def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1 without waiting for the broker's acknowledgement.
@@ -149,6 +227,10 @@ class MqttLink:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
+    def _break(self, reason: str) -> None:
+        if self._broken is not None and not self._broken.done():
+            self._broken.set_result(reason)
+
     def _queue_offline(self, topic: str, payload: bytes) -> None:
         if self._config.offline_queue == 0:
             self._metrics.mqtt_dropped.inc()
@@ -158,10 +240,14 @@ class MqttLink:
             self._metrics.mqtt_dropped.inc()
         self._pending.append((topic, payload))
 
-    def _status(self, state: Literal["online", "offline"]) -> bytes:
+    def _status(self, state: Literal["online", "offline"], *, will: bool = False) -> bytes:
+        # A will is sent by the broker whenever it notices the loss: no time is known now.
         return encode_status(
             GatewayStatus(
-                state=state, session=self.session, ts=self._clock.now(), version=__version__
+                state=state,
+                session=self.session,
+                ts=None if will else self._clock.now(),
+                version=__version__,
             )
         )
 
@@ -170,55 +256,109 @@ class MqttLink:
         tls, password = credentials(cfg)
         self.session = session
         will = aiomqtt.Will(
-            self._topics.gateway_status, self._status("offline"), qos=1, retain=True
+            self._topics.gateway_status, self._status("offline", will=True), qos=1, retain=True
         )
-        return aiomqtt.Client(
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = cfg.session_expiry_s
+        connect.ReceiveMaximum = cfg.receive_maximum
+        client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username or None,
             password=password,
-            identifier=cfg.effective_client_id(self._topics.store_id),
+            identifier=self._client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # resume the session: what arrived meanwhile is waiting
+            properties=connect,
             will=will,
             keepalive=cfg.keepalive_s,
             tls_params=tls,
             timeout=10,
-            max_queued_incoming_messages=10_000,
             socket_options=[NO_DELAY],
         )
+        # aiomqtt warns once per publish beyond 10 awaiting their PUBACK: under load that is a
+        # line per message. Publishes that are not acknowledged are watched here instead.
+        client.pending_calls_threshold = 1_000_000
+        self._take_intake(client)  # before connecting: a resumed session delivers at once
+        return client
 
     async def run(self, handle: Handle) -> None:
         backoff = Backoff(self._config.reconnect_min_s, self._config.reconnect_max_s, self._rng)
         where = f"{self._config.host}:{self._config.port}"
-        while True:
-            session = await self._session_source()
-            error = "connection closed"
-            try:
-                async with self._client_for(session) as client:
-                    await self._on_connect(client)
-                    self._metrics.mqtt_connected.set(1)
-                    self._metrics.mqtt_connects.inc()
-                    backoff.reset()
-                    log.info("connected", broker=where, session=session)
-                    handle.ready(f"connected to {where}, session {session}")
-                    try:
-                        await self._receive(client)
-                    except asyncio.CancelledError:
-                        await self._say_goodbye(client)
-                        raise
-            except aiomqtt.MqttError as exc:
-                error = str(exc)
-            finally:
-                self._client = None
-                self._metrics.mqtt_connected.set(0)
-            delay = backoff.next()
-            handle.degraded(f"broker {where} unreachable ({error}); retry in {delay:.1f}s")
-            log.warning("broker unreachable", broker=where, error=error, retry_s=round(delay, 2))
-            await asyncio.sleep(delay)
+        ticker = asyncio.create_task(self._flush_trouble())
+        try:
+            while True:
+                await self._connect_once(handle, backoff, where)
+        finally:
+            ticker.cancel()
+
+    async def _connect_once(self, handle: Handle, backoff: Backoff, where: str) -> None:
+        if self._session_used:  # failed attempts reuse their number: it only counts sessions
+            self.session = await self._session_source()
+            self._session_used = False
+        error = "connection closed"
+        try:
+            async with self._client_for(self.session) as client:
+                self._session_used = True
+                self._broken = asyncio.get_running_loop().create_future()
+                await self._on_connect(client)
+                self._metrics.mqtt_connected.set(1)
+                self._metrics.mqtt_connects.inc()
+                backoff.reset()
+                log.info("connected", broker=where, session=self.session)
+                handle.ready(f"connected to {where}, session {self.session}")
+                try:
+                    await self._until_lost(client, self._broken)
+                except asyncio.CancelledError:
+                    await self._say_goodbye(client)
+                    raise
+        except aiomqtt.MqttError as exc:
+            error = str(exc)
+        except _Broken as exc:
+            error = str(exc)
+        finally:
+            self._client = self._intake = None
+            self._broken = None
+            self._metrics.mqtt_connected.set(0)
+        delay = backoff.next()
+        handle.degraded(f"broker {where} unreachable ({error}); retry in {delay:.1f}s")
+        log.warning("broker unreachable", broker=where, error=error, retry_s=round(delay, 2))
+        await asyncio.sleep(delay)
+
+    async def _until_lost(self, client: aiomqtt.Client, broken: asyncio.Future[str]) -> None:
+        """Until the broker goes away (MqttError) or the link is found broken (_Broken)."""
+
+        async def disconnected() -> None:
+            async for _ in client.messages:  # never yields: intake is `_on_message`
+                pass
+
+        watch = asyncio.create_task(disconnected())
+        try:
+            await asyncio.wait((watch, broken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if broken.done():
+            raise _Broken(broken.result())
+        await watch  # raises the MqttError of the lost connection
+
+    def _take_intake(self, client: aiomqtt.Client) -> None:
+        """Messages come to `_on_message` straight from paho, acknowledged by hand.
+
+        aiomqtt has no manual acknowledgements yet (empicano/aiomqtt#345): its paho client is
+        configured directly, here only. Its message queue is bypassed too (a task per message).
+        """
+        inner: paho.Client = client._client
+        inner.manual_ack_set(True)
+        self._intake = client
+        inner.on_message = lambda _c, _u, message: self._on_message(client, inner, message)
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         # Birth last: a device that sees 'online' can count on the state being restored.
         for route in self._routes:
-            await client.subscribe(route.topic_filter, qos=1)
+            # Retain-as-published: a request published retained is seen as such, and cleared.
+            await client.subscribe(
+                route.topic_filter, options=SubscribeOptions(qos=1, retainAsPublished=True)
+            )
         # Posts made while this runs are stored, not sent (no client yet): pass again until a
         # pass finds nothing new, then go live with no await in between.
         sent: dict[str, bytes] = {}
@@ -237,49 +377,129 @@ class MqttLink:
         await client.publish(
             self._topics.gateway_status, self._status("online"), qos=1, retain=True
         )
+        self._last_birth = self._clock.monotonic()
         await client.subscribe(self._topics.gateway_status, qos=1)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
-            topic = message.topic.value
-            payload = message.payload if isinstance(message.payload, bytes) else b""
+    def _on_message(
+        self, client: aiomqtt.Client, inner: paho.Client, message: paho.MQTTMessage
+    ) -> None:
+        """One inbound message, on the loop (paho's read callback): take it, then acknowledge."""
+        mid, qos = message.mid, message.qos
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = ""
+        route = self._route_for(topic)
+        if route is None:
             if topic == self._topics.gateway_status:
-                await self._check_status(client, payload)
-                continue
-            route = next((r for r in self._routes if message.topic.matches(r.topic_filter)), None)
-            if route is None:
-                continue
-            self._metrics.mqtt_received.labels(route.name).inc()
-            try:
-                route.handler(topic, payload)
-            except PayloadError as exc:
-                self._reject(route, topic, payload, str(exc))
-            except Exception as exc:
-                shown = route.topic_filter if route.private_topics else topic
-                log.exception("handler failed", route=route.name, topic=shown)
-                self._reject(route, topic, payload, f"internal error ({type(exc).__name__})")
+                self._check_status(client, bytes(message.payload))
+            inner.ack(mid, qos)
+            return
+        self._metrics.mqtt_received.labels(route.name).inc()
+        payload = bytes(message.payload)
+        if message.retain and not route.retained:
+            inner.ack(mid, qos)
+            if payload:  # an empty one is the clearing itself, coming back
+                self._clear_retained(route, topic)
+            return
+        device = route.device_of(topic)
+        if device is not None and (wait := self._budgets.retry_after(device)):
+            inner.ack(mid, qos)
+            self._metrics.mqtt_busy.labels(*device).inc()
+            self._reject(route, topic, device, payload, f"busy: retry after {wait:.1f}s")
+            return
+        try:
+            taken = route.handler(topic, payload)
+        except PayloadError as exc:
+            inner.ack(mid, qos)
+            self._reject(route, topic, device, payload, str(exc))
+            return
+        except Exception as exc:
+            inner.ack(mid, qos)
+            shown = route.topic_filter if route.private_topics else topic
+            log.exception("handler failed", route=route.name, topic=shown)
+            self._reject(route, topic, device, payload, f"internal error ({type(exc).__name__})")
+            return
+        if taken is None:
+            inner.ack(mid, qos)
+            return
 
-    def _reject(self, route: _Route, topic: str, payload: bytes, error: str) -> None:
+        def acknowledge(future: asyncio.Future[Any]) -> None:
+            if self._intake is not client:
+                return  # that connection is gone: the broker sends the message again
+            inner.ack(mid, qos)
+            if future.cancelled() or future.exception() is not None:
+                # Not committed: refused with an answer, and the device sends it again.
+                self._reject(route, topic, device, payload, "not accepted now (store error)")
+
+        taken.add_done_callback(acknowledge)
+
+    def _route_for(self, topic: str) -> _Route | None:
+        try:
+            return self._route_cache[topic]
+        except KeyError:
+            pass
+        route = next(
+            (r for r in self._routes if paho.topic_matches_sub(r.topic_filter, topic)), None
+        )
+        if len(self._route_cache) >= _ROUTE_CACHE:
+            self._route_cache.clear()
+        self._route_cache[topic] = route
+        return route
+
+    def _clear_retained(self, route: _Route, topic: str) -> None:
+        """Requests are for now: a retained one is never acted on, and not left on the broker."""
+        shown = route.topic_filter if route.private_topics else topic
+        self._trouble.note(
+            (route.name, "retained"), f"retained message ignored and cleared: {shown}"
+        )
+        task = asyncio.create_task(self.publish(topic, b"", retain=True, remember=False))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _reject(
+        self, route: _Route, topic: str, device: Device | None, payload: bytes, error: str
+    ) -> None:
         self._metrics.mqtt_rejected.labels(route.name).inc()
         private = route.private_topics
         topic = route.topic_filter if private else topic
-        log.warning("message rejected", route=route.name, topic=topic, error=error)
+        who = "/".join(device) if device is not None else topic
+        self._trouble.note((route.name, who), error)
+        if device is not None and not self._answers.allow(device):
+            self._metrics.mqtt_answers_suppressed.inc()
+            return
         # On private routes the payload's id may itself be a device's address: not echoed.
         request_id = None if private else _peek_request_id(payload)
         body = encode_error(topic, error, self._clock.now(), request_id)
         self.post(self._topics.gateway_errors, body)
 
-    async def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:
+    def _check_status(self, client: aiomqtt.Client, payload: bytes) -> None:
         try:
             status = decode_status(payload)
         except ValueError:  # PayloadError among them
             status = None  # someone else's garbage on our topic: restore the truth
-        if status is None or status.state == "offline":
-            stale = status.session if status else None
-            log.info("stale offline status seen, re-asserting birth", stale_session=stale)
-            await client.publish(
-                self._topics.gateway_status, self._status("online"), qos=1, retain=True
-            )
+        if status is not None and status.state == "online":
+            return
+        if self._birth_due is not None:
+            return  # one re-assertion is already due
+        wait = max(0.0, self._last_birth + _BIRTH_INTERVAL_S - self._clock.monotonic())
+        stale = status.session if status else None
+        self._birth_due = asyncio.get_running_loop().call_later(
+            wait, self._reassert_birth, client, stale
+        )
+
+    def _reassert_birth(self, client: aiomqtt.Client, stale: int | None) -> None:
+        self._birth_due = None
+        if self._client is not client:
+            return
+        log.info("stale offline status seen, re-asserting birth", stale_session=stale)
+        self._last_birth = self._clock.monotonic()
+        self.post(self._topics.gateway_status, self._status("online"), retain=True)
+
+    async def _flush_trouble(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._trouble.flush()
 
     async def _say_goodbye(self, client: aiomqtt.Client) -> None:
         """A clean stop: deliver what was posted, then mark the gateway offline ourselves (the
@@ -294,6 +514,22 @@ class MqttLink:
                 )
         except (TimeoutError, aiomqtt.MqttError) as exc:
             log.warning("could not publish offline status", error=str(exc))
+        self._trouble.flush(float("inf"))
+
+
+def _log_trouble(trouble: Trouble) -> None:
+    """One line for the first refusal of a kind, then one per interval with the count."""
+    what, who = trouble.key
+    if trouble.first:
+        log.warning("message refused", route=what, source=who, error=trouble.last_error)
+    else:
+        log.warning(
+            "messages refused",
+            route=what,
+            source=who,
+            count=trouble.count,
+            last_error=trouble.last_error,
+        )
 
 
 def _peek_request_id(payload: bytes) -> str | None:

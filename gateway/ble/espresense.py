@@ -129,6 +129,15 @@ class NodeSource:
     def status_filter(self) -> str:
         return f"{self.prefix}/rooms/+/status"
 
+    def node_of(self, topic: str) -> tuple[str, str] | None:
+        """("node", room) of a node's message: whose budget it spends."""
+        parts = topic[len(self.prefix) + 1 :].split("/")
+        if len(parts) == 3 and parts[0] == "devices":
+            return "node", parts[2]
+        if len(parts) == 3 and parts[0] == "rooms":
+            return "node", parts[1]
+        return None
+
     def on_device(self, topic: str, payload: bytes) -> None:
         report = decode_device_message(self.prefix, topic, payload)
         if report.room not in self._rooms:
