@@ -485,15 +485,17 @@ def test_mosquitto_acl_confines_a_kiosk_to_its_own_topics(tmp_path: Path) -> Non
             node = "espresense-entrance"
             assert _publish(broker, node, f"espresense/devices/b/{node}", "1.5") == granted
             assert _publish(broker, node, "espresense/devices/b/elsewhere", "x") == denied
-            assert _publish(broker, "store-gateway", status, "online") == granted
             # Last, from the kiosk: everything it sent before has been routed by now.
             assert _publish(broker, "kiosk-1", own, "sentinel") == granted
             _wait_for(gateway_sees, f"{own} sentinel")
+        # One connection per user (client id = username): the gateway user's own publish
+        # is made once its subscriber is gone, which it would otherwise replace.
+        no_subscribers = 16  # MQTT 5: accepted, and nobody subscribed
+        assert _publish(broker, "store-gateway", status, "online") in {granted, no_subscribers}
         assert gateway_sees == [
             f"{own} own-identify",
             f"{STORE}/screen/screen-1/status up",
             "espresense/devices/b/espresense-entrance 1.5",
-            f"{status} online",
             f"{own} sentinel",
         ]
 
@@ -530,3 +532,52 @@ def test_mosquitto_refuses_anonymous_and_unknown_clients(tmp_path: Path) -> None
             )
             assert result.returncode != 0, credentials
             assert "not authorised" in (result.stdout + result.stderr).lower(), result.stderr
+
+
+@pytest.mark.timeout(90)
+def test_a_device_cannot_take_over_the_gateways_client_id(tmp_path: Path) -> None:
+    """kiosk-1 connecting again and again with the gateway's client id (here the old,
+    predictable default) does not disconnect the gateway: the broker uses its username."""
+    from simulators.daemon import GatewayProcess, settings
+
+    mosquitto_pub = _tool("mosquitto_pub", "mosquitto-clients")
+    with _mosquitto(tmp_path / "broker") as broker:
+        secret = tmp_path / "mqtt.password"
+        secret.write_text(PASSWORDS["store-gateway"])
+        values = settings(
+            store_port=broker.port,
+            state_dir=tmp_path / "state",
+            mqtt__username="store-gateway",
+            mqtt__password_file=str(secret),
+            mqtt__client_id="store-gateway-demo-store",
+            decision__model_file="",
+        )
+        process = GatewayProcess(REPO / "examples" / "demo.toml", tmp_path, overrides=values)
+        process.start()
+        try:
+            process.wait_ready()
+            for _ in range(10):
+                result = subprocess.run(
+                    [
+                        mosquitto_pub,
+                        *broker.client_args("kiosk-1"),
+                        "-i",
+                        "store-gateway-demo-store",
+                        "-t",
+                        "store/demo-store/v1/kiosk/kiosk-1/identify",
+                        "-m",
+                        "x",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=20,
+                    check=False,
+                )
+                assert result.returncode == 0, result.stderr
+            time.sleep(1.0)
+            assert process.alive
+        finally:
+            process.stop()
+    events = [line for line in process.log(None).splitlines() if '"logger": "drivers.mqtt"' in line]
+    assert sum('"event": "connected"' in line for line in events) == 1, events
+    assert not [line for line in events if "broker unreachable" in line]
