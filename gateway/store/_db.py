@@ -739,13 +739,13 @@ class _WriteAheadLog:
 
     def sync(self) -> None:
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-            # As SQLite does for a new WAL: its directory entry is durable too.
+            # As SQLite does for a new WAL: its directory entry is made durable too, once.
             directory = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(directory)
             finally:
                 os.close(directory)
+            self._fd = os.open(self.path, os.O_RDONLY)
         os.fdatasync(self._fd)
 
     def close(self) -> None:
