@@ -1,4 +1,4 @@
-"""The link to the store's MQTT broker (aiomqtt, MQTT 5): birth and will, intake, retained state.
+"""The link to the store's MQTT broker (aiomqtt): birth and will, intake, retained state.
 
 - Reconnects forever with jittered exponential backoff; the component reports `degraded` while
   the broker is away, or while what it publishes is not acknowledged (a link that says it is
@@ -13,14 +13,18 @@
 - Intake: a message is acknowledged to the broker (PUBACK, manual acknowledgements) only once the
   gateway has taken it: its handler returned (it was queued, or refused with an answer) or the
   future it returned completed (the event was committed). What is not acknowledged yet waits at
-  the broker, which sends at most `mqtt.receive_maximum` unacknowledged messages: memory stays
-  bounded whatever devices send, and nothing the broker acknowledged to a device is dropped.
-  The session outlives the connection (`session_expiry_s`), so a restart loses nothing either.
+  the broker, which sends a bounded number unacknowledged (`max_inflight_messages` in the shipped
+  Mosquitto config; the gateway refuses with `busy` beyond `mqtt.max_in_flight` whatever the
+  broker does): memory stays bounded, and nothing the broker acknowledged to a device is
+  dropped. The session is persistent (clean session off), so a restart loses nothing either.
+  MQTT 3.1.1: paho decodes MQTT 5 properties at ~40 us a message, a third of its whole cost.
 - Fair share: each device has a message budget (`[budgets]`); a message over it is refused with a
   `busy, retry after` answer before it is parsed. Answers on the shared errors topic are limited
   per device, and repeated trouble is logged as one line per device and reason per interval.
 - Requests are for now: a retained message on a request topic is never acted on, and the link
-  clears it from the broker (it may hold a customer identifier).
+  clears it from the broker (it may hold a customer identifier). MQTT 3.1.1 flags a message as
+  retained only when a subscription is made, so the link subscribes again a few seconds after
+  requests arrive (at most every `_SWEEP_S`): a request published retained is cleared then.
 """
 
 from __future__ import annotations
@@ -36,9 +40,7 @@ from typing import Any, Literal
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
+from prometheus_client import Counter
 
 from gateway import __version__
 from gateway.admission import Answers, Budget, Budgets, Trouble, TroubleLog
@@ -61,6 +63,7 @@ __all__ = ["NO_DELAY", "Handler", "MqttLink", "budgets_of", "credentials"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
+_SWEEP_S = 5.0  # a retained request is cleared within this long after requests arrive
 _ROUTE_CACHE = 4096  # topics -> route, remembered (devices use a few topics each)
 _BIRTH_INTERVAL_S = 1.0  # garbage on the status topic re-asserts the birth at most this often
 # Nagle's algorithm with delayed ACKs holds small publishes ~40 ms; content must not wait.
@@ -81,6 +84,7 @@ class _Route:
     device_of: Callable[[str], Device | None]  # whose budget a message spends
     private_topics: bool  # topics may carry identifiers (a device's address): never shown
     retained: bool  # retained messages are meant for it (a node's status); else cleared
+    received: Counter  # gateway_mqtt_received{route}, looked up once
 
 
 def budgets_of(config: BudgetsConfig) -> dict[str, Budget]:
@@ -152,6 +156,8 @@ class MqttLink:
         self._broken: asyncio.Future[str] | None = None
         self._last_birth = float("-inf")
         self._birth_due: asyncio.TimerHandle | None = None
+        self._sweep_due: asyncio.TimerHandle | None = None
+        self._unsettled = 0  # messages taken, not yet settled (events waiting for their commit)
         self.session = 0
         self._session_used = True  # a session number is spent by a connection, not an attempt
 
@@ -180,6 +186,7 @@ class MqttLink:
                 device_of or self._topics.device_of,
                 private_topics,
                 retained,
+                self._metrics.mqtt_received.labels(name),
             )
         )
 
@@ -258,18 +265,13 @@ class MqttLink:
         will = aiomqtt.Will(
             self._topics.gateway_status, self._status("offline", will=True), qos=1, retain=True
         )
-        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        connect.SessionExpiryInterval = cfg.session_expiry_s
-        connect.ReceiveMaximum = cfg.receive_maximum
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username or None,
             password=password,
             identifier=self._client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,  # resume the session: what arrived meanwhile is waiting
-            properties=connect,
+            clean_session=False,  # resume the session: what arrived meanwhile is waiting
             will=will,
             keepalive=cfg.keepalive_s,
             tls_params=tls,
@@ -319,6 +321,9 @@ class MqttLink:
         finally:
             self._client = self._intake = None
             self._broken = None
+            if self._sweep_due is not None:
+                self._sweep_due.cancel()
+                self._sweep_due = None
             self._metrics.mqtt_connected.set(0)
         delay = backoff.next()
         handle.degraded(f"broker {where} unreachable ({error}); retry in {delay:.1f}s")
@@ -355,10 +360,7 @@ class MqttLink:
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         # Birth last: a device that sees 'online' can count on the state being restored.
         for route in self._routes:
-            # Retain-as-published: a request published retained is seen as such, and cleared.
-            await client.subscribe(
-                route.topic_filter, options=SubscribeOptions(qos=1, retainAsPublished=True)
-            )
+            await client.subscribe(route.topic_filter, qos=1)
         # Posts made while this runs are stored, not sent (no client yet): pass again until a
         # pass finds nothing new, then go live with no await in between.
         sent: dict[str, bytes] = {}
@@ -377,7 +379,7 @@ class MqttLink:
         await client.publish(
             self._topics.gateway_status, self._status("online"), qos=1, retain=True
         )
-        self._last_birth = self._clock.monotonic()
+        self._last_birth = float("-inf")  # the first re-assertion goes at once
         await client.subscribe(self._topics.gateway_status, qos=1)
 
     def _on_message(
@@ -395,18 +397,11 @@ class MqttLink:
                 self._check_status(client, bytes(message.payload))
             inner.ack(mid, qos)
             return
-        self._metrics.mqtt_received.labels(route.name).inc()
+        route.received.inc()
         payload = bytes(message.payload)
-        if message.retain and not route.retained:
-            inner.ack(mid, qos)
-            if payload:  # an empty one is the clearing itself, coming back
-                self._clear_retained(route, topic)
-            return
         device = route.device_of(topic)
-        if device is not None and (wait := self._budgets.retry_after(device)):
+        if not self._admit(client, route, topic, device, payload, retained=bool(message.retain)):
             inner.ack(mid, qos)
-            self._metrics.mqtt_busy.labels(*device).inc()
-            self._reject(route, topic, device, payload, f"busy: retry after {wait:.1f}s")
             return
         try:
             taken = route.handler(topic, payload)
@@ -423,8 +418,10 @@ class MqttLink:
         if taken is None:
             inner.ack(mid, qos)
             return
+        self._unsettled += 1
 
         def acknowledge(future: asyncio.Future[Any]) -> None:
+            self._unsettled -= 1
             if self._intake is not client:
                 return  # that connection is gone: the broker sends the message again
             inner.ack(mid, qos)
@@ -433,6 +430,51 @@ class MqttLink:
                 self._reject(route, topic, device, payload, "not accepted now (store error)")
 
         taken.add_done_callback(acknowledge)
+
+    def _admit(
+        self,
+        client: aiomqtt.Client,
+        route: _Route,
+        topic: str,
+        device: Device | None,
+        payload: bytes,
+        *,
+        retained: bool,
+    ) -> bool:
+        """Whether the handler gets the message; if not, it was dealt with (cleared, refused)."""
+        if not route.retained:
+            if retained:
+                if payload:  # an empty one is the clearing itself, coming back
+                    self._clear_retained(route, topic)
+                return False
+            if self._sweep_due is None:
+                self._sweep_due = asyncio.get_running_loop().call_later(
+                    _SWEEP_S, self._sweep, client
+                )
+        if device is not None and (wait := self._budgets.retry_after(device)):
+            self._metrics.mqtt_busy.labels(*device).inc()
+            self._reject(route, topic, device, payload, f"busy: retry after {wait:.1f}s")
+            return False
+        if self._unsettled >= self._config.max_in_flight:
+            self._reject(route, topic, device, payload, "busy: retry after 1.0s")
+            return False
+        return True
+
+    def _sweep(self, client: aiomqtt.Client) -> None:
+        """Subscribe again to the request topics: the broker then sends what it retains there
+        flagged as retained (MQTT 3.1.1 flags nothing else), and `_on_message` clears it."""
+        self._sweep_due = None
+        if self._client is not client:
+            return  # a new connection subscribes anyway
+
+        async def resubscribe() -> None:
+            for route in self._routes:
+                if not route.retained:
+                    await client.subscribe(route.topic_filter, qos=1)
+
+        task = asyncio.create_task(resubscribe())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     def _route_for(self, topic: str) -> _Route | None:
         try:
