@@ -91,14 +91,16 @@ class MqttConfig:
     reconnect_max_s: float = field(default=30.0, metadata=_meta(min=0.1, max=3600))
     # Messages that are not state (errors, events) kept while the broker is away.
     offline_queue: int = field(default=1000, metadata=_meta(min=0, max=1_000_000))
-    # The gateway acknowledges a message to the broker once it has taken it (committed, or
-    # refused with an answer); messages taken but not yet settled (events waiting for their
-    # commit) are at most this many, beyond which new ones are refused with `busy`. The broker's
-    # own window (max_inflight_messages, 1000 in the shipped config) keeps it far below.
-    max_in_flight: int = field(default=5000, metadata=_meta(min=10, max=1_000_000))
+    # QoS 1 messages the broker may have in flight to the gateway, unacknowledged (MQTT 5
+    # receive maximum): the gateway acknowledges a message once it has taken it (committed, or
+    # refused with an answer), so this bounds its memory; the rest waits at the broker.
+    receive_maximum: int = field(default=2000, metadata=_meta(min=10, max=65535))
     # A publish not acknowledged by the broker within this time means the link is broken,
     # whatever the socket says: reconnect.
     publish_timeout_s: float = field(default=10.0, metadata=_meta(min=1, max=300))
+    # Seconds the broker keeps the gateway's session (subscriptions, messages that arrive
+    # meanwhile) while it is away: a restart loses nothing that devices sent in between.
+    session_expiry_s: int = field(default=3600, metadata=_meta(min=0, max=7 * 86400))
 
     def effective_client_id(self, store_id: str, secret: bytes) -> str:
         """The configured id, else one that a device cannot guess from the store id alone."""

@@ -117,12 +117,7 @@ class ServerProcess:
 SHIPPED_CONF = (
     Path(__file__).resolve().parent.parent / "systemd" / "mosquitto" / "store-gateway.conf"
 )
-_FLOW_CONTROL = (
-    "max_inflight_messages",
-    "max_queued_messages",
-    "max_queued_bytes",
-    "persistent_client_expiration",
-)
+_FLOW_CONTROL = ("max_queued_messages", "max_queued_bytes", "max_inflight_messages")
 
 
 def shipped_flow_control() -> str:

@@ -1,4 +1,4 @@
-"""The link to the store's MQTT broker (aiomqtt): birth and will, intake, retained state.
+"""The link to the store's MQTT broker (aiomqtt, MQTT 5): birth and will, intake, retained state.
 
 - Reconnects forever with jittered exponential backoff; the component reports `degraded` while
   the broker is away, or while what it publishes is not acknowledged (a link that says it is
@@ -13,18 +13,15 @@
 - Intake: a message is acknowledged to the broker (PUBACK, manual acknowledgements) only once the
   gateway has taken it: its handler returned (it was queued, or refused with an answer) or the
   future it returned completed (the event was committed). What is not acknowledged yet waits at
-  the broker, which sends a bounded number unacknowledged (`max_inflight_messages` in the shipped
-  Mosquitto config; the gateway refuses with `busy` beyond `mqtt.max_in_flight` whatever the
-  broker does): memory stays bounded, and nothing the broker acknowledged to a device is
-  dropped. The session is persistent (clean session off), so a restart loses nothing either.
-  MQTT 3.1.1: paho decodes MQTT 5 properties at ~40 us a message, a third of its whole cost.
+  the broker, which sends at most `mqtt.receive_maximum` unacknowledged messages: memory stays
+  bounded whatever devices send, and nothing the broker acknowledged to a device is dropped.
+  The session outlives the connection (`session_expiry_s`), so a restart loses nothing either.
 - Fair share: each device has a message budget (`[budgets]`); a message over it is refused with a
   `busy, retry after` answer before it is parsed. Answers on the shared errors topic are limited
   per device, and repeated trouble is logged as one line per device and reason per interval.
 - Requests are for now: a retained message on a request topic is never acted on, and the link
-  clears it from the broker (it may hold a customer identifier). MQTT 3.1.1 flags a message as
-  retained only when a subscription is made, so the link subscribes again a few seconds after
-  requests arrive (at most every `_SWEEP_S`): a request published retained is cleared then.
+  clears it from the broker (it may hold a customer identifier): the link subscribes with
+  retain-as-published, so a request published retained is seen as such as it arrives.
 """
 
 from __future__ import annotations
@@ -40,6 +37,9 @@ from typing import Any, Literal
 import aiomqtt
 import paho.mqtt.client as paho
 import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter
 
 from gateway import __version__
@@ -63,7 +63,6 @@ __all__ = ["NO_DELAY", "Handler", "MqttLink", "budgets_of", "credentials"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
-_SWEEP_S = 5.0  # a retained request is cleared within this long after requests arrive
 _ROUTE_CACHE = 4096  # topics -> route, remembered (devices use a few topics each)
 _BIRTH_INTERVAL_S = 1.0  # garbage on the status topic re-asserts the birth at most this often
 # Nagle's algorithm with delayed ACKs holds small publishes ~40 ms; content must not wait.
@@ -114,6 +113,36 @@ def credentials(
     return tls, password
 
 
+class _ReadAhead:
+    """paho reads each packet's header a byte at a time, a system call each: this takes what
+    the socket holds in one call and serves paho's small reads from memory.
+
+    `pending()` is what aiomqtt's read callback asks an SSL socket: while it says bytes are
+    waiting, paho is called again, so nothing buffered here waits for the socket to wake up.
+    """
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._data = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._data):
+            self._data, self._at = self._sock.recv(65536), 0  # BlockingIOError when dry
+            if not self._data:
+                return b""  # the broker closed the connection
+        chunk = self._data[self._at : self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._data) - self._at + int(inner)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class _Broken(Exception):
     """The link is connected but does not work (publishes are not acknowledged)."""
 
@@ -156,8 +185,6 @@ class MqttLink:
         self._broken: asyncio.Future[str] | None = None
         self._last_birth = float("-inf")
         self._birth_due: asyncio.TimerHandle | None = None
-        self._sweep_due: asyncio.TimerHandle | None = None
-        self._unsettled = 0  # messages taken, not yet settled (events waiting for their commit)
         self.session = 0
         self._session_used = True  # a session number is spent by a connection, not an attempt
 
@@ -265,13 +292,18 @@ class MqttLink:
         will = aiomqtt.Will(
             self._topics.gateway_status, self._status("offline", will=True), qos=1, retain=True
         )
+        connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        connect.SessionExpiryInterval = cfg.session_expiry_s
+        connect.ReceiveMaximum = cfg.receive_maximum
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
             username=cfg.username or None,
             password=password,
             identifier=self._client_id,
-            clean_session=False,  # resume the session: what arrived meanwhile is waiting
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,  # resume the session: what arrived meanwhile is waiting
+            properties=connect,
             will=will,
             keepalive=cfg.keepalive_s,
             tls_params=tls,
@@ -302,6 +334,8 @@ class MqttLink:
         try:
             async with self._client_for(self.session) as client:
                 self._session_used = True
+                inner: paho.Client = client._client
+                inner._sock = _ReadAhead(inner._sock)
                 self._broken = asyncio.get_running_loop().create_future()
                 await self._on_connect(client)
                 self._metrics.mqtt_connected.set(1)
@@ -321,9 +355,6 @@ class MqttLink:
         finally:
             self._client = self._intake = None
             self._broken = None
-            if self._sweep_due is not None:
-                self._sweep_due.cancel()
-                self._sweep_due = None
             self._metrics.mqtt_connected.set(0)
         delay = backoff.next()
         handle.degraded(f"broker {where} unreachable ({error}); retry in {delay:.1f}s")
@@ -360,7 +391,10 @@ class MqttLink:
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         # Birth last: a device that sees 'online' can count on the state being restored.
         for route in self._routes:
-            await client.subscribe(route.topic_filter, qos=1)
+            # Retain-as-published: a request published retained is seen as such, and cleared.
+            await client.subscribe(
+                route.topic_filter, options=SubscribeOptions(qos=1, retainAsPublished=True)
+            )
         # Posts made while this runs are stored, not sent (no client yet): pass again until a
         # pass finds nothing new, then go live with no await in between.
         sent: dict[str, bytes] = {}
@@ -400,7 +434,7 @@ class MqttLink:
         route.received.inc()
         payload = bytes(message.payload)
         device = route.device_of(topic)
-        if not self._admit(client, route, topic, device, payload, retained=bool(message.retain)):
+        if not self._admit(route, topic, device, payload, retained=bool(message.retain)):
             inner.ack(mid, qos)
             return
         try:
@@ -418,10 +452,8 @@ class MqttLink:
         if taken is None:
             inner.ack(mid, qos)
             return
-        self._unsettled += 1
 
         def acknowledge(future: asyncio.Future[Any]) -> None:
-            self._unsettled -= 1
             if self._intake is not client:
                 return  # that connection is gone: the broker sends the message again
             inner.ack(mid, qos)
@@ -433,7 +465,6 @@ class MqttLink:
 
     def _admit(
         self,
-        client: aiomqtt.Client,
         route: _Route,
         topic: str,
         device: Device | None,
@@ -442,39 +473,15 @@ class MqttLink:
         retained: bool,
     ) -> bool:
         """Whether the handler gets the message; if not, it was dealt with (cleared, refused)."""
-        if not route.retained:
-            if retained:
-                if payload:  # an empty one is the clearing itself, coming back
-                    self._clear_retained(route, topic)
-                return False
-            if self._sweep_due is None:
-                self._sweep_due = asyncio.get_running_loop().call_later(
-                    _SWEEP_S, self._sweep, client
-                )
+        if retained and not route.retained:
+            if payload:  # an empty one is the clearing itself, coming back
+                self._clear_retained(route, topic)
+            return False
         if device is not None and (wait := self._budgets.retry_after(device)):
             self._metrics.mqtt_busy.labels(*device).inc()
             self._reject(route, topic, device, payload, f"busy: retry after {wait:.1f}s")
             return False
-        if self._unsettled >= self._config.max_in_flight:
-            self._reject(route, topic, device, payload, "busy: retry after 1.0s")
-            return False
         return True
-
-    def _sweep(self, client: aiomqtt.Client) -> None:
-        """Subscribe again to the request topics: the broker then sends what it retains there
-        flagged as retained (MQTT 3.1.1 flags nothing else), and `_on_message` clears it."""
-        self._sweep_due = None
-        if self._client is not client:
-            return  # a new connection subscribes anyway
-
-        async def resubscribe() -> None:
-            for route in self._routes:
-                if not route.retained:
-                    await client.subscribe(route.topic_filter, qos=1)
-
-        task = asyncio.create_task(resubscribe())
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
 
     def _route_for(self, topic: str) -> _Route | None:
         try:
