@@ -76,6 +76,8 @@ def _integer(text: str) -> int:
     return int(text)
 
 
+# One decoder for all device input (json.loads with hooks would build one per call).
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite, parse_int=_integer)
 # \uD800-\uDFFF escapes: JSON lets a lone surrogate through, and it fails later when encoded.
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -98,9 +100,7 @@ def parse_json(payload: bytes) -> Any:
     try:
         # Decode first: json.loads would guess UTF-16/32 from the first bytes of a payload.
         text = payload.decode("utf-8")
-        data = json.loads(
-            text, parse_constant=_no_constant, parse_float=_finite, parse_int=_integer
-        )
+        data = _DECODER.decode(text)
         if _SURROGATE_ESCAPE.search(text):  # rare: escaped pairs (emoji) pass, lone halves not
             json.dumps(data, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -32,6 +32,7 @@ DEMO = REPO / "examples" / "demo.toml"
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
+from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
@@ -1014,6 +1015,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "e2e": bench_e2e,
     "accept": bench_accept,
     "drain": bench_drain,
+    "flood": bench_flood,
 }
 
 

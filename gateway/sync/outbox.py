@@ -30,6 +30,7 @@ __all__ = ["EVENT_SCHEMA_VERSION", "Outbox"]
 log = structlog.get_logger("gateway.outbox")
 EVENT_SCHEMA_VERSION = 1
 _MAX_BATCH = 5000
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)  # built once, not per event
 
 
 class Outbox:
@@ -68,7 +69,7 @@ class Outbox:
             "priority": priority,
             "data": data,
         }
-        encoded = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        encoded = _ENCODER.encode(body).encode()
         rank = PRIORITY_RANK[priority]
         return OutboxRow(eid, rank, type, now, encoded, pending_checkout=pending_checkout)
 
