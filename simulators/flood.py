@@ -34,7 +34,7 @@ class Flood:
     """One MQTT client on paho's own network thread; `publish_all` queues as fast as it can."""
 
     def __init__(
-        self, host: str, port: int, client_id: str, *, inflight: int = 1000, username: str = ""
+        self, host: str, port: int, client_id: str, *, inflight: int = 100, username: str = ""
     ) -> None:
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311
@@ -42,7 +42,9 @@ class Flood:
         if username:
             self._client.username_pw_set(username, username)
         self._client.max_inflight_messages_set(inflight)
-        self._client.max_queued_messages_set(0)  # unlimited: the burst is the point
+        # paho walks its whole list of outgoing messages on every PUBACK: a burst queued inside
+        # paho costs the publisher O(n) per message. Publishing stops at `inflight` unacked.
+        self._window = threading.Semaphore(inflight)
         self._client.on_publish = self._on_publish
         self._client.on_message = self._on_message
         self._host, self._port = host, port
@@ -77,6 +79,8 @@ class Flood:
     def publish_all(self, messages: Iterable[tuple[str, Message]]) -> None:
         """Publish (label, message) pairs back to back; QoS 1 labels are tracked to PUBACK."""
         for label, (topic, payload, qos) in messages:
+            if qos:
+                self._window.acquire()
             # Not under our lock: paho calls on_publish holding its own (a lock-order deadlock).
             info = self._client.publish(topic, payload, qos=qos)
             with self._lock:
@@ -84,6 +88,7 @@ class Flood:
                 self._early.discard(info.mid)
                 if qos and early:  # the PUBACK came before publish() returned
                     self.acknowledged.add(label)
+                    self._window.release()
                 elif qos:
                     self._labels[info.mid] = label
             self.published += 1
@@ -98,6 +103,7 @@ class Flood:
             label = self._labels.pop(mid, None)
             if label is not None:
                 self.acknowledged.add(label)
+                self._window.release()
             else:
                 self._early.add(mid)
 
