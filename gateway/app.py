@@ -30,7 +30,7 @@ from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
 from gateway.decision.rewards import RewardJoiner
-from gateway.device_events import SECTIONS, DeviceEvents
+from gateway.device_events import DeviceEvents
 from gateway.escpos import Profile, load_profile
 from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
@@ -43,7 +43,7 @@ from gateway.store import AsyncStore, Store, load_seed
 from gateway.supervisor import Handle, State, Supervisor
 from gateway.sync.bundles import BundleApplier
 from gateway.sync.outbox import Outbox
-from gateway.topics import Topics
+from gateway.topics import SECTIONS, Topics
 
 __all__ = ["StoreComponent", "run_gateway"]
 
@@ -123,6 +123,10 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         client_secret=hash_key,
         budgets=config.budgets,
+        declared={
+            **{kind: set(getattr(config, section)) for kind, section in SECTIONS.items()},
+            "node": set(config.ble.scanners),
+        },
         requires=("store",),
     )
     outbox = Outbox(db, config.store.id, clock, metrics)

@@ -26,9 +26,9 @@ from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
 from gateway.journey import Publisher
 from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
-from gateway.topics import Topics
+from gateway.topics import SECTIONS, Topics, undeclared
 
-__all__ = ["SECTIONS", "AfterCommit", "DeviceEvents", "PendingCheckout"]
+__all__ = ["AfterCommit", "DeviceEvents", "PendingCheckout"]
 
 # (device kind, device id, event type, event data, event id), once the event is committed.
 AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
@@ -39,8 +39,6 @@ log = structlog.get_logger("gateway.device_events")
 # A device's `ts` may be this far from the gateway's clock (a lane keeps events for days).
 _TS_PAST_S = 30 * 86400.0
 _TS_FUTURE_S = 86400.0
-# Device kind in topics -> its config section.
-SECTIONS = {"kiosk": "kiosks", "pos": "lanes", "tablet": "tablets", "screen": "screens"}
 
 
 class DeviceEvents:
@@ -78,9 +76,7 @@ class DeviceEvents:
             raise PayloadError(f"events are accepted from {sorted(SECTIONS)} devices only")
         kind, device_id = device
         if device_id not in self._declared.get(kind, ()):
-            raise PayloadError(
-                f"unknown {kind} {device_id!r}: declare it under [{SECTIONS[kind]}.{device_id}]"
-            )
+            raise PayloadError(undeclared(kind, device_id))
         data = decode("device-event", payload)  # the schema also checks data.decision_id
         ts = data.get("ts")
         if ts is not None and not (
@@ -133,7 +129,7 @@ class DeviceEvents:
             self._publisher.post(self._topics.device_events_ack(kind, device_id), body.encode())
 
 
-# Keys shown in a refusal: field names only (an e-mail address or a number used as a key is not).
+# Keys shown in a refusal: identifier field names ("email"), never an arbitrary key.
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
 # Devices send keyed refs or nothing: keys named like identifiers (gateway.identity) refused.
 _WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
@@ -158,8 +154,9 @@ def _refuse_identifiers(data: Mapping[str, Any] | list[Any], path: str = "data")
     for key, value in items:
         if not isinstance(key, str):
             where = f"{path}[{key}]"
-        else:  # refusals never echo a key that could itself be an identifier
-            where = f"{path}.{key}" if _FIELD_NAME.fullmatch(key) else f"{path}.<key>"
+        else:  # a device's own keys are never echoed: only the identifier names we refuse
+            named = _FIELD_NAME.fullmatch(key) and _identifier_key(key)
+            where = f"{path}.{key}" if named else f"{path}.<key>"
         if isinstance(key, str) and _identifier_key(key):
             raise PayloadError(f"{where}: raw identifiers are not accepted in events")
         if isinstance(value, str) and (

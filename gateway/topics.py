@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Topics"]
+__all__ = ["SECTIONS", "Topics", "undeclared"]
+
+# Device kind in topics -> its config section.
+SECTIONS = {"kiosk": "kiosks", "pos": "lanes", "tablet": "tablets", "screen": "screens"}
+
+
+def undeclared(kind: str, device_id: str) -> str:
+    """The refusal for a device config.toml does not declare under this kind."""
+    section = SECTIONS.get(kind, kind)
+    return f"unknown {kind} {device_id!r}: declare it under [{section}.{device_id}]"
 
 
 @dataclass(frozen=True, slots=True)

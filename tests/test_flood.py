@@ -264,3 +264,23 @@ async def test_event_times_far_from_the_gateways_clock_are_refused(
     with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
         stored = {i for (i,) in db.execute("SELECT id FROM outbox WHERE type = 'pos.scan'")}
     assert stored == {good}
+
+
+async def test_a_retained_request_waiting_at_the_broker_is_cleared_when_the_gateway_connects(
+    broker: Mosquitto, gateway: GatewayFactory
+) -> None:
+    """Retained before the gateway starts: it arrives while the link still restores its state
+    (right after a subscription), and is cleared all the same, never answered."""
+    async with SimulatedStore("127.0.0.1", broker.port, STORE) as store:
+        topic = store.topics.kiosk_identify("kiosk-1")
+        payload = encode_kiosk_identify("phone", "+44 7700 900123", "waiting-req")
+        await store.client.publish(topic, payload, qos=1, retain=True)
+        process = gateway()
+        await asyncio.to_thread(process.wait_ready)
+        await asyncio.sleep(1.5)
+        assert "waiting-req" not in store.seen.by_request
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="late") as late:
+            await late.subscribe(topic, qos=1)
+            retained = await _first_message(late, within_s=1.0)
+        assert retained is None, "the retained identify is still on the broker"
+    assert process.stop() == 0

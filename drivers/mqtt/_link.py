@@ -30,7 +30,7 @@ import asyncio
 import random
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -57,7 +57,7 @@ from gateway.payloads import (
     parse_json,
 )
 from gateway.supervisor import Backoff, Handle
-from gateway.topics import Topics
+from gateway.topics import Topics, undeclared
 
 __all__ = ["NO_DELAY", "Handler", "MqttLink", "budgets_of", "credentials"]
 
@@ -160,10 +160,12 @@ class MqttLink:
         clock: Clock,
         client_secret: bytes = b"",
         budgets: BudgetsConfig | None = None,
+        declared: Mapping[str, Collection[str]] | None = None,
         rng: random.Random | None = None,
         requires: tuple[str, ...] = (),
     ) -> None:
-        """client_secret: makes the default client id unguessable (config.effective_client_id)."""
+        """client_secret: makes the default client id unguessable (config.effective_client_id).
+        declared: kind -> the device ids config.toml declares; others are refused unparsed."""
         self.requires = requires  # components whose readiness `session_source` needs
         self._config = config
         self._topics = topics
@@ -178,6 +180,9 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None  # connected, state restored: publish on it
         self._intake: aiomqtt.Client | None = None  # whose messages are being acknowledged
         self._route_cache: dict[str, tuple[_Route, Device | None] | None] = {}
+        self._clearing: set[str] = set()  # topics whose retained request is being cleared
+        self._failures: set[tuple[str, str]] = set()  # (route, exception) already logged
+        self._declared = declared
         self._inflight: set[asyncio.Task[None]] = set()
         self._budgets = Budgets(budgets_of(budgets or BudgetsConfig()), clock)
         self._answers = Answers(clock)
@@ -221,14 +226,9 @@ class MqttLink:
     def connected(self) -> bool:
         return self._client is not None
 
-    async def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False, remember: bool = True
-    ) -> None:
-        """Publish at QoS 1; kept for the next connection if the broker is away.
-
-        remember: a retained payload is state, published again after every reconnect.
-        """
-        if retain and remember:
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1; kept for the next connection if the broker is away."""
+        if retain:
             self._retained[topic] = payload
         while (client := self._client) is not None:
             try:
@@ -247,8 +247,6 @@ class MqttLink:
             # send on it (the queue is drained only when a connection starts).
         if not retain:
             self._queue_offline(topic, payload)
-        # A retained one is sent again on connecting (a clearing need not: the retained message
-        # it clears comes back on subscribing, and is cleared then).
 
     def post(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1 without waiting for the broker's acknowledgement.
@@ -438,7 +436,8 @@ class MqttLink:
         route, device = found
         route.received.inc()
         payload = bytes(message.payload)
-        if not self._admit(route, topic, device, payload, retained=bool(message.retain)):
+        retained = bool(message.retain)
+        if not self._admit(client, route, topic, device, payload, retained=retained):
             inner.ack(mid, qos)
             return
         try:
@@ -449,8 +448,11 @@ class MqttLink:
             return
         except Exception as exc:
             inner.ack(mid, qos)
-            shown = route.topic_filter if route.private_topics else topic
-            log.exception("handler failed", route=route.name, topic=shown)
+            failure = (route.name, type(exc).__name__)
+            if failure not in self._failures:  # a traceback once; repeats are counted below
+                self._failures.add(failure)
+                shown = route.topic_filter if route.private_topics else topic
+                log.exception("handler failed", route=route.name, topic=shown)
             self._reject(route, topic, device, payload, f"internal error ({type(exc).__name__})")
             return
         if taken is None:
@@ -469,6 +471,7 @@ class MqttLink:
 
     def _admit(
         self,
+        client: aiomqtt.Client,
         route: _Route,
         topic: str,
         device: Device | None,
@@ -476,14 +479,25 @@ class MqttLink:
         *,
         retained: bool,
     ) -> bool:
-        """Whether the handler gets the message; if not, it was dealt with (cleared, refused)."""
-        if retained and not route.retained:
-            if payload:  # an empty one is the clearing itself, coming back
-                self._clear_retained(route, topic)
-            return False
+        """Whether the handler gets the message; if not, it was dealt with (cleared, refused).
+
+        In this order, cheapest first: a device config.toml does not declare under this kind
+        (the broker's ACL lets a user write under its own id in every kind's tree), its budget
+        (retained messages spend it too), a retained request.
+        """
+        if device is not None and self._declared is not None:
+            known = self._declared.get(device[0])
+            if known is not None and device[1] not in known:
+                if device[0] != "node":  # scanner nodes read no answers: ignored, as always
+                    self._reject(route, topic, device, payload, undeclared(*device))
+                return False
         if device is not None and (wait := self._budgets.retry_after(device)):
             self._metrics.mqtt_busy.labels(*device).inc()
             self._reject(route, topic, device, payload, f"busy: retry after {wait:.1f}s")
+            return False
+        if retained and not route.retained:
+            if payload:  # an empty one is the clearing itself, coming back
+                self._clear_retained(client, route, topic)
             return False
         return True
 
@@ -502,13 +516,32 @@ class MqttLink:
         self._route_cache[topic] = found
         return found
 
-    def _clear_retained(self, route: _Route, topic: str) -> None:
-        """Requests are for now: a retained one is never acted on, and not left on the broker."""
+    def _clear_retained(self, client: aiomqtt.Client, route: _Route, topic: str) -> None:
+        """Requests are for now: a retained one is never acted on, and not left on the broker.
+
+        Sent on the connection it came from, also while that one is still restoring the state
+        (retained messages arrive right after each subscription); one clearing per topic at a
+        time, however many copies arrive.
+        """
         shown = route.topic_filter if route.private_topics else topic
         self._trouble.note(
             (route.name, "retained"), f"retained message ignored and cleared: {shown}"
         )
-        task = asyncio.create_task(self.publish(topic, b"", retain=True, remember=False))
+        if topic in self._clearing:
+            return
+        self._clearing.add(topic)
+
+        async def clear() -> None:
+            try:
+                await client.publish(
+                    topic, b"", qos=1, retain=True, timeout=self._config.publish_timeout_s
+                )
+            except aiomqtt.MqttError as exc:  # cleared when it comes back on a new connection
+                self._trouble.note(("publish", "broker"), f"clearing failed: {exc}")
+            finally:
+                self._clearing.discard(topic)
+
+        task = asyncio.create_task(clear())
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
