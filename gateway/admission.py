@@ -19,8 +19,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.clock import Clock
+from gateway.config import BudgetsConfig
+from gateway.topics import SECTIONS
 
-__all__ = ["Answers", "Budget", "Budgets", "Trouble", "TroubleLog"]
+__all__ = ["Answers", "Budget", "Budgets", "Trouble", "TroubleLog", "budgets_of"]
 
 Device = tuple[str, str]  # (kind, device id), e.g. ("kiosk", "kiosk-1")
 _MAX_DEVICES = 4096  # devices are broker users; a bound all the same (LRU beyond it)
@@ -30,6 +32,15 @@ _MAX_DEVICES = 4096  # devices are broker users; a bound all the same (LRU beyon
 class Budget:
     rate_per_s: float  # sustained messages per second
     burst: int  # messages accepted at once from a full bucket
+
+
+def budgets_of(config: BudgetsConfig) -> dict[str, Budget]:
+    """Per-kind budgets from the `[budgets]` section: the device kinds, and "node" (BLE
+    scanner nodes)."""
+    return {
+        kind: Budget(getattr(config, f"{kind}_per_s"), getattr(config, f"{kind}_burst"))
+        for kind in (*SECTIONS, "node")
+    }
 
 
 class _Buckets:

@@ -115,6 +115,8 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     hash_key = load_or_create_hash_key(config.identity.hash_key_file or state_dir / "identity.key")
     token = config.identity.token_public_key
     db = AsyncStore(state_dir / DATABASE_NAME, int(config.outbox.max_mb * 1024 * 1024))
+    # Device kind -> the ids config.toml declares (the link and the events refuse the rest).
+    declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
     link = MqttLink(
         config.mqtt,
         topics,
@@ -123,10 +125,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         client_secret=hash_key,
         budgets=config.budgets,
-        declared={
-            **{kind: set(getattr(config, section)) for kind, section in SECTIONS.items()},
-            "node": set(config.ble.scanners),
-        },
+        declared={**declared, "node": set(config.ble.scanners)},
         requires=("store",),
     )
     outbox = Outbox(db, config.store.id, clock, metrics)
@@ -161,7 +160,6 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
         clock=clock,
         rewards=rewards,
     )
-    declared = {kind: getattr(config, section) for kind, section in SECTIONS.items()}
     events = DeviceEvents(
         topics,
         outbox,

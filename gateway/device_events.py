@@ -83,7 +83,8 @@ class DeviceEvents:
             -_TS_PAST_S <= ts - self._clock.now() <= _TS_FUTURE_S
         ):  # a device clock that is far off would mislead every report built on its events
             raise PayloadError(
-                "ts is out of range: more than 30 days before or 1 day after the gateway's clock"
+                f"ts is out of range: more than {_TS_PAST_S / 86400:g} days before or"
+                f" {_TS_FUTURE_S / 86400:g} day after the gateway's clock"
             )
         _refuse_identifiers(data["data"])
         event_type, event_id, fields = data["type"], data["id"], data["data"]
@@ -152,12 +153,13 @@ def _refuse_identifiers(data: Mapping[str, Any] | list[Any], path: str = "data")
     """Events are stored and uplinked as sent: one carrying a raw identifier is refused."""
     items = data.items() if isinstance(data, Mapping) else enumerate(data)
     for key, value in items:
+        identifier = isinstance(key, str) and _identifier_key(key)
         if not isinstance(key, str):
             where = f"{path}[{key}]"
         else:  # a device's own keys are never echoed: only the identifier names we refuse
-            named = _FIELD_NAME.fullmatch(key) and _identifier_key(key)
+            named = identifier and _FIELD_NAME.fullmatch(key)
             where = f"{path}.{key}" if named else f"{path}.<key>"
-        if isinstance(key, str) and _identifier_key(key):
+        if identifier:
             raise PayloadError(f"{where}: raw identifiers are not accepted in events")
         if isinstance(value, str) and (
             _MAC.search(value)

@@ -42,7 +42,7 @@ from gateway.supervisor import Handle  # noqa: E402
 from gateway.sync.outbox import Outbox  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
 from simulators.cloud import Cloud  # noqa: E402
-from simulators.daemon import GatewayProcess, settings  # noqa: E402
+from simulators.daemon import GatewayProcess, rss_mib, settings  # noqa: E402
 from simulators.population import CUSTOMERS  # noqa: E402
 from simulators.store import SimulatedStore  # noqa: E402
 
@@ -61,13 +61,6 @@ def _gateway(
     """The demo store's daemon on `broker_port`, its state under `work`, logging warnings only."""
     base = settings(store_port=broker_port, state_dir=work / "state", logging__level="warning")
     return GatewayProcess(DEMO, work, overrides=base | dict(overrides or {}))
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 async def _paced(rate: float, count: int, send: Callable[[int], Any]) -> None:
@@ -184,17 +177,17 @@ def bench_e2e(quick: bool) -> Figures:
             gw.start()
             gw.wait_ready()
             time.sleep(1.0)
-            figures["idle_rss_mib"] = _rss_mib(gw.pid)
+            figures["idle_rss_mib"] = rss_mib(gw.pid)
             gw.stop()
         with Mosquitto(work / "broker") as broker:
             gw = _gateway(work, broker.port, {"health.enabled": "true"})
             gw.start()
             gw.wait_ready()
             time.sleep(1.0)
-            figures["idle_rss_with_model_mib"] = _rss_mib(gw.pid)
+            figures["idle_rss_with_model_mib"] = rss_mib(gw.pid)
             rtts = _broker_rtt(broker.port, rate, count)
             latencies = asyncio.run(_identify_latency(broker.port, rate, count))
-            figures["loaded_rss_mib"] = _rss_mib(gw.pid)
+            figures["loaded_rss_mib"] = rss_mib(gw.pid)
             gw.stop()
         loaded, load_rate = _e2e_loaded(work / "loaded", rate, count)
     figures["broker_rtt_p50_ms"] = _percentile(rtts, 50)
@@ -848,7 +841,7 @@ def bench_ble(quick: bool) -> Figures:
             engine.observe(Sighting(scanner, device, frame, rssi, t))
         engine.tick(t_hour + 1800.0)  # everyone from this hour has timed out
         gc.collect()
-        rss.append(_rss_mib(os.getpid()))
+        rss.append(rss_mib(os.getpid()))
         live.append(tracemalloc.get_traced_memory()[0] / 2**20)  # Python objects alive
     tracemalloc.stop()
 
@@ -998,7 +991,7 @@ def bench_camera(quick: bool) -> Figures:
                 gw.start()
                 gw.wait_ready()
                 time.sleep(3.0 if quick else 8.0)
-                rss[enabled] = _rss_mib(gw.pid)
+                rss[enabled] = rss_mib(gw.pid)
                 gw.stop()
     figures["camera_off_rss_mib"] = rss[False]
     figures["camera_rss_mib"] = rss[True] - rss[False]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import sqlite3
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from gateway.topics import Topics  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
-from simulators.daemon import GatewayProcess, settings  # noqa: E402
+from simulators.daemon import GatewayProcess, cpu_s, rss_mib, settings  # noqa: E402
 from simulators.flood import Flood, Message, event_burst, kiosk_flood  # noqa: E402
 from simulators.population import CUSTOMERS  # noqa: E402
 from simulators.store import SimulatedStore  # noqa: E402
@@ -76,18 +75,6 @@ _FLOOR = textwrap.dedent(
 )
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
 def _trouble_lines(log: Path) -> list[str]:
     """The daemon's log lines about trouble (warning and above): the victim's own decisions,
     logged at info one per decision, are its normal service, not the flood's."""
@@ -121,7 +108,7 @@ def _ingest(port: int, process: GatewayProcess, state: Path, count: int) -> dict
     with Flood("127.0.0.1", port, "pos-1-backlog") as flood:
         flood.subscribe(topics.device_events_ack("pos", "pos-1"))
         time.sleep(0.3)
-        cpu_before, start = _cpu_s(process.pid), time.monotonic()
+        cpu_before, start = cpu_s(process.pid), time.monotonic()
         flood.publish_all(event_burst(topics, "pos", "pos-1", count))
         acked: set[str] = set()
         read = 0
@@ -133,7 +120,7 @@ def _ingest(port: int, process: GatewayProcess, state: Path, count: int) -> dict
                 acked.update(json.loads(payload)["ids"])
             time.sleep(0.01)
         took = time.monotonic() - start
-        cpu = _cpu_s(process.pid) - cpu_before
+        cpu = cpu_s(process.pid) - cpu_before
         flood.wait_acknowledged(count, timeout=30)
         broker_acked = set(flood.acknowledged)
     with sqlite3.connect(f"file:{state / 'gateway.sqlite3'}?mode=ro", uri=True) as db:
@@ -184,7 +171,7 @@ def _victim_in_flood(
     topics = Topics(STORE)
     stop = threading.Event()
     lines_before = len(_trouble_lines(process.output))
-    rss_before = _rss_mib(process.pid)
+    rss_before = rss_mib(process.pid)
     samples: list[tuple[float, float]] = []
     after: list[tuple[float, float]] = []
     with Flood("127.0.0.1", port, "kiosk-1-flood") as flood:
@@ -210,7 +197,7 @@ def _victim_in_flood(
         "flood_rate_msgs_per_s": rate,
         "flood_recovery_s": max(0.0, back - flood_end),
         "flood_log_lines": float(log_lines),
-        "flood_rss_growth_mib": _rss_mib(process.pid) - rss_before,
+        "flood_rss_growth_mib": rss_mib(process.pid) - rss_before,
     }
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["GatewayProcess", "settings"]
+__all__ = ["GatewayProcess", "cpu_s", "rss_mib", "settings"]
 
 
 def settings(
@@ -45,6 +45,20 @@ def settings(
             "cloud.bundle_public_key": bundle_key,
         }
     return values | {key.replace("__", "."): value for key, value in extra.items()}
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time a process has used so far (user + system, all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class GatewayProcess:

@@ -18,6 +18,7 @@ import pytest
 
 from gateway.payloads import decode_status, encode_kiosk_identify
 from simulators.broker import Mosquitto
+from simulators.daemon import rss_mib
 from simulators.flood import Flood, event_burst, kiosk_flood
 from simulators.population import CUSTOMERS
 from simulators.store import SimulatedStore
@@ -29,22 +30,17 @@ STORE = "demo-store"
 ADA = CUSTOMERS[0]
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
-async def _first_message(client: aiomqtt.Client, within_s: float) -> bytes | None:
-    """The first non-empty payload the client gets within `within_s`, or None."""
-    try:
-        async with asyncio.timeout(within_s):
-            async for message in client.messages:
-                if isinstance(message.payload, bytes) and message.payload:
-                    return message.payload
-    except TimeoutError:
-        pass
+async def _retained(port: int, topic: str) -> bytes | None:
+    """What the broker retains on `topic`, as a new subscriber sees it within a second."""
+    async with aiomqtt.Client("127.0.0.1", port, identifier="late") as late:
+        await late.subscribe(topic, qos=1)
+        try:
+            async with asyncio.timeout(1.0):
+                async for message in late.messages:
+                    if isinstance(message.payload, bytes) and message.payload:
+                        return message.payload
+        except TimeoutError:
+            pass
     return None
 
 
@@ -63,7 +59,7 @@ async def test_a_flooding_kiosk_never_silences_another(
         rid = await store.kiosk("kiosk-2").identify("loyalty", ADA.loyalty)
         async with asyncio.timeout(10):
             await store.answers(rid, [kiosk])
-        rss_before = _rss_mib(process.pid)
+        rss_before = rss_mib(process.pid)
         log_before = _lines(process.output)
         with Flood("127.0.0.1", broker.port, "kiosk-1-flood") as flood:
             burst = asyncio.create_task(
@@ -93,7 +89,7 @@ async def test_a_flooding_kiosk_never_silences_another(
     # The flood cost a few dozen log lines, and no lasting memory.
     flood_lines = _lines(process.output) - log_before
     assert flood_lines < 60, process.log()
-    assert _rss_mib(process.pid) < rss_before + 30
+    assert rss_mib(process.pid) < rss_before + 30
     assert process.stop() == 0
     summaries = [json.loads(line) for line in process.log(None).splitlines() if "count" in line]
     refused = [s for s in summaries if s.get("event") == "messages refused"]
@@ -159,9 +155,7 @@ async def test_a_retained_identify_is_ignored_and_cleared(
         await asyncio.sleep(1.5)
         assert "retained-req" not in store.seen.by_request  # never acted on
         # ...and gone from the broker: a new subscriber gets no retained message.
-        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="late") as late:
-            await late.subscribe(topic, qos=1)
-            retained = await _first_message(late, within_s=1.0)
+        retained = await _retained(broker.port, topic)
         assert retained is None, "the retained identify is still on the broker"
     assert "+44 7700 900123" not in process.log(None)
     assert process.stop() == 0
@@ -279,8 +273,6 @@ async def test_a_retained_request_waiting_at_the_broker_is_cleared_when_the_gate
         await asyncio.to_thread(process.wait_ready)
         await asyncio.sleep(1.5)
         assert "waiting-req" not in store.seen.by_request
-        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="late") as late:
-            await late.subscribe(topic, qos=1)
-            retained = await _first_message(late, within_s=1.0)
+        retained = await _retained(broker.port, topic)
         assert retained is None, "the retained identify is still on the broker"
     assert process.stop() == 0

@@ -30,7 +30,7 @@ import asyncio
 import random
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,7 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter
 
 from gateway import __version__
-from gateway.admission import Answers, Budget, Budgets, Trouble, TroubleLog
+from gateway.admission import Answers, Budgets, Trouble, TroubleLog, budgets_of
 from gateway.clock import Clock
 from gateway.config import BudgetsConfig, CloudConfig, MqttConfig
 from gateway.metrics import Metrics
@@ -59,7 +59,7 @@ from gateway.payloads import (
 from gateway.supervisor import Backoff, Handle
 from gateway.topics import Topics, undeclared
 
-__all__ = ["NO_DELAY", "Handler", "MqttLink", "budgets_of", "credentials"]
+__all__ = ["NO_DELAY", "Handler", "MqttLink", "credentials"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
@@ -88,15 +88,6 @@ class _Route:
     private_topics: bool  # topics may carry identifiers (a device's address): never shown
     retained: bool  # retained messages are meant for it (a node's status); else cleared
     received: Counter  # gateway_mqtt_received{route}, looked up once
-
-
-def budgets_of(config: BudgetsConfig) -> dict[str, Budget]:
-    """Per-kind budgets from the `[budgets]` section (kind "node": BLE scanner nodes)."""
-    kinds = ("kiosk", "screen", "tablet", "pos", "node")
-    return {
-        kind: Budget(getattr(config, f"{kind}_per_s"), getattr(config, f"{kind}_burst"))
-        for kind in kinds
-    }
 
 
 def credentials(
@@ -259,7 +250,11 @@ class MqttLink:
         its first await), so a device sees the last retained content last. A failed delivery is
         kept for the next connection, exactly as with `publish`.
         """
-        task = asyncio.create_task(self.publish(topic, payload, retain=retain))
+        self._spawn(self.publish(topic, payload, retain=retain))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` beside the loop, kept until done (a clean stop waits for it)."""
+        task = asyncio.create_task(work)
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
@@ -545,9 +540,7 @@ class MqttLink:
             finally:
                 self._clearing.discard(topic)
 
-        task = asyncio.create_task(clear())
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._spawn(clear())
 
     def _reject(
         self, route: _Route, topic: str, device: Device | None, payload: bytes, error: str
