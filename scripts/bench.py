@@ -44,6 +44,7 @@ from simulators.broker import Mosquitto  # noqa: E402
 from simulators.cloud import Cloud  # noqa: E402
 from simulators.daemon import GatewayProcess, rss_mib, settings  # noqa: E402
 from simulators.population import CUSTOMERS  # noqa: E402
+from simulators.slowdisk import slow_fsync_env  # noqa: E402
 from simulators.store import SimulatedStore  # noqa: E402
 
 Figures = dict[str, float]
@@ -415,49 +416,13 @@ def _decision_rig() -> tuple[Any, Any, Any, Any, Any]:
     return engine, scorer, offers, rule_ctx, features
 
 
-_FSYNC_SHIM = r"""
-#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <stdlib.h>
-#include <time.h>
-
-/* Sleeps BENCH_FSYNC_DELAY_US in every fsync and fdatasync, then syncs: an SD card's commit. */
-static void delay(void) {
-    const char *value = getenv("BENCH_FSYNC_DELAY_US");
-    long us = value ? atol(value) : 0;
-    struct timespec left = {us / 1000000, (us % 1000000) * 1000};
-    while (nanosleep(&left, &left) != 0) {
-    }
-}
-
-int fsync(int fd) {
-    static int (*real)(int);
-    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
-    delay();
-    return real(fd);
-}
-
-int fdatasync(int fd) {
-    static int (*real)(int);
-    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    delay();
-    return real(fd);
-}
-"""
 FSYNC_DELAY_MS = 10
 DURABLE_LOAD_PER_S = 2000
 
 
 def _slow_fsync_env(work: Path) -> dict[str, str]:
-    """Environment for a child process whose every fsync/fdatasync takes FSYNC_DELAY_MS longer:
-    an LD_PRELOAD shim, compiled with gcc into `work`."""
-    source = work / "fsync_delay.c"
-    source.write_text(_FSYNC_SHIM)
-    shim = work / "fsync_delay.so"
-    subprocess.run(
-        ["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl"], check=True
-    )
-    return {"LD_PRELOAD": str(shim), "BENCH_FSYNC_DELAY_US": str(FSYNC_DELAY_MS * 1000)}
+    """Environment for a child process whose every fsync/fdatasync takes FSYNC_DELAY_MS longer."""
+    return slow_fsync_env(work, FSYNC_DELAY_MS)
 
 
 def _check_slow_fsync(work: Path) -> None:

@@ -17,10 +17,12 @@ import aiomqtt
 import pytest
 
 from gateway.payloads import decode_status, encode_kiosk_identify
+from gateway.topics import Topics
 from simulators.broker import Mosquitto
 from simulators.daemon import rss_mib
 from simulators.flood import Flood, event_burst, kiosk_flood
 from simulators.population import CUSTOMERS
+from simulators.slowdisk import slow_fsync_env
 from simulators.store import SimulatedStore
 from tests.conftest import GatewayFactory
 
@@ -276,3 +278,46 @@ async def test_a_retained_request_waiting_at_the_broker_is_cleared_when_the_gate
         retained = await _retained(broker.port, topic)
         assert retained is None, "the retained identify is still on the broker"
     assert process.stop() == 0
+
+
+async def test_a_burst_survives_kill_9_of_the_gateway_without_a_single_resend(
+    broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """SIGKILL mid-burst: what the gateway took but had not committed was never acknowledged,
+    so the broker keeps it in the gateway's session and hands it over after the restart. The
+    lanes send nothing twice; every event the broker acknowledged ends up committed."""
+    lanes = ("pos-1", "pos-2")
+    # A slow disk (300 ms a commit), so that the kill finds thousands taken and not committed.
+    process = gateway(env=slow_fsync_env(tmp_path, 300))
+    await asyncio.to_thread(process.wait_ready)
+    topics = Topics(STORE)
+    floods = [Flood("127.0.0.1", broker.port, f"{lane}-burst") for lane in lanes]
+    for flood in floods:
+        flood.__enter__()
+    try:
+        bursts = [
+            asyncio.to_thread(f.publish_all, event_burst(topics, "pos", lane, 5_000))
+            for lane, f in zip(lanes, floods, strict=True)
+        ]
+        sending = asyncio.gather(*bursts)
+        await asyncio.sleep(1.0)  # the burst is under way
+        process.kill()
+        await sending
+        for flood in floods:
+            await asyncio.to_thread(flood.wait_acknowledged, 5_000, 60)
+        acknowledged = set().union(*(f.acknowledged for f in floods))
+    finally:
+        for flood in floods:
+            flood.__exit__(None, None, None)
+    assert len(acknowledged) == 10_000
+    restarted = gateway()
+    await asyncio.to_thread(restarted.wait_ready)
+    database = tmp_path / "state" / "gateway.sqlite3"
+    committed: set[str] = set()
+    deadline = time.monotonic() + 60
+    while not acknowledged <= committed and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        with sqlite3.connect(database) as db:
+            committed = {i for (i,) in db.execute("SELECT id FROM outbox")}
+    assert restarted.stop() == 0
+    assert acknowledged <= committed, f"{len(acknowledged - committed)} lost"
