@@ -68,6 +68,7 @@ _STOP_PUBLISH_TIMEOUT_S = 2.0
 # under a flood (67.9 ms against 30-36 ms with 64 KiB, one run each: noisy).
 _READ_AHEAD = 65536
 _ROUTE_CACHE = 4096  # topics -> route, remembered (devices use a few topics each)
+_PUBACK = bytes((paho.PUBACK, 2))  # fixed header of a success PUBACK: the packet id follows
 _BIRTH_INTERVAL_S = 1.0  # garbage on the status topic re-asserts the birth at most this often
 # Nagle's algorithm with delayed ACKs holds small publishes ~40 ms; content must not wait.
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -136,6 +137,34 @@ class _ReadAhead:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+class _Acks:
+    """PUBACKs gathered over one pass of the loop and written as one packet.
+
+    paho writes each acknowledgement with its own send(): under a burst that was one syscall per
+    message. Acknowledgements of the same pass (a read's refusals, a group commit's messages) go
+    out together, after what the pass took.
+    """
+
+    def __init__(self, inner: paho.Client) -> None:
+        self._inner = inner
+        self._mids: list[int] = []
+
+    def add(self, mid: int, qos: int) -> None:
+        if qos != 1:
+            self._inner.ack(mid, qos)  # QoS 0 needs none; QoS 2 has its own handshake
+            return
+        if not self._mids:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._mids.append(mid)
+
+    def _flush(self) -> None:
+        mids, self._mids = self._mids, []
+        packet = b"".join(_PUBACK + mid.to_bytes(2, "big") for mid in mids)
+        # One queued packet: paho writes it like any other (partial writes resumed). A client
+        # whose connection is gone discards it; the broker sends those messages again.
+        self._inner._packet_queue(paho.PUBACK, packet, 0, 0)
 
 
 class _Broken(Exception):
@@ -383,10 +412,11 @@ class MqttLink:
         inner: paho.Client = client._client
         inner.manual_ack_set(True)
         self._intake = client
+        acks = _Acks(inner)
         # Straight to `_on_message`: paho's own dispatch matches every topic against its (here
         # empty) per-filter callbacks first, a tenth of the loop's time under a burst.
         inner._handle_on_message = (  # type: ignore[method-assign]
-            lambda message: self._on_message(client, inner, message)
+            lambda message: self._on_message(client, acks, message)
         )
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
@@ -417,9 +447,7 @@ class MqttLink:
         self._last_birth = float("-inf")  # the first re-assertion goes at once
         await client.subscribe(self._topics.gateway_status, qos=1)
 
-    def _on_message(
-        self, client: aiomqtt.Client, inner: paho.Client, message: paho.MQTTMessage
-    ) -> None:
+    def _on_message(self, client: aiomqtt.Client, acks: _Acks, message: paho.MQTTMessage) -> None:
         """One inbound message, on the loop (paho's read callback): take it, then acknowledge."""
         mid, qos = message.mid, message.qos
         try:
@@ -430,23 +458,23 @@ class MqttLink:
         if found is None:
             if topic == self._topics.gateway_status:
                 self._check_status(client, bytes(message.payload))
-            inner.ack(mid, qos)
+            acks.add(mid, qos)
             return
         route, device = found
         route.received.inc()
         payload = bytes(message.payload)
         retained = bool(message.retain)
         if not self._admit(client, route, topic, device, payload, retained=retained):
-            inner.ack(mid, qos)
+            acks.add(mid, qos)
             return
         try:
             taken = route.handler(topic, payload)
         except PayloadError as exc:
-            inner.ack(mid, qos)
+            acks.add(mid, qos)
             self._reject(route, topic, device, payload, str(exc))
             return
         except Exception as exc:
-            inner.ack(mid, qos)
+            acks.add(mid, qos)
             failure = (route.name, type(exc).__name__)
             if failure not in self._failures:  # a traceback once; repeats are counted below
                 self._failures.add(failure)
@@ -455,13 +483,13 @@ class MqttLink:
             self._reject(route, topic, device, payload, f"internal error ({type(exc).__name__})")
             return
         if taken is None:
-            inner.ack(mid, qos)
+            acks.add(mid, qos)
             return
 
         def acknowledge(future: asyncio.Future[Any]) -> None:
             if self._intake is not client:
                 return  # that connection is gone: the broker sends the message again
-            inner.ack(mid, qos)
+            acks.add(mid, qos)
             if future.cancelled() or future.exception() is not None:
                 # Not committed: refused with an answer, and the device sends it again.
                 self._reject(route, topic, device, payload, "not accepted now (store error)")
