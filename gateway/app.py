@@ -25,7 +25,7 @@ from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.service import Presence
 from gateway.camera import CameraPurposes
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock, TimeKeeper
 from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
@@ -43,6 +43,7 @@ from gateway.store import AsyncStore, Store, load_seed
 from gateway.supervisor import Handle, State, Supervisor
 from gateway.sync.bundles import BundleApplier
 from gateway.sync.outbox import Outbox
+from gateway.timekeeping import ClockWatch
 from gateway.topics import SECTIONS, Topics
 
 __all__ = ["StoreComponent", "run_gateway"]
@@ -56,7 +57,9 @@ class StoreComponent:
 
     name = "store"
 
-    def __init__(self, db: AsyncStore, seed_file: Path | None, hash_key: bytes, clock: Clock):
+    def __init__(
+        self, db: AsyncStore, seed_file: Path | None, hash_key: bytes, clock: TimeKeeper
+    ) -> None:
         self.db = db
         self._seed_file = seed_file
         self._hash_key = hash_key
@@ -65,6 +68,12 @@ class StoreComponent:
     async def run(self, handle: Handle) -> None:
         await self.db.open()
         try:
+            # The clock can't be earlier than what the box recorded, or the cloud signed.
+            own, signed = await self.db.call(Store.newest_times)
+            if own is not None:
+                self._clock.raise_floor(own, "the newest time in the database", firm=False)
+            if signed is not None:
+                self._clock.raise_floor(signed, "the newest signed bundle", firm=True)
             detail = str(self.db.path)
             if self._seed_file is not None:
                 offers, consents = load_seed(self._seed_file, self._hash_key)
@@ -107,7 +116,7 @@ def _health_report(
     return status == "ok", body
 
 
-def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
+def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any]:
     """Store, MQTT link, outbox, journey, cloud link (the health server is added by the caller)."""
     state_dir = config.store.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +185,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
         StoreComponent(db, config.catalog.seed_file, hash_key, clock),
+        ClockWatch(clock, metrics),
         link,
         outbox,
         models,
@@ -218,6 +228,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
             clock=clock,
             metrics=metrics,
             on_applied=on_applied,
+            on_signed_time=lambda t: clock.raise_floor(t, "a signed bundle", firm=True),
         )
         components.append(
             CloudLink(
@@ -357,13 +368,13 @@ async def run_gateway(
     config: Config,
     *,
     notifier: Notifier | None = None,
-    clock: Clock | None = None,
+    clock: TimeKeeper | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `stop` is set), then drain within the configured bound."""
     started = time.monotonic()
     notifier = notifier or Notifier()
-    clock = clock or SystemClock()
+    clock = clock or TimeKeeper()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     metrics = Metrics()

@@ -118,6 +118,11 @@ def mint_token(private: Ed25519PrivateKey, ref: str, issued_at: int, ttl_s: int 
     return f"{signed}.{_b64(private.sign(signed.encode()))}"
 
 
+# An app shows a token minted moments before; one this long past its expiry is a screenshot,
+# or this gateway's clock is ahead.
+_FRESH_TOKEN_S = 3600.0
+
+
 def verify_token(public: Ed25519PublicKey, token: str, now: float, leeway_s: int) -> TokenClaims:
     """Check a token's form, signature and time window; returns the customer ref it names."""
     parts = token.split(".")
@@ -139,6 +144,12 @@ def verify_token(public: Ed25519PublicKey, token: str, now: float, leeway_s: int
     if not (isinstance(ref, str) and isinstance(iat, int) and isinstance(exp, int)):
         raise TokenError("token body is malformed")
     if now > exp + leeway_s:
+        late = now - exp
+        if late > _FRESH_TOKEN_S:  # an app shows a fresh token: an old one hints at the clock
+            raise TokenError(
+                f"token expired {late / 3600:.1f} h ago by this gateway's clock"
+                " (if fresh codes are refused, check the clock)"
+            )
         raise TokenError("token expired")
     if now < iat - leeway_s:
         raise TokenError("token issued in the future (check the clock)")

@@ -366,7 +366,9 @@ class Journey:
         now = self._clock.now()
         facts = await self._store.read(_read_facts, ref, moment.touchpoint, now)
         loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(self._decide_thread, self._plan, moment, facts, now)
+        plan = await loop.run_in_executor(
+            self._decide_thread, self._plan, moment, facts, now, self._clock.trusted()
+        )
         decision, choice = plan.decision, plan.outcome
         personal = decision.customer_ref is not None  # only with a personalisation consent
         try:
@@ -401,7 +403,7 @@ class Journey:
             decision=decision.id,
         )
 
-    def _plan(self, moment: _Moment, facts: _Facts, now: float) -> _Plan:
+    def _plan(self, moment: _Moment, facts: _Facts, now: float, time_trusted: bool) -> _Plan:
         """Runs on the decide thread: the features, the model call, the rows to commit."""
         customer, segment = facts.customer, facts.segment
         local = datetime.fromtimestamp(now)
@@ -416,7 +418,7 @@ class Journey:
         )
         outcome = self._engine.decide(
             self._offers,
-            Context(now=now, local_time=local, channel=moment.channel, segment=segment),
+            Context(now, local, moment.channel, segment, time_trusted),
             features,
             customer_ref=customer,
             touchpoint_id=moment.touchpoint,

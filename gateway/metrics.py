@@ -91,6 +91,24 @@ class Metrics:
         self.uplink_bytes = Counter(
             "gateway_uplink_bytes", "Bytes of event batches acknowledged by the cloud", registry=r
         )
+        self.clock_trusted = Gauge(
+            "gateway_clock_trusted",
+            "0 while the system clock is known to be wrong (behind what the box knows)",
+            registry=r,
+        )
+        self.clock_synchronized = Gauge(
+            "gateway_clock_synchronized",
+            "1 when the kernel reports NTP synchronisation, 0 when not, -1 unknown",
+            registry=r,
+        )
+        self.clock_behind_seconds = Gauge(
+            "gateway_clock_behind_seconds",
+            "How far the system clock reads behind what the box knows (0: not behind)",
+            registry=r,
+        )
+        self.clock_jumps = Counter(
+            "gateway_clock_jumps", "Jumps of the wall clock seen while running", registry=r
+        )
         self.cloud_connected = Gauge(
             "gateway_cloud_connected", "1 while connected to the cloud broker", registry=r
         )

@@ -17,6 +17,12 @@ class Clock:
     def monotonic(self) -> float:
         return self.t
 
+    def stamped_ago(self, seconds: float) -> float:
+        return self.now() - seconds
+
+    def trusted(self) -> bool:
+        return True
+
 
 def test_a_device_gets_its_burst_then_its_rate_and_others_are_untouched() -> None:
     clock = Clock()

@@ -84,11 +84,11 @@ def test_with_the_camera_off_opencv_is_never_imported(tmp_path: Path) -> None:
 import sys
 from pathlib import Path
 from gateway.app import _components
-from gateway.clock import SystemClock
+from gateway.clock import TimeKeeper
 from gateway.config import load_config
 from gateway.metrics import Metrics
 config = load_config(Path({str(DEMO)!r}), {{"store.state_dir": {str(tmp_path)!r}}})
-components = _components(config, SystemClock(), Metrics())
+components = _components(config, TimeKeeper(), Metrics())
 print(len(components), "cv2" in sys.modules)
 """
     out = subprocess.run(

@@ -34,6 +34,12 @@ class FixedClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
+    def stamped_ago(self, seconds: float) -> float:
+        return self.now() - seconds
+
+    def trusted(self) -> bool:
+        return True
+
 
 @dataclass
 class Run:

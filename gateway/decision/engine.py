@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import structlog
@@ -125,7 +125,7 @@ class DecisionEngine:
         if not candidates:
             return Outcome(None, 1.0, "rules", "no eligible offer")
         if customer_ref is not None and in_holdout(customer_ref, cfg.holdout_share):
-            anonymous = rules.Context(context.now, context.local_time, context.channel, None)
+            anonymous = replace(context, segment=None)
             choice = rules.choose(candidates, anonymous)
             return Outcome(choice.offer, 1.0, "holdout", "holdout group", arm="holdout")
         arm = "model"

@@ -1,6 +1,7 @@
 """Rewards join the decisions they came from: a redemption at the till, a kiosk tap, an
 associate's "accepted". Within `decision.reward_window_s` the reward is 1; when the window
-passes with none, 0. Both work offline, and each outcome goes up to the cloud as a
+passes with none, 0. Windows are measured on the monotonic clock (`Clock.stamped_ago`): a jump of
+the wall clock closes none early. Both work offline, and each outcome goes up to the cloud as a
 `decision.outcome` event (priority reward) committed with it.
 """
 
@@ -68,8 +69,9 @@ class RewardJoiner:
             log.info("reward for an unknown decision", decision=decision_id, type=event_type)
             return False
         event = self._outcome(decisions[0], reward, event_type, now)
+        opened_since = self._clock.stamped_ago(self._window_s)
         joined = await self._db.call(
-            Store.join_reward, decision_id, reward, now, self._window_s, event
+            Store.join_reward, decision_id, reward, now, opened_since, event
         )
         if joined:
             self._outbox.appended.set()
@@ -92,8 +94,9 @@ class RewardJoiner:
         def outcome(decision: Decision) -> OutboxRow:
             return self._outcome(decision, 0.0, "window expired", now)
 
+        closed_before = self._clock.stamped_ago(self._window_s)
         closed = await self._db.call(
-            Store.expire_rewards, now, self._window_s, outcome, _EXPIRY_BATCH
+            Store.expire_rewards, now, closed_before, outcome, _EXPIRY_BATCH
         )
         if closed:
             self._outbox.appended.set()

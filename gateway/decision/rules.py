@@ -36,6 +36,8 @@ class Context:
     local_time: datetime
     channel: str  # kiosk, screen, receipt, tablet
     segment: str | None  # only for an identified customer who consented
+    # False when the wall clock is known to be wrong: an offer's end can't be checked.
+    time_trusted: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +53,8 @@ def eligible(offer: Offer, ctx: Context) -> bool:
         return False
     if offer.valid_from is not None and ctx.now < offer.valid_from:
         return False
-    if offer.valid_to is not None and ctx.now >= offer.valid_to:
-        return False
+    if offer.valid_to is not None and (not ctx.time_trusted or ctx.now >= offer.valid_to):
+        return False  # with untrusted time, an offer that may have ended is not served
     if offer.inventory is not None and offer.inventory <= 0:
         return False
     # A targeted offer is only for customers of its segments who consented to personalisation.

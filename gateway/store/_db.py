@@ -338,6 +338,17 @@ class Store(Reader):
     def close(self) -> None:
         self._conn.close()
 
+    def newest_times(self) -> tuple[float | None, float | None]:
+        """The newest time this box stamped (a decision, an event, an applied bundle), and the
+        newest creation time of a bundle the cloud signed."""
+        own, signed = self._conn.execute(
+            "SELECT max(coalesce((SELECT max(ts) FROM decisions), 0),"
+            " coalesce((SELECT ts FROM outbox ORDER BY seq DESC LIMIT 1), 0),"
+            " coalesce((SELECT max(applied_at) FROM applied_bundles), 0)),"
+            " (SELECT max(created_at) FROM applied_bundles)"
+        ).fetchone()
+        return (float(own) or None), (None if signed is None else float(signed))
+
     def bump_counter(self, key: str) -> int:
         """Increment and return a durable counter (e.g. the MQTT session number)."""
         with transaction(self._conn, durable=False):
@@ -573,15 +584,15 @@ class Store(Reader):
         return deleted, self.outbox.count, self.outbox.bytes
 
     def join_reward(
-        self, decision_id: str, reward: float, now: float, window_s: float, event: OutboxRow
+        self, decision_id: str, reward: float, now: float, opened_since: float, event: OutboxRow
     ) -> bool:
-        """Set a decision's reward if it is still open and within the window; the outcome
-        event commits with it. False: unknown, already joined, or too late."""
+        """Set a decision's reward if it is still open and its window too (stamped at or after
+        `opened_since`); the outcome event commits with it. False: unknown, joined, too late."""
         with transaction(self._conn, durable=False):
             cursor = self._conn.execute(
                 "UPDATE decisions SET reward = ?, reward_at = ? WHERE id = ? AND reward IS NULL"
                 " AND ts >= ?",
-                (reward, now, decision_id, now - window_s),
+                (reward, now, decision_id, opened_since),
             )
             if cursor.rowcount != 1:
                 return False
@@ -589,15 +600,15 @@ class Store(Reader):
         return True
 
     def expire_rewards(
-        self, now: float, window_s: float, outcome: Callable[[Decision], OutboxRow], limit: int
+        self, now: float, closed_before: float, outcome: Callable[[Decision], OutboxRow], limit: int
     ) -> int:
-        """Close decisions whose window passed with no reward: reward 0, outcome event."""
+        """Close decisions stamped before `closed_before` with no reward: reward 0, outcome."""
         with transaction(self._conn, durable=False):
             rows = self._conn.execute(
                 "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
                 " request_id, model_version, feature_hash FROM decisions"
                 " WHERE reward IS NULL AND ts < ? ORDER BY ts LIMIT ?",
-                (now - window_s, limit),
+                (closed_before, limit),
             ).fetchall()
             for row in rows:
                 decision = Decision(*row)

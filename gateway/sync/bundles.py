@@ -48,8 +48,10 @@ class BundleApplier:
         clock: Clock,
         metrics: Metrics,
         on_applied: Callable[[str, Mapping[str, Any]], Awaitable[None]],
+        on_signed_time: Callable[[float], None] = lambda _created_at: None,
     ) -> None:
-        """on_applied(kind, body): after a bundle applied (reload the catalog, the model...)."""
+        """on_applied(kind, body): after a bundle applied (reload the catalog, the model...).
+        on_signed_time(created_at): a bundle's signature checked out (a floor for the clock)."""
         self._db = db
         self._store_id = store_id
         self._key = public_key
@@ -59,6 +61,7 @@ class BundleApplier:
         self._clock = clock
         self._metrics = metrics
         self._on_applied = on_applied
+        self._on_signed_time = on_signed_time
 
     async def handle(self, kind: str, message: bytes) -> str:
         """Apply one bundle message from the `kind` topic; returns the outcome, for logs/tests."""
@@ -69,6 +72,7 @@ class BundleApplier:
             if self._key is None:
                 raise BundleError("no cloud.bundle_public_key configured: bundles are refused")
             bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
+            self._on_signed_time(bundle.created_at)  # the cloud signed it: time is past this
             version = bundle.version
             applied = await self._db.call(Store.applied_version, kind)
             if bundle.version == applied:
