@@ -33,9 +33,9 @@ from gateway.decision.rewards import RewardJoiner
 from gateway.device_events import DeviceEvents
 from gateway.escpos import Profile, load_profile
 from gateway.health import HealthServer
-from gateway.identity import load_or_create_hash_key, parse_public_key
-from gateway.journey import Journey
+from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
+from gateway.moments import Journey, Kiosks, ScreenHold, ZoneScreens
 from gateway.pos import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
@@ -142,28 +142,39 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
     models = ModelManager(engine, state_dir / "models" / "nba.onnx", config.decision.model_file, db)
     profiles = {pid: load_profile(p.profile) for pid, p in config.printers.items()}
     printing = PrintJournal(db, profiles, clock, metrics=metrics)
+    identity = IdentityResolver(
+        hash_key,
+        parse_public_key(token) if token else None,
+        config.identity.token_leeway_s,
+        clock.now,
+    )
     journey = Journey(
         topics=topics,
-        kiosks=config.kiosks,
         store=db,
         publisher=link,
-        hash_key=hash_key,
-        token_key=parse_public_key(token) if token else None,
-        token_leeway_s=config.identity.token_leeway_s,
-        metrics=metrics,
-        clock=clock,
         engine=engine,
-        outbox=outbox,
-        screens=config.screens,
-        screen_hold_s=config.ble.screen_hold_s,
-        lanes=config.lanes,
+        clock=clock,
+        metrics=metrics,
+        hold=ScreenHold(config.ble.screen_hold_s),
+        uplink=outbox.row,
+        appended=outbox.appended,
         on_print_job=printing.queued,
+        pending=lambda: lanes.pending(),  # noqa: PLW0108 - the lanes are built below
+    )
+    kiosks = Kiosks(
+        topics=topics,
+        kiosks=config.kiosks,
+        identity=identity,
+        publisher=link,
+        submit=journey.submit,
+        clock=clock,
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     lanes = PosLanes(
         topics=topics,
         lanes=config.lanes,
-        journey=journey,
+        identity=identity,
+        submit=journey.submit,
         db=db,
         publisher=link,
         clock=clock,
@@ -181,7 +192,7 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
     )
     link.route(topics.pos_basket_filter, "pos_basket", lanes.on_basket)
     link.route(topics.pos_loyalty_filter, "pos_loyalty", lanes.on_loyalty)
-    link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
+    link.route(topics.kiosk_identify_filter, "kiosk_identify", kiosks.on_identify)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
         StoreComponent(db, config.catalog.seed_file, hash_key, clock),
@@ -193,7 +204,7 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
         rewards,
     ]
     components += _printers(config, printing, profiles, clock, metrics)
-    components += _camera(config, journey, clock, metrics, outbox)
+    components += _camera(config, kiosks, clock, metrics, outbox)
     presence = _presence(
         config,
         db=db,
@@ -274,7 +285,7 @@ def _printers(
 
 
 def _camera(
-    config: Config, journey: Journey, clock: Clock, metrics: Metrics, outbox: Outbox
+    config: Config, kiosks: Kiosks, clock: Clock, metrics: Metrics, outbox: Outbox
 ) -> list[Any]:
     """The camera driver, only when the store enabled it: OpenCV is not even imported else."""
     camera = config.camera
@@ -283,7 +294,7 @@ def _camera(
     from drivers.camera import CameraSource
 
     purposes = CameraPurposes(
-        camera, on_qr_token=journey.on_camera_qr, clock=clock, metrics=metrics, outbox=outbox
+        camera, on_qr_token=kiosks.on_camera_qr, clock=clock, metrics=metrics, outbox=outbox
     )
     return [
         purposes,  # stopped after the camera: it reports the minute in progress
@@ -324,7 +335,7 @@ def _presence(
         clock=clock,
         metrics=metrics,
         stats=stats,
-        on_event=journey.on_zone_event,
+        on_event=ZoneScreens(config.screens, journey.submit, clock.monotonic).on_zone_event,
         outbox=outbox,
     )
     components: list[Any] = [presence]

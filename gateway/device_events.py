@@ -23,7 +23,7 @@ import structlog
 from gateway.clock import Clock
 from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
 from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
-from gateway.journey import Publisher
+from gateway.moments import Publisher
 from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
 from gateway.topics import SECTIONS, Topics, undeclared
@@ -84,7 +84,8 @@ class DeviceEvents:
         ):  # a device clock that is far off would mislead every report built on its events
             raise PayloadError(
                 f"ts is out of range: more than {_TS_PAST_S / 86400:g} days before or"
-                f" {_TS_FUTURE_S / 86400:g} day after the gateway's clock"
+                f" {_TS_FUTURE_S / 86400:g} day after the gateway's clock (if the device's"
+                " clock is right, check the gateway's)"
             )
         _refuse_identifiers(data["data"])
         event_type, event_id, fields = data["type"], data["id"], data["data"]

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = [
     "IDENTIFIER_KEYS",
     "IDENTIFIER_WORDS",
     "TOKEN_PREFIX",
+    "IdentityResolver",
     "TokenError",
     "customer_ref",
     "load_or_create_hash_key",
@@ -154,3 +156,32 @@ def verify_token(public: Ed25519PublicKey, token: str, now: float, leeway_s: int
     if now < iat - leeway_s:
         raise TokenError("token issued in the future (check the clock)")
     return TokenClaims(ref=ref, issued_at=iat, expires_at=exp)
+
+
+class IdentityResolver:
+    """What a customer shows (a loyalty card, a phone number, the app's QR token) -> their
+    customer ref. Kiosks, lanes and the camera use it directly; the raw value goes no further."""
+
+    def __init__(
+        self,
+        hash_key: bytes,
+        token_key: Ed25519PublicKey | None,
+        token_leeway_s: int,
+        now: Callable[[], float],
+    ) -> None:
+        self._hash_key = hash_key
+        self._token_key = token_key
+        self._token_leeway_s = token_leeway_s
+        self._now = now
+
+    def resolve(self, method: str, value: str) -> tuple[str | None, str | None]:
+        """(customer ref, problem): a refused token gives no ref and says why."""
+        if method != "qr_token":
+            return customer_ref(self._hash_key, method, value), None
+        if self._token_key is None:
+            return None, "QR tokens are not accepted here (identity.token_public_key is not set)"
+        try:
+            claims = verify_token(self._token_key, value, self._now(), self._token_leeway_s)
+        except TokenError as exc:
+            return None, f"QR token refused: {exc}"
+        return claims.ref, None

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+import sys
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -198,5 +203,36 @@ class Metrics:
             registry=r,
         )
 
+        # What the process holds, read when scraped (the soak benchmark follows them over time).
+        Gauge(
+            "gateway_python_heap_blocks",
+            "Memory blocks the Python allocator has handed out (sys.getallocatedblocks)",
+            registry=r,
+        ).set_function(sys.getallocatedblocks)
+        Gauge(
+            "gateway_sqlite_memory_bytes",
+            "Memory SQLite holds in this process, page caches included (sqlite3_memory_used)",
+            registry=r,
+        ).set_function(_sqlite_memory_used)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+@functools.cache
+def _sqlite_library() -> ctypes.CDLL | None:
+    # The library Python's sqlite3 module is linked with: its counters are this process's.
+    name = ctypes.util.find_library("sqlite3")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _sqlite_memory_used() -> float:
+    """-1 where the SQLite library can't be found (a statically linked Python)."""
+    library = _sqlite_library()
+    if library is None:
+        return -1.0
+    library.sqlite3_memory_used.restype = ctypes.c_int64
+    return float(library.sqlite3_memory_used())

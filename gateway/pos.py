@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ import structlog
 from gateway.clock import Clock
 from gateway.config import LaneConfig
 from gateway.decision.rewards import RewardJoiner
-from gateway.journey import Checkout, Journey, Publisher
+from gateway.identity import IdentityResolver
+from gateway.moments import CheckoutMoment, Moment, Publisher
 from gateway.payloads import PayloadError, decode, encode_coupon_reply
 from gateway.printing import normalise_code
 from gateway.store import AsyncStore, Store
@@ -52,7 +54,8 @@ class PosLanes:
         *,
         topics: Topics,
         lanes: Mapping[str, LaneConfig],
-        journey: Journey,
+        identity: IdentityResolver,
+        submit: Callable[[Moment], bool],
         db: AsyncStore,
         publisher: Publisher,
         clock: Clock,
@@ -60,7 +63,8 @@ class PosLanes:
     ) -> None:
         self._topics = topics
         self._lanes = lanes
-        self._journey = journey
+        self._identity = identity
+        self._submit = submit
         self._db = db
         self._publisher = publisher
         self._clock = clock
@@ -69,7 +73,7 @@ class PosLanes:
         self._tasks: set[asyncio.Task[None]] = set()
         # event id -> its checkout, from the total's acceptance to its commit (a commit that
         # fails leaves one behind until the lane re-sends: bounded all the same).
-        self._checkouts: OrderedDict[str, Checkout] = OrderedDict()
+        self._checkouts: OrderedDict[str, CheckoutMoment] = OrderedDict()
         # Ids of the totals taken since the start: a lane re-sends a total whose acknowledgement
         # it missed, and that must not end the next customer's session.
         self._totals: OrderedDict[str, None] = OrderedDict()
@@ -103,7 +107,7 @@ class PosLanes:
         """The raw value goes no further than this function: only its keyed hash is kept."""
         lane = self._lane(topic)
         data = decode("pos-loyalty", payload)
-        ref, problem = self._journey.resolve(data["method"], data["value"])
+        ref, problem = self._identity.resolve(data["method"], data["value"])
         if problem is not None:
             raise PayloadError(problem)
         self._session(lane).customer_ref = ref
@@ -125,11 +129,40 @@ class PosLanes:
         del self._sessions[device]  # the total ends the visit
         if not lane.printer:
             return None
-        checkout = Checkout(device, session.customer_ref, session.basket, event_id)
-        self._checkouts[event_id] = checkout
+        self._checkouts[event_id] = self._checkout(
+            device, session.customer_ref, session.basket, event_id
+        )
         while len(self._checkouts) > _MAX_PREPARED:
             self._checkouts.popitem(last=False)
-        return checkout.to_json()
+        body = {"lane": device, "customer_ref": session.customer_ref, "basket": session.basket}
+        return json.dumps(body, separators=(",", ":"))
+
+    def _checkout(
+        self, lane: str, ref: str | None, basket: tuple[str, ...], event_id: str
+    ) -> CheckoutMoment:
+        config = self._lanes[lane]
+        return CheckoutMoment(
+            touchpoint=lane,
+            customer_ref=ref,
+            request_id=event_id,
+            received=self._clock.monotonic(),
+            basket=basket,
+            printer=config.printer,
+            coupon_valid_days=config.coupon_valid_days,
+        )
+
+    async def pending(self) -> list[Moment]:
+        """Totals acknowledged before a stop or a crash whose coupon was not decided yet."""
+        moments: list[Moment] = []
+        for event_id, body in await self._db.call(Store.pending_checkouts):
+            data = json.loads(body)
+            lane = self._lanes.get(data["lane"])
+            if lane is None or not lane.printer:  # the lane lost its printer since
+                await self._db.call(Store.settle_checkout, event_id)
+                continue
+            basket = tuple(data["basket"])
+            moments.append(self._checkout(data["lane"], data.get("customer_ref"), basket, event_id))
+        return moments
 
     def after_commit(
         self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
@@ -140,7 +173,7 @@ class PosLanes:
         if event_type == "pos.transaction":
             checkout = self._checkouts.pop(event_id, None)
             if checkout is not None:
-                self._journey.on_checkout(checkout)
+                self._submit(checkout)  # a full queue logs it; the total stays pending
         elif event_type == "pos.redemption" and isinstance(data.get("coupon"), str):
             task = asyncio.create_task(self._redeem(device, str(data["coupon"]), event_id))
             self._tasks.add(task)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
+from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
@@ -467,13 +468,15 @@ async def _durable_load(outbox: Outbox, rate: float, tally: _Tally) -> None:
         await asyncio.sleep(0.002)
 
 
-async def _journey_rig(db: AsyncStore, tally: _Tally, decided: list[float]) -> tuple[Any, Outbox]:
-    """The daemon's own Journey and Outbox over `db`: the shipped model, 100 offers, 100
-    consenting customers (loyalty 4000000000000..99), one kiosk with one screen."""
+async def _journey_rig(
+    db: AsyncStore, tally: _Tally, decided: list[float]
+) -> tuple[Any, Any, Outbox]:
+    """The daemon's own kiosk intake, Journey and Outbox over `db`: the shipped model, 100
+    offers, 100 consenting customers (loyalty 4000000000000..99), one kiosk with one screen."""
     from gateway.config import DecisionConfig, KioskConfig
     from gateway.decision.engine import DecisionEngine, Outcome
-    from gateway.identity import customer_ref
-    from gateway.journey import Journey
+    from gateway.identity import IdentityResolver, customer_ref
+    from gateway.moments import Journey, Kiosks, ScreenHold
     from gateway.store import Consent
     from gateway.topics import Topics
 
@@ -496,20 +499,27 @@ async def _journey_rig(db: AsyncStore, tally: _Tally, decided: list[float]) -> t
         DecisionConfig(exploration=0.05, cap_customer_per_day=1000, cap_touchpoint_per_hour=10**5)
     )
     engine.install(scorer, replay=[])
+    topics = Topics("bench")
     journey = Journey(
-        topics=Topics("bench"),
-        kiosks={"kiosk-1": KioskConfig(zone="entrance", screens=("entrance-1",))},
+        topics=topics,
         store=db,
         publisher=tally,
-        hash_key=hash_key,
-        token_key=None,
-        token_leeway_s=0,
-        metrics=metrics,
-        clock=clock,
         engine=engine,
-        outbox=outbox,
+        clock=clock,
+        metrics=metrics,
+        hold=ScreenHold(30.0),
+        uplink=outbox.row,
+        appended=outbox.appended,
     )
-    return journey, outbox
+    kiosks = Kiosks(
+        topics=topics,
+        kiosks={"kiosk-1": KioskConfig(zone="entrance", screens=("entrance-1",))},
+        identity=IdentityResolver(hash_key, None, 0, clock.now),
+        publisher=tally,
+        submit=journey.submit,
+        clock=clock,
+    )
+    return kiosks, journey, outbox
 
 
 async def _journey_latency(
@@ -527,7 +537,7 @@ async def _journey_latency(
     tally, decided = _Tally(warm + count), []
     db = AsyncStore(work / "gateway.sqlite3")
     await db.open()
-    journey, outbox = await _journey_rig(db, tally, decided)
+    kiosks, journey, outbox = await _journey_rig(db, tally, decided)
     handle = Handle("bench", lambda *_: None)
     tasks = [asyncio.create_task(outbox.run(handle)), asyncio.create_task(journey.run(handle))]
     if load_per_s:
@@ -540,7 +550,7 @@ async def _journey_latency(
         rid = f"bench-{i}"
         payload = encode_kiosk_identify("loyalty", f"40000000{i % 100:05d}", rid, time.time())
         sent.append((rid, time.perf_counter()))
-        journey.on_kiosk_identify(topic, payload)
+        kiosks.on_identify(topic, payload)
 
     committed, started = tally.committed, time.monotonic()
     await _paced(rate, warm + count, send)
@@ -974,6 +984,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "accept": bench_accept,
     "drain": bench_drain,
     "flood": bench_flood,
+    "soak": bench_soak,
 }
 
 

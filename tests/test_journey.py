@@ -13,14 +13,17 @@ from typing import Any
 
 import pytest
 
-from gateway.clock import SystemClock
-from gateway.config import DecisionConfig, KioskConfig
+from gateway.ble.presence import ZoneEvent
+from gateway.clock import TimeKeeper
+from gateway.config import DecisionConfig, KioskConfig, LaneConfig, ScreenConfig
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.model import Scorer
-from gateway.identity import customer_ref
-from gateway.journey import Journey
+from gateway.device_events import DeviceEvents
+from gateway.identity import IdentityResolver, customer_ref
 from gateway.metrics import Metrics
+from gateway.moments import Journey, Kiosks, ScreenHold, ZoneScreens
 from gateway.payloads import encode_kiosk_identify
+from gateway.pos import PosLanes
 from gateway.store import AsyncStore, Consent, Offer, Store
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
@@ -62,33 +65,83 @@ class Rig:
     db: AsyncStore
     outbox: Outbox
     journey: Journey
+    kiosks: Kiosks
+    zones: ZoneScreens
+    lanes: PosLanes
+    events: DeviceEvents
     engine: RecordingEngine
     screens: Screens
+    printed: list[str]
+    wall: list[float]  # the fixed clock: moved by hand
+
+
+TOPICS = Topics("test-store")
+TX = "0190f4a2-7c1e-7000-8000-00000000a001"  # a total's event id
+T0 = 1_800_000_000.0
 
 
 @pytest.fixture
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    """The moment pipeline as app.py builds it, in process: a SQLite file, the shipped model,
+    a fixed clock and a list-backed publisher; no broker, no subprocess."""
     db = AsyncStore(tmp_path / "gateway.sqlite3")
     await db.open()
     await db.call(Store.upsert_offers, [Offer("OFF-1", "Coffee"), Offer("OFF-2", "Bread")], 0.0)
     await db.call(Store.upsert_consents, [Consent(REF, True, "coffee-lovers")], 0.0)
-    clock, metrics = SystemClock(), Metrics()
+    wall = [T0]
+    clock = TimeKeeper(
+        wall=lambda: wall[0], mono=lambda: wall[0], synchronized=lambda: True, floor=0.0
+    )
+    metrics = Metrics()
     outbox = Outbox(db, "test-store", clock, metrics)
     engine = RecordingEngine(DecisionConfig(holdout_share=0.0))
     engine.install(Scorer.load(REPO / "models" / "nba.onnx"), replay=[])
-    screens = Screens()
+    screens, printed = Screens(), []
+    lanes_config = {"pos-1": LaneConfig(printer="receipt-1")}
+    identity = IdentityResolver(HASH_KEY, None, 0, clock.now)
     journey = Journey(
-        topics=Topics("test-store"),
-        kiosks={"kiosk-1": KioskConfig(zone="entrance", screens=("entrance-1",))},
+        topics=TOPICS,
         store=db,
         publisher=screens,
-        hash_key=HASH_KEY,
-        token_key=None,
-        token_leeway_s=0,
-        metrics=metrics,
-        clock=clock,
         engine=engine,
-        outbox=outbox,
+        clock=clock,
+        metrics=metrics,
+        hold=ScreenHold(30.0),
+        uplink=outbox.row,
+        appended=outbox.appended,
+        on_print_job=printed.append,
+        pending=lambda: lanes.pending(),  # noqa: PLW0108 - the lanes are built below
+    )
+    kiosks = Kiosks(
+        topics=TOPICS,
+        kiosks={"kiosk-1": KioskConfig(zone="entrance", screens=("entrance-1",))},
+        identity=identity,
+        publisher=screens,
+        submit=journey.submit,
+        clock=clock,
+    )
+    zones = ZoneScreens(
+        {"coffee-1": ScreenConfig(zone="coffee"), "coffee-2": ScreenConfig(zone="coffee")},
+        journey.submit,
+        clock.monotonic,
+    )
+    lanes = PosLanes(
+        topics=TOPICS,
+        lanes=lanes_config,
+        identity=identity,
+        submit=journey.submit,
+        db=db,
+        publisher=screens,
+        clock=clock,
+    )
+    events = DeviceEvents(
+        TOPICS,
+        outbox,
+        screens,
+        declared={"pos": {"pos-1"}},
+        clock=clock,
+        pending_checkout=lanes.pending_checkout,
+        after_commit=lanes.after_commit,
     )
     ready = asyncio.Event()  # the journey has read the catalog
     tasks = [
@@ -97,7 +150,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     ]
     async with asyncio.timeout(10):
         await ready.wait()
-    yield Rig(db, outbox, journey, engine, screens)
+    yield Rig(db, outbox, journey, kiosks, zones, lanes, events, engine, screens, printed, wall)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -130,8 +183,8 @@ async def test_a_decision_reads_and_scores_while_an_unrelated_commit_holds_the_s
         )
         assert await asyncio.to_thread(held.wait, 5)
 
-        topic = Topics("test-store").kiosk_identify("kiosk-1")
-        rig.journey.on_kiosk_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-1"))
+        topic = TOPICS.kiosk_identify("kiosk-1")
+        rig.kiosks.on_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-1"))
 
         # The consent was read and the model scored meanwhile: the customer is known to it.
         assert await asyncio.to_thread(rig.engine.decided.wait, 5)
@@ -180,8 +233,8 @@ async def test_a_decision_commits_while_an_unrelated_durable_commit_waits_for_it
         )
         assert await asyncio.to_thread(in_fsync.wait, 5)  # committed, its WAL being fsynced
 
-        topic = Topics("test-store").kiosk_identify("kiosk-1")
-        rig.journey.on_kiosk_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-2"))
+        topic = TOPICS.kiosk_identify("kiosk-1")
+        rig.kiosks.on_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-2"))
         async with asyncio.timeout(5):
             await rig.screens.posted.wait()  # decided, committed, shown
         (decision,) = await rig.db.call(Store.decisions)
@@ -191,3 +244,60 @@ async def test_a_decision_commits_while_an_unrelated_durable_commit_waits_for_it
         release.set()
     async with asyncio.timeout(5):
         await accepted
+
+
+async def _posted(rig: Rig, count: int) -> list[tuple[str, dict[str, Any]]]:
+    async with asyncio.timeout(5):
+        while len(rig.screens.posts) < count:
+            rig.screens.posted.clear()
+            await rig.screens.posted.wait()
+    return rig.screens.posts
+
+
+async def test_zone_moments_reach_the_zones_screens_and_the_hold_keeps_what_they_show(
+    rig: Rig,
+) -> None:
+    def zone(kind: str, ref: str | None) -> None:
+        rig.zones.on_zone_event(ZoneEvent(kind, "coffee", ref or "d_anon", ref, rig.wall[0], 20.0))  # type: ignore[arg-type]
+
+    zone("enter", None)  # an anonymous visitor: both screens of the zone decide
+    posts = await _posted(rig, 2)
+    assert sorted(t.split("/")[-2] for t, _ in posts) == ["coffee-1", "coffee-2"]
+    assert {body["audience"] for _, body in posts} == {"anonymous"}
+    zone("dwell", None)  # held: nothing new within screen_hold_s
+    zone("exit", REF)  # exits change nothing
+    zone("enter", REF)  # an identified customer takes over an anonymous screen at once
+    posts = await _posted(rig, 4)
+    assert {body["audience"] for _, body in posts[2:]} == {"personal"}
+    zone("dwell", REF)  # the same audience: not decided for twice
+    rig.wall[0] += 31  # the hold passes
+    zone("dwell", None)
+    posts = await _posted(rig, 6)
+    assert len(posts) == 6
+    decisions = await rig.db.call(Store.decisions)
+    assert sorted(d.moment for d in decisions) == ["zone_dwell"] * 2 + ["zone_enter"] * 4
+
+
+async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig) -> None:
+    rig.lanes.on_basket(TOPICS.pos_basket("pos-1"), b'{"categories": ["coffee", "bakery"]}')
+    loyalty = json.dumps({"method": "loyalty", "value": LOYALTY}).encode()
+    rig.lanes.on_loyalty(TOPICS.pos_loyalty("pos-1"), loyalty)
+    total = json.dumps(
+        {"id": TX, "type": "pos.transaction", "priority": "transaction", "data": {"total": 9.5}}
+    ).encode()
+    await rig.events.on_event(TOPICS.device_events("pos", "pos-1"), total)  # committed
+    async with asyncio.timeout(5):
+        while not rig.printed:  # noqa: ASYNC110 - the hook is a plain callable
+            await asyncio.sleep(0.01)
+    assert rig.printed == ["receipt-1"]
+    (decision,) = await rig.db.call(Store.decisions)
+    assert (decision.moment, decision.touchpoint, decision.customer_ref) == (
+        "checkout",
+        "pos-1",
+        REF,
+    )
+    assert decision.request_id == TX
+    assert json.loads(decision.context or "{}")["basket"]  # the basket reached the features
+    assert await rig.db.call(Store.pending_checkouts) == []  # settled with the decision
+    # A receipt posts no content: the lane's acknowledgement is all.
+    assert [t.rsplit("/", 2)[-2:] for t, _ in rig.screens.posts] == [["events", "ack"]]

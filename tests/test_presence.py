@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from pathlib import Path
 from uuid import UUID
+
+import structlog
 
 from gateway.ble.eid import EidResolver, eid
 from gateway.ble.frames import EddystoneEID, EddystoneTLM, EddystoneUID, IBeacon
 from gateway.ble.keys import DeviceKeys
 from gateway.ble.presence import PresenceEngine, ZoneEvent
+from gateway.ble.scanners import ScannerStats
+from gateway.ble.service import Presence
 from gateway.ble.sighting import Sighting
+from gateway.clock import TimeKeeper
 from gateway.config import BleConfig, BleScannerConfig
+from gateway.metrics import Metrics
+from gateway.store import AsyncStore
+from gateway.supervisor import Handle
 
 SCANNERS = {"node-a": "entrance", "node-b": "coffee", "node-c": "bakery"}
 CONFIG = BleConfig(
@@ -206,3 +215,41 @@ def test_device_keys_hide_the_address_and_rotate_daily() -> None:
     assert a != DeviceKeys(b"j" * 32).key("AA:BB:CC:DD:EE:01", day + 10)  # another store
     assert "aabbccddee01" not in a.lower()
     assert a.startswith("d_")
+
+
+def test_rotating_identifiers_that_all_go_unmatched_are_reported_once_with_the_clock() -> None:
+    """A clock days off turns every opted-in phone anonymous: it was silent."""
+    key, k = bytes(range(16)), 4
+    mono = [0.0]
+    clock = TimeKeeper(
+        wall=lambda: T0 + mono[0], mono=lambda: mono[0], synchronized=lambda: None, floor=0.0
+    )
+    presence = Presence(
+        CONFIG,
+        db=AsyncStore(Path("/nonexistent/unused.sqlite3")),
+        clock=clock,
+        metrics=Metrics(),
+        stats=ScannerStats(),
+        on_event=lambda _event: None,
+    )
+    presence.resolver = EidResolver(drift_windows=1)
+    presence.resolver.load({"c_" + "a" * 32: (key, k)}, T0)
+    handle = Handle("presence", lambda *_: None)
+
+    def heard(offset_s: float) -> list[dict[str, object]]:
+        """Phones whose time is `offset_s` from the gateway's, for 5 minutes and a bit."""
+        with structlog.testing.capture_logs() as logs:
+            presence._report(handle)
+            for t in range(0, 301, 10):
+                mono[0] += 10
+                now = clock.now()
+                frame = EddystoneEID(eid(key, k, int(now + offset_s)), -20)
+                presence.on_sighting(Sighting("node-b", f"d_{t}", frame, -58, now))
+            presence._report(handle)
+        return [e for e in logs if "check the clock" in str(e["event"])]
+
+    heard(0)  # the first look
+    assert heard(0) == []  # matched: nothing to say
+    warnings = heard(3 * 86400)  # the gateway's clock is 3 days behind the phones'
+    assert len(warnings) == 1
+    assert warnings[0]["unresolved"] == 31

@@ -51,6 +51,7 @@ class PresenceCounters:
     unknown_scanner: int = 0
     beacon_frames: int = 0
     eid_unresolved: int = 0
+    eid_resolved: int = 0
     noisy_address: int = 0  # sightings dropped: the address shows too many identifiers
     cloned_identifier: int = 0  # sightings dropped: the identifier moves between addresses
     passers_by: int = 0  # left before min_dwell_s in any zone
@@ -219,6 +220,7 @@ class PresenceEngine:
             if ref is None:
                 self.counters.eid_unresolved += 1
             else:
+                self.counters.eid_resolved += 1
                 # Later adverts from this address without an EID belong to the same customer.
                 self._ref_of_device[device] = (ref, at)
                 self._ref_of_device.move_to_end(device)

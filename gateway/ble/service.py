@@ -29,6 +29,7 @@ __all__ = ["Presence"]
 log = structlog.get_logger("gateway.ble")
 
 _TICK_S = 1.0
+_EID_LOOK_S = 300.0  # how long rotating identifiers may all go unmatched before a warning
 
 
 class Presence:
@@ -56,6 +57,7 @@ class Presence:
         self.resolver = EidResolver(drift_windows=config.eid_drift_windows)
         self.engine = PresenceEngine(config, self._resolve)
         self._reloading = asyncio.Lock()
+        self._eids_at = (0.0, 0, 0)  # (monotonic, resolved, unresolved) at the last look
 
     def _resolve(self, observed: bytes, now: float) -> str | None:
         return self.resolver.resolve(observed, now)  # late bound: reload_keys swaps resolvers
@@ -133,6 +135,7 @@ class Presence:
             m.ble_zone_occupancy.labels(zone, "anonymous").set(anonymous)
         c = self.engine.counters
         m.ble_unresolved_eids.set(c.eid_unresolved)
+        self._check_eids(c.eid_resolved, c.eid_unresolved)
         m.ble_dropped.labels("noisy_address").set(c.noisy_address)
         m.ble_dropped.labels("cloned_identifier").set(c.cloned_identifier)
         m.ble_dropped.labels("unknown_scanner").set(c.unknown_scanner)
@@ -140,6 +143,23 @@ class Presence:
             handle.degraded(f"silent for more than {self.config.watchdog_s:g} s: {silent}")
         else:
             handle.ready(self._detail())
+
+    def _check_eids(self, resolved: int, unresolved: int) -> None:
+        """Rotating identifiers heard, none matching a key for a while: say so, with the likely
+        cause (they rotate with time: a wrong clock turns every opted-in phone anonymous)."""
+        now = self._clock.monotonic()
+        at, resolved_then, unresolved_then = self._eids_at
+        if now - at < _EID_LOOK_S:
+            return
+        self._eids_at = (now, resolved, unresolved)
+        if at and len(self.resolver) and resolved == resolved_then and unresolved > unresolved_then:
+            log.warning(
+                "rotating identifiers heard, none matched a customer key; if opted-in phones"
+                " are in the store, check the clock (identifiers rotate with time)",
+                unresolved=unresolved - unresolved_then,
+                minutes=round((now - at) / 60, 1),
+                clock_trusted=self._clock.trusted(),
+            )
 
     def _detail(self) -> str:
         # Stable text: the supervisor logs every change of a component's detail.

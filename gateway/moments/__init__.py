@@ -1,0 +1,24 @@
+"""Moments of a visit -> decisions -> content: the touchpoints' intakes, the typed moments they
+submit, the decision as a plan, and the journey that commits and posts it."""
+
+from gateway.moments.decide import ANONYMOUS_MESSAGE, PERSONAL_MESSAGE, Plan, decide
+from gateway.moments.journey import Journey
+from gateway.moments.kiosk import Kiosks
+from gateway.moments.moment import CheckoutMoment, KioskMoment, Moment, Publisher, ZoneMoment
+from gateway.moments.screens import ScreenHold, ZoneScreens
+
+__all__ = [
+    "ANONYMOUS_MESSAGE",
+    "PERSONAL_MESSAGE",
+    "CheckoutMoment",
+    "Journey",
+    "KioskMoment",
+    "Kiosks",
+    "Moment",
+    "Plan",
+    "Publisher",
+    "ScreenHold",
+    "ZoneMoment",
+    "ZoneScreens",
+    "decide",
+]

@@ -1,0 +1,171 @@
+"""The journey: one queue of moments, each decided (`decide`), committed, then posted.
+
+Intakes (kiosks, zone screens, lanes, later tablets) submit typed moments; the journey owns the
+queue and runs each plan: decide on the store's read thread (reads and scoring never queue behind
+a commit), commit on the store thread (the decision, its uplink event, a coupon's print job, in
+one transaction), then post the content and wake the printer. Decisions are committed before
+their content is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+
+from gateway.clock import Clock
+from gateway.decision.engine import DecisionEngine
+from gateway.metrics import Metrics
+from gateway.moments.decide import Plan, UplinkRow, decide
+from gateway.moments.moment import CheckoutMoment, Moment, Publisher, ZoneMoment
+from gateway.moments.screens import ScreenHold
+from gateway.store import AsyncStore, Offer, Store, StoreClosed
+from gateway.supervisor import Handle
+from gateway.topics import Topics
+
+__all__ = ["Journey"]
+
+log = structlog.get_logger("gateway.journey")
+_FULL_LOG_EVERY_S = 10.0
+
+
+class Journey:
+    name = "journey"
+    requires = ("store",)
+
+    def __init__(
+        self,
+        *,
+        topics: Topics,
+        store: AsyncStore,
+        publisher: Publisher,
+        engine: DecisionEngine,
+        clock: Clock,
+        metrics: Metrics,
+        hold: ScreenHold,
+        uplink: UplinkRow | None = None,
+        appended: asyncio.Event | None = None,
+        on_print_job: Callable[[str], None] = lambda _printer: None,
+        pending: Callable[[], Awaitable[Iterable[Moment]]] | None = None,
+        queue_size: int = 1000,
+    ) -> None:
+        """uplink: builds the decision's event (Outbox.row); appended: wakes the uplink.
+        pending: moments taken before a stop and not decided yet (a lane's acknowledged total)."""
+        self._topics = topics
+        self._store = store
+        self._publisher = publisher
+        self._engine = engine
+        self._clock = clock
+        self._metrics = metrics
+        self._hold = hold
+        self._uplink = uplink
+        self._appended = appended
+        self._on_print_job = on_print_job
+        self._pending = pending
+        self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
+        self._offers: list[Offer] = []
+        self._skipped = 0
+        self._full_logged = float("-inf")
+
+    def submit(self, moment: Moment) -> bool:
+        """Queue a moment (never blocks); False when the queue is full and it is skipped."""
+        try:
+            self._queue.put_nowait(moment)
+        except asyncio.QueueFull:
+            self._skipped += 1
+            now = self._clock.monotonic()
+            if now - self._full_logged >= _FULL_LOG_EVERY_S:
+                self._full_logged = now
+                log.warning(
+                    "journey queue full, moments skipped",
+                    skipped=self._skipped,
+                    last=moment.name,
+                    touchpoint=moment.touchpoint,
+                )
+            return False
+        return True
+
+    async def reload_catalog(self) -> None:
+        self._offers = await self._store.call(Store.offers)
+
+    async def run(self, handle: Handle) -> None:
+        await self.reload_catalog()
+        if self._pending is not None:
+            for moment in await self._pending():
+                log.info("resuming a moment taken before the stop", moment=moment.name)
+                self.submit(moment)
+        handle.ready(f"{len(self._offers)} offers")
+        try:
+            while True:
+                moment = await self._queue.get()
+                try:
+                    await self._act(moment)
+                except (sqlite3.Error, StoreClosed):
+                    raise  # the store is in trouble: the supervisor restarts and reports it
+                except Exception as exc:  # noqa: BLE001 - one bad moment must not stall the rest
+                    log.error(
+                        "journey moment failed, skipped",
+                        moment=moment.name,
+                        error=type(exc).__name__,
+                    )
+        except asyncio.CancelledError:
+            # Drain: what was already taken in is still answered before the link goes away.
+            while not self._queue.empty():
+                moment = self._queue.get_nowait()
+                with contextlib.suppress(Exception):
+                    await self._act(moment)
+            raise
+
+    async def _act(self, moment: Moment) -> None:
+        now = self._clock.now()
+        if isinstance(moment, ZoneMoment) and not self._hold.wants(
+            moment.touchpoint, moment.customer_ref, now
+        ):
+            return
+        plan = await self._store.read(
+            decide,
+            moment,
+            engine=self._engine,
+            offers=self._offers,
+            now=now,
+            time_trusted=self._clock.trusted(),
+            topics=self._topics,
+            uplink=self._uplink,
+        )
+        try:
+            await self._store.call(plan.commit)
+        except sqlite3.IntegrityError:
+            if not isinstance(moment, CheckoutMoment):
+                raise
+            # A re-sent transaction event (same id): its coupon was decided and queued already.
+            log.info("checkout already decided for this transaction", lane=moment.touchpoint)
+            if moment.request_id is not None:
+                await self._store.call(Store.settle_checkout, moment.request_id)
+            return
+        if self._appended is not None:
+            self._appended.set()  # its event committed with it: wake the uplink
+        self._carry_out(plan, now)
+
+    def _carry_out(self, plan: Plan, now: float) -> None:
+        """The committed plan's I/O: content posted (retained), the printer woken."""
+        moment, decision = plan.moment, plan.decision
+        for topic, content in plan.posts:
+            self._publisher.post(topic, content, retain=True)
+        if plan.job is not None:
+            self._on_print_job(plan.job.printer)
+        self._hold.shown(moment.screens, decision.customer_ref, now)
+        audience = "personal" if plan.personal else "anonymous"
+        self._metrics.decisions.labels(moment.name, audience).inc()
+        self._metrics.decision_seconds.observe(self._clock.monotonic() - moment.received)
+        log.info(
+            "customer identified" if plan.personal else "anonymous visitor",
+            moment=moment.name,
+            touchpoint=moment.touchpoint,
+            customer=decision.customer_ref,
+            offer=decision.offer_id,
+            reason=plan.outcome.reason,
+            decision=decision.id,
+        )
