@@ -41,7 +41,7 @@ from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
 from gateway.store import AsyncStore, Store, load_seed
 from gateway.supervisor import Handle, State, Supervisor
-from gateway.sync.bundles import BundleApplier
+from gateway.sync.bundles import BundleApplier, Reaction
 from gateway.sync.outbox import Outbox
 from gateway.timekeeping import ClockWatch
 from gateway.topics import SECTIONS, Topics
@@ -218,15 +218,16 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
     components += presence
     if config.cloud.enabled:
 
-        async def on_applied(kind: str, body: Mapping[str, Any]) -> None:
-            if kind == "offers":
-                await journey.reload_catalog()
-            elif kind == "consents" and presence:
-                await presence[0].reload_keys()
-            elif kind == "model":
-                await models.load()
-            elif kind == "config":
-                models.apply_settings(dict(body.get("settings", {})))
+        async def apply_settings(body: Mapping[str, Any]) -> None:
+            models.apply_settings(dict(body.get("settings", {})))
+
+        reactions: dict[str, Reaction] = {
+            "offers": lambda _body: journey.reload_catalog(),
+            "model": lambda _body: models.load(),
+            "config": apply_settings,
+        }
+        if presence:
+            reactions["consents"] = lambda _body: presence[0].reload_keys()
 
         key = config.cloud.bundle_public_key
         bundles = BundleApplier(
@@ -238,7 +239,7 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
             outbox=outbox,
             clock=clock,
             metrics=metrics,
-            on_applied=on_applied,
+            reactions=reactions,
             on_signed_time=lambda t: clock.raise_floor(t, "a signed bundle", firm=True),
         )
         components.append(

@@ -56,9 +56,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     signer = BundleSigner()
     reloads: list[int] = []
 
-    async def reload(kind: str, body: object) -> None:
-        if kind == "offers":
-            reloads.append(1)
+    async def reload(body: object) -> None:
+        reloads.append(1)
 
     with ArtifactServer(tmp_path / "artifacts") as artifacts:
         applier = BundleApplier(
@@ -70,7 +69,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             outbox=outbox,
             clock=SystemClock(),
             metrics=Metrics(),
-            on_applied=reload,
+            reactions={"offers": reload},
         )
         yield Rig(applier, db, signer, artifacts, tmp_path / "models", reloads)
     writer.cancel()

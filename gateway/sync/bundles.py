@@ -26,13 +26,14 @@ from gateway.store import AsyncStore, Consent, Offer, Store, consent_from_json, 
 from gateway.sync.outbox import Outbox
 from gateway.sync.wire import Bundle, BundleError, open_bundle, sha256_hex
 
-__all__ = ["BundleApplier", "Fetch"]
+__all__ = ["BundleApplier", "Fetch", "Reaction"]
 
 log = structlog.get_logger("gateway.bundles")
 
 # Downloads an artifact: (url, max_bytes) -> bytes. The driver does HTTPS; tests may serve files.
 Fetch = Callable[[str, int], Awaitable[bytes]]
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+Reaction = Callable[[Mapping[str, Any]], Awaitable[object]]
 
 
 class BundleApplier:
@@ -47,10 +48,11 @@ class BundleApplier:
         outbox: Outbox,
         clock: Clock,
         metrics: Metrics,
-        on_applied: Callable[[str, Mapping[str, Any]], Awaitable[None]],
+        reactions: Mapping[str, Reaction],
         on_signed_time: Callable[[float], None] = lambda _created_at: None,
     ) -> None:
-        """on_applied(kind, body): after a bundle applied (reload the catalog, the model...).
+        """reactions: kind -> what acts on a bundle of that kind once applied (reload the
+        catalog, the keys, the model...), given its body.
         on_signed_time(created_at): a bundle's signature checked out (a floor for the clock)."""
         self._db = db
         self._store_id = store_id
@@ -60,7 +62,7 @@ class BundleApplier:
         self._outbox = outbox
         self._clock = clock
         self._metrics = metrics
-        self._on_applied = on_applied
+        self._reactions = reactions
         self._on_signed_time = on_signed_time
 
     async def handle(self, kind: str, message: bytes) -> str:
@@ -101,7 +103,9 @@ class BundleApplier:
         self._metrics.bundles.labels(kind, "applied").inc()
         log.info("bundle applied", kind=kind, version=bundle.version)
         try:
-            await self._on_applied(kind, bundle.body)
+            reaction = self._reactions.get(kind)
+            if reaction is not None:
+                await reaction(bundle.body)
         except Exception:  # applied and committed; what reacts to it reports its own trouble
             log.exception("acting on an applied bundle failed", kind=kind, version=version)
         await self._outbox.accept(
@@ -172,19 +176,24 @@ class BundleApplier:
             await asyncio.to_thread(Scorer.from_bytes, data, final)
         except ModelError as exc:
             raise BundleError(f"artifact refused: {exc}") from None
-        self._models_dir.mkdir(parents=True, exist_ok=True)
-        aside = final.with_suffix(".onnx.incoming")
-        with aside.open("wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        aside.replace(final)
-        directory = os.open(self._models_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        await asyncio.to_thread(_write_durably, final, data)  # an SD card's fsync: off the loop
         return digest
+
+
+def _write_durably(final: Path, data: bytes) -> None:
+    """Write aside, fsync, rename, fsync the directory: a crash leaves the old file or the new."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    aside = final.with_suffix(".onnx.incoming")
+    with aside.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    aside.replace(final)
+    directory = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @dataclass(frozen=True, slots=True)
