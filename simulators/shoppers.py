@@ -54,6 +54,7 @@ from gateway.decision.features import (
 )
 from gateway.decision.model import ModelError, Scorer
 from gateway.decision.rules import Context, choose
+from gateway.decision.rules import eligible as rules_eligible
 from gateway.store import Offer
 
 __all__ = [
@@ -302,22 +303,13 @@ class Moment:
         return conversion_probabilities(self, self.offers, self.features)
 
 
-def eligible(offers: Sequence[Offer], channel: str, now: float, segment: str | None) -> list[Offer]:
-    """The hard rules the daemon applies first (as `gateway.decision.rules`)."""
-    out = []
-    for offer in offers:
-        if channel not in offer.channels:
-            continue
-        if offer.valid_from is not None and now < offer.valid_from:
-            continue
-        if offer.valid_to is not None and now >= offer.valid_to:
-            continue
-        if offer.inventory is not None and offer.inventory <= 0:
-            continue
-        if offer.segments and (segment is None or segment not in offer.segments):
-            continue
-        out.append(offer)
-    return out
+def eligible(
+    offers: Sequence[Offer], channel: str, local_time: datetime, segment: str | None
+) -> list[Offer]:
+    """The hard rules the daemon applies first: the daemon's own (`gateway.decision.rules`)."""
+    now = local_time.replace(tzinfo=UTC).timestamp()
+    ctx = Context(now, local_time, channel, segment)
+    return [offer for offer in offers if rules_eligible(offer, ctx)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -512,7 +504,7 @@ class Simulator:
         )
         now = local_time.replace(tzinfo=UTC).timestamp()
         segment = shopper.segment if facts is not None else None
-        offers = tuple(eligible(self.catalog, touchpoint, now, segment))
+        offers = tuple(eligible(self.catalog, touchpoint, local_time, segment))
         return Moment(ctx=ctx, now=now, shopper=shopper, identified=identified, offers=offers)
 
     @staticmethod

@@ -56,6 +56,14 @@ def test_segment_beats_daypart_beats_priority_then_id_breaks_ties() -> None:
     assert (evening.offer.id, evening.reason) == ("a-high", "priority")  # type: ignore[union-attr]
 
 
+def test_an_offer_outside_its_dayparts_is_excluded_not_ranked_lower() -> None:
+    """A morning-only coffee offer was shown and printed at night when nothing else was left."""
+    morning_only = [Offer("coffee-am", "x", priority=9, dayparts=("morning",))]
+    night = _ctx(datetime(2026, 1, 1, 23, 30))
+    assert choose(morning_only, night).offer is None
+    assert choose(morning_only, _ctx()).offer is not None  # in the morning it is served
+
+
 def test_nothing_eligible_is_a_choice_too() -> None:
     choice = choose([Offer("members", "x", segments=("vip",))], _ctx())
     assert choice.offer is None

@@ -141,7 +141,7 @@ def test_eligible_offers_honour_the_hard_rules() -> None:
         # The wrapped rules choose what gateway.decision.rules chooses from the whole catalog.
         ctx = Context(m.now, m.ctx.local_time, m.ctx.touchpoint, m.segment)
         assert choose(catalog(), ctx).offer == m.offers[RulesPolicy.index(m)]
-        assert eligible(catalog(), m.ctx.touchpoint, m.now, m.segment) == list(m.offers)
+        assert eligible(catalog(), m.ctx.touchpoint, m.ctx.local_time, m.segment) == list(m.offers)
 
 
 def _moment(
@@ -165,7 +165,7 @@ def _moment(
         trend={},
     )
     now = local.replace(tzinfo=UTC).timestamp()
-    offers = tuple(eligible(catalog(), "kiosk", now, segment))
+    offers = tuple(eligible(catalog(), "kiosk", local, segment))
     return Moment(ctx=ctx, now=now, shopper=shopper, identified=True, offers=offers)
 
 

@@ -48,7 +48,8 @@ class Choice:
 
 
 def eligible(offer: Offer, ctx: Context) -> bool:
-    """The hard rules: channel, validity window, inventory, segment targeting (consent)."""
+    """The hard rules: channel, validity window, inventory, dayparts, segment targeting
+    (consent). An offer without dayparts is for any time of day."""
     if ctx.channel not in offer.channels:
         return False
     if offer.valid_from is not None and ctx.now < offer.valid_from:
@@ -57,6 +58,8 @@ def eligible(offer: Offer, ctx: Context) -> bool:
         return False  # with untrusted time, an offer that may have ended is not served
     if offer.inventory is not None and offer.inventory <= 0:
         return False
+    if offer.dayparts and daypart(ctx.local_time) not in offer.dayparts:
+        return False  # a morning-only offer is not for the evening, whatever its rank
     # A targeted offer is only for customers of its segments who consented to personalisation.
     return not offer.segments or (ctx.segment is not None and ctx.segment in offer.segments)
 
