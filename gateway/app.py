@@ -35,7 +35,7 @@ from gateway.escpos import Profile, load_profile
 from gateway.health import HealthServer
 from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
-from gateway.moments import Journey, Kiosks, ScreenHold, ZoneScreens
+from gateway.moments import Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
 from gateway.pos import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
@@ -169,6 +169,15 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
         submit=journey.submit,
         clock=clock,
     )
+    tablets = Tablets(
+        topics=topics,
+        tablets=config.tablets,
+        identity=identity,
+        hash_key=hash_key,
+        submit=journey.submit,
+        clock=clock,
+        metrics=metrics,
+    )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     lanes = PosLanes(
         topics=topics,
@@ -193,6 +202,8 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
     link.route(topics.pos_basket_filter, "pos_basket", lanes.on_basket)
     link.route(topics.pos_loyalty_filter, "pos_loyalty", lanes.on_loyalty)
     link.route(topics.kiosk_identify_filter, "kiosk_identify", kiosks.on_identify)
+    link.route(topics.tablet_serve_filter, "tablet_serve", tablets.on_serve)
+    link.route(topics.tablet_close_filter, "tablet_close", tablets.on_close)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
         StoreComponent(db, config.catalog.seed_file, hash_key, clock),
@@ -203,6 +214,8 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
         journey,
         rewards,
     ]
+    if config.tablets:
+        components.append(tablets)
     components += _printers(config, printing, profiles, clock, metrics)
     components += _camera(config, kiosks, clock, metrics, outbox)
     presence = _presence(

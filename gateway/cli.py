@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +16,7 @@ from gateway.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter
 EX_CONFIG = 78  # sysexits.h; the systemd unit does not restart on it (RestartPreventExitStatus)
 
 DESCRIPTION = """\
@@ -122,5 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.logs import configure_logging
 
     configure_logging(loaded.logging.format, loaded.logging.level)
+    _few_malloc_arenas()
     asyncio.run(run_gateway(loaded))
     return 0
+
+
+def _few_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own malloc arena, which fragments and keeps
+    growing: the soak benchmark saw RSS grow ~70 KiB/min beyond what Python and SQLite held,
+    and flat with two arenas. Set before any thread starts (MALLOC_ARENA_MAX, if set, wins)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(_M_ARENA_MAX, 2)
+    except (OSError, AttributeError):  # not glibc (musl has one arena): nothing to do
+        pass

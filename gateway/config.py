@@ -338,7 +338,11 @@ class ScreenConfig:
 
 @dataclass(frozen=True, slots=True)
 class TabletConfig:
-    """An associate tablet: declared so that the gateway takes its events. No settings yet."""
+    """An associate tablet (sales assist)."""
+
+    zone: str = ""  # where it usually serves; a serve request may name another
+    # A serving session with no request for this long ends: who it served is forgotten.
+    session_idle_s: float = field(default=600.0, metadata=_meta(min=10, max=86400))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ __all__ = [
     "TOKEN_PREFIX",
     "IdentityResolver",
     "TokenError",
+    "associate_ref",
     "customer_ref",
     "load_or_create_hash_key",
     "mint_token",
@@ -77,6 +78,12 @@ def customer_ref(key: bytes, kind: str, value: str) -> str:
     normalised = _NON_DIGIT.sub("", value) if kind == "loyalty" else value.strip().lower()
     digest = hmac.new(key, f"{kind}:{normalised}".encode(), hashlib.sha256).hexdigest()
     return f"c_{digest[:32]}"
+
+
+def associate_ref(key: bytes, staff_id: str) -> str:
+    """An associate's pseudonymous ref: their KPIs are counted, never under their staff id."""
+    digest = hmac.new(key, f"associate:{staff_id.strip()}".encode(), hashlib.sha256).hexdigest()
+    return f"a_{digest[:16]}"
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:

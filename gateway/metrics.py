@@ -96,6 +96,26 @@ class Metrics:
         self.uplink_bytes = Counter(
             "gateway_uplink_bytes", "Bytes of event batches acknowledged by the cloud", registry=r
         )
+        # The associates' KPIs (the playbook ties incentives to them), by a keyed hash of the
+        # staff id: customers served, suggestions made and accepted, sales after a serve.
+        self.associate_served = Counter(
+            "gateway_associate_served",
+            "Customers an associate started serving",
+            ["associate"],
+            registry=r,
+        )
+        self.associate_suggestions = Counter(
+            "gateway_associate_suggestions",
+            "Suggestions put on an associate's tablet",
+            ["associate"],
+            registry=r,
+        )
+        self.associate_assisted_sales = Counter(
+            "gateway_associate_assisted_sales",
+            "Checkouts of a customer the associate served within the reward window",
+            ["associate"],
+            registry=r,
+        )
         self.clock_trusted = Gauge(
             "gateway_clock_trusted",
             "0 while the system clock is known to be wrong (behind what the box knows)",

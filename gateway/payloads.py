@@ -21,20 +21,27 @@ from gateway.ids import uuid7
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
+    "Card",
     "Content",
     "ContentOffer",
     "GatewayStatus",
     "KioskIdentify",
     "PayloadError",
+    "Suggestion",
+    "TabletServe",
     "decode",
+    "decode_card",
     "decode_content",
     "decode_kiosk_identify",
     "decode_status",
+    "decode_tablet_serve",
+    "encode_card",
     "encode_content",
     "encode_coupon_reply",
     "encode_error",
     "encode_kiosk_identify",
     "encode_status",
+    "encode_tablet_serve",
     "validate",
 ]
 
@@ -195,17 +202,19 @@ def encode_content(content: Content) -> bytes:
             "request_id": content.request_id,
             "decision_id": content.decision_id,
             "message": content.message,
-            "offer": None
-            if offer is None
-            else {
-                "id": offer.id,
-                "title": offer.title,
-                "body": offer.body,
-                "category": offer.category,
-                "discount_pct": offer.discount_pct,
-            },
+            "offer": None if offer is None else _offer_json(offer),
         },
     )
+
+
+def _offer_json(offer: ContentOffer) -> dict[str, Any]:
+    return {
+        "id": offer.id,
+        "title": offer.title,
+        "body": offer.body,
+        "category": offer.category,
+        "discount_pct": offer.discount_pct,
+    }
 
 
 def decode_content(payload: bytes) -> Content:
@@ -275,4 +284,115 @@ def encode_error(topic: str, error: str, ts: float, request_id: str | None = Non
             "error": error,
             "request_id": request_id,
         },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TabletServe:
+    tablet_id: str
+    session: str
+    associate: str  # the staff id as sent: hashed by the tablet intake, never kept
+    method: IdentifyMethod | None
+    value: str | None
+    zone: str | None
+    asks: tuple[str, ...]
+    basket: tuple[str, ...]
+    request_id: str | None
+
+
+def decode_tablet_serve(tablet_id: str, payload: bytes) -> TabletServe:
+    data = decode("tablet-serve", payload)
+    identify = data.get("identify") or {}
+    return TabletServe(
+        tablet_id=tablet_id,
+        session=data["session"],
+        associate=data["associate"],
+        method=identify.get("method"),
+        value=identify.get("value"),
+        zone=data.get("zone"),
+        asks=tuple(dict.fromkeys(data.get("asks", ()))),
+        basket=tuple(dict.fromkeys(data.get("basket", ()))),
+        request_id=data.get("id"),
+    )
+
+
+def encode_tablet_serve(serve: TabletServe) -> bytes:
+    data: dict[str, Any] = {"session": serve.session, "associate": serve.associate}
+    if serve.request_id is not None:
+        data["id"] = serve.request_id
+    if serve.method is not None and serve.value is not None:
+        data["identify"] = {"method": serve.method, "value": serve.value}
+    if serve.zone is not None:
+        data["zone"] = serve.zone
+    if serve.asks:
+        data["asks"] = list(serve.asks)
+    if serve.basket:
+        data["basket"] = list(serve.basket)
+    return _encode("tablet-serve", data)
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    rank: int
+    decision_id: str
+    propensity: float
+    offer: ContentOffer
+
+
+@dataclass(frozen=True, slots=True)
+class Card:
+    """A sales-assist card: who (only as much as the consent allows) and what to suggest."""
+
+    id: str
+    ts: float
+    session: str
+    request_id: str | None
+    audience: Literal["personal", "anonymous"]
+    segment: str | None
+    categories: tuple[str, ...] | None  # None: no profile (anonymous)
+    suggestions: tuple[Suggestion, ...]
+
+
+def encode_card(card: Card) -> bytes:
+    profile = None
+    if card.categories is not None:
+        profile = {"segment": card.segment, "categories": list(card.categories[:5])}
+    return _encode(
+        "card",
+        {
+            "schema": "card/1",
+            "id": card.id,
+            "ts": card.ts,
+            "session": card.session,
+            "request_id": card.request_id,
+            "audience": card.audience,
+            "profile": profile,
+            "suggestions": [
+                {
+                    "rank": s.rank,
+                    "decision_id": s.decision_id,
+                    "propensity": s.propensity,
+                    "offer": _offer_json(s.offer),
+                }
+                for s in card.suggestions
+            ],
+        },
+    )
+
+
+def decode_card(payload: bytes) -> Card:
+    data = decode("card", payload)
+    profile = data["profile"]
+    return Card(
+        id=data["id"],
+        ts=data["ts"],
+        session=data["session"],
+        request_id=data["request_id"],
+        audience=data["audience"],
+        segment=None if profile is None else profile["segment"],
+        categories=None if profile is None else tuple(profile["categories"]),
+        suggestions=tuple(
+            Suggestion(s["rank"], s["decision_id"], s["propensity"], ContentOffer(**s["offer"]))
+            for s in data["suggestions"]
+        ),
     )

@@ -64,6 +64,23 @@ class Topics:
         return f"{self.root}/pos/{lane}/coupon"
 
     @property
+    def tablet_serve_filter(self) -> str:
+        return f"{self.root}/tablet/+/serve"
+
+    @property
+    def tablet_close_filter(self) -> str:
+        return f"{self.root}/tablet/+/close"
+
+    def tablet_serve(self, tablet: str) -> str:
+        return f"{self.root}/tablet/{tablet}/serve"
+
+    def tablet_close(self, tablet: str) -> str:
+        return f"{self.root}/tablet/{tablet}/close"
+
+    def tablet_card(self, tablet: str) -> str:
+        return f"{self.root}/tablet/{tablet}/card"
+
+    @property
     def device_events_filter(self) -> str:
         return f"{self.root}/+/+/events"
 

@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import aiomqtt  # noqa: E402
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
+from bench_touchpoints import bench_tablet  # noqa: E402 - scripts/bench_touchpoints.py
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
@@ -985,6 +986,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "drain": bench_drain,
     "flood": bench_flood,
     "soak": bench_soak,
+    "tablet": lambda quick: bench_tablet(quick, _broker_rtt),
 }
 
 

@@ -5,7 +5,8 @@
 Customers walk up to the kiosks and identify (loyalty card, app QR code, or a card the store
 does not know); shoppers walk the floor with their phones, heard by BLE scanner nodes
 (ESPresense over MQTT); a POS lane totals baskets and its receipt printer (a simulator on a
-pseudo-terminal) prints coupons, which are later redeemed once; the demo prints what the gateway
+pseudo-terminal) prints coupons, which are later redeemed once; an associate serves customers on
+a tablet and answers its suggestions; the demo prints what the gateway
 decided, what each screen shows, and every receipt.
 """
 
@@ -28,15 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.ids import uuid7
 from simulators.beacons import ScannerNodes, World
 from simulators.broker import Mosquitto, MosquittoMissing, free_port
 from simulators.cloud import Cloud
 from simulators.daemon import GatewayProcess
+from simulators.events import EventSource
 from simulators.population import CUSTOMERS, Customer, demo_token
 from simulators.pos import PosLane
 from simulators.printer import PrinterSimulator
 from simulators.signage import render
 from simulators.store import SimulatedStore
+from simulators.tablet import Tablet
 
 __all__ = ["main"]
 
@@ -150,6 +154,38 @@ async def _till_step(step: int, till: _Till) -> None:
                     _say(f"pos-1: a customer {attempt} {code} -> {reply['message']}")
 
 
+async def _tablet_step(
+    step: int, tablet: Tablet, answers: EventSource, rng: random.Random, declared: bool
+) -> None:
+    """Every fourth step an associate serves a customer on tablet-1: the card's suggestions,
+    the first accepted, the others declined; then the session is closed."""
+    if step % 4 != 2 or not declared:
+        return
+    customer = rng.choice(CUSTOMERS)
+    asks = rng.choice((["produce"], ["coffee"], []))
+    session = uuid7()
+    try:
+        async with asyncio.timeout(3):
+            card = await tablet.serve(
+                session, "A-1042", method="loyalty", value=customer.loyalty, asks=asks
+            )
+    except TimeoutError:
+        _say(f"tablet-1: serving {customer.name} -> no card within 3 s")
+        return
+    picks = [
+        f"{s.offer.title} ({'accepted' if s.rank == 1 else 'declined'})" for s in card.suggestions
+    ]
+    for s in card.suggestions:
+        answer = "tablet.accepted" if s.rank == 1 else "tablet.declined"
+        await answers.send(answer, "reward", {"decision_id": s.decision_id})
+    await tablet.close(session)
+    known = f", profile {card.segment or 'no segment'}" if card.audience == "personal" else ""
+    _say(
+        f"tablet-1: serving {customer.name} ({card.audience}{known}) -> suggests "
+        + ("; ".join(picks) or "nothing eligible")
+    )
+
+
 async def _cloud_step(step: int, cloud: Cloud, store_id: str) -> None:
     """The cloud's part of the story, at fixed steps: an outage, a backlog, a signed bundle."""
     receiver = cloud.receiver
@@ -233,6 +269,12 @@ async def _walk(
             SimulatedStore("127.0.0.1", port, config.store.id, "demo-floor")
         )
         lane = await stack.enter_async_context(PosLane("127.0.0.1", port, config.store.id))
+        tablet, answers = (
+            await stack.enter_async_context(Tablet("127.0.0.1", port, config.store.id)),
+            await stack.enter_async_context(
+                EventSource("127.0.0.1", port, config.store.id, kind="tablet", device_id="tablet-1")
+            ),
+        )
         till = _Till(lane, printer, rng, [])
         background = []
         if config.ble.enabled:
@@ -251,6 +293,7 @@ async def _walk(
             kiosk_id = rng.choice(sorted(kiosks))
             step += 1
             await _till_step(step, till)
+            await _tablet_step(step, tablet, answers, rng, "tablet-1" in config.tablets)
             await _cloud_step(step, cloud, config.store.id)
             if step % 7 == 0:
                 await store.kiosk(kiosk_id).send_raw(b'{"method": "fax", "value": 42}')

@@ -51,6 +51,7 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
         "model",
         "journey",
         "rewards",
+        "tablets",  # the demo store declares tablet-1
         "presence",  # the demo store has BLE scanner nodes
         "health",
     }

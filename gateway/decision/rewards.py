@@ -25,6 +25,7 @@ REWARD_EVENTS: Mapping[str, float] = {
     "pos.redemption": 1.0,
     "kiosk.tap": 1.0,
     "tablet.accepted": 1.0,
+    "tablet.declined": 0.0,  # the associate's answer closes the window: no sale from it
 }
 _EXPIRY_EVERY_S = 60.0
 _EXPIRY_BATCH = 1000

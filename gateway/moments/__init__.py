@@ -4,8 +4,16 @@ submit, the decision as a plan, and the journey that commits and posts it."""
 from gateway.moments.decide import ANONYMOUS_MESSAGE, PERSONAL_MESSAGE, Plan, decide
 from gateway.moments.journey import Journey
 from gateway.moments.kiosk import Kiosks
-from gateway.moments.moment import CheckoutMoment, KioskMoment, Moment, Publisher, ZoneMoment
+from gateway.moments.moment import (
+    CheckoutMoment,
+    KioskMoment,
+    Moment,
+    Publisher,
+    TabletMoment,
+    ZoneMoment,
+)
 from gateway.moments.screens import ScreenHold, ZoneScreens
+from gateway.moments.tablet import Tablets
 
 __all__ = [
     "ANONYMOUS_MESSAGE",
@@ -18,6 +26,8 @@ __all__ = [
     "Plan",
     "Publisher",
     "ScreenHold",
+    "TabletMoment",
+    "Tablets",
     "ZoneMoment",
     "ZoneScreens",
     "decide",

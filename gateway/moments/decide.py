@@ -18,13 +18,13 @@ from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.ids import uuid7
-from gateway.moments.moment import CheckoutMoment, Moment
-from gateway.payloads import Content, ContentOffer, encode_content
+from gateway.moments.moment import CheckoutMoment, Moment, TabletMoment
+from gateway.payloads import Card, Content, ContentOffer, Suggestion, encode_card, encode_content
 from gateway.printing import Coupon, new_coupon_code
 from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
 from gateway.topics import Topics
 
-__all__ = ["ANONYMOUS_MESSAGE", "PERSONAL_MESSAGE", "Plan", "UplinkRow", "decide"]
+__all__ = ["ANONYMOUS_MESSAGE", "PERSONAL_MESSAGE", "Decided", "Plan", "UplinkRow", "decide"]
 
 PERSONAL_MESSAGE = "Welcome back! Picked for you today"
 ANONYMOUS_MESSAGE = "Today's pick"
@@ -54,28 +54,40 @@ def _read_facts(reader: Reader, ref: str | None, touchpoint: str, now: float) ->
     return _Facts(customer, segment, seen, here)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Plan:
-    """A decision taken, and what it does: committed in one transaction, then posted."""
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """One decision of a plan, with its outcome and its event for the cloud."""
 
-    moment: Moment
     decision: Decision
     outcome: Outcome
-    uplink: OutboxRow | None  # its event for the cloud
-    job: PrintJobRow | None  # the coupon to print (a checkout that chose an offer)
-    posts: tuple[tuple[str, bytes], ...]  # (topic, content) to post, retained, once committed
+    uplink: OutboxRow | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A moment decided, and what it does: committed in one transaction, then posted."""
+
+    moment: Moment
+    decided: tuple[Decided, ...]  # one, or an associate's suggestions (best first)
+    job: PrintJobRow | None = None  # the coupon to print (a checkout that chose an offer)
+    posts: tuple[tuple[str, bytes, bool], ...] = ()  # (topic, payload, retained), once committed
+    assisted_by: str | None = None  # a checkout's customer served by this associate (hash)
 
     @property
     def personal(self) -> bool:
-        return self.decision.customer_ref is not None  # only with a personalisation consent
+        # Only with a personalisation consent; the same for every decision of the moment.
+        return self.decided[0].decision.customer_ref is not None
 
     def commit(self, store: Store) -> None:
         """Runs on the store thread; a checkout's decision settles its pending checkout."""
+        first = self.decided[0]
         if self.job is not None:
-            store.record_checkout(self.decision, self.uplink, self.job)
+            store.record_checkout(first.decision, first.uplink, self.job)
+        elif len(self.decided) > 1:
+            store.record_decisions([(d.decision, d.uplink) for d in self.decided])
         else:
             settles = self.moment.request_id if isinstance(self.moment, CheckoutMoment) else None
-            store.record_decision(self.decision, self.uplink, settles=settles)
+            store.record_decision(first.decision, first.uplink, settles=settles)
 
 
 def decide(
@@ -89,10 +101,10 @@ def decide(
     topics: Topics,
     uplink: UplinkRow | None,
 ) -> Plan:
-    """The features, the model call, the rows to commit and the content to post."""
+    """The features, the model call, the rows to commit and what to post or print."""
     facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now)
     local = datetime.fromtimestamp(now)
-    basket = moment.basket if isinstance(moment, CheckoutMoment) else ()
+    basket = moment.basket if isinstance(moment, CheckoutMoment | TabletMoment) else ()
     features = FeatureContext(
         local_time=local,
         touchpoint=moment.channel,
@@ -102,20 +114,126 @@ def decide(
         weather=engine.weather,
         customer=CustomerFacts(segment=facts.segment) if facts.customer is not None else None,
     )
+    context = Context(now, local, moment.channel, facts.segment, time_trusted)
+    logged: dict[str, Any] = context_to_json(features)
+    if isinstance(moment, TabletMoment):
+        return _suggest(
+            reader,
+            moment,
+            facts=facts,
+            engine=engine,
+            offers=offers,
+            context=context,
+            features=features,
+            logged=logged,
+            topics=topics,
+            uplink=uplink,
+        )
+    assisted_by = None
+    if isinstance(moment, CheckoutMoment) and facts.customer is not None:
+        since = now - engine.config.reward_window_s
+        assisted_by = reader.served_by(facts.customer, since)
+        if assisted_by is not None:
+            logged["assisted_by"] = assisted_by  # a sale after an associate's serve
     outcome = engine.decide(
         offers,
-        Context(now, local, moment.channel, facts.segment, time_trusted),
+        context,
         features,
         customer_ref=facts.customer,
         touchpoint_id=moment.touchpoint,
         customer_counts=facts.seen,
         touchpoint_counts=facts.here,
     )
-    logged: dict[str, Any] = {
-        **context_to_json(features),
-        "arm": outcome.arm,
-        "reason": outcome.reason,
-    }
+    decided = _decided(moment, facts.customer, outcome, logged=logged, now=now, uplink=uplink)
+    job = None
+    if isinstance(moment, CheckoutMoment) and outcome.offer is not None:
+        job = _print_job(moment, outcome.offer, topics.store_id, now)
+    targets = moment.content_topics(topics)
+    content = _content(moment, decided.decision, outcome.offer) if targets else b""
+    posts = tuple((topic, content, True) for topic in targets)
+    return Plan(moment=moment, decided=(decided,), job=job, posts=posts, assisted_by=assisted_by)
+
+
+_SUGGESTIONS = 3
+
+
+def _suggest(
+    reader: Reader,
+    moment: TabletMoment,
+    *,
+    facts: _Facts,
+    engine: DecisionEngine,
+    offers: Sequence[Offer],
+    context: Context,
+    features: FeatureContext,
+    logged: dict[str, Any],
+    topics: Topics,
+    uplink: UplinkRow | None,
+) -> Plan:
+    """An associate's card: the top suggestions, each its own decision (the offers already
+    chosen leave the candidates; what the customer asks about is tried first)."""
+    logged = {**logged, "session": moment.session, "associate": moment.associate}
+    remaining = list(offers)
+    decided: list[Decided] = []
+    for rank in range(1, _SUGGESTIONS + 1):
+        asked = [o for o in remaining if o.category in moment.asks]
+        outcome = None
+        for candidates in (asked, remaining) if asked else (remaining,):
+            outcome = engine.decide(
+                candidates,
+                context,
+                features,
+                customer_ref=facts.customer,
+                touchpoint_id=moment.touchpoint,
+                customer_counts=facts.seen,
+                touchpoint_counts=facts.here,
+            )
+            if outcome.offer is not None:
+                break
+        assert outcome is not None
+        if outcome.offer is None and decided:
+            break  # nothing more to suggest; the log keeps a decision only for an empty card
+        logged_here = {**logged, "rank": rank}
+        decided.append(
+            _decided(
+                moment, facts.customer, outcome, logged=logged_here, now=context.now, uplink=uplink
+            )
+        )
+        if outcome.offer is None:
+            break
+        chosen = outcome.offer.id
+        remaining = [o for o in remaining if o.id != chosen]
+    categories = None
+    if facts.customer is not None:
+        categories = tuple(reader.categories_bought(facts.customer)[:5])
+    card = Card(
+        id=uuid7(),
+        ts=context.now,
+        session=moment.session,
+        request_id=moment.request_id,
+        audience="personal" if facts.customer is not None else "anonymous",
+        segment=facts.segment,
+        categories=categories,
+        suggestions=tuple(
+            Suggestion(rank, d.decision.id, d.decision.propensity, _offer(d.outcome.offer))
+            for rank, d in enumerate(decided, 1)
+            if d.outcome.offer is not None
+        ),
+    )
+    post = (topics.tablet_card(moment.touchpoint), encode_card(card), False)  # never retained
+    return Plan(moment=moment, decided=tuple(decided), posts=(post,))
+
+
+def _decided(
+    moment: Moment,
+    customer: str | None,
+    outcome: Outcome,
+    *,
+    logged: Mapping[str, Any],
+    now: float,
+    uplink: UplinkRow | None,
+) -> Decided:
+    logged = {**logged, "arm": outcome.arm, "reason": outcome.reason}
     if outcome.shadow is not None:
         logged["shadow"] = dict(outcome.shadow)
     decision = Decision(
@@ -123,7 +241,7 @@ def decide(
         ts=now,
         moment=moment.name,
         touchpoint=moment.touchpoint,
-        customer_ref=facts.customer,
+        customer_ref=customer,
         offer_id=outcome.offer.id if outcome.offer else None,
         policy=outcome.policy,
         propensity=outcome.propensity,
@@ -133,13 +251,7 @@ def decide(
         context=json.dumps(logged, separators=(",", ":")),
     )
     row = None if uplink is None else _uplink_row(uplink, decision, outcome, logged, now)
-    job = None
-    if isinstance(moment, CheckoutMoment) and outcome.offer is not None:
-        job = _print_job(moment, outcome.offer, topics.store_id, now)
-    targets = moment.content_topics(topics)
-    content = _content(moment, decision, outcome.offer) if targets else b""
-    posts = tuple((topic, content) for topic in targets)
-    return Plan(moment=moment, decision=decision, outcome=outcome, uplink=row, job=job, posts=posts)
+    return Decided(decision, outcome, row)
 
 
 def _uplink_row(
@@ -198,14 +310,17 @@ def _content(moment: Moment, decision: Decision, offer: Offer | None) -> bytes:
         request_id=moment.request_id,
         decision_id=decision.id,
         message=PERSONAL_MESSAGE if personal else ANONYMOUS_MESSAGE,
-        offer=None
-        if offer is None
-        else ContentOffer(
-            id=offer.id,
-            title=offer.title,
-            body=offer.body,
-            category=offer.category,
-            discount_pct=offer.discount_pct,
-        ),
+        offer=None if offer is None else _offer(offer),
     )
     return encode_content(content)
+
+
+def _offer(offer: Offer | None) -> ContentOffer:
+    assert offer is not None
+    return ContentOffer(
+        id=offer.id,
+        title=offer.title,
+        body=offer.body,
+        category=offer.category,
+        discount_pct=offer.discount_pct,
+    )

@@ -20,7 +20,7 @@ from gateway.clock import Clock
 from gateway.decision.engine import DecisionEngine
 from gateway.metrics import Metrics
 from gateway.moments.decide import Plan, UplinkRow, decide
-from gateway.moments.moment import CheckoutMoment, Moment, Publisher, ZoneMoment
+from gateway.moments.moment import CheckoutMoment, Moment, Publisher, TabletMoment, ZoneMoment
 from gateway.moments.screens import ScreenHold
 from gateway.store import AsyncStore, Offer, Store, StoreClosed
 from gateway.supervisor import Handle
@@ -150,22 +150,28 @@ class Journey:
         self._carry_out(plan, now)
 
     def _carry_out(self, plan: Plan, now: float) -> None:
-        """The committed plan's I/O: content posted (retained), the printer woken."""
-        moment, decision = plan.moment, plan.decision
-        for topic, content in plan.posts:
-            self._publisher.post(topic, content, retain=True)
+        """The committed plan's I/O: content posted, the printer woken, the tallies."""
+        moment = plan.moment
+        for topic, payload, retain in plan.posts:
+            self._publisher.post(topic, payload, retain=retain)
         if plan.job is not None:
             self._on_print_job(plan.job.printer)
-        self._hold.shown(moment.screens, decision.customer_ref, now)
+        first = plan.decided[0].decision
+        self._hold.shown(moment.screens, first.customer_ref, now)
         audience = "personal" if plan.personal else "anonymous"
-        self._metrics.decisions.labels(moment.name, audience).inc()
+        self._metrics.decisions.labels(moment.name, audience).inc(len(plan.decided))
         self._metrics.decision_seconds.observe(self._clock.monotonic() - moment.received)
+        if isinstance(moment, TabletMoment):
+            self._metrics.associate_suggestions.labels(moment.associate).inc(len(plan.decided))
+        if plan.assisted_by is not None:
+            self._metrics.associate_assisted_sales.labels(plan.assisted_by).inc()
+        offers = [d.decision.offer_id for d in plan.decided]
         log.info(
             "customer identified" if plan.personal else "anonymous visitor",
             moment=moment.name,
             touchpoint=moment.touchpoint,
-            customer=decision.customer_ref,
-            offer=decision.offer_id,
-            reason=plan.outcome.reason,
-            decision=decision.id,
+            customer=first.customer_ref,
+            offer=offers[0] if len(offers) == 1 else offers,
+            reason=plan.decided[0].outcome.reason,
+            decision=first.id,
         )

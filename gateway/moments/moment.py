@@ -12,7 +12,7 @@ from typing import ClassVar, Protocol
 
 from gateway.topics import Topics
 
-__all__ = ["CheckoutMoment", "KioskMoment", "Moment", "Publisher", "ZoneMoment"]
+__all__ = ["CheckoutMoment", "KioskMoment", "Moment", "Publisher", "TabletMoment", "ZoneMoment"]
 
 
 class Publisher(Protocol):
@@ -100,3 +100,19 @@ class CheckoutMoment(Moment):
     @property
     def name(self) -> str:
         return "checkout"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TabletMoment(Moment):
+    """An associate serves a customer: a sales-assist card on the tablet (not retained), with
+    the top suggestions, each its own decision."""
+
+    channel: ClassVar[str] = "tablet"
+    session: str
+    associate: str  # a keyed hash of the staff id
+    asks: tuple[str, ...] = ()
+    basket: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "tablet_serve"

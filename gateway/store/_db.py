@@ -41,6 +41,9 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer gateway; refusing it protects its data."""
 
 
+OFFER_CHANNELS = ("kiosk", "screen", "receipt", "tablet")  # an offer's channels by default
+
+
 @dataclass(frozen=True, slots=True)
 class Offer:
     id: str
@@ -48,7 +51,7 @@ class Offer:
     body: str = ""
     category: str = ""
     discount_pct: float = 0.0
-    channels: tuple[str, ...] = ("kiosk", "screen", "receipt")
+    channels: tuple[str, ...] = OFFER_CHANNELS
     segments: tuple[str, ...] = ()
     dayparts: tuple[str, ...] = ()
     priority: int = 0
@@ -304,6 +307,28 @@ class Reader:
         )
         return customer, at_touchpoint
 
+    def categories_bought(self, customer_ref: str, last: int = 20) -> list[str]:
+        """The categories in this customer's last checkouts' baskets, most frequent first."""
+        counts: dict[str, int] = {}
+        for (basket,) in self._conn.execute(
+            "SELECT json_extract(context, '$.basket') FROM decisions"
+            " WHERE customer_ref = ? AND moment = 'checkout' ORDER BY ts DESC LIMIT ?",
+            (customer_ref, last),
+        ):
+            for category in json.loads(basket or "[]"):
+                counts[category] = counts.get(category, 0) + 1
+        return sorted(counts, key=lambda c: (-counts[c], c))
+
+    def served_by(self, customer_ref: str, since: float) -> str | None:
+        """The associate (keyed hash) who last served this customer since `since`, if any."""
+        row = self._conn.execute(
+            "SELECT json_extract(context, '$.associate') FROM decisions"
+            " WHERE customer_ref = ? AND moment = 'tablet_serve' AND ts >= ?"
+            " ORDER BY ts DESC LIMIT 1",
+            (customer_ref, since),
+        ).fetchone()
+        return None if row is None else row[0]
+
 
 class Store(Reader):
     """The writing connection, owned by one thread at a time (see `AsyncStore`)."""
@@ -436,6 +461,12 @@ class Store(Reader):
             self._insert_decision(d, event)
             if settles is not None:
                 self.settle_checkout(settles, commit=False)
+
+    def record_decisions(self, rows: Sequence[tuple[Decision, OutboxRow | None]]) -> None:
+        """Several decisions of one moment (an associate's suggestions), in one transaction."""
+        with transaction(self._conn, durable=False):
+            for d, event in rows:
+                self._insert_decision(d, event)
 
     def record_checkout(self, d: Decision, event: OutboxRow | None, job: PrintJobRow) -> None:
         """A checkout decision, its uplink event, its coupon and print job, and the pending

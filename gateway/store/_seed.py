@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.identity import customer_ref
 from gateway.payloads import PayloadError, decode
-from gateway.store._db import Consent, Offer
+from gateway.store._db import OFFER_CHANNELS, Consent, Offer
 
 __all__ = ["SeedError", "consent_from_json", "load_seed", "offer_from_json"]
 
@@ -58,7 +58,7 @@ def offer_from_json(o: Mapping[str, Any]) -> Offer:
         body=o.get("body", ""),
         category=o.get("category", ""),
         discount_pct=float(o.get("discount_pct", 0.0)),
-        channels=tuple(o.get("channels", ("kiosk", "screen", "receipt"))),
+        channels=tuple(o.get("channels", OFFER_CHANNELS)),
         segments=tuple(o.get("segments", ())),
         dayparts=tuple(o.get("dayparts", ())),
         priority=o.get("priority", 0),

@@ -1,0 +1,97 @@
+"""`scripts/bench.py tablet`: serve request -> card on the tablet, 20 tablets at 1 request/s each,
+beside the broker's own round trip measured in the same run.
+
+Each tablet is its own MQTT client (as in a store), serves a consenting customer or an anonymous
+one in turn, and the figure is the time from its publish to its card's arrival. The broker's
+round trip (`broker_rtt_p99_ms`) is an echo client making the same two hops with no work in
+between: `tablet_p99_ms` minus it is what the gateway adds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gateway.ids import uuid7  # noqa: E402
+from simulators.broker import Mosquitto  # noqa: E402
+from simulators.daemon import GatewayProcess, settings  # noqa: E402
+from simulators.population import CUSTOMERS  # noqa: E402
+from simulators.tablet import Tablet  # noqa: E402
+
+__all__ = ["bench_tablet"]
+
+TABLETS = 20
+RATE_PER_TABLET = 1.0
+DEMO = REPO / "examples" / "demo.toml"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+async def _measure(port: int, seconds: float) -> list[float]:
+    """All tablets at once; the latency of every request, in ms."""
+    arrivals: list[float] = []
+    start = time.monotonic() + 1.0
+
+    async def one(tablet_id: str) -> None:
+        async with Tablet("127.0.0.1", port, "demo-store", tablet_id) as tablet:
+            count = int(seconds * RATE_PER_TABLET)
+            session = uuid7()
+            for i in range(count):
+                delay = start + i / RATE_PER_TABLET - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sent = time.monotonic()
+                if i % 5 == 0:  # a new customer every fifth request
+                    session = uuid7()
+                    customer = CUSTOMERS[i // 5 % len(CUSTOMERS)]
+                    card = tablet.serve(session, "A-1", method="loyalty", value=customer.loyalty)
+                else:
+                    card = tablet.serve(session, "A-1", basket=["coffee"])
+                async with asyncio.timeout(10):
+                    await card
+                arrivals.append((time.monotonic() - sent) * 1000)
+
+    await asyncio.gather(*(one(f"tablet-{n}") for n in range(1, TABLETS + 1)))
+    return arrivals
+
+
+def bench_tablet(
+    quick: bool, broker_rtt: Callable[[int, float, int], list[float]]
+) -> dict[str, float]:
+    """broker_rtt(port, rate, count): scripts/bench.py's echo round trip, in ms."""
+    seconds = 20.0 if quick else 60.0
+    with tempfile.TemporaryDirectory(prefix="bench-tablet-") as tmp:
+        work = Path(tmp)
+        with Mosquitto(work / "broker") as broker:
+            tablets = {f"tablets.tablet-{n}.zone": '"coffee"' for n in range(1, TABLETS + 1)}
+            base = settings(
+                store_port=broker.port, state_dir=work / "state", logging__level="warning"
+            )
+            gateway = GatewayProcess(DEMO, work, overrides=base | tablets)
+            gateway.start()
+            try:
+                gateway.wait_ready()
+                asyncio.run(_measure(broker.port, 3.0))  # warm up: model loaded, caches filled
+                latencies = asyncio.run(_measure(broker.port, seconds))
+                rtts = broker_rtt(broker.port, TABLETS * RATE_PER_TABLET, len(latencies))
+            finally:
+                gateway.stop()
+    return {
+        "tablet_requests": float(len(latencies)),
+        "tablet_p50_ms": statistics.median(latencies),
+        "tablet_p99_ms": _percentile(latencies, 99),
+        "tablet_max_ms": max(latencies),
+        "broker_rtt_p99_ms": _percentile(rtts, 99),
+        "tablet_added_p99_ms": _percentile(latencies, 99) - _percentile(rtts, 99),
+    }
