@@ -32,6 +32,7 @@ DEMO = REPO / "examples" / "demo.toml"
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
+from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
@@ -974,6 +975,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "accept": bench_accept,
     "drain": bench_drain,
     "flood": bench_flood,
+    "fleet": bench_fleet,
 }
 
 
