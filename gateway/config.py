@@ -221,7 +221,7 @@ def _parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
         host, port_text = text, ""  # no port, or a bare IPv6 address
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not host or any(c.isspace() or c in ",;/[]" for c in host):
+    if not host or any(c.isspace() or c in ",;/[]" for c in host) or _has_port(host):
         raise ValueError("expected host:port, one broker per array item")
     if not port_text:
         return host, default_port
@@ -600,6 +600,7 @@ def _check_references(config: Config, problems: list[str]) -> None:
     _check_camera(config, problems)
     _check_printing(config, problems)
     _check_kiosks_and_links(config, problems)
+    _check_cloud_brokers(config.cloud, problems)
 
 
 def _check_camera(config: Config, problems: list[str]) -> None:
@@ -713,7 +714,6 @@ def _check_kiosks_and_links(config: Config, problems: list[str]) -> None:
                 f"{name}.reconnect_min_s: found {section.reconnect_min_s:g}, expected at most"
                 f" {name}.reconnect_max_s ({section.reconnect_max_s:g})"
             )
-    _check_cloud_brokers(config.cloud, problems)
 
 
 def _check_cloud_brokers(cloud: CloudConfig, problems: list[str]) -> None:

@@ -191,6 +191,7 @@ def test_cloud_brokers_or_a_single_host(
         ('host = "h"\nbrokers = ["a:1"]', "cloud.host, cloud.brokers: found both"),
         ('brokers = ["a:1,b:2"]', "cloud.brokers[0]: found 'a:1,b:2', expected host:port"),
         ('brokers = ["a:1", "b:0"]', "cloud.brokers[1]: found 'b:0', expected a port from 1"),
+        ('brokers = ["a:b:1"]', "cloud.brokers[0]: found 'a:b:1', expected host:port"),
         ('brokers = "a:1,b:2"', "cloud.brokers: found 'a:1,b:2' (string), expected an array"),
         ("", "cloud.host: found nothing"),
     ],
