@@ -140,8 +140,12 @@ class NatsCluster:
 
     def start(self, timeout: float = 30.0) -> None:
         # Each node listens before its peers are up: start them all, then wait for the cluster.
-        for node in self.nodes:
-            node.start()
+        try:
+            for node in self.nodes:
+                node.start()
+        except BaseException:
+            self.stop()
+            raise
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             while not _accepts_mqtt(node.port):
