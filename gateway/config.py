@@ -173,6 +173,10 @@ class CloudConfig:
     enabled: bool = False
     host: str = ""
     port: int = field(default=8883, metadata=_meta(min=1, max=65535))
+    # A clustered broker: its nodes, "host:port" each ("[ipv6]:port"; a bare host takes
+    # cloud.port), instead of cloud.host. The link starts at a random node (a chain's stores
+    # spread over them) and moves to the next one when its node fails.
+    brokers: tuple[str, ...] = ()
     # Empty: "{store.id}" (AWS IoT Core's habit: client id = thing name). It must stay the same
     # across restarts (persistent session) and differ from mqtt.client_id.
     client_id: str = ""
@@ -184,7 +188,9 @@ class CloudConfig:
     password_file: Path | None = None
     keepalive_s: int = field(default=60, metadata=_meta(min=5, max=3600))
     reconnect_min_s: float = field(default=1.0, metadata=_meta(min=0.05, max=600))
-    reconnect_max_s: float = field(default=300.0, metadata=_meta(min=0.1, max=3600))
+    # A cap of seconds, not minutes: the link is back within about one cap of the cloud's
+    # return (scripts/bench.py fleet: 1,000 stores, p95 under 30 s, at most ~5 % in one second).
+    reconnect_max_s: float = field(default=32.0, metadata=_meta(min=0.1, max=3600))
     # One MQTT message carries at most this many bytes (AWS IoT Core's limit is 128 KB).
     batch_max_bytes: int = field(default=128_000, metadata=_meta(min=1024, max=268435455))
     compress: bool = True
@@ -199,6 +205,29 @@ class CloudConfig:
 
     def effective_client_id(self, store_id: str) -> str:
         return self.client_id or store_id
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """The broker nodes to try, in order: cloud.brokers, or cloud.host and cloud.port."""
+        if not self.brokers:
+            return [(self.host, self.port)]
+        return [_parse_endpoint(b, self.port) for b in self.brokers]
+
+
+def _parse_endpoint(text: str, default_port: int) -> tuple[str, int]:
+    """ "host:port", "[ipv6]:port" or a bare host -> (host, port); ValueError says what is wrong."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or (not text.startswith("[") and ":" in host):
+        host, port_text = text, ""  # no port, or a bare IPv6 address
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or any(c.isspace() or c in ",;/[]" for c in host) or _has_port(host):
+        raise ValueError("expected host:port, one broker per array item")
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("expected a port from 1 to 65535 after the host")
+    return host, int(port_text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -575,6 +604,7 @@ def _check_references(config: Config, problems: list[str]) -> None:
     _check_camera(config, problems)
     _check_printing(config, problems)
     _check_kiosks_and_links(config, problems)
+    _check_cloud_brokers(config.cloud, problems)
 
 
 def _check_camera(config: Config, problems: list[str]) -> None:
@@ -688,8 +718,40 @@ def _check_kiosks_and_links(config: Config, problems: list[str]) -> None:
                 f"{name}.reconnect_min_s: found {section.reconnect_min_s:g}, expected at most"
                 f" {name}.reconnect_max_s ({section.reconnect_max_s:g})"
             )
-    if config.cloud.enabled and not config.cloud.host:
-        problems.append("cloud.host: found nothing, expected the cloud broker's host name")
+
+
+def _check_cloud_brokers(cloud: CloudConfig, problems: list[str]) -> None:
+    several = 'for the nodes of a cluster use cloud.brokers = ["host1:8883", "host2:8883"]'
+    host = cloud.host.strip()
+    if host and (any(c.isspace() or c in ",;/" for c in host) or _has_port(host)):
+        problems.append(
+            f"cloud.host: found {host!r}, expected one host name without a port (the port is"
+            f" cloud.port); {several}"
+        )
+    if host and cloud.brokers:
+        problems.append("cloud.host, cloud.brokers: found both, expected one of them")
+    if cloud.enabled and not host and not cloud.brokers:
+        problems.append(
+            f"cloud.host: found nothing, expected the cloud broker's host name; {several}"
+        )
+    for i, broker in enumerate(cloud.brokers):
+        try:
+            _parse_endpoint(broker, cloud.port)
+        except ValueError as exc:
+            problems.append(f"cloud.brokers[{i}]: found {broker!r}, {exc}")
+
+
+def _has_port(host: str) -> bool:
+    """ "name:1" has a port; a bare IPv6 address ("::1") does not."""
+    import ipaddress
+
+    if ":" not in host:
+        return False
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return True
+    return False
 
 
 def _check_files(config: Config, problems: list[str]) -> None:

@@ -63,16 +63,32 @@ class Component(Protocol):
 
 
 class Backoff:
-    """Capped exponential delays with jitter in [d/2, d], so many stores never retry in lockstep."""
+    """Capped exponential delays with jitter, so a chain's stores never retry in lockstep.
+
+    Below the cap a delay is drawn from [0, ceiling] (full jitter), the first delay at the cap
+    too: that one puts each store at a uniformly random phase of the cap's period, whenever its
+    outage began. From then on a delay is drawn from [0.9 cap, cap]: a store keeps its phase and
+    retries about once a cap, so after a long outage the fleet comes back spread evenly over one
+    period and no later. Wider jitter at the cap lumps the returns (full jitter: 7 % of the fleet
+    in its busiest second), a longer cap delays them (`scripts/bench.py fleet`, docs/cloud.md).
+    """
+
+    SETTLED_JITTER = 0.1  # share of the cap drawn at random once the cap is reached
 
     def __init__(self, minimum: float, maximum: float, rng: random.Random) -> None:
         self.minimum, self.maximum, self._rng = minimum, maximum, rng
         self.attempt = 0
 
+    def _ceiling(self, attempt: int) -> float:
+        return min(self.maximum, self.minimum * (1 << attempt))
+
     def next(self) -> float:
-        ceiling = min(self.maximum, self.minimum * (1 << self.attempt))
+        ceiling = self._ceiling(self.attempt)
+        settled = self.attempt > 0 and self._ceiling(self.attempt - 1) >= self.maximum
         self.attempt = min(self.attempt + 1, 64)
-        return ceiling / 2 + self._rng.uniform(0, ceiling / 2)
+        if not settled:
+            return self._rng.uniform(0, ceiling)
+        return ceiling - self._rng.uniform(0, ceiling * self.SETTLED_JITTER)
 
     def reset(self) -> None:
         self.attempt = 0

@@ -32,6 +32,7 @@ DEMO = REPO / "examples" / "demo.toml"
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
+from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_touchpoints import bench_tablet  # noqa: E402 - scripts/bench_touchpoints.py
@@ -987,6 +988,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "flood": bench_flood,
     "soak": bench_soak,
     "tablet": lambda quick: bench_tablet(quick, _broker_rtt),
+    "fleet": bench_fleet,
 }
 
 

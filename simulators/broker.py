@@ -99,6 +99,13 @@ class ServerProcess:
                 self._proc.wait()
             self._proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine: no goodbye to clients or peers, nothing flushed."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            self._proc = None
+
     def __enter__(self) -> Self:
         self.start()
         return self

@@ -32,7 +32,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol, cast
@@ -119,9 +119,13 @@ class CloudReceiver:
         keep_events: bool = True,
         topic_filter: str = EVENTS_FILTER,
         connect_timeout: float = 10.0,
+        other_ports: Sequence[int] = (),
     ) -> None:
+        """`other_ports`: the other nodes of a clustered broker, tried in turn when the
+        current one fails (the persistent session lives in the cluster)."""
         self.host = host
         self.port = port
+        self._ports = [port, *other_ports]
         self.client_id = client_id
         self.tls_context = tls_context
         self.persistent = persistent
@@ -268,6 +272,7 @@ class CloudReceiver:
                         await self._notify()
             except aiomqtt.MqttError as exc:
                 self.last_error = str(exc)
+                self.port = self._ports[(self._ports.index(self.port) + 1) % len(self._ports)]
             finally:
                 self._connected = False
             await asyncio.sleep(0.1)

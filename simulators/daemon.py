@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -19,13 +20,14 @@ def settings(
     *,
     store_port: int,
     state_dir: Path,
-    cloud_port: int | None = None,
+    cloud_port: int | Sequence[int] | None = None,
     bundle_key: str = "",
     **extra: str,
 ) -> dict[str, str]:
     """`--set` overrides for a test or demo gateway: its brokers on loopback, quick reconnects.
 
-    `extra` keys use `__` for the dot: `outbox__max_mb="1"` is `outbox.max_mb=1`.
+    `extra` keys use `__` for the dot: `outbox__max_mb="1"` is `outbox.max_mb=1`. Several
+    `cloud_port`s are the nodes of a clustered cloud broker (`cloud.brokers`).
     """
     values = {
         "mqtt.port": str(store_port),
@@ -37,8 +39,11 @@ def settings(
     if cloud_port is not None:
         values |= {
             "cloud.enabled": "true",
-            "cloud.host": "127.0.0.1",
-            "cloud.port": str(cloud_port),
+            **(
+                {"cloud.host": "127.0.0.1", "cloud.port": str(cloud_port)}
+                if isinstance(cloud_port, int)
+                else {"cloud.brokers": json.dumps([f"127.0.0.1:{p}" for p in cloud_port])}
+            ),
             "cloud.tls": "false",
             "cloud.reconnect_min_s": "0.05",
             "cloud.reconnect_max_s": "0.5",

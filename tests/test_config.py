@@ -152,6 +152,55 @@ def test_check_config_exit_codes_and_output(
     assert "cannot read the file" in capsys.readouterr().err
 
 
+def test_check_config_refuses_a_list_of_brokers_in_cloud_host(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = _write(tmp_path, '[cloud]\nenabled = true\nhost = "a:1,b:2"')
+    assert main(["check-config", str(bad)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"{bad}: cloud.host: found 'a:1,b:2', expected one host name without a port (the port"
+        ' is cloud.port); for the nodes of a cluster use cloud.brokers = ["host1:8883",'
+        ' "host2:8883"]'
+    )
+
+
+@pytest.mark.parametrize(
+    ("cloud", "expected"),
+    [
+        ('host = "cloud.example"\nport = 8884', [("cloud.example", 8884)]),  # as before
+        ('host = "::1"', [("::1", 8883)]),  # an IPv6 address is not a host with a port
+        (
+            'brokers = ["n1.example:4222", "[fd00::2]:4223", "n3.example"]\nport = 8883',
+            [("n1.example", 4222), ("fd00::2", 4223), ("n3.example", 8883)],
+        ),
+    ],
+)
+def test_cloud_brokers_or_a_single_host(
+    tmp_path: Path, cloud: str, expected: list[tuple[str, int]]
+) -> None:
+    config = load_config(_write(tmp_path, f"[cloud]\nenabled = true\n{cloud}"))
+    assert config.cloud.endpoints() == expected
+
+
+@pytest.mark.parametrize(
+    ("cloud", "expected"),
+    [
+        ('host = "a:1"', "cloud.host: found 'a:1', expected one host name without a port"),
+        ('host = "a b"', "cloud.host: found 'a b', expected one host name"),
+        ('host = "h"\nbrokers = ["a:1"]', "cloud.host, cloud.brokers: found both"),
+        ('brokers = ["a:1,b:2"]', "cloud.brokers[0]: found 'a:1,b:2', expected host:port"),
+        ('brokers = ["a:1", "b:0"]', "cloud.brokers[1]: found 'b:0', expected a port from 1"),
+        ('brokers = ["a:b:1"]', "cloud.brokers[0]: found 'a:b:1', expected host:port"),
+        ('brokers = "a:1,b:2"', "cloud.brokers: found 'a:1,b:2' (string), expected an array"),
+        ("", "cloud.host: found nothing"),
+    ],
+)
+def test_cloud_broker_addresses_are_checked(tmp_path: Path, cloud: str, expected: str) -> None:
+    problems = _problems(tmp_path, f"[cloud]\nenabled = true\n{cloud}")
+    assert any(p.startswith(expected) for p in problems), problems
+
+
 def test_console_script_help_version_and_bad_config_exit_code(tmp_path: Path) -> None:
     exe = [sys.executable, "-m", "gateway"]
     version = subprocess.run([*exe, "version"], capture_output=True, text=True, check=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from gateway.supervisor import Backoff, Handle, State, Supervisor
+from simulators.fleet import simulate_outage
 
 
 class Steady:
@@ -130,11 +131,39 @@ def test_unknown_requirements_are_a_programming_error() -> None:
         _supervisor([Steady("a", [], requires=("b",))])
 
 
-def test_backoff_doubles_with_jitter_up_to_its_cap_and_resets() -> None:
+def test_backoff_doubles_with_full_jitter_then_holds_near_its_cap_and_resets() -> None:
     backoff = Backoff(1.0, 8.0, random.Random(7))
-    delays = [backoff.next() for _ in range(6)]
-    ceilings = [1, 2, 4, 8, 8, 8]
-    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    delays = [backoff.next() for _ in range(8)]
+    # Full jitter while the ceiling doubles (1, 2, 4) and on the first delay at the cap (8)...
+    assert all(0 <= d <= c for d, c in zip(delays[:4], [1, 2, 4, 8], strict=True))
+    # ...then within the top tenth of the cap.
+    assert all(8 * 0.9 <= d <= 8 for d in delays[4:])
     assert len(set(delays)) == len(delays)  # jittered, not lockstep
     backoff.reset()
     assert backoff.next() <= 1.0
+
+
+def test_backoff_jitter_spreads_stores_that_start_together() -> None:
+    """Many stores failing in the same instant: their delays spread over the whole range."""
+    rng = random.Random(11)
+    backoffs = [Backoff(1.0, 32.0, rng) for _ in range(2000)]
+    waits = [[b.next() for _ in range(6)] for b in backoffs]
+    at_cap = sorted(w[5] for w in waits)  # 1, 2, 4, 8, 16, then the first delay at the cap
+    # Uniform over [0, 32]: every eighth of the range holds about an eighth of the stores.
+    eighths = [sum(1 for d in at_cap if k * 4 <= d < (k + 1) * 4) for k in range(8)]
+    assert all(200 <= n <= 300 for n in eighths), eighths
+    settled = [b.next() for b in backoffs]
+    assert min(settled) >= 32 * 0.9
+    assert max(settled) - min(settled) > 32 * 0.09  # the tenth of jitter is used, not fixed
+
+
+def test_a_fleet_comes_back_within_one_cap_and_spread_over_it() -> None:
+    """1,000 stores, all cut off in the same instant, the cloud back after 10 minutes."""
+    run = simulate_outage(
+        stores=1000, outage_s=600, minimum_s=1, maximum_s=32, loss_spread_s=0, seed=3
+    )
+    assert run.percentile(95) <= 30, run.percentile(95)
+    assert run.returns_s[-1] <= 32
+    # Lockstep would put the whole fleet in one second; spread evenly it is ~3 %.
+    assert run.max_connect_share <= 0.06, run.per_second
+    assert min(run.per_second[:30]) >= 10, run.per_second

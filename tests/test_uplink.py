@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
+import json
+import logging
+import socket
+import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+import structlog
 
 from drivers.cloud import CloudLink
 from gateway.clock import SystemClock
 from gateway.config import CloudConfig
+from gateway.logs import configure_logging
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, Store
 from gateway.supervisor import Handle
@@ -19,6 +29,10 @@ from simulators.cloud import Cloud
 STORE = "s1"
 
 
+async def _no_bundles(kind: str, payload: bytes) -> str:
+    return "ignored"
+
+
 async def _drain(tmp_path: Path, config: CloudConfig, events: int, pad: int) -> tuple[float, Cloud]:
     db = AsyncStore(tmp_path / "g.sqlite3")
     await db.open()
@@ -26,16 +40,13 @@ async def _drain(tmp_path: Path, config: CloudConfig, events: int, pad: int) -> 
     rows = [outbox.row("t", "telemetry", {"n": i, "pad": "x" * pad}) for i in range(events)]
     await db.call(Store.append_outbox, rows, False)
 
-    async def no_bundles(kind: str, payload: bytes) -> str:
-        return "ignored"
-
     async with Cloud(tmp_path / "cloud") as cloud:
         link = CloudLink(
             dataclasses.replace(config, port=cloud.port),
             STORE,
             db=db,
             appended=outbox.appended,
-            on_bundle=no_bundles,
+            on_bundle=_no_bundles,
             metrics=Metrics(),
         )
         started = time.monotonic()
@@ -77,3 +88,57 @@ async def test_the_bandwidth_cap_paces_the_drain(tmp_path: Path) -> None:
     # machine is slower still, never faster).
     assert elapsed >= (sent - cloud.receiver.largest_message) / rate * 0.95
     assert sent > 100_000
+
+
+@pytest.fixture
+def _restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers, root.level = handlers, level
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("_restore_logging")
+async def test_a_cloud_socket_error_is_logged_under_the_cloud_component(tmp_path: Path) -> None:
+    """A cloud broker that resets the connection after its CONNACK: paho's socket error is the
+    cloud's (it was logged as the store broker's "mqtt", paho's default logger)."""
+
+    async def accept_then_reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)  # the CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        await writer.drain()
+        await reader.read(1024)  # a SUBSCRIBE: the client is reading now
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closed with linger 0: a TCP reset
+
+    out = io.StringIO()
+    configure_logging("json", "info", out)
+    server = await asyncio.start_server(accept_then_reset, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    db = AsyncStore(tmp_path / "g.sqlite3")
+    await db.open()
+    link = CloudLink(
+        CloudConfig(enabled=True, host="127.0.0.1", port=port, tls=False),
+        STORE,
+        db=db,
+        appended=asyncio.Event(),
+        on_bundle=_no_bundles,
+        metrics=Metrics(),
+    )
+    task = asyncio.create_task(link.run(Handle("cloud", lambda *_: None)))
+    try:
+        async with asyncio.timeout(10):
+            while "failed to receive on socket" not in out.getvalue():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+        await db.close()
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    socket_error = next(e for e in lines if "failed to receive on socket" in e["event"])
+    assert socket_error["component"] == "cloud", socket_error
+    assert {e["component"] for e in lines} == {"cloud"}, lines

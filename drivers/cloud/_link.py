@@ -2,6 +2,10 @@
 
 - A persistent session (clean_session false, a stable client id), QoS 1 both ways; reconnects
   with jittered exponential backoff so a chain's stores never come back in lockstep.
+- A clustered broker (`cloud.brokers`): the first node is picked at random (a chain's stores
+  spread over the nodes), and every failure, to connect or of a live connection, moves to the
+  next node, so a dead node costs one short backoff, not the whole outage. The session lives in
+  the cluster and resumes on whichever node takes it.
 - Uplink: batches in (priority, arrival) order, each one MQTT message under
   `cloud.batch_max_bytes` (gzip), up to `cloud.inflight` awaiting their PUBACK at once; rows leave
   the outbox only after the PUBACK. A crash between the two re-sends a batch: the cloud
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import random
 import time
@@ -37,9 +42,16 @@ from gateway.sync.wire import (
 __all__ = ["CloudLink"]
 
 log = structlog.get_logger("drivers.cloud")
+# aiomqtt and paho log under "mqtt" unless given a logger: the cloud's socket errors then read as
+# the store broker's (gateway/logs.py names the component after the logger).
+_MQTT_LOG = logging.getLogger("drivers.cloud")
 _RANKS = sorted(set(PRIORITY_RANK.values()))
 _MAX_ROWS = 5000
 _IDLE_RECHECK_S = 1.0
+# CONNECT and SUBSCRIBE answered within this, or the next node is tried. A nats-server node
+# taking over a session whose JetStream leader just died left a CONNECT unanswered (2.9.10,
+# tests/test_cloud_cluster.py); 30 s held the failover that long.
+_ANSWER_TIMEOUT_S = 10
 
 
 class CloudLink:
@@ -67,19 +79,20 @@ class CloudLink:
         self._topic = events_topic(store_id)
         self._send_at = 0.0  # bandwidth cap: when the next batch may go
 
-    def _client(self) -> aiomqtt.Client:
+    def _client(self, host: str, port: int) -> aiomqtt.Client:
         cfg = self._config
         tls, password = credentials(cfg)
         return aiomqtt.Client(
-            cfg.host,
-            cfg.port,
+            host,
+            port,
+            logger=_MQTT_LOG,
             identifier=cfg.effective_client_id(self._store_id),
             clean_session=False,
             username=cfg.username or None,
             password=password,
             tls_params=tls,
             keepalive=cfg.keepalive_s,
-            timeout=30,
+            timeout=_ANSWER_TIMEOUT_S,
             max_inflight_messages=cfg.inflight + 4,
             socket_options=[NO_DELAY],
         )
@@ -87,11 +100,14 @@ class CloudLink:
     async def run(self, handle: Handle) -> None:
         cfg = self._config
         backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
-        where = f"{cfg.host}:{cfg.port}"
+        endpoints = cfg.endpoints()
+        at = self._rng.randrange(len(endpoints))
         while True:
+            host, port = endpoints[at]
+            where = f"{host}:{port}"
             error = "connection closed"
             try:
-                async with self._client() as client:
+                async with self._client(host, port) as client:
                     # One exact topic per kind, not a wildcard: RabbitMQ's MQTT plugin does not
                     # deliver retained messages to wildcard subscriptions.
                     for kind in BUNDLE_KINDS:
@@ -107,9 +123,13 @@ class CloudLink:
                 error = "; ".join(dict.fromkeys(str(e) for e in _leaves(exc)))
             finally:
                 self._metrics.cloud_connected.set(0)
+            at = (at + 1) % len(endpoints)
             delay = backoff.next()
-            handle.degraded(f"cloud {where} unreachable ({error}); retry in {delay:.1f}s")
-            log.warning("cloud unreachable", broker=where, error=error, retry_s=round(delay, 2))
+            then = f"{endpoints[at][0]}:{endpoints[at][1]}"
+            handle.degraded(f"cloud {where} unreachable ({error}); {then} in {delay:.1f}s")
+            log.warning(
+                "cloud unreachable", broker=where, error=error, retry_s=round(delay, 2), next=then
+            )
             await asyncio.sleep(delay)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
