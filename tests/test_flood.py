@@ -232,6 +232,11 @@ async def test_failed_logins_spend_no_session_number(tmp_path: Path) -> None:
     assert int(counter) == 1
 
 
+def _stored(tmp_path: Path, event_id: str) -> bool:
+    with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+        return db.execute("SELECT 1 FROM outbox WHERE id = ?", (event_id,)).fetchone() is not None
+
+
 async def test_event_times_far_from_the_gateways_clock_are_refused(
     broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path
 ) -> None:
@@ -253,6 +258,9 @@ async def test_event_times_far_from_the_gateways_clock_are_refused(
             await store.client.publish(topic, body, qos=1)
         async with asyncio.timeout(10):
             await store.wait_for(lambda: {e["request_id"] for e in store.seen.errors} >= set(times))
+            # The good one was sent last: committed once the outbox has it (its ack comes then).
+            while not _stored(tmp_path, good):  # noqa: ASYNC110 - the daemon's database
+                await asyncio.sleep(0.05)
     assert process.stop() == 0
     refused = {e["request_id"]: e["error"] for e in store.seen.errors}
     assert good not in refused
