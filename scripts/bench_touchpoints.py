@@ -43,12 +43,14 @@ async def _measure(port: int, seconds: float) -> list[float]:
     arrivals: list[float] = []
     start = time.monotonic() + 1.0
 
-    async def one(tablet_id: str) -> None:
-        async with Tablet("127.0.0.1", port, "demo-store", tablet_id) as tablet:
+    async def one(n: int) -> None:
+        # Tablets are not in step: each starts at its own phase of the second.
+        phase = start + n / (TABLETS * RATE_PER_TABLET)
+        async with Tablet("127.0.0.1", port, "demo-store", f"tablet-{n + 1}") as tablet:
             count = int(seconds * RATE_PER_TABLET)
             session = uuid7()
             for i in range(count):
-                delay = start + i / RATE_PER_TABLET - time.monotonic()
+                delay = phase + i / RATE_PER_TABLET - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 sent = time.monotonic()
@@ -62,7 +64,7 @@ async def _measure(port: int, seconds: float) -> list[float]:
                     await card
                 arrivals.append((time.monotonic() - sent) * 1000)
 
-    await asyncio.gather(*(one(f"tablet-{n}") for n in range(1, TABLETS + 1)))
+    await asyncio.gather(*(one(n) for n in range(TABLETS)))
     return arrivals
 
 
