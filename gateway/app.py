@@ -36,10 +36,11 @@ from gateway.health import HealthServer
 from gateway.identity import load_or_create_hash_key, parse_public_key
 from gateway.journey import Journey
 from gateway.metrics import Metrics
+from gateway.payloads import session_floor
 from gateway.pos import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
-from gateway.store import AsyncStore, Store, load_seed
+from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
 from gateway.supervisor import Handle, State, Supervisor
 from gateway.sync.bundles import BundleApplier
 from gateway.sync.outbox import Outbox
@@ -63,7 +64,7 @@ class StoreComponent:
         self._clock = clock
 
     async def run(self, handle: Handle) -> None:
-        await self.db.open()
+        _log_opened(await self.db.open(self._clock.now()))
         try:
             detail = str(self.db.path)
             if self._seed_file is not None:
@@ -76,6 +77,29 @@ class StoreComponent:
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(self.db.close())
+
+
+def _log_opened(opened: Opened) -> None:
+    """One line for what start found: a damaged file moved aside, or a new empty database."""
+    path = str(opened.path)
+    if opened.moved_to is not None:
+        log.error(
+            "database damaged: moved aside, outbox salvaged into a new one",
+            path=path,
+            moved_to=str(opened.moved_to),
+            problem=opened.problem,
+            salvaged_events=opened.salvaged,
+            remedy="keep the moved file for support; check the storage (dmesg, the SD card)"
+            " and replace it if this happens again",
+        )
+    elif opened.new:
+        log.warning(
+            "new empty database",
+            path=path,
+            hint="expected on a first start; otherwise the database was deleted or the card"
+            " replaced, and what it held that the cloud had not received is gone",
+        )
+    log.info("store opened", path=path, quick_check_ms=round(opened.check_s * 1000, 1))
 
 
 def _health_report(
@@ -110,17 +134,24 @@ def _health_report(
 def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     """Store, MQTT link, outbox, journey, cloud link (the health server is added by the caller)."""
     state_dir = config.store.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(state_dir, state_dir / DATABASE_NAME)  # else a one-line exit 78, in cli
     topics = Topics(config.store.id)
     hash_key = load_or_create_hash_key(config.identity.hash_key_file or state_dir / "identity.key")
     token = config.identity.token_public_key
-    db = AsyncStore(state_dir / DATABASE_NAME, int(config.outbox.max_mb * 1024 * 1024))
+    db = AsyncStore(
+        state_dir / DATABASE_NAME,
+        int(config.outbox.max_mb * 1024 * 1024),
+        min_free_bytes=int(config.outbox.min_free_mb * 1024 * 1024),
+    )
     # Device kind -> the ids config.toml declares (the link and the events refuse the rest).
     declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
     link = MqttLink(
         config.mqtt,
         topics,
-        session_source=lambda: db.call(Store.bump_counter, "mqtt_session"),
+        # At least the time: a lost database does not send the number back to 1 (docs/mqtt.md).
+        session_source=lambda: db.call(
+            Store.bump_counter, "mqtt_session", floor=session_floor(clock.now())
+        ),
         metrics=metrics,
         clock=clock,
         client_secret=hash_key,

@@ -38,6 +38,7 @@ from gateway.identity import TokenError, customer_ref, verify_token
 from gateway.ids import uuid7
 from gateway.metrics import Metrics
 from gateway.payloads import (
+    STORAGE_FULL,
     Content,
     ContentOffer,
     KioskIdentify,
@@ -56,6 +57,7 @@ from gateway.store import (
     Reader,
     Store,
     StoreClosed,
+    is_storage_full,
 )
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
@@ -264,8 +266,10 @@ class Journey:
                 event, received = await self._queue.get()
                 try:
                     await self._handle(event, received)
-                except (sqlite3.Error, StoreClosed):
-                    raise  # the store is in trouble: the supervisor restarts and reports it
+                except (sqlite3.Error, StoreClosed) as exc:
+                    if not is_storage_full(exc):
+                        raise  # the store is in trouble: the supervisor restarts and reports it
+                    self._refuse_for_space(event)
                 except Exception as exc:  # noqa: BLE001 - one bad event must not stall the rest
                     log.error(
                         "journey event failed, skipped",
@@ -279,6 +283,15 @@ class Journey:
                 with contextlib.suppress(Exception):
                     await self._handle(event, received)
             raise
+
+    def _refuse_for_space(self, event: KioskIdentify | ZoneEvent | Checkout) -> None:
+        """No room to record the decision: a kiosk hears so (a checkout stays pending, and is
+        decided at the next start; a zone moment passes)."""
+        log.warning("storage full: moment not decided", moment=type(event).__name__)
+        if isinstance(event, KioskIdentify):
+            topic = self._topics.kiosk_identify(event.kiosk_id)
+            body = encode_error(topic, STORAGE_FULL, self._clock.now(), event.request_id)
+            self._publisher.post(self._topics.gateway_errors, body)
 
     async def _handle(self, event: KioskIdentify | ZoneEvent | Checkout, received: float) -> None:
         if isinstance(event, KioskIdentify):
