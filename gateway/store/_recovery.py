@@ -37,6 +37,7 @@ _SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 _SIDE_FILES = ("-wal", "-shm")
 _READ_CHUNK = 500
 _RANKS = (0, 1, 2)
+_OUTBOX_COLUMNS = 6  # seq, id, rank, type, ts, body
 
 
 class StateDirUnusable(Exception):
@@ -173,8 +174,8 @@ def salvage_outbox(path: Path) -> Salvage:
         finally:
             conn.close()
     for rowid, values in _scanned_records(path):
-        parsed = _event((rowid, *values[1:])) if len(values) == 6 else None
-        if parsed is not None and values[0] is None:  # seq is the rowid: stored as NULL
+        parsed = _event((rowid, *values[1:]))
+        if parsed is not None:
             found.setdefault(parsed.id, (rowid, parsed))
     rows = [row for _, row in sorted(found.values(), key=lambda item: item[0])]
     return Salvage(rows, len(bad), invalid)
@@ -275,7 +276,8 @@ def _event(row: tuple[object, ...]) -> OutboxRow | None:
 
 
 def _scanned_records(path: Path) -> Iterator[tuple[int, list[object]]]:
-    """(rowid, values) of every table leaf cell readable in the file's pages and its WAL's."""
+    """(rowid, values) of the table leaf cells shaped like outbox rows in the file's pages and
+    its WAL's: six columns, the first (seq, the rowid) stored as NULL."""
     page_size = _page_size(path)
     with contextlib.suppress(OSError), path.open("rb") as f:
         number = 0
@@ -319,17 +321,23 @@ def _leaf_cells(page: bytes, at: int) -> Iterator[tuple[int, list[object]]]:
             rowid, pos = _varint(page, pos)
             if size > local_max or pos + size > len(page):
                 continue
-            yield _signed(rowid), _record(page[pos : pos + size])
+            values = _record(page[pos : pos + size], _OUTBOX_COLUMNS)
+            if values is not None:
+                yield _signed(rowid), values
         except (IndexError, ValueError, UnicodeDecodeError):
             continue  # a cell the damage reached
 
 
-def _record(payload: bytes) -> list[object]:
+def _record(payload: bytes, columns: int) -> list[object] | None:
+    """The record's values, or None (not decoded) unless it has `columns` columns and the first
+    is NULL: other tables' rows are skipped for the price of their header."""
     header_size, pos = _varint(payload, 0)
     types = []
     while pos < header_size:
         serial, pos = _varint(payload, pos)
         types.append(serial)
+    if len(types) != columns or types[0] != 0:
+        return None
     values: list[object] = []
     data = header_size
     for serial in types:
