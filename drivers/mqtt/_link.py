@@ -492,9 +492,10 @@ class MqttLink:
             if self._intake is not client:
                 return  # that connection is gone: the broker sends the message again
             acks.add(mid, qos)
-            if future.cancelled() or (exc := future.exception()) is not None:
+            failure = None if future.cancelled() else future.exception()
+            if future.cancelled() or failure is not None:
                 # Not committed: refused with an answer, and the device sends it again.
-                full = not future.cancelled() and isinstance(exc, StorageFull)
+                full = isinstance(failure, StorageFull)
                 error = STORAGE_FULL if full else "not accepted now (store error)"
                 self._reject(route, topic, device, payload, error)
 

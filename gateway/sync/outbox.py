@@ -115,8 +115,9 @@ class Outbox:
                 failure = exc
                 _settle(batch, lambda f: f.set_exception(failure))
                 raise
-            # Nothing committed, nothing lost: each device hears "storage full, retry later"
-            # and sends again; the outbox keeps serving, and commits again once there is room.
+            # Not committed (or committed but not fsynced): each device hears "storage full,
+            # retry later" and sends again, its ids making a copy that did get in harmless; the
+            # outbox keeps serving instead of being restarted, and commits once there is room.
             full = StorageFull(str(exc))
             _settle(batch, lambda f: f.set_exception(full))
             if not self._full:
