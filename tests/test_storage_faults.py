@@ -16,6 +16,7 @@ import os
 import random
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pytest
 from gateway.app import DATABASE_NAME
 from gateway.cli import EX_CONFIG
 from gateway.ids import uuid7
-from gateway.payloads import STORAGE_FULL
+from gateway.payloads import STORAGE_FULL, encode_kiosk_identify
 from gateway.store import OutboxRow, Store
 from gateway.topics import Topics
 from simulators.broker import Mosquitto
@@ -279,6 +280,13 @@ async def test_full_disk_refuses_with_an_answer_and_loses_nothing_accepted(
             await lane.send("pos.transaction", "transaction", {"n": n, "note": note})
         async with asyncio.timeout(20):
             await refused_for_space.wait()
+        # A customer at a kiosk: the decision cannot be recorded, the kiosk is told why.
+        request = encode_kiosk_identify("loyalty", "4000000000001", "req-full", time.time())
+        await reader.publish(topics.kiosk_identify("kiosk-1"), request, qos=1)
+        async with asyncio.timeout(20):
+            while not any(r.get("request_id") == "req-full" for r in refusals):
+                refused_for_space.clear()
+                await refused_for_space.wait()
         assert process.alive
         await asyncio.to_thread(filler.unlink)  # room again: the lane's re-sends are accepted
         async with asyncio.timeout(30):
@@ -290,6 +298,8 @@ async def test_full_disk_refuses_with_an_answer_and_loses_nothing_accepted(
     assert lane.acked <= set(_outbox_ids(state_dir / DATABASE_NAME))  # nothing accepted lost
     assert len(lane.acked) == 320
     full = [r for r in refusals if r.get("error") == STORAGE_FULL]
-    assert {r["topic"] for r in full} == {topics.device_events("pos", "pos-1")}
+    kiosk = topics.kiosk_identify("kiosk-1")
+    assert {r["topic"] for r in full} == {topics.device_events("pos", "pos-1"), kiosk}
+    assert [r["request_id"] for r in full if r["topic"] == kiosk] == ["req-full"]
     events = _log_events(process)
     assert any(e["event"] == "storage full: events refused until there is room" for e in events)
