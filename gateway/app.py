@@ -57,14 +57,26 @@ class StoreComponent:
 
     name = "store"
 
-    def __init__(self, db: AsyncStore, seed_file: Path | None, hash_key: bytes, clock: Clock):
+    def __init__(
+        self,
+        db: AsyncStore,
+        seed_file: Path | None,
+        hash_key: bytes,
+        clock: Clock,
+        notifier: Notifier | None = None,
+    ):
         self.db = db
+        self._notifier = notifier
         self._seed_file = seed_file
         self._hash_key = hash_key
         self._clock = clock
 
     async def run(self, handle: Handle) -> None:
-        _log_opened(await self.db.open(self._clock.now()))
+        notifier = self._notifier
+        # A salvage of a large file can outlast TimeoutStartSec= on a small box: each sign of
+        # progress buys a minute (systemd would kill it mid-salvage and restart empty).
+        progress = (lambda: notifier.extend_start(60)) if notifier else (lambda: None)
+        _log_opened(await self.db.open(self._clock.now(), progress))
         try:
             detail = str(self.db.path)
             if self._seed_file is not None:
@@ -131,7 +143,9 @@ def _health_report(
     return status == "ok", body
 
 
-def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
+def _components(
+    config: Config, clock: Clock, metrics: Metrics, notifier: Notifier | None = None
+) -> list[Any]:
     """Store, MQTT link, outbox, journey, cloud link (the health server is added by the caller)."""
     state_dir = config.store.state_dir
     check_writable(state_dir, state_dir / DATABASE_NAME)  # else a one-line exit 78, in cli
@@ -206,7 +220,7 @@ def _components(config: Config, clock: Clock, metrics: Metrics) -> list[Any]:
     link.route(topics.kiosk_identify_filter, "kiosk_identify", journey.on_kiosk_identify)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
-        StoreComponent(db, config.catalog.seed_file, hash_key, clock),
+        StoreComponent(db, config.catalog.seed_file, hash_key, clock, notifier),
         link,
         outbox,
         models,
@@ -398,7 +412,7 @@ async def run_gateway(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     metrics = Metrics()
-    components = _components(config, clock, metrics)
+    components = _components(config, clock, metrics, notifier)
     presence = next((c for c in components if isinstance(c, Presence)), None)
     supervisor: Supervisor
     if config.health.enabled:

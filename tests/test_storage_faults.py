@@ -100,6 +100,9 @@ async def _damaged_start(
             try:
                 await asyncio.to_thread(process.wait_ready)
                 (damaged,) = [e for e in _log_events(process) if "damaged" in str(e["event"])]
+                # The salvage asked systemd for more time to start (TimeoutStartSec=).
+                told = [line for m in process.messages() for line in m.split("\n")]
+                assert "EXTEND_TIMEOUT_USEC=60000000" in told
                 count = damaged["salvaged_events"]
                 assert isinstance(count, int), damaged
                 assert count > 0, damaged

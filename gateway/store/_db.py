@@ -773,9 +773,15 @@ def _free_bytes(directory: Path) -> int:
 
 
 def open_store(
-    path: Path, outbox_budget_bytes: int, now: float, min_free_bytes: int = 0
+    path: Path,
+    outbox_budget_bytes: int,
+    now: float,
+    min_free_bytes: int = 0,
+    progress: Callable[[], None] = lambda: None,
 ) -> tuple[Store, Opened]:
-    """Check the database, move it aside if damaged (salvaging its outbox), then open it."""
+    """Check the database, move it aside if damaged (salvaging its outbox), then open it.
+
+    progress: called while a salvage runs, to ask for more time to start."""
     new = not path.exists() or path.stat().st_size == 0
     started = time.monotonic()
     problem = check_database(path)
@@ -783,7 +789,7 @@ def open_store(
     if problem is None:
         return Store(path, outbox_budget_bytes, min_free_bytes), Opened(path, new, check_s)
     moved = quarantine(path, now)
-    salvage = salvage_outbox(moved)
+    salvage = salvage_outbox(moved, progress)
     store = Store(path, outbox_budget_bytes, min_free_bytes)
     try:
         if salvage.rows:
@@ -853,14 +859,19 @@ class AsyncStore:
     def is_open(self) -> bool:
         return self._store is not None
 
-    async def open(self, now: float | None = None) -> Opened:
-        """Check (a damaged file is moved aside, its outbox salvaged), open and migrate."""
+    async def open(
+        self, now: float | None = None, progress: Callable[[], None] = lambda: None
+    ) -> Opened:
+        """Check (a damaged file is moved aside, its outbox salvaged), open and migrate.
+
+        progress: called from the store thread while a salvage runs."""
         job = functools.partial(
             open_store,
             self.path,
             self.outbox_budget_bytes,
             time.time() if now is None else now,
             self.min_free_bytes,
+            progress,
         )
         self._store, opened = await _run(self._executor, job)
         # After the store: the file exists, migrated, in WAL mode.

@@ -16,7 +16,7 @@ import os
 import sqlite3
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +38,7 @@ _SIDE_FILES = ("-wal", "-shm")
 _READ_CHUNK = 500
 _RANKS = (0, 1, 2)
 _OUTBOX_COLUMNS = 6  # seq, id, rank, type, ts, body
+_PROGRESS_PAGES = 8192  # 32 MiB of 4 KiB pages: a few seconds of scanning
 
 
 class StateDirUnusable(Exception):
@@ -146,7 +147,7 @@ class Salvage:
     invalid: int  # rows that read but were not events (garbage in a page that parsed)
 
 
-def salvage_outbox(path: Path) -> Salvage:
+def salvage_outbox(path: Path, progress: Callable[[], None] = lambda: None) -> Salvage:
     """Every outbox row of a damaged file (and its WAL) that still reads and looks like an event.
 
     Two passes, merged by event id and put back in their old order: SQLite's own reading of
@@ -155,7 +156,10 @@ def salvage_outbox(path: Path) -> Salvage:
     above them were lost (a truncated file keeps its early leaves, unreachable from the root).
     The scan can bring back rows the cloud had already acknowledged (their page was freed,
     not wiped): uplink is at-least-once, and the receiver drops them by id.
+
+    progress: called now and then (a large file takes minutes on a small box), to say so.
     """
+    progress()
     found: dict[str, tuple[int, OutboxRow]] = {}
     bad: list[int] = []  # where each skipped range began
     invalid = 0
@@ -173,7 +177,7 @@ def salvage_outbox(path: Path) -> Salvage:
                     found[parsed.id] = (int(row[0]), parsed)  # type: ignore[call-overload]
         finally:
             conn.close()
-    for rowid, values in _scanned_records(path):
+    for rowid, values in _scanned_records(path, progress):
         parsed = _event((rowid, *values[1:]))
         if parsed is not None:
             found.setdefault(parsed.id, (rowid, parsed))
@@ -275,7 +279,9 @@ def _event(row: tuple[object, ...]) -> OutboxRow | None:
     return OutboxRow(eid, rank, kind, float(ts), body)
 
 
-def _scanned_records(path: Path) -> Iterator[tuple[int, list[object]]]:
+def _scanned_records(
+    path: Path, progress: Callable[[], None]
+) -> Iterator[tuple[int, list[object]]]:
     """(rowid, values) of the table leaf cells shaped like outbox rows in the file's pages and
     its WAL's: six columns, the first (seq, the rowid) stored as NULL."""
     page_size = _page_size(path)
@@ -284,6 +290,8 @@ def _scanned_records(path: Path) -> Iterator[tuple[int, list[object]]]:
         while page := f.read(page_size):
             yield from _leaf_cells(page, 100 if number == 0 else 0)
             number += 1
+            if number % _PROGRESS_PAGES == 0:
+                progress()
     wal = _side(path, "-wal")
     with contextlib.suppress(OSError), wal.open("rb") as f:
         header = f.read(32)
