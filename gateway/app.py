@@ -36,10 +36,11 @@ from gateway.health import HealthServer
 from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
 from gateway.moments import Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
+from gateway.payloads import session_floor
 from gateway.pos import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
-from gateway.store import AsyncStore, Store, load_seed
+from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
 from gateway.supervisor import Handle, State, Supervisor
 from gateway.sync.bundles import BundleApplier, Reaction
 from gateway.sync.outbox import Outbox
@@ -58,15 +59,25 @@ class StoreComponent:
     name = "store"
 
     def __init__(
-        self, db: AsyncStore, seed_file: Path | None, hash_key: bytes, clock: TimeKeeper
-    ) -> None:
+        self,
+        db: AsyncStore,
+        seed_file: Path | None,
+        hash_key: bytes,
+        clock: TimeKeeper,
+        notifier: Notifier | None = None,
+    ):
         self.db = db
+        self._notifier = notifier
         self._seed_file = seed_file
         self._hash_key = hash_key
         self._clock = clock
 
     async def run(self, handle: Handle) -> None:
-        await self.db.open()
+        notifier = self._notifier
+        # A salvage of a large file can outlast TimeoutStartSec= on a small box: each sign of
+        # progress buys a minute (systemd would kill it mid-salvage and restart empty).
+        progress = (lambda: notifier.extend_start(60)) if notifier else (lambda: None)
+        _log_opened(await self.db.open(self._clock.now(), progress))
         try:
             # The clock can't be earlier than what the box recorded, or the cloud signed.
             own, signed = await self.db.call(Store.newest_times)
@@ -85,6 +96,29 @@ class StoreComponent:
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(self.db.close())
+
+
+def _log_opened(opened: Opened) -> None:
+    """One line for what start found: a damaged file moved aside, or a new empty database."""
+    path = str(opened.path)
+    if opened.moved_to is not None:
+        log.error(
+            "database damaged: moved aside, outbox salvaged into a new one",
+            path=path,
+            moved_to=str(opened.moved_to),
+            problem=opened.problem,
+            salvaged_events=opened.salvaged,
+            remedy="keep the moved file for support; check the storage (dmesg, the SD card)"
+            " and replace it if this happens again",
+        )
+    elif opened.new:
+        log.warning(
+            "new empty database",
+            path=path,
+            hint="expected on a first start; otherwise the database was deleted or the card"
+            " replaced, and what it held that the cloud had not received is gone",
+        )
+    log.info("store opened", path=path, quick_check_ms=round(opened.check_s * 1000, 1))
 
 
 def _health_report(
@@ -116,20 +150,29 @@ def _health_report(
     return status == "ok", body
 
 
-def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any]:
+def _components(
+    config: Config, clock: TimeKeeper, metrics: Metrics, notifier: Notifier | None = None
+) -> list[Any]:
     """Store, MQTT link, outbox, journey, cloud link (the health server is added by the caller)."""
     state_dir = config.store.state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(state_dir, state_dir / DATABASE_NAME)  # else a one-line exit 78, in cli
     topics = Topics(config.store.id)
     hash_key = load_or_create_hash_key(config.identity.hash_key_file or state_dir / "identity.key")
     token = config.identity.token_public_key
-    db = AsyncStore(state_dir / DATABASE_NAME, int(config.outbox.max_mb * 1024 * 1024))
+    db = AsyncStore(
+        state_dir / DATABASE_NAME,
+        int(config.outbox.max_mb * 1024 * 1024),
+        min_free_bytes=int(config.outbox.min_free_mb * 1024 * 1024),
+    )
     # Device kind -> the ids config.toml declares (the link and the events refuse the rest).
     declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
     link = MqttLink(
         config.mqtt,
         topics,
-        session_source=lambda: db.call(Store.bump_counter, "mqtt_session"),
+        # At least the time: a lost database does not send the number back to 1 (docs/mqtt.md).
+        session_source=lambda: db.call(
+            Store.bump_counter, "mqtt_session", floor=session_floor(clock.now())
+        ),
         metrics=metrics,
         clock=clock,
         client_secret=hash_key,
@@ -206,7 +249,7 @@ def _components(config: Config, clock: TimeKeeper, metrics: Metrics) -> list[Any
     link.route(topics.tablet_close_filter, "tablet_close", tablets.on_close)
     link.route(topics.device_events_filter, "device_events", events.on_event)
     components: list[Any] = [
-        StoreComponent(db, config.catalog.seed_file, hash_key, clock),
+        StoreComponent(db, config.catalog.seed_file, hash_key, clock, notifier),
         ClockWatch(clock, metrics),
         link,
         outbox,
@@ -403,7 +446,7 @@ async def run_gateway(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     metrics = Metrics()
-    components = _components(config, clock, metrics)
+    components = _components(config, clock, metrics, notifier)
     presence = next((c for c in components if isinstance(c, Presence)), None)
     supervisor: Supervisor
     if config.health.enabled:

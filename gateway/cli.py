@@ -124,10 +124,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     from gateway.app import run_gateway
     from gateway.logs import configure_logging
+    from gateway.store import StateDirUnusable
 
     configure_logging(loaded.logging.format, loaded.logging.level)
     _few_malloc_arenas()
-    asyncio.run(run_gateway(loaded))
+    try:
+        asyncio.run(run_gateway(loaded))
+    except StateDirUnusable as exc:  # a restart cannot fix it: one line, and systemd stops
+        print(f"store-gateway: {exc}", file=sys.stderr)
+        return EX_CONFIG
     return 0
 
 

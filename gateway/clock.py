@@ -138,7 +138,8 @@ class TimeKeeper:
                 at_least, source = soft + (m - soft_m), soft_source
         self._behind = (at_least - wall, source) if at_least > wall else (0.0, "")
         stamp = max(wall, at_least)
-        self._soft = (stamp, m, "the gateway's own stamps")
+        # A stamp held up by a floor keeps that floor's name (the reason says what it is).
+        self._soft = (stamp, m, source if at_least > wall else "the gateway's own stamps")
         offset = stamp - m
         if not self._segments:
             self._segments.append((stamp, offset))

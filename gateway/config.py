@@ -235,6 +235,9 @@ class OutboxConfig:
     # Disk budget of events waiting for the cloud; above it the oldest telemetry is shed.
     # Transactions, rewards and consents are never shed.
     max_mb: float = field(default=512.0, metadata=_meta(min=1, max=1_000_000))
+    # Free space to keep on the state directory's file system: under it the budget shrinks and
+    # the oldest telemetry makes room, so transactions are accepted as long as possible. 0: off.
+    min_free_mb: float = field(default=64.0, metadata=_meta(min=0, max=1_000_000))
 
 
 @dataclass(frozen=True, slots=True)

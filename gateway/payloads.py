@@ -21,6 +21,7 @@ from gateway.ids import uuid7
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
+    "STORAGE_FULL",
     "Card",
     "Content",
     "ContentOffer",
@@ -42,10 +43,13 @@ __all__ = [
     "encode_kiosk_identify",
     "encode_status",
     "encode_tablet_serve",
+    "session_floor",
     "validate",
 ]
 
 MAX_PAYLOAD_BYTES = 16 * 1024
+# The refusal a device hears when a commit found no room on the disk (docs/mqtt.md).
+STORAGE_FULL = "storage full, retry later"
 IdentifyMethod = Literal["loyalty", "qr_token", "phone", "email"]
 
 
@@ -238,6 +242,16 @@ class GatewayStatus:
     session: int
     ts: float | None  # None in the last will: the broker sends it whenever it notices the loss
     version: str
+
+
+# Session numbers are at least the seconds since this moment (2026-01-01T00:00:00Z): they keep
+# growing across a lost database, and fit a device's 32-bit integer for 68 years.
+SESSION_EPOCH = 1_767_225_600
+
+
+def session_floor(now: float) -> int:
+    """The lowest session number a connection made at `now` (wall clock) may carry."""
+    return max(1, int(now) - SESSION_EPOCH)
 
 
 def encode_status(status: GatewayStatus) -> bytes:

@@ -51,6 +51,10 @@ class Notifier:
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
 
+    def extend_start(self, seconds: float) -> None:
+        """More time to start (a long salvage): systemd's TimeoutStartSec= counts from now."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
 

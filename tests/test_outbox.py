@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from gateway.clock import SystemClock
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, OutboxRow, Store
+from gateway.store._outbox import effective_budget
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
@@ -114,3 +119,51 @@ async def test_accept_returns_only_after_the_commit_and_batches_form(tmp_path: P
     writer.cancel()
     reader.close()
     await db.close()
+
+
+def test_budget_shrinks_by_what_the_disk_lacks_under_its_free_floor() -> None:
+    assert effective_budget(1000, 400, room=10_000) == 1000  # room: the own budget rules
+    assert effective_budget(1000, 400, room=0) == 400  # at the floor: no growth
+    assert effective_budget(1000, 400, room=-150) == 250  # under it: shed the deficit
+    assert effective_budget(1000, 400, room=-10_000) == 0
+
+
+def test_under_the_free_space_floor_old_telemetry_makes_room_for_transactions(
+    tmp_path: Path,
+) -> None:
+    """A real 16 MiB tmpfs: once free space is under the floor, each commit sheds the oldest
+    telemetry, transactions are all kept, and the file system keeps its free floor."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here: {mounted.stderr.strip()}")
+    try:
+        store = Store(small / "g.sqlite3", min_free_bytes=0)
+        for start in range(0, 4000, 200):  # ~4 MiB of telemetry waiting for the cloud
+            store.append_outbox([_row(i, 2, 900) for i in range(start, start + 200)], False)
+        free = _free(small)
+        with (small / "filler").open("wb") as f:  # 3 MiB left, under a 4 MiB floor
+            f.write(b"\0" * (free - 3 * 2**20))
+        store.outbox.min_free_bytes = 4 * 2**20
+        for start in range(10_000, 11_000, 100):  # ~1 MiB of transactions
+            store.append_outbox([_row(i, 0, 900) for i in range(start, start + 100)], True)
+        ranks = store.outbox.counts_by_rank()
+        assert ranks[0] == 1000  # every transaction kept
+        assert 0 < store.outbox.shed_total() == 4000 - ranks.get(2, 0)
+        store.close()  # checkpointed: the WAL (up to 1000 pages between checkpoints) is gone
+        # The transactions went into the pages the shed telemetry left: the file system kept
+        # its 3 MiB, where without the floor the database would have grown by ~1 MiB.
+        assert _free(small) > 3 * 2**20 - 64 * 1024
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def _free(directory: Path) -> int:
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize

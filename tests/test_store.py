@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.payloads import SESSION_EPOCH, session_floor
 from gateway.store import (
     AsyncStore,
     Consent,
@@ -46,6 +47,14 @@ def test_counters_survive_reopening(tmp_path: Path) -> None:
     assert [store.bump_counter("s"), store.bump_counter("s")] == [1, 2]
     store.close()
     assert Store(path).bump_counter("s") == 3
+
+
+def test_a_counter_never_falls_under_its_floor_and_keeps_growing_above_it(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.sqlite3")
+    assert store.bump_counter("s", floor=session_floor(SESSION_EPOCH + 100)) == 100
+    assert store.bump_counter("s", floor=session_floor(SESSION_EPOCH + 50)) == 101  # clock back
+    store.close()
+    assert session_floor(0) == 1  # a clock before the epoch still gives a valid session
 
 
 def test_offers_consents_and_decisions_round_trip(tmp_path: Path) -> None:

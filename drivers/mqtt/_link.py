@@ -49,6 +49,7 @@ from gateway.config import BudgetsConfig, CloudConfig, MqttConfig
 from gateway.metrics import Metrics
 from gateway.payloads import (
     MAX_PAYLOAD_BYTES,
+    STORAGE_FULL,
     GatewayStatus,
     PayloadError,
     decode_status,
@@ -56,6 +57,7 @@ from gateway.payloads import (
     encode_status,
     parse_json,
 )
+from gateway.store import StorageFull
 from gateway.supervisor import Backoff, Handle
 from gateway.topics import Topics, undeclared
 
@@ -490,9 +492,12 @@ class MqttLink:
             if self._intake is not client:
                 return  # that connection is gone: the broker sends the message again
             acks.add(mid, qos)
-            if future.cancelled() or future.exception() is not None:
+            failure = None if future.cancelled() else future.exception()
+            if future.cancelled() or failure is not None:
                 # Not committed: refused with an answer, and the device sends it again.
-                self._reject(route, topic, device, payload, "not accepted now (store error)")
+                full = isinstance(failure, StorageFull)
+                error = STORAGE_FULL if full else "not accepted now (store error)"
+                self._reject(route, topic, device, payload, error)
 
         taken.add_done_callback(acknowledge)
 

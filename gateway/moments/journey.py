@@ -20,9 +20,17 @@ from gateway.clock import Clock
 from gateway.decision.engine import DecisionEngine
 from gateway.metrics import Metrics
 from gateway.moments.decide import Plan, UplinkRow, decide
-from gateway.moments.moment import CheckoutMoment, Moment, Publisher, TabletMoment, ZoneMoment
+from gateway.moments.moment import (
+    CheckoutMoment,
+    KioskMoment,
+    Moment,
+    Publisher,
+    TabletMoment,
+    ZoneMoment,
+)
 from gateway.moments.screens import ScreenHold
-from gateway.store import AsyncStore, Offer, Store, StoreClosed
+from gateway.payloads import STORAGE_FULL, encode_error
+from gateway.store import AsyncStore, Offer, Store, StoreClosed, is_storage_full
 from gateway.supervisor import Handle
 from gateway.topics import Topics
 
@@ -103,8 +111,10 @@ class Journey:
                 moment = await self._queue.get()
                 try:
                     await self._act(moment)
-                except (sqlite3.Error, StoreClosed):
-                    raise  # the store is in trouble: the supervisor restarts and reports it
+                except (sqlite3.Error, StoreClosed) as exc:
+                    if not is_storage_full(exc):
+                        raise  # the store is in trouble: the supervisor restarts and reports it
+                    self._refuse_for_space(moment)
                 except Exception as exc:  # noqa: BLE001 - one bad moment must not stall the rest
                     log.error(
                         "journey moment failed, skipped",
@@ -118,6 +128,20 @@ class Journey:
                 with contextlib.suppress(Exception):
                     await self._act(moment)
             raise
+
+    def _refuse_for_space(self, moment: Moment) -> None:
+        """No room to record the decision: a device that asked hears so (a checkout stays
+        pending, and is decided at the next start; a zone moment passes)."""
+        log.warning("storage full: moment not decided", moment=moment.name)
+        asked = {
+            KioskMoment: self._topics.kiosk_identify,
+            TabletMoment: self._topics.tablet_serve,
+        }.get(type(moment))
+        if asked is not None:
+            error = encode_error(
+                asked(moment.touchpoint), STORAGE_FULL, self._clock.now(), moment.request_id
+            )
+            self._publisher.post(self._topics.gateway_errors, error)
 
     async def _act(self, moment: Moment) -> None:
         now = self._clock.now()

@@ -5,13 +5,17 @@ from gateway.store._db import (
     Consent,
     Decision,
     Offer,
+    Opened,
     PrintJobRow,
     Reader,
     SchemaTooNew,
+    StorageFull,
     Store,
     StoreClosed,
+    is_storage_full,
 )
 from gateway.store._outbox import OutboxRow, OutboxTable
+from gateway.store._recovery import StateDirUnusable, check_writable
 from gateway.store._seed import SeedError, consent_from_json, load_seed, offer_from_json
 
 __all__ = [
@@ -19,15 +23,20 @@ __all__ = [
     "Consent",
     "Decision",
     "Offer",
+    "Opened",
     "OutboxRow",
     "OutboxTable",
     "PrintJobRow",
     "Reader",
     "SchemaTooNew",
     "SeedError",
+    "StateDirUnusable",
+    "StorageFull",
     "Store",
     "StoreClosed",
+    "check_writable",
     "consent_from_json",
+    "is_storage_full",
     "load_seed",
     "offer_from_json",
 ]

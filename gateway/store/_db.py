@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.store._outbox import OutboxRow, OutboxTable, create_outbox, transaction
+from gateway.store._recovery import check_database, quarantine, salvage_outbox
 from gateway.store._sqlite_utils import sqlite_utils
 
 __all__ = [
@@ -27,10 +30,13 @@ __all__ = [
     "Consent",
     "Decision",
     "Offer",
+    "Opened",
     "Reader",
     "SchemaTooNew",
+    "StorageFull",
     "Store",
     "StoreClosed",
+    "is_storage_full",
 ]
 
 T = TypeVar("T")
@@ -333,7 +339,9 @@ class Reader:
 class Store(Reader):
     """The writing connection, owned by one thread at a time (see `AsyncStore`)."""
 
-    def __init__(self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024, min_free_bytes: int = 0
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         super().__init__(sqlite3.connect(path, isolation_level=None, check_same_thread=False))
@@ -342,7 +350,12 @@ class Store(Reader):
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._db = sqlite_utils.Database(self._conn)
         self._migrate()
-        self.outbox = OutboxTable(self._conn, outbox_budget_bytes)
+        self.outbox = OutboxTable(
+            self._conn,
+            outbox_budget_bytes,
+            free_bytes=functools.partial(_free_bytes, path.parent),
+            min_free_bytes=min_free_bytes,
+        )
 
     @property
     def schema_version(self) -> int:
@@ -374,11 +387,12 @@ class Store(Reader):
         ).fetchone()
         return (float(own) or None), (None if signed is None else float(signed))
 
-    def bump_counter(self, key: str) -> int:
-        """Increment and return a durable counter (e.g. the MQTT session number)."""
+    def bump_counter(self, key: str, floor: int = 0) -> int:
+        """Increment and return a durable counter (e.g. the MQTT session number), never below
+        `floor`: a floor that grows with time keeps it growing across a lost database."""
         with transaction(self._conn, durable=False):
             row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-            value = int(row[0]) + 1 if row else 1
+            value = max(int(row[0]) + 1 if row else 1, floor)
             self._conn.execute(
                 "INSERT INTO meta(key, value) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -765,6 +779,70 @@ class StoreClosed(RuntimeError):
     """The store is not open (yet, or any more)."""
 
 
+class StorageFull(RuntimeError):
+    """A commit failed for want of space: devices are told to retry later, nothing is lost."""
+
+
+_SQLITE_FULL = 13
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL, or the file system's ENOSPC/EDQUOT (an fsync of the WAL)."""
+    if isinstance(exc, StorageFull):
+        return True
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) or 0) & 0xFF == _SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """How the store opened: what start found, for the log line that says so."""
+
+    path: Path
+    new: bool  # no database (or an empty file) was there: a new empty one was made
+    check_s: float  # the integrity check's duration
+    problem: str | None = None  # what the integrity check found
+    moved_to: Path | None = None  # where the damaged file went
+    salvaged: int = 0  # outbox events read back from it
+    unreadable_ranges: int = 0
+
+
+def _free_bytes(directory: Path) -> int:
+    """Space left for the gateway's user on the file system holding `directory`."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+def open_store(
+    path: Path,
+    outbox_budget_bytes: int,
+    now: float,
+    min_free_bytes: int = 0,
+    progress: Callable[[], None] = lambda: None,
+) -> tuple[Store, Opened]:
+    """Check the database, move it aside if damaged (salvaging its outbox), then open it.
+
+    progress: called while a salvage runs, to ask for more time to start."""
+    new = not path.exists() or path.stat().st_size == 0
+    started = time.monotonic()
+    problem = check_database(path)
+    check_s = time.monotonic() - started
+    if problem is None:
+        return Store(path, outbox_budget_bytes, min_free_bytes), Opened(path, new, check_s)
+    moved = quarantine(path, now)
+    salvage = salvage_outbox(moved, progress)
+    store = Store(path, outbox_budget_bytes, min_free_bytes)
+    try:
+        if salvage.rows:
+            store.outbox.append(salvage.rows, durable=True)
+    except BaseException:
+        store.close()
+        raise
+    opened = Opened(path, True, check_s, problem, moved, len(salvage.rows), salvage.bad_ranges)
+    return store, opened
+
+
 class _WriteAheadLog:
     """The store's WAL file, fsynced apart from the connection that writes it.
 
@@ -806,9 +884,12 @@ class AsyncStore:
     The store thread runs SQLite and nothing else: callers do their other work elsewhere.
     """
 
-    def __init__(self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024) -> None:
+    def __init__(
+        self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024, min_free_bytes: int = 0
+    ) -> None:
         self.path = path
         self.outbox_budget_bytes = outbox_budget_bytes
+        self.min_free_bytes = min_free_bytes
         self._store: Store | None = None
         self._reader: Reader | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
@@ -820,12 +901,24 @@ class AsyncStore:
     def is_open(self) -> bool:
         return self._store is not None
 
-    async def open(self) -> None:
-        self._store = await _run(
-            self._executor, functools.partial(Store, self.path, self.outbox_budget_bytes)
+    async def open(
+        self, now: float | None = None, progress: Callable[[], None] = lambda: None
+    ) -> Opened:
+        """Check (a damaged file is moved aside, its outbox salvaged), open and migrate.
+
+        progress: called from the store thread while a salvage runs."""
+        job = functools.partial(
+            open_store,
+            self.path,
+            self.outbox_budget_bytes,
+            time.time() if now is None else now,
+            self.min_free_bytes,
+            progress,
         )
+        self._store, opened = await _run(self._executor, job)
         # After the store: the file exists, migrated, in WAL mode.
         self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
+        return opened
 
     async def call(
         self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs

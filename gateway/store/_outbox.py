@@ -2,18 +2,27 @@
 
 Rows are drained by (rank, seq): priority class first, then arrival. A row leaves only when the
 cloud broker acknowledged the message that carried it. Above the disk budget the oldest
-telemetry is shed (counted); ranks 0 (transactions, rewards, consents) are never shed.
+telemetry is shed (counted); ranks 0 (transactions, rewards, consents) are never shed. The budget
+shrinks when the file system's free space falls under a floor (`outbox.min_free_mb`), so old
+telemetry makes room before the disk fills and transactions are accepted as long as possible.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["SHEDDABLE_RANK", "OutboxRow", "OutboxTable", "create_outbox", "transaction"]
+__all__ = [
+    "SHEDDABLE_RANK",
+    "OutboxRow",
+    "OutboxTable",
+    "create_outbox",
+    "effective_budget",
+    "transaction",
+]
 
 SHEDDABLE_RANK = 2  # telemetry
 # A JSON array as the one parameter: any number of rows, no SQL built from strings.
@@ -64,11 +73,33 @@ def create_outbox(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX outbox_drain ON outbox (rank, seq)")
 
 
+def effective_budget(budget: int, waiting: int, room: int) -> int:
+    """The outbox's budget now: its own, less what the disk lacks to keep its free floor.
+
+    room: bytes the database may still take before the file system falls under the floor
+    (free space plus the database's free pages, minus the floor); negative under the floor.
+    """
+    return min(budget, max(0, waiting + room))
+
+
 class OutboxTable:
-    def __init__(self, conn: sqlite3.Connection, budget_bytes: int) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        budget_bytes: int,
+        *,
+        free_bytes: Callable[[], int] | None = None,
+        min_free_bytes: int = 0,
+    ) -> None:
+        """free_bytes: the file system's free space, checked against min_free_bytes."""
         self._conn = conn
         self.budget_bytes = budget_bytes
+        self._free_bytes = free_bytes
+        self.min_free_bytes = min_free_bytes
         self.count = self.bytes = 0
+        self._recount()
+
+    def _recount(self) -> None:
         row = self._conn.execute("SELECT count(*), coalesce(sum(length(body)), 0) FROM outbox")
         count, total = row.fetchone()
         self.count, self.bytes = int(count), int(total)
@@ -78,6 +109,13 @@ class OutboxTable:
 
         durable: fsync the WAL on commit (synchronous=FULL), for money and consent.
         """
+        try:
+            return self._append(rows, durable=durable)
+        except BaseException:
+            self._recount()  # rolled back (a full disk, say): the counts moved with it
+            raise
+
+    def _append(self, rows: Sequence[OutboxRow], *, durable: bool) -> tuple[int, int]:
         conn = self._conn
         with transaction(conn, durable=durable):
             before = conn.total_changes
@@ -103,8 +141,18 @@ class OutboxTable:
                 )
             self.count += inserted
             self.bytes += added
-            shed = self._shed() if self.bytes > self.budget_bytes else 0
+            budget = self._budget()
+            shed = self._shed(budget) if self.bytes > budget else 0
         return inserted, shed
+
+    def _budget(self) -> int:
+        if self._free_bytes is None or self.min_free_bytes <= 0:
+            return self.budget_bytes
+        # Pages freed by shedding are reused before the file grows: they count as room.
+        (page_size,) = self._conn.execute("PRAGMA page_size").fetchone()
+        (free_pages,) = self._conn.execute("PRAGMA freelist_count").fetchone()
+        room = self._free_bytes() + int(free_pages) * int(page_size) - self.min_free_bytes
+        return effective_budget(self.budget_bytes, self.bytes, room)
 
     def insert_one(self, row: OutboxRow) -> None:
         """Inside the caller's transaction (a decision and its event commit together)."""
@@ -116,10 +164,10 @@ class OutboxTable:
             self.count += 1
             self.bytes += len(row.body)
 
-    def _shed(self) -> int:
+    def _shed(self, budget: int) -> int:
         """Delete the oldest telemetry until under budget; returns how many rows went."""
         shed = 0
-        while self.bytes > self.budget_bytes:
+        while self.bytes > budget:
             victims = self._conn.execute(
                 "SELECT seq, length(body) FROM outbox WHERE rank >= ? ORDER BY rank DESC, seq"
                 " LIMIT 256",
@@ -127,7 +175,7 @@ class OutboxTable:
             ).fetchall()
             if not victims:
                 break  # only what must never be dropped is left: keep it, over budget
-            need = self.bytes - self.budget_bytes
+            need = self.bytes - budget
             chosen, freed = [], 0
             for seq, size in victims:
                 chosen.append(seq)

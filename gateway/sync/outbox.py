@@ -21,7 +21,7 @@ import structlog
 from gateway.clock import Clock
 from gateway.ids import uuid7
 from gateway.metrics import Metrics
-from gateway.store import AsyncStore, OutboxRow, Store
+from gateway.store import AsyncStore, OutboxRow, StorageFull, Store, is_storage_full
 from gateway.supervisor import Handle
 from gateway.sync.wire import PRIORITY_RANK
 
@@ -43,6 +43,7 @@ class Outbox:
         self._clock = clock
         self._metrics = metrics
         self._pending: list[tuple[OutboxRow, asyncio.Future[None]]] = []
+        self._full = False  # the last commit failed for want of space
         self._wake = asyncio.Event()
         # Set after every commit: the uplink waits on it instead of polling the table.
         self.appended = asyncio.Event()
@@ -109,10 +110,31 @@ class Outbox:
             )
             if durable:
                 await self._db.sync()
-        except BaseException as exc:
-            failure = exc if isinstance(exc, Exception) else RuntimeError("outbox stopped")
-            _settle(batch, lambda f: f.set_exception(failure))
+        except Exception as exc:
+            if not is_storage_full(exc):
+                failure = exc
+                _settle(batch, lambda f: f.set_exception(failure))
+                raise
+            # Not committed (or committed but not fsynced): each device hears "storage full,
+            # retry later" and sends again, its ids making a copy that did get in harmless; the
+            # outbox keeps serving instead of being restarted, and commits once there is room.
+            full = StorageFull(str(exc))
+            _settle(batch, lambda f: f.set_exception(full))
+            if not self._full:
+                self._full = True
+                log.error(
+                    "storage full: events refused until there is room",
+                    path=str(self._db.path),
+                    error=str(exc),
+                    remedy="free space on the state directory's file system",
+                )
+            return
+        except BaseException:
+            _settle(batch, lambda f: f.set_exception(RuntimeError("outbox stopped")))
             raise
+        if self._full:
+            self._full = False
+            log.warning("storage has room again: events accepted", path=str(self._db.path))
         _settle(batch, lambda f: f.set_result(None))
         self._metrics.events_accepted.inc(inserted)
         self._metrics.outbox_events.set(waiting)
