@@ -37,7 +37,7 @@ from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_pu
 from gateway.metrics import Metrics
 from gateway.moments import Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
 from gateway.payloads import session_floor
-from gateway.pos import PosLanes
+from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
 from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
@@ -239,8 +239,7 @@ def _components(
         declared=declared,
         clock=clock,
         rewards=rewards,
-        pending_checkout=lanes.pending_checkout,
-        after_commit=lanes.after_commit,
+        hooks=[lanes],
     )
     link.route(topics.pos_basket_filter, "pos_basket", lanes.on_basket)
     link.route(topics.pos_loyalty_filter, "pos_loyalty", lanes.on_loyalty)

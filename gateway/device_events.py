@@ -15,25 +15,49 @@ import asyncio
 import functools
 import json
 import re
-from collections.abc import Callable, Collection, Mapping
-from typing import Any
+import sqlite3
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from gateway.clock import Clock
 from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
 from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
-from gateway.moments import Publisher
+from gateway.moments.moment import Publisher
 from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
 from gateway.topics import SECTIONS, Topics, undeclared
 
-__all__ = ["AfterCommit", "DeviceEvents", "PendingCheckout"]
+__all__ = ["DeviceEvent", "DeviceEvents", "EventHook", "Write"]
 
-# (device kind, device id, event type, event data, event id), once the event is committed.
-AfterCommit = Callable[[str, str, str, Mapping[str, Any], str], None]
-# The same, before the commit: a pending checkout (JSON) to commit with the event, or None.
-PendingCheckout = Callable[[str, str, str, Mapping[str, Any], str], str | None]
+# A write the store thread runs inside an event's commit.
+Write = Callable[[sqlite3.Connection], None]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    """A device's event, validated: what the hooks see."""
+
+    kind: str  # pos, kiosk, tablet, screen
+    device: str
+    type: str
+    id: str
+    data: Mapping[str, Any]
+
+
+class EventHook(Protocol):
+    """What a feature does with the events of its devices (a lane: its totals, redemptions)."""
+
+    def before_commit(self, event: DeviceEvent) -> Write | None:
+        """On the loop, before the commit: a write to commit with the event, or None."""
+        ...
+
+    def after_commit(self, event: DeviceEvent) -> None:
+        """On the loop, once the event is committed (and acknowledged)."""
+        ...
+
 
 log = structlog.get_logger("gateway.device_events")
 # A device's `ts` may be this far from the gateway's clock (a lane keeps events for days).
@@ -51,14 +75,12 @@ class DeviceEvents:
         declared: Mapping[str, Collection[str]],
         clock: Clock,
         rewards: RewardJoiner | None = None,
-        pending_checkout: PendingCheckout | None = None,
-        after_commit: AfterCommit | None = None,
+        hooks: Sequence[EventHook] = (),
     ) -> None:
         """declared: device kind -> the ids config.toml declares for it."""
         self._declared = declared
         self._clock = clock
-        self._after_commit = after_commit
-        self._pending_checkout = pending_checkout
+        self._hooks = tuple(hooks)
         self._topics = topics
         self._outbox = outbox
         self._publisher = publisher
@@ -89,39 +111,36 @@ class DeviceEvents:
             )
         _refuse_identifiers(data["data"])
         event_type, event_id, fields = data["type"], data["id"], data["data"]
-        checkout = None
-        if self._pending_checkout is not None:
-            checkout = self._pending_checkout(kind, device_id, event_type, fields, event_id)
+        event = DeviceEvent(kind, device_id, event_type, event_id, fields)
+        writes = [w for w in (hook.before_commit(event) for hook in self._hooks) if w is not None]
         row = self._outbox.row(
             event_type,
             data["priority"],
             {**fields, "device": f"{kind}/{device_id}"},
             event_id=event_id,
             ts=data.get("ts"),
-            pending_checkout=checkout,
+            also=writes[0] if len(writes) == 1 else _together(writes) if writes else None,
         )
         future = self._outbox.submit(row)
-        future.add_done_callback(lambda f: self._committed(f, kind, device_id, data))
+        future.add_done_callback(lambda f: self._committed(f, event))
         return future
 
-    def _committed(
-        self, future: asyncio.Future[None], kind: str, device_id: str, data: dict[str, Any]
-    ) -> None:
-        """Once the event is committed: the ack, the lane's hook, the reward it carries."""
+    def _committed(self, future: asyncio.Future[None], event: DeviceEvent) -> None:
+        """Once the event is committed: the ack, the hooks, the reward it carries."""
         if future.cancelled() or future.exception() is not None:
             return  # not committed: no ack, the device will send it again
-        event_type, event_id, fields = data["type"], data["id"], data["data"]
+        event_type, fields = event.type, event.data
         if not self._acks:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._acks.setdefault((kind, device_id), []).append(event_id)
-        if self._after_commit is not None:
-            self._after_commit(kind, device_id, event_type, fields, event_id)
+        self._acks.setdefault((event.kind, event.device), []).append(event.id)
+        for hook in self._hooks:
+            hook.after_commit(event)
         decision_id = fields.get("decision_id")
         # A redemption naming a coupon is rewarded by the coupon's check (once, and only when
         # the coupon was valid), not here.
         by_coupon = event_type == "pos.redemption" and "coupon" in fields
-        rewarded = event_type in REWARD_EVENTS and decision_id and not by_coupon
-        if self._rewards is not None and rewarded:
+        rewarded = event_type in REWARD_EVENTS and not by_coupon
+        if self._rewards is not None and rewarded and isinstance(decision_id, str):
             self._rewards.join_soon(decision_id, event_type)
 
     def _flush(self) -> None:
@@ -129,6 +148,14 @@ class DeviceEvents:
         for (kind, device_id), ids in acks.items():
             body = json.dumps({"schema": "event-ack/1", "ids": ids}, separators=(",", ":"))
             self._publisher.post(self._topics.device_events_ack(kind, device_id), body.encode())
+
+
+def _together(writes: Sequence[Write]) -> Write:
+    def write(conn: sqlite3.Connection) -> None:
+        for each in writes:
+            each(conn)
+
+    return write
 
 
 # Keys shown in a refusal: identifier field names ("email"), never an arbitrary key.

@@ -23,7 +23,8 @@ from gateway.identity import IdentityResolver, customer_ref
 from gateway.metrics import Metrics
 from gateway.moments import Journey, Kiosks, ScreenHold, ZoneScreens
 from gateway.payloads import encode_kiosk_identify
-from gateway.pos import PosLanes
+from gateway.pos import checkout
+from gateway.pos.lanes import PosLanes
 from gateway.store import AsyncStore, Consent, Offer, Store
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
@@ -140,8 +141,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         screens,
         declared={"pos": {"pos-1"}},
         clock=clock,
-        pending_checkout=lanes.pending_checkout,
-        after_commit=lanes.after_commit,
+        hooks=[lanes],
     )
     ready = asyncio.Event()  # the journey has read the catalog
     tasks = [
@@ -298,6 +298,6 @@ async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig
     )
     assert decision.request_id == TX
     assert json.loads(decision.context or "{}")["basket"]  # the basket reached the features
-    assert await rig.db.call(Store.pending_checkouts) == []  # settled with the decision
+    assert await rig.db.call(checkout.pending) == []  # settled with the decision
     # A receipt posts no content: the lane's acknowledgement is all.
     assert [t.rsplit("/", 2)[-2:] for t, _ in rig.screens.posts] == [["events", "ack"]]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.payloads import SESSION_EPOCH, session_floor
+from gateway.pos.coupons import redeem
 from gateway.store import (
     AsyncStore,
     Consent,
@@ -114,7 +115,7 @@ def test_coupon_redemptions_commit_with_an_fsync_and_the_connection_goes_back_to
     store = Store(tmp_path / "g.sqlite3")
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
-    assert store.redeem_coupon("CPN-NONE", "pos-1", 1.0, "e-1")[0] == "unknown"
+    assert redeem(store, "CPN-NONE", "pos-1", 1.0, "e-1")[0] == "unknown"
     store._conn.set_trace_callback(None)
     full = statements.index("PRAGMA synchronous = FULL")
     assert full < statements.index("BEGIN IMMEDIATE") < statements.index("COMMIT")
@@ -130,8 +131,8 @@ def test_a_redemption_repeats_only_from_the_same_lane_with_the_same_event(tmp_pa
             " VALUES ('CPN-AAAA-BBBB-CCCC', 'd-1', 'OFF-1', 'pos-1', 1.0)"
         )
     code = "CPN-AAAA-BBBB-CCCC"
-    assert store.redeem_coupon(code, "pos-1", 2.0, "e-1") == ("redeemed", "d-1", True)
-    assert store.redeem_coupon(code, "pos-1", 3.0, "e-1") == ("redeemed", "d-1", False)
+    assert redeem(store, code, "pos-1", 2.0, "e-1") == ("redeemed", "d-1", True)
+    assert redeem(store, code, "pos-1", 3.0, "e-1") == ("redeemed", "d-1", False)
     # Another till reusing that event id is not a re-send: the coupon is spent.
-    assert store.redeem_coupon(code, "pos-2", 3.0, "e-1")[0] == "already_redeemed"
-    assert store.redeem_coupon(code, "pos-1", 4.0, "e-2")[0] == "already_redeemed"
+    assert redeem(store, code, "pos-2", 3.0, "e-1")[0] == "already_redeemed"
+    assert redeem(store, code, "pos-1", 4.0, "e-2")[0] == "already_redeemed"

@@ -20,6 +20,7 @@ from gateway.decision.features import CustomerFacts, FeatureContext, context_to_
 from gateway.ids import uuid7
 from gateway.moments.moment import CheckoutMoment, Moment, TabletMoment
 from gateway.payloads import Card, Content, ContentOffer, Suggestion, encode_card, encode_content
+from gateway.pos import checkout
 from gateway.printing import Coupon, new_coupon_code
 from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
 from gateway.topics import Topics
@@ -79,15 +80,15 @@ class Plan:
         return self.decided[0].decision.customer_ref is not None
 
     def commit(self, store: Store) -> None:
-        """Runs on the store thread; a checkout's decision settles its pending checkout."""
+        """Runs on the store thread: the decisions and their events, in one transaction (a
+        checkout's with its coupon, print job and the pending checkout it settles)."""
         first = self.decided[0]
-        if self.job is not None:
-            store.record_checkout(first.decision, first.uplink, self.job)
+        if isinstance(self.moment, CheckoutMoment):
+            checkout.record(store, first.decision, first.uplink, self.job)
         elif len(self.decided) > 1:
             store.record_decisions([(d.decision, d.uplink) for d in self.decided])
         else:
-            settles = self.moment.request_id if isinstance(self.moment, CheckoutMoment) else None
-            store.record_decision(first.decision, first.uplink, settles=settles)
+            store.record_decision(first.decision, first.uplink)
 
 
 def decide(

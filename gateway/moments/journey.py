@@ -30,6 +30,7 @@ from gateway.moments.moment import (
 )
 from gateway.moments.screens import ScreenHold
 from gateway.payloads import STORAGE_FULL, encode_error
+from gateway.pos import checkout
 from gateway.store import AsyncStore, Offer, Store, StoreClosed, is_storage_full
 from gateway.supervisor import Handle
 from gateway.topics import Topics
@@ -167,7 +168,7 @@ class Journey:
             # A re-sent transaction event (same id): its coupon was decided and queued already.
             log.info("checkout already decided for this transaction", lane=moment.touchpoint)
             if moment.request_id is not None:
-                await self._store.call(Store.settle_checkout, moment.request_id)
+                await self._store.call(checkout.settle_now, moment.request_id)
             return
         if self._appended is not None:
             self._appended.set()  # its event committed with it: wake the uplink

@@ -14,7 +14,7 @@ from gateway.store._db import (
     StoreClosed,
     is_storage_full,
 )
-from gateway.store._outbox import OutboxRow, OutboxTable
+from gateway.store._outbox import OutboxRow, OutboxTable, transaction
 from gateway.store._recovery import StateDirUnusable, check_writable
 from gateway.store._seed import SeedError, consent_from_json, load_seed, offer_from_json
 
@@ -39,4 +39,5 @@ __all__ = [
     "is_storage_full",
     "load_seed",
     "offer_from_json",
+    "transaction",
 ]

@@ -275,6 +275,12 @@ class Reader:
     def close(self) -> None:
         self._conn.close()
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """For the SQL of the features that own their tables (gateway/pos, ...): on the thread
+        that owns this connection only."""
+        return self._conn
+
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
         """Reads inside see one committed state of the store."""
@@ -466,41 +472,16 @@ class Store(Reader):
         )
         return {ref: (bytes(key), int(k if k is not None else 10)) for ref, key, k in rows}
 
-    def record_decision(
-        self, d: Decision, event: OutboxRow | None = None, *, settles: str | None = None
-    ) -> None:
-        """Log a decision and, in the same transaction, queue its event for the cloud.
-        settles: the pending checkout (the total's event id) this decision answers."""
+    def record_decision(self, d: Decision, event: OutboxRow | None = None) -> None:
+        """Log a decision and, in the same transaction, queue its event for the cloud."""
         with transaction(self._conn, durable=False):
-            self._insert_decision(d, event)
-            if settles is not None:
-                self.settle_checkout(settles, commit=False)
+            self.insert_decision(d, event)
 
     def record_decisions(self, rows: Sequence[tuple[Decision, OutboxRow | None]]) -> None:
         """Several decisions of one moment (an associate's suggestions), in one transaction."""
         with transaction(self._conn, durable=False):
             for d, event in rows:
-                self._insert_decision(d, event)
-
-    def record_checkout(self, d: Decision, event: OutboxRow | None, job: PrintJobRow) -> None:
-        """A checkout decision, its uplink event, its coupon and print job, and the pending
-        checkout it settles: all or nothing, fsynced (a printed coupon must be known after a
-        power cut)."""
-        with transaction(self._conn, durable=True):
-            self._insert_decision(d, event)
-            if d.request_id is not None:
-                self.settle_checkout(d.request_id, commit=False)
-            self._conn.execute(
-                "INSERT INTO coupons (code, decision_id, offer_id, lane, issued_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (job.coupon_code, d.id, d.offer_id, job.lane, d.ts),
-            )
-            self._conn.execute(
-                "INSERT INTO print_journal (id, lane, printer, state, copy, coupon_code,"
-                " decision_id, job, attempts, created_at, updated_at)"
-                " VALUES (?, ?, ?, 'queued', 0, ?, ?, ?, 0, ?, ?)",
-                (job.id, job.lane, job.printer, job.coupon_code, d.id, job.body, d.ts, d.ts),
-            )
+                self.insert_decision(d, event)
 
     def take_print_job(self, printer: str, now: float) -> PrintJobRow | None:
         """The oldest queued job of `printer`, now marked sending (attempts + 1)."""
@@ -552,41 +533,8 @@ class Store(Reader):
         rows = self._conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
         return {str(state): int(n) for state, n in rows.fetchall()}
 
-    def pending_checkouts(self) -> list[tuple[str, str]]:
-        """(event id, body) of totals whose checkout is not decided yet, oldest first."""
-        rows = self._conn.execute(
-            "SELECT event_id, body FROM pending_checkouts ORDER BY created_at"
-        ).fetchall()
-        return [(str(r[0]), str(r[1])) for r in rows]
-
-    def settle_checkout(self, event_id: str, *, commit: bool = True) -> None:
-        self._write("DELETE FROM pending_checkouts WHERE event_id = ?", [(event_id,)], commit)
-
-    def redeem_coupon(
-        self, code: str, lane: str, now: float, event_id: str
-    ) -> tuple[str, str | None, bool]:
-        """(status, decision, first): 'redeemed' the first time, and again for a re-sent copy
-        of that same redemption event (first = False then); 'already_redeemed' for any other
-        event; 'unknown' for a code this store never issued. Fsynced before the till hears it."""
-        with transaction(self._conn, durable=True):
-            row = self._conn.execute(
-                "SELECT decision_id, redeemed_at, redeemed_event, redeemed_lane FROM coupons"
-                " WHERE code = ?",
-                (code,),
-            ).fetchone()
-            if row is None:
-                return "unknown", None, False
-            if row[1] is not None:
-                repeat = row[2] == event_id and row[3] == lane  # the same till sending again
-                return ("redeemed" if repeat else "already_redeemed"), row[0], False
-            self._conn.execute(
-                "UPDATE coupons SET redeemed_at = ?, redeemed_lane = ?, redeemed_event = ?"
-                " WHERE code = ?",
-                (now, lane, event_id, code),
-            )
-        return "redeemed", row[0], True
-
-    def _insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
+    def insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
+        """Inside the caller's transaction: the decision and its event for the cloud."""
         self._conn.execute(
             "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
             " policy, propensity, request_id, model_version, feature_hash, context)"

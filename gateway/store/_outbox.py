@@ -55,9 +55,9 @@ class OutboxRow:
     type: str
     ts: float
     body: bytes  # the event as JSON, exactly as uplinked
-    # A POS total's checkout to decide (JSON: lane, customer_ref, basket), committed with the
-    # event so that an acknowledged total gets its coupon even if the daemon dies right after.
-    pending_checkout: str | None = None
+    # The caller's own write, run in the event's transaction (a lane's pending checkout): what
+    # an acknowledged event sets in motion survives a crash right after its commit.
+    also: Callable[[sqlite3.Connection], None] | None = None
 
 
 def create_outbox(conn: sqlite3.Connection) -> None:
@@ -132,13 +132,9 @@ class OutboxTable:
                     "SELECT coalesce(sum(length(body)), 0) FROM outbox WHERE seq > ?",
                     (last_seq,),
                 ).fetchone()
-            checkouts = [(r.id, r.pending_checkout, r.ts) for r in rows if r.pending_checkout]
-            if checkouts:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO pending_checkouts (event_id, body, created_at)"
-                    " VALUES (?, ?, ?)",
-                    checkouts,
-                )
+            for row in rows:
+                if row.also is not None:
+                    row.also(conn)
             self.count += inserted
             self.bytes += added
             budget = self._budget()

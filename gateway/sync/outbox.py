@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -56,7 +57,7 @@ class Outbox:
         *,
         event_id: str | None = None,
         ts: float | None = None,
-        pending_checkout: str | None = None,
+        also: Callable[[sqlite3.Connection], None] | None = None,
     ) -> OutboxRow:
         """The event envelope, serialised once, exactly as it will be uplinked."""
         now = self._clock.now() if ts is None else ts
@@ -72,7 +73,7 @@ class Outbox:
         }
         encoded = _ENCODER.encode(body).encode()
         rank = PRIORITY_RANK[priority]
-        return OutboxRow(eid, rank, type, now, encoded, pending_checkout=pending_checkout)
+        return OutboxRow(eid, rank, type, now, encoded, also=also)
 
     def submit(self, row: OutboxRow) -> asyncio.Future[None]:
         """Queue for the next commit; the future resolves once the row is committed."""

@@ -13,22 +13,22 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from gateway.clock import Clock
 from gateway.config import LaneConfig
 from gateway.decision.rewards import RewardJoiner
+from gateway.device_events import DeviceEvent, Write
 from gateway.identity import IdentityResolver
-from gateway.moments import CheckoutMoment, Moment, Publisher
+from gateway.moments.moment import CheckoutMoment, Moment, Publisher
 from gateway.payloads import PayloadError, decode, encode_coupon_reply
+from gateway.pos import checkout, coupons
 from gateway.printing import normalise_code
-from gateway.store import AsyncStore, Store
+from gateway.store import AsyncStore
 from gateway.topics import Topics
 
 __all__ = ["PosLanes"]
@@ -112,30 +112,26 @@ class PosLanes:
             raise PayloadError(problem)
         self._session(lane).customer_ref = ref
 
-    def pending_checkout(
-        self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
-    ) -> str | None:
+    def before_commit(self, event: DeviceEvent) -> Write | None:
         """DeviceEvents hook, before the commit: a total on a lane with a printer becomes a
         pending checkout (lane, customer, basket) committed with the total itself."""
-        lane = self._lanes.get(device)
-        if kind != "pos" or event_type != "pos.transaction" or lane is None:
+        lane = self._lanes.get(event.device)
+        if event.kind != "pos" or event.type != "pos.transaction" or lane is None:
             return None
-        if event_id in self._totals:
+        if event.id in self._totals:
             return None  # a re-sent total: it ended its visit already, not the one now at the till
-        self._totals[event_id] = None
+        self._totals[event.id] = None
         while len(self._totals) > _MAX_TOTALS:
             self._totals.popitem(last=False)
-        session = self._session(device)  # an idle one is fresh: not this customer's basket
-        del self._sessions[device]  # the total ends the visit
+        session = self._session(event.device)  # an idle one is fresh: not this customer's basket
+        del self._sessions[event.device]  # the total ends the visit
         if not lane.printer:
             return None
-        self._checkouts[event_id] = self._checkout(
-            device, session.customer_ref, session.basket, event_id
-        )
+        moment = self._checkout(event.device, session.customer_ref, session.basket, event.id)
+        self._checkouts[event.id] = moment
         while len(self._checkouts) > _MAX_PREPARED:
             self._checkouts.popitem(last=False)
-        body = {"lane": device, "customer_ref": session.customer_ref, "basket": session.basket}
-        return json.dumps(body, separators=(",", ":"))
+        return checkout.pending_write(moment, self._clock.now())
 
     def _checkout(
         self, lane: str, ref: str | None, basket: tuple[str, ...], event_id: str
@@ -154,34 +150,35 @@ class PosLanes:
     async def pending(self) -> list[Moment]:
         """Totals acknowledged before a stop or a crash whose coupon was not decided yet."""
         moments: list[Moment] = []
-        for event_id, body in await self._db.call(Store.pending_checkouts):
-            data = json.loads(body)
-            lane = self._lanes.get(data["lane"])
+        for event_id, data in await self._db.call(checkout.pending):
+            lane_id = str(data["lane"])
+            lane = self._lanes.get(lane_id)
             if lane is None or not lane.printer:  # the lane lost its printer since
-                await self._db.call(Store.settle_checkout, event_id)
+                await self._db.call(checkout.settle_now, event_id)
                 continue
-            basket = tuple(data["basket"])
-            moments.append(self._checkout(data["lane"], data.get("customer_ref"), basket, event_id))
+            basket = tuple(map(str, data["basket"]))  # type: ignore[call-overload]
+            ref = data.get("customer_ref")
+            moments.append(self._checkout(lane_id, ref if isinstance(ref, str) else None, basket,
+                                          event_id))  # fmt: skip
         return moments
 
-    def after_commit(
-        self, kind: str, device: str, event_type: str, data: Mapping[str, Any], event_id: str
-    ) -> None:
+    def after_commit(self, event: DeviceEvent) -> None:
         """DeviceEvents hook: a lane's event is committed (and acknowledged)."""
-        if kind != "pos" or device not in self._lanes:
+        if event.kind != "pos" or event.device not in self._lanes:
             return
-        if event_type == "pos.transaction":
-            checkout = self._checkouts.pop(event_id, None)
-            if checkout is not None:
-                self._submit(checkout)  # a full queue logs it; the total stays pending
-        elif event_type == "pos.redemption" and isinstance(data.get("coupon"), str):
-            task = asyncio.create_task(self._redeem(device, str(data["coupon"]), event_id))
+        if event.type == "pos.transaction":
+            moment = self._checkouts.pop(event.id, None)
+            if moment is not None:
+                self._submit(moment)  # a full queue logs it; the total stays pending
+        elif event.type == "pos.redemption" and isinstance(event.data.get("coupon"), str):
+            code = str(event.data["coupon"])
+            task = asyncio.create_task(self._redeem(event.device, code, event.id))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _redeem(self, lane: str, code: str, event_id: str) -> None:
         status, decision_id, first = await self._db.call(
-            Store.redeem_coupon, normalise_code(code), lane, self._clock.now(), event_id
+            coupons.redeem, normalise_code(code), lane, self._clock.now(), event_id
         )
         message = {
             "redeemed": "accepted: first use",
