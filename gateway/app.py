@@ -11,7 +11,7 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from drivers.mqtt import MqttLink
 from gateway import __version__
 from gateway.ble.espresense import NodeSource
 from gateway.ble.keys import DeviceKeys
+from gateway.ble.presence import ZoneEvent
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.service import Presence
 from gateway.camera import CameraPurposes
@@ -35,7 +36,7 @@ from gateway.escpos import Profile, load_profile
 from gateway.health import HealthServer
 from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
-from gateway.moments import Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
+from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
 from gateway.payloads import session_floor
 from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
@@ -204,6 +205,7 @@ def _components(
         on_print_job=printing.queued,
         pending=lambda: lanes.pending(),  # noqa: PLW0108 - the lanes are built below
     )
+    app = AppPresence(config.app, journey.submit, clock)
     kiosks = Kiosks(
         topics=topics,
         kiosks=config.kiosks,
@@ -211,6 +213,7 @@ def _components(
         publisher=link,
         submit=journey.submit,
         clock=clock,
+        checked_in=lambda ref, zone: app.seen(ref, zone, "qr"),
     )
     tablets = Tablets(
         topics=topics,
@@ -220,6 +223,7 @@ def _components(
         submit=journey.submit,
         clock=clock,
         metrics=metrics,
+        checked_in=lambda ref, zone: app.seen(ref, zone, "qr"),
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     lanes = PosLanes(
@@ -267,7 +271,10 @@ def _components(
         clock=clock,
         metrics=metrics,
         hash_key=hash_key,
-        journey=journey,
+        on_zone=_both(
+            ZoneScreens(config.screens, journey.submit, clock.monotonic).on_zone_event,
+            app.on_zone_event,
+        ),
         outbox=outbox,
     )
     components += presence
@@ -368,6 +375,16 @@ def _camera(
     ]
 
 
+def _both(
+    first: Callable[[ZoneEvent], None], second: Callable[[ZoneEvent], None]
+) -> Callable[[ZoneEvent], None]:
+    def both(event: ZoneEvent) -> None:
+        first(event)
+        second(event)
+
+    return both
+
+
 def _presence(
     config: Config,
     *,
@@ -376,7 +393,7 @@ def _presence(
     clock: Clock,
     metrics: Metrics,
     hash_key: bytes,
-    journey: Journey,
+    on_zone: Callable[[ZoneEvent], None],
     outbox: Outbox,
 ) -> list[Any]:
     """The presence component first, then its sources (the local radio); [] when BLE is off."""
@@ -391,7 +408,7 @@ def _presence(
         clock=clock,
         metrics=metrics,
         stats=stats,
-        on_event=ZoneScreens(config.screens, journey.submit, clock.monotonic).on_zone_event,
+        on_event=on_zone,
         outbox=outbox,
     )
     components: list[Any] = [presence]

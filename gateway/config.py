@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 __all__ = [
     "STREAM_SCHEMES",
+    "AppConfig",
     "BleConfig",
     "BleScannerConfig",
     "BudgetsConfig",
@@ -46,6 +47,7 @@ __all__ = [
     "SupervisorConfig",
     "load_config",
     "parse_config",
+    "quiet_hours",
 ]
 
 # Ids become MQTT topic levels, so they must not hold '/', '+', '#' or spaces.
@@ -378,6 +380,22 @@ class TabletConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AppConfig:
+    """In-app moments: an opted-in customer's app seen in the store gets a message, pushed by
+    the cloud (docs/cloud.md, "In-app messages")."""
+
+    enabled: bool = True
+    # A message that could not leave the box this soon after it was decided is dropped.
+    ttl_s: float = field(default=120.0, metadata=_meta(min=5, max=86400))
+    per_visit: int = field(default=1, metadata=_meta(min=0, max=20))
+    per_day: int = field(default=2, metadata=_meta(min=0, max=50))
+    # Not seen in the store for this long: the next sighting starts a new visit.
+    visit_gap_s: float = field(default=3600.0, metadata=_meta(min=60, max=86400))
+    # No messages in these local hours, "HH:MM-HH:MM" (may cross midnight); "" for none.
+    quiet_hours: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class KioskConfig:
     zone: str = ""
     screens: tuple[str, ...] = ()
@@ -398,6 +416,7 @@ class Config:
     decision: DecisionConfig = field(default_factory=DecisionConfig)
     ble: BleConfig = field(default_factory=BleConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    app: AppConfig = field(default_factory=AppConfig)
     screens: Mapping[str, ScreenConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     kiosks: Mapping[str, KioskConfig] = field(default_factory=lambda: types.MappingProxyType({}))
     printers: Mapping[str, PrinterConfig] = field(
@@ -608,6 +627,26 @@ def _check_references(config: Config, problems: list[str]) -> None:
     _check_printing(config, problems)
     _check_kiosks_and_links(config, problems)
     _check_cloud_brokers(config.cloud, problems)
+    if config.app.quiet_hours and quiet_hours(config.app.quiet_hours) is None:
+        problems.append(
+            f'app.quiet_hours: found {config.app.quiet_hours!r}, expected "HH:MM-HH:MM"'
+            ' (e.g. "21:00-08:00") or ""'
+        )
+
+
+def quiet_hours(text: str) -> tuple[int, int] | None:
+    """ "HH:MM-HH:MM" -> (start, end) in minutes of the day; None if malformed."""
+    try:
+        start, end = (t.strip() for t in text.split("-"))
+        minutes = []
+        for t in (start, end):
+            hours, mins = t.split(":")
+            if not (0 <= int(hours) < 24 and 0 <= int(mins) < 60 and len(mins) == 2):
+                return None
+            minutes.append(int(hours) * 60 + int(mins))
+    except ValueError:
+        return None
+    return minutes[0], minutes[1]
 
 
 def _check_camera(config: Config, problems: list[str]) -> None:

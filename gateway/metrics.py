@@ -134,6 +134,12 @@ class Metrics:
         self.clock_jumps = Counter(
             "gateway_clock_jumps", "Jumps of the wall clock seen while running", registry=r
         )
+        self.events_expired = Counter(
+            "gateway_events_expired",
+            "Events dropped unsent: past their expiry before the cloud could take them",
+            ["type"],
+            registry=r,
+        )
         self.cloud_connected = Gauge(
             "gateway_cloud_connected", "1 while connected to the cloud broker", registry=r
         )

@@ -43,6 +43,7 @@ __all__ = [
     "encode_kiosk_identify",
     "encode_status",
     "encode_tablet_serve",
+    "offer_json",
     "session_floor",
     "validate",
 ]
@@ -206,12 +207,12 @@ def encode_content(content: Content) -> bytes:
             "request_id": content.request_id,
             "decision_id": content.decision_id,
             "message": content.message,
-            "offer": None if offer is None else _offer_json(offer),
+            "offer": None if offer is None else offer_json(offer),
         },
     )
 
 
-def _offer_json(offer: ContentOffer) -> dict[str, Any]:
+def offer_json(offer: ContentOffer) -> dict[str, Any]:
     return {
         "id": offer.id,
         "title": offer.title,
@@ -386,7 +387,7 @@ def encode_card(card: Card) -> bytes:
                     "rank": s.rank,
                     "decision_id": s.decision_id,
                     "propensity": s.propensity,
-                    "offer": _offer_json(s.offer),
+                    "offer": offer_json(s.offer),
                 }
                 for s in card.suggestions
             ],

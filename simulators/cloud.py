@@ -105,7 +105,8 @@ class CloudReceiver:
     - `priorities`: the priority of each new event, in arrival order (duplicates excluded);
     - `duplicates` (events whose id was already seen), `duplicate_ids`, `received` (all events,
       duplicates included), `batches`, `bytes_received` (payload bytes on the wire),
-      `largest_message`, `rejected` (one reason per refused message or event).
+      `largest_message`, `rejected` (one reason per refused message or event);
+    - `inbox(customer_ref)`: the in-app messages pushed to that customer's app.
     """
 
     def __init__(
@@ -186,6 +187,15 @@ class CloudReceiver:
         self.bytes_received = self.largest_message = 0
 
     # -- waiting
+
+    def inbox(self, customer_ref: str) -> list[dict[str, Any]]:
+        """The app's inbox: the `app.message` events for this customer, as the cloud pushes
+        them (in arrival order; the cloud maps the keyed ref to the app it belongs to)."""
+        return [
+            e
+            for e in self.events.values()
+            if e.get("type") == "app.message" and e["data"].get("customer") == customer_ref
+        ]
 
     async def wait_until(self, predicate: Callable[[], bool]) -> None:
         """Wait until `predicate()` holds; checked after each batch and connection.

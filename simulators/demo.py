@@ -6,7 +6,8 @@ Customers walk up to the kiosks and identify (loyalty card, app QR code, or a ca
 does not know); shoppers walk the floor with their phones, heard by BLE scanner nodes
 (ESPresense over MQTT); a POS lane totals baskets and its receipt printer (a simulator on a
 pseudo-terminal) prints coupons, which are later redeemed once; an associate serves customers on
-a tablet and answers its suggestions; the demo prints what the gateway
+a tablet and answers its suggestions; opted-in customers' apps get in-app messages through the
+cloud; the demo prints what the gateway
 decided, what each screen shows, and every receipt.
 """
 
@@ -239,6 +240,26 @@ async def _narrate_presence(
             _say(f"    {render(content.touchpoint, content)}")
 
 
+async def _narrate_app(cloud: Cloud) -> None:
+    """In-app messages as the cloud receives them, for the app it pushes to."""
+    names = {c.ref: c.name for c in CUSTOMERS}
+    told: set[str] = set()
+    while True:
+        await asyncio.sleep(0.5)
+        receiver = cloud.receiver
+        for event_id, event in list(receiver.events.items()):
+            if event.get("type") != "app.message" or event_id in told:
+                continue
+            told.add(event_id)
+            data = event["data"]
+            who = names.get(data["customer"], "a customer")
+            late_ms = (receiver.first_seen.get(event_id, event["ts"]) - event["ts"]) * 1000
+            _say(
+                f"app: {data['kind']} offer {data['offer']['title']!r} pushed to {who}'s app"
+                f" ({late_ms:.0f} ms after the decision)"
+            )
+
+
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         task.cancel()
@@ -276,7 +297,7 @@ async def _walk(
             ),
         )
         till = _Till(lane, printer, rng, [])
-        background = []
+        background = [asyncio.create_task(_narrate_app(cloud))]
         if config.ble.enabled:
             world = World(start=time.time(), seed=rng.randrange(1 << 30), devices=12)
             nodes = await stack.enter_async_context(ScannerNodes("127.0.0.1", port, world))

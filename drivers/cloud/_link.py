@@ -151,6 +151,10 @@ class CloudLink:
             while True:
                 await window.acquire()
                 self._appended.clear()
+                # What waited past its expiry (an in-app message) is dropped, never sent late.
+                for kind, count in (await self._db.call(Store.outbox_expire, time.time())).items():
+                    self._metrics.events_expired.labels(kind).inc(count)
+                    log.info("events expired before they could leave", type=kind, events=count)
                 rows = await self._db.call(Store.outbox_batch, cursors, _MAX_ROWS, raw_cap)
                 if not rows:
                     window.release()

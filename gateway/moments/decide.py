@@ -18,8 +18,16 @@ from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.ids import uuid7
-from gateway.moments.moment import CheckoutMoment, Moment, TabletMoment
-from gateway.payloads import Card, Content, ContentOffer, Suggestion, encode_card, encode_content
+from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
+from gateway.payloads import (
+    Card,
+    Content,
+    ContentOffer,
+    Suggestion,
+    encode_card,
+    encode_content,
+    offer_json,
+)
 from gateway.pos import checkout
 from gateway.printing import Coupon, new_coupon_code
 from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
@@ -72,6 +80,7 @@ class Plan:
     decided: tuple[Decided, ...]  # one, or an associate's suggestions (best first)
     job: PrintJobRow | None = None  # the coupon to print (a checkout that chose an offer)
     posts: tuple[tuple[str, bytes, bool], ...] = ()  # (topic, payload, retained), once committed
+    messages: tuple[OutboxRow, ...] = ()  # events the decision causes (an in-app message)
     assisted_by: str | None = None  # a checkout's customer served by this associate (hash)
 
     @property
@@ -85,8 +94,9 @@ class Plan:
         first = self.decided[0]
         if isinstance(self.moment, CheckoutMoment):
             checkout.record(store, first.decision, first.uplink, self.job)
-        elif len(self.decided) > 1:
-            store.record_decisions([(d.decision, d.uplink) for d in self.decided])
+        elif len(self.decided) > 1 or self.messages:
+            decided = [(d.decision, d.uplink) for d in self.decided]
+            store.record_decisions(decided, events=self.messages)
         else:
             store.record_decision(first.decision, first.uplink)
 
@@ -117,6 +127,18 @@ def decide(
     )
     context = Context(now, local, moment.channel, facts.segment, time_trusted)
     logged: dict[str, Any] = context_to_json(features)
+    if isinstance(moment, AppMoment):
+        return _message(
+            reader,
+            moment,
+            facts=facts,
+            engine=engine,
+            offers=offers,
+            context=context,
+            features=features,
+            logged=logged,
+            uplink=uplink,
+        )
     if isinstance(moment, TabletMoment):
         return _suggest(
             reader,
@@ -223,6 +245,61 @@ def _suggest(
     )
     post = (topics.tablet_card(moment.touchpoint), encode_card(card), False)  # never retained
     return Plan(moment=moment, decided=tuple(decided), posts=(post,))
+
+
+_COUPON_REMINDED_S = 30 * 86400.0  # coupons older than this are not recalled
+
+
+def _message(
+    reader: Reader,
+    moment: AppMoment,
+    *,
+    facts: _Facts,
+    engine: DecisionEngine,
+    offers: Sequence[Offer],
+    context: Context,
+    features: FeatureContext,
+    logged: dict[str, Any],
+    uplink: UplinkRow | None,
+) -> Plan:
+    """An in-app message for a customer with a personalisation consent: a reminder of a coupon
+    not yet redeemed, else a welcome with one personal offer; nothing past the daily cap."""
+    nothing = Plan(moment=moment, decided=())
+    customer = facts.customer
+    if customer is None or uplink is None:
+        return nothing
+    if reader.app_messages_since(customer, context.now - 86400) >= moment.per_day:
+        return nothing
+    coupon = reader.unredeemed_coupon(customer, context.now - _COUPON_REMINDED_S)
+    offer = next((o for o in offers if o.id == coupon), None)
+    if offer is not None:
+        kind, outcome = "reminder", Outcome(offer, 1.0, "reminder", "unredeemed coupon")
+    else:
+        kind = "welcome"
+        outcome = engine.decide(
+            offers,
+            context,
+            features,
+            customer_ref=customer,
+            touchpoint_id=moment.touchpoint,
+            customer_counts=facts.seen,
+            touchpoint_counts=facts.here,
+        )
+        if outcome.offer is None:
+            return nothing
+    logged = {**logged, "kind": kind, "trigger": moment.trigger}
+    decided = _decided(moment, customer, outcome, logged=logged, now=context.now, uplink=uplink)
+    data = {
+        "decision_id": decided.decision.id,
+        "customer": customer,  # a keyed ref: the cloud knows the app it belongs to
+        "kind": kind,
+        "offer": offer_json(_offer(outcome.offer)),
+        "expires_at": context.now + moment.ttl_s,
+    }
+    message = uplink(
+        "app.message", "transaction", data, ts=context.now, expires=context.now + moment.ttl_s
+    )
+    return Plan(moment=moment, decided=(decided,), messages=(message,))
 
 
 def _decided(

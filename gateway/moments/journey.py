@@ -160,6 +160,8 @@ class Journey:
             topics=self._topics,
             uplink=self._uplink,
         )
+        if not plan.decided:
+            return  # nothing to do for this moment (an in-app message past its caps)
         try:
             await self._store.call(plan.commit)
         except sqlite3.IntegrityError:

@@ -30,13 +30,16 @@ class Kiosks:
         publisher: Publisher,
         submit: Callable[[Moment], bool],
         clock: Clock,
+        checked_in: Callable[[str, str | None], None] = lambda _ref, _zone: None,
     ) -> None:
+        """checked_in(customer ref, zone): the app's QR code was shown (the app is here)."""
         self._topics = topics
         self._kiosks = kiosks
         self._identity = identity
         self._publisher = publisher
         self._submit = submit
         self._clock = clock
+        self._checked_in = checked_in
 
     def on_identify(self, topic: str, payload: bytes) -> None:
         """Route handler: raises `PayloadError` for the link to answer."""
@@ -68,6 +71,8 @@ class Kiosks:
             error = encode_error(topic, problem, self._clock.now(), request_id)
             self._publisher.post(self._topics.gateway_errors, error)
         kiosk = self._kiosks[kiosk_id]
+        if method == "qr_token" and ref is not None:
+            self._checked_in(ref, kiosk.zone or None)
         moment = KioskMoment(
             touchpoint=kiosk_id,
             customer_ref=ref,

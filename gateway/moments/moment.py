@@ -12,7 +12,15 @@ from typing import ClassVar, Protocol
 
 from gateway.topics import Topics
 
-__all__ = ["CheckoutMoment", "KioskMoment", "Moment", "Publisher", "TabletMoment", "ZoneMoment"]
+__all__ = [
+    "AppMoment",
+    "CheckoutMoment",
+    "KioskMoment",
+    "Moment",
+    "Publisher",
+    "TabletMoment",
+    "ZoneMoment",
+]
 
 
 class Publisher(Protocol):
@@ -116,3 +124,18 @@ class TabletMoment(Moment):
     @property
     def name(self) -> str:
         return "tablet_serve"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppMoment(Moment):
+    """An opted-in customer's app is in the store (a resolved rotating identifier, a QR check-in):
+    an in-app message for the cloud to push, worthless after `ttl_s`."""
+
+    channel: ClassVar[str] = "app"
+    trigger: str  # ble, qr
+    ttl_s: float
+    per_day: int
+
+    @property
+    def name(self) -> str:
+        return "app_message"

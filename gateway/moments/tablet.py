@@ -51,7 +51,9 @@ class Tablets:
         submit: Callable[[Moment], bool],
         clock: Clock,
         metrics: Metrics,
+        checked_in: Callable[[str, str | None], None] = lambda _ref, _zone: None,
     ) -> None:
+        """checked_in(customer ref, zone): the app's QR code was scanned (the app is here)."""
         self._topics = topics
         self._tablets = tablets
         self._identity = identity
@@ -59,6 +61,7 @@ class Tablets:
         self._submit = submit
         self._clock = clock
         self._metrics = metrics
+        self._checked_in = checked_in
         self._sessions: dict[tuple[str, str], _Session] = {}  # (tablet, session id) -> session
 
     def _tablet(self, topic: str) -> str:
@@ -78,6 +81,8 @@ class Tablets:
             ref, problem = self._identity.resolve(serve.method, serve.value)
             if problem is not None:
                 raise PayloadError(problem)
+            if serve.method == "qr_token" and ref is not None:
+                self._checked_in(ref, serve.zone or self._tablets[tablet].zone or None)
         else:
             ref = session.customer_ref if session is not None else None
         associate = associate_ref(self._hash_key, serve.associate)

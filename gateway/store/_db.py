@@ -47,7 +47,7 @@ class SchemaTooNew(RuntimeError):
     """The database was written by a newer gateway; refusing it protects its data."""
 
 
-OFFER_CHANNELS = ("kiosk", "screen", "receipt", "tablet")  # an offer's channels by default
+OFFER_CHANNELS = ("kiosk", "screen", "receipt", "tablet", "app")  # an offer's channels by default
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +245,13 @@ def _migrate_v7(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_v8(db: sqlite_utils.Database) -> None:
+    """Events that are worthless after a time (in-app messages): their expiry, beside the outbox
+    (whose rows keep the shape the salvage of a damaged file looks for)."""
+    db.table("outbox_expiry").create({"id": str, "expires": float}, pk="id", not_null={"expires"})
+    db.table("outbox_expiry").create_index(["expires"])
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -254,6 +261,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v5,
     _migrate_v6,
     _migrate_v7,
+    _migrate_v8,
 )
 
 
@@ -330,6 +338,24 @@ class Reader:
             for category in json.loads(basket or "[]"):
                 counts[category] = counts.get(category, 0) + 1
         return sorted(counts, key=lambda c: (-counts[c], c))
+
+    def app_messages_since(self, customer_ref: str, since: float) -> int:
+        (count,) = self._conn.execute(
+            "SELECT count(*) FROM decisions WHERE customer_ref = ? AND ts >= ?"
+            " AND moment = 'app_message'",
+            (customer_ref, since),
+        ).fetchone()
+        return int(count)
+
+    def unredeemed_coupon(self, customer_ref: str, since: float) -> str | None:
+        """The offer of this customer's newest coupon issued since `since` and not redeemed."""
+        row = self._conn.execute(
+            "SELECT c.offer_id FROM coupons c JOIN decisions d ON d.id = c.decision_id"
+            " WHERE d.customer_ref = ? AND c.redeemed_at IS NULL AND c.issued_at >= ?"
+            " ORDER BY c.issued_at DESC LIMIT 1",
+            (customer_ref, since),
+        ).fetchone()
+        return None if row is None else str(row[0])
 
     def served_by(self, customer_ref: str, since: float) -> str | None:
         """The associate (keyed hash) who last served this customer since `since`, if any."""
@@ -477,11 +503,16 @@ class Store(Reader):
         with transaction(self._conn, durable=False):
             self.insert_decision(d, event)
 
-    def record_decisions(self, rows: Sequence[tuple[Decision, OutboxRow | None]]) -> None:
-        """Several decisions of one moment (an associate's suggestions), in one transaction."""
+    def record_decisions(
+        self, rows: Sequence[tuple[Decision, OutboxRow | None]], events: Sequence[OutboxRow] = ()
+    ) -> None:
+        """Several decisions of one moment (an associate's suggestions), and events they cause
+        (an in-app message), in one transaction."""
         with transaction(self._conn, durable=False):
             for d, event in rows:
                 self.insert_decision(d, event)
+            for event in events:
+                self.outbox.insert_one(event)
 
     def take_print_job(self, printer: str, now: float) -> PrintJobRow | None:
         """The oldest queued job of `printer`, now marked sending (attempts + 1)."""
@@ -570,6 +601,10 @@ class Store(Reader):
         self, cursors: Mapping[int, int], max_rows: int, max_bytes: int
     ) -> list[tuple[int, int, bytes]]:
         return self.outbox.next_batch(cursors, max_rows, max_bytes)
+
+    def outbox_expire(self, now: float) -> dict[str, int]:
+        """Drop what waited past its expiry (never uplinked late); {event type: count}."""
+        return self.outbox.expire(now)
 
     def outbox_ack(self, seqs: Sequence[int]) -> tuple[int, int, int]:
         """Delete what the cloud acknowledged; (deleted, events waiting, bytes waiting)."""

@@ -58,6 +58,8 @@ class OutboxRow:
     # The caller's own write, run in the event's transaction (a lane's pending checkout): what
     # an acknowledged event sets in motion survives a crash right after its commit.
     also: Callable[[sqlite3.Connection], None] | None = None
+    # Worthless after this time (an in-app message pushed late): never uplinked past it.
+    expires: float | None = None
 
 
 def create_outbox(conn: sqlite3.Connection) -> None:
@@ -135,6 +137,7 @@ class OutboxTable:
             for row in rows:
                 if row.also is not None:
                     row.also(conn)
+            self._expiries(rows)
             self.count += inserted
             self.bytes += added
             budget = self._budget()
@@ -159,6 +162,32 @@ class OutboxTable:
         if cursor.rowcount:
             self.count += 1
             self.bytes += len(row.body)
+            self._expiries((row,))
+
+    def _expiries(self, rows: Sequence[OutboxRow]) -> None:
+        dated = [(r.id, r.expires) for r in rows if r.expires is not None]
+        if dated:
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO outbox_expiry (id, expires) VALUES (?, ?)", dated
+            )
+
+    def expire(self, now: float) -> dict[str, int]:
+        """Delete the events past their expiry that are still waiting; {type: how many}."""
+        gone: dict[str, int] = {}
+        with transaction(self._conn, durable=False):
+            rows = self._conn.execute(
+                "SELECT o.seq, o.type, length(o.body) FROM outbox_expiry e"
+                " JOIN outbox o ON o.id = e.id WHERE e.expires <= ?",
+                (now,),
+            ).fetchall()
+            for seq, type_, size in rows:
+                self._conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                self.count -= 1
+                self.bytes -= size
+                gone[type_] = gone.get(type_, 0) + 1
+            # Those gone to the cloud in time leave their date behind: it goes too.
+            self._conn.execute("DELETE FROM outbox_expiry WHERE expires <= ?", (now,))
+        return gone
 
     def _shed(self, budget: int) -> int:
         """Delete the oldest telemetry until under budget; returns how many rows went."""

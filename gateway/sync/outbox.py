@@ -58,6 +58,7 @@ class Outbox:
         event_id: str | None = None,
         ts: float | None = None,
         also: Callable[[sqlite3.Connection], None] | None = None,
+        expires: float | None = None,
     ) -> OutboxRow:
         """The event envelope, serialised once, exactly as it will be uplinked."""
         now = self._clock.now() if ts is None else ts
@@ -73,7 +74,7 @@ class Outbox:
         }
         encoded = _ENCODER.encode(body).encode()
         rank = PRIORITY_RANK[priority]
-        return OutboxRow(eid, rank, type, now, encoded, also=also)
+        return OutboxRow(eid, rank, type, now, encoded, also=also, expires=expires)
 
     def submit(self, row: OutboxRow) -> asyncio.Future[None]:
         """Queue for the next commit; the future resolves once the row is committed."""
