@@ -35,7 +35,7 @@ import aiomqtt  # noqa: E402
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
-from bench_touchpoints import bench_tablet  # noqa: E402 - scripts/bench_touchpoints.py
+from bench_touchpoints import bench_app, bench_tablet  # noqa: E402 - bench_touchpoints.py
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
@@ -989,6 +989,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "soak": bench_soak,
     "tablet": lambda quick: bench_tablet(quick, _broker_rtt),
     "fleet": bench_fleet,
+    "app": bench_app,
 }
 
 
