@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from gateway.clock import TimeKeeper
-from gateway.decision.rewards import RewardJoiner
+from gateway.decision.rewards import RewardJoiner, reward_of
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, Decision, Store
 from gateway.supervisor import Handle
@@ -50,12 +50,12 @@ async def test_rewards_join_within_the_window_once_and_expire_to_zero(tmp_path: 
     assert await joiner.join("d0", "kiosk.tap") is False  # once only
     assert await joiner.join("d2", "pos.redemption") is False  # too late
     assert await joiner.join("nope", "kiosk.tap") is False
-    assert await db.call(Store.reward_of, "d0") == 1.0
+    assert await db.call(reward_of, "d0") == 1.0
 
     manual.advance(WINDOW + 1 - 500.0)  # d1's window passes with no reward
     assert await joiner.expire() == 2  # d1 and d2
-    assert await db.call(Store.reward_of, "d1") == 0.0
-    assert await db.call(Store.reward_of, "d2") == 0.0
+    assert await db.call(reward_of, "d1") == 0.0
+    assert await db.call(reward_of, "d2") == 0.0
     assert await joiner.expire() == 0
 
     rows = await db.call(Store.outbox_batch, {0: -1, 1: -1, 2: -1}, 100, 10**9)
@@ -92,7 +92,7 @@ async def test_a_wall_clock_jump_closes_no_window_early(tmp_path: Path) -> None:
     assert await joiner.join("d0", "kiosk.tap") is True  # not "too late"
     manual.advance(WINDOW - 60.0 + 1)  # the windows opened before the jump pass
     assert await joiner.expire() == 2  # d1, d2; d3 (after the jump) has 60 s left
-    assert await db.call(Store.reward_of, "d3") is None
+    assert await db.call(reward_of, "d3") is None
     manual.advance(60.0)
     assert await joiner.expire() == 1
     writer.cancel()

@@ -8,16 +8,16 @@ the wall clock closes none early. Both work offline, and each outcome goes up to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
 from gateway.clock import Clock
-from gateway.store import AsyncStore, Decision, OutboxRow, Store
+from gateway.store import DECISION_COLUMNS, AsyncStore, Decision, OutboxRow, Store, transaction
 from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
-__all__ = ["REWARD_EVENTS", "RewardJoiner"]
+__all__ = ["REWARD_EVENTS", "RewardJoiner", "expire_rewards", "join_reward", "reward_of"]
 
 log = structlog.get_logger("gateway.rewards")
 # Device event types that reward the decision named in their data's `decision_id`.
@@ -72,7 +72,7 @@ class RewardJoiner:
         event = self._outcome(decisions[0], reward, event_type, now)
         opened_since = self._clock.stamped_ago(self._window_s)
         joined = await self._db.call(
-            Store.join_reward, decision_id, reward, now, opened_since, event
+            join_reward, decision_id, reward, now, since=opened_since, event=event
         )
         if joined:
             self._outbox.appended.set()
@@ -96,9 +96,7 @@ class RewardJoiner:
             return self._outcome(decision, 0.0, "window expired", now)
 
         closed_before = self._clock.stamped_ago(self._window_s)
-        closed = await self._db.call(
-            Store.expire_rewards, now, closed_before, outcome, _EXPIRY_BATCH
-        )
+        closed = await self._db.call(expire_rewards, now, closed_before, outcome, _EXPIRY_BATCH)
         if closed:
             self._outbox.appended.set()
         return closed
@@ -109,3 +107,51 @@ class RewardJoiner:
             while await self.expire() == _EXPIRY_BATCH:
                 pass
             await asyncio.sleep(_EXPIRY_EVERY_S)
+
+
+# The rewards' SQL, run on the store thread.
+
+
+def join_reward(
+    store: Store, decision_id: str, reward: float, now: float, *, since: float, event: OutboxRow
+) -> bool:
+    """Set a decision's reward if it is still open and its window too (stamped at or after
+    `since`); the outcome event commits with it. False: unknown, joined, too late."""
+    with transaction(store.conn, durable=False):
+        cursor = store.conn.execute(
+            "UPDATE decisions SET reward = ?, reward_at = ? WHERE id = ? AND reward IS NULL"
+            " AND ts >= ?",
+            (reward, now, decision_id, since),
+        )
+        if cursor.rowcount != 1:
+            return False
+        store.outbox.insert_one(event)
+    return True
+
+
+def expire_rewards(
+    store: Store,
+    now: float,
+    closed_before: float,
+    outcome: Callable[[Decision], OutboxRow],
+    limit: int,
+) -> int:
+    """Close decisions stamped before `closed_before` with no reward: reward 0, outcome."""
+    with transaction(store.conn, durable=False):
+        rows = store.conn.execute(
+            f"SELECT {DECISION_COLUMNS} FROM decisions"  # noqa: S608 - constant columns
+            " WHERE reward IS NULL AND ts < ? ORDER BY ts LIMIT ?",
+            (closed_before, limit),
+        ).fetchall()
+        for row in rows:
+            decision = Decision(*row)
+            store.conn.execute(
+                "UPDATE decisions SET reward = 0, reward_at = ? WHERE id = ?", (now, decision.id)
+            )
+            store.outbox.insert_one(outcome(decision))
+    return len(rows)
+
+
+def reward_of(store: Store, decision_id: str) -> float | None:
+    row = store.conn.execute("SELECT reward FROM decisions WHERE id = ?", (decision_id,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])

@@ -1,6 +1,7 @@
 """SQLite, the durable truth of the box: offers, consents, decisions."""
 
 from gateway.store._db import (
+    DECISION_COLUMNS,
     AsyncStore,
     Consent,
     Decision,
@@ -19,6 +20,7 @@ from gateway.store._recovery import StateDirUnusable, check_writable
 from gateway.store._seed import SeedError, consent_from_json, load_seed, offer_from_json
 
 __all__ = [
+    "DECISION_COLUMNS",
     "AsyncStore",
     "Consent",
     "Decision",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import functools
 import json
@@ -86,6 +87,13 @@ class PrintJobRow:
     body: bytes  # the coupon as JSON; rendered to ESC/POS for the printer's profile at send time
     copy: bool
     attempts: int
+
+
+# The decisions table's columns in `Decision`'s order: the one list every query uses.
+DECISION_COLUMNS = (
+    "id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity, request_id,"
+    " model_version, feature_hash, context"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -567,23 +575,8 @@ class Store(Reader):
     def insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
         """Inside the caller's transaction: the decision and its event for the cloud."""
         self._conn.execute(
-            "INSERT INTO decisions (id, ts, moment, touchpoint, customer_ref, offer_id,"
-            " policy, propensity, request_id, model_version, feature_hash, context)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                d.id,
-                d.ts,
-                d.moment,
-                d.touchpoint,
-                d.customer_ref,
-                d.offer_id,
-                d.policy,
-                d.propensity,
-                d.request_id,
-                d.model_version,
-                d.feature_hash,
-                d.context,
-            ),
+            f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({', '.join('?' * 12)})",  # noqa: S608
+            dataclasses.astuple(d),
         )
         if event is not None:
             self.outbox.insert_one(event)
@@ -611,56 +604,13 @@ class Store(Reader):
         deleted = self.outbox.acknowledge(seqs)
         return deleted, self.outbox.count, self.outbox.bytes
 
-    def join_reward(
-        self, decision_id: str, reward: float, now: float, opened_since: float, event: OutboxRow
-    ) -> bool:
-        """Set a decision's reward if it is still open and its window too (stamped at or after
-        `opened_since`); the outcome event commits with it. False: unknown, joined, too late."""
-        with transaction(self._conn, durable=False):
-            cursor = self._conn.execute(
-                "UPDATE decisions SET reward = ?, reward_at = ? WHERE id = ? AND reward IS NULL"
-                " AND ts >= ?",
-                (reward, now, decision_id, opened_since),
-            )
-            if cursor.rowcount != 1:
-                return False
-            self.outbox.insert_one(event)
-        return True
-
-    def expire_rewards(
-        self, now: float, closed_before: float, outcome: Callable[[Decision], OutboxRow], limit: int
-    ) -> int:
-        """Close decisions stamped before `closed_before` with no reward: reward 0, outcome."""
-        with transaction(self._conn, durable=False):
-            rows = self._conn.execute(
-                "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
-                " request_id, model_version, feature_hash FROM decisions"
-                " WHERE reward IS NULL AND ts < ? ORDER BY ts LIMIT ?",
-                (closed_before, limit),
-            ).fetchall()
-            for row in rows:
-                decision = Decision(*row)
-                self._conn.execute(
-                    "UPDATE decisions SET reward = 0, reward_at = ? WHERE id = ?",
-                    (now, decision.id),
-                )
-                self.outbox.insert_one(outcome(decision))
-        return len(rows)
-
     def decisions_by_id(self, ids: Sequence[str]) -> list[Decision]:
         cursor = self._conn.execute(
-            "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
-            " request_id, model_version, feature_hash, context FROM decisions"
+            f"SELECT {DECISION_COLUMNS} FROM decisions"  # noqa: S608 - constant columns
             " WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(list(ids)),),
         )
         return [Decision(*row) for row in cursor.fetchall()]
-
-    def reward_of(self, decision_id: str) -> float | None:
-        row = self._conn.execute(
-            "SELECT reward FROM decisions WHERE id = ?", (decision_id,)
-        ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
 
     def recent_contexts(self, limit: int) -> list[str]:
         rows = self._conn.execute(
@@ -731,9 +681,7 @@ class Store(Reader):
 
     def decisions(self, limit: int = 100) -> list[Decision]:
         cursor = self._conn.execute(
-            "SELECT id, ts, moment, touchpoint, customer_ref, offer_id, policy, propensity,"
-            " request_id, model_version, feature_hash, context FROM decisions"
-            " ORDER BY id DESC LIMIT ?",
+            f"SELECT {DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?",  # noqa: S608
             (limit,),
         )
         return [Decision(*row) for row in cursor.fetchall()]
