@@ -867,22 +867,58 @@ async def _coupons(port: int, printer: Any, count: int, gap_s: float) -> list[fl
     return latencies
 
 
+async def _line_efficiency(printer: Any, port: int, figures: Figures) -> None:
+    baud = 115_200
+    printer.set_baud(baud)
+    done = len(printer.receipts)
+    await _coupons(port, printer, 20, 0.2)
+    slow = printer.receipts[done:]
+    ratios = [(r.size * 10 / baud) / (r.finished_at - r.started_at) for r in slow]
+    figures["print_job_bytes"] = statistics.median(r.size for r in slow)
+    figures["print_line_efficiency"] = statistics.median(ratios)
+    figures["print_line_efficiency_min"] = min(ratios)
+
+
+async def _silent_detect(printer: Any, gw: GatewayProcess, figures: Figures) -> float:
+    """Median of 5: silent() -> the daemon's STATUS= names the printer silent."""
+    detected = []
+    for _ in range(5):
+        seen = len(gw.notifications)
+        hushed = time.monotonic()
+        printer.silent()
+        while not any("silent" in m for _, m in gw.notifications[seen:]):  # noqa: ASYNC110 - a thread fills it
+            await asyncio.sleep(0.005)
+        at = next(t for t, m in gw.notifications[seen:] if "silent" in m)
+        detected.append(at - hushed)
+        printer.silent(False)
+        while "silent" in gw.notifications[-1][1]:  # noqa: ASYNC110 - until it answers
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # a random phase against the driver's 0.5 s poll
+    figures["silent_detect_s_tcp_max"] = max(detected)
+    return statistics.median(detected)
+
+
 def bench_printer(quick: bool) -> Figures:
-    """coupon_latency: POS total -> last coupon byte at the printer (Mosquitto + pty, no line
-    limit); print_line_efficiency: the job's bytes x 10 / baud (the physical minimum) over the
-    time it took on an emulated 115200 baud line, first byte to cut."""
+    """coupon_latency: POS total -> last coupon byte at the printer (Mosquitto + the printer
+    simulator, no line limit), on each link: serial (a pty, also the unsuffixed figures), usb
+    (the pty opened raw, as usblp's /dev/usb/lp0) and tcp (loopback, as port 9100).
+    print_line_efficiency (serial): the job's bytes x 10 / baud (the physical minimum) over the
+    time it took on an emulated 115200 baud line, first byte to cut. silent_detect_s_tcp: a TCP
+    printer stops answering (the connection stays open) -> the daemon reports it (STATUS=)."""
     from simulators.printer import PrinterSimulator
 
     count = 100 if quick else 500
     figures: Figures = {"coupons": count}
 
-    async def run(work: Path, broker: Mosquitto) -> None:
-        async with PrinterSimulator(work / "printer-1") as printer:
+    async def run(work: Path, broker: Mosquitto, kind: str) -> None:
+        where = "tcp:127.0.0.1:0" if kind == "tcp" else work / f"printer-{kind}"
+        async with PrinterSimulator(where) as printer:
+            link = printer.address if kind == "tcp" else f"{kind}:{printer.link}"
             gw = _gateway(
-                work,
+                work / kind,
                 broker.port,
                 {
-                    "printers.receipt-1.device": str(printer.link),
+                    "printers.receipt-1.link": link,
                     "lanes.pos-1.printer": "receipt-1",
                     "decision.cap_touchpoint_per_hour": "100000",
                     "decision.cap_customer_per_day": "1000",
@@ -893,25 +929,23 @@ def bench_printer(quick: bool) -> Figures:
             try:
                 await asyncio.sleep(1.0)  # the driver has found the printer
                 latencies = await _coupons(broker.port, printer, count, 0.02)
-                figures["coupon_latency_p50_ms"] = _percentile(latencies, 50)
-                figures["coupon_latency_p99_ms"] = _percentile(latencies, 99)
-                baud = 115_200
-                printer.set_baud(baud)
-                done = len(printer.receipts)
-                await _coupons(broker.port, printer, 20, 0.2)
-                slow = printer.receipts[done:]
-                ratios = [(r.size * 10 / baud) / (r.finished_at - r.started_at) for r in slow]
-                figures["print_job_bytes"] = statistics.median(r.size for r in slow)
-                figures["print_line_efficiency"] = statistics.median(ratios)
-                figures["print_line_efficiency_min"] = min(ratios)
+                figures[f"coupon_latency_p50_ms_{kind}"] = _percentile(latencies, 50)
+                figures[f"coupon_latency_p99_ms_{kind}"] = _percentile(latencies, 99)
+                if kind == "serial":
+                    figures["coupon_latency_p50_ms"] = _percentile(latencies, 50)
+                    figures["coupon_latency_p99_ms"] = _percentile(latencies, 99)
+                    await _line_efficiency(printer, broker.port, figures)
+                if kind == "tcp":
+                    figures["silent_detect_s_tcp"] = await _silent_detect(printer, gw, figures)
             finally:
                 await asyncio.to_thread(gw.stop)
 
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-printer-") as tmp,
-        Mosquitto(Path(tmp) / "broker") as broker,
-    ):
-        asyncio.run(run(Path(tmp), broker))
+    for kind in ("serial", "usb", "tcp"):
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-printer-") as tmp,
+            Mosquitto(Path(tmp) / "broker") as broker,
+        ):
+            asyncio.run(run(Path(tmp), broker, kind))
     return figures
 
 
