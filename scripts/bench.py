@@ -742,7 +742,7 @@ def _ble_world(
                 key = d.to_bytes(16, "big")
                 advert = encode_advert(EddystoneEID(eid(key, 10, t), -20))
             else:
-                advert = ({0x004C: bytes([0x10, 0x05, d & 0xFF, 0x1C, 0, 0, 0])}, {})
+                advert = ({0x004C: bytes([0x10, 0x05, d & 0xFF, 0x1C, 0, 0, 0])}, {}, [])
             for offset in (0, 1, -1):
                 scanner = scanners[(home + offset) % 5]
                 rssi = -55 - 12 * abs(offset) + rng.gauss(0, 4)
@@ -784,8 +784,8 @@ def bench_ble(quick: bool) -> Figures:
     engine, keys = _presence_rig(devices)
 
     start = time.perf_counter()
-    for _scanner, _address, (manufacturer, service), _rssi, _t in heard:
-        decode_advert(manufacturer, service)
+    for _scanner, _address, (manufacturer, service, uuids), _rssi, _t in heard:
+        decode_advert(manufacturer, service, uuids)
     decode_only = len(heard) / (time.perf_counter() - start)
 
     gc.collect()
@@ -793,11 +793,11 @@ def bench_ble(quick: bool) -> Figures:
     before = tracemalloc.get_traced_memory()[0]
     start = time.perf_counter()
     last = heard[0][4]
-    for scanner, address, (manufacturer, service), rssi, t in heard:
+    for scanner, address, (manufacturer, service, uuids), rssi, t in heard:
         if t != last:
             engine.tick(t)
             last = t
-        frame = decode_advert(manufacturer, service)
+        frame = decode_advert(manufacturer, service, uuids)
         engine.observe(Sighting(scanner, keys.key(address, t), frame, rssi, t))
     elapsed = time.perf_counter() - start
     tracked_bytes = tracemalloc.get_traced_memory()[0] - before
@@ -810,10 +810,10 @@ def bench_ble(quick: bool) -> Figures:
     tracemalloc.start()
     for hour in range(1, 5 if quick else 13):
         t_hour = 1_790_000_000 + hour * 3600
-        for scanner, address, (manufacturer, service), rssi, t in _ble_world(
+        for scanner, address, (manufacturer, service, uuids), rssi, t in _ble_world(
             devices, 2, seed=hour, t0=t_hour
         ):
-            frame = decode_advert(manufacturer, service)
+            frame = decode_advert(manufacturer, service, uuids)
             device = keys.key(f"{address}/{hour}", t)
             engine.observe(Sighting(scanner, device, frame, rssi, t))
         engine.tick(t_hour + 1800.0)  # everyone from this hour has timed out
