@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import aiomqtt  # noqa: E402
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
+from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_touchpoints import bench_tablet  # noqa: E402 - scripts/bench_touchpoints.py
 
@@ -976,6 +977,7 @@ def bench_camera(quick: bool) -> Figures:
     figures: Figures = {
         "camera_qr_fps": _camera_fps("qr", seconds),
         "camera_audience_fps": _camera_fps("audience", seconds),
+        **bench_qr(quick),  # read rate on the hardened set; the OpenCV pair and zxing-cpp
     }
     with tempfile.TemporaryDirectory(prefix="bench-camera-") as tmp:
         work = Path(tmp)
