@@ -239,17 +239,21 @@ async def _open_usb(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWri
         raise
     reader = asyncio.StreamReader()
     try:
-        await loop.connect_read_pipe(
+        read_transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
         )
     except BaseException:
         os.close(write_fd)
         raise
-    # The write side gets its own protocol (a stream reader takes one transport only).
-    transport, protocol = await loop.connect_write_pipe(
-        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
-        os.fdopen(write_fd, "wb", buffering=0),
-    )
+    try:
+        # The write side gets its own protocol (a stream reader takes one transport only).
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+            os.fdopen(write_fd, "wb", buffering=0),
+        )
+    except BaseException:
+        read_transport.close()
+        raise
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
