@@ -327,15 +327,14 @@ def _printers(
     """The print journal and one driver per configured printer; [] without printers."""
     if not config.printers:
         return []
-    from drivers.escpos import SerialPrinter  # pyserial only when a printer is configured
+    from drivers.escpos import EscposPrinter  # pyserial only when a printer is configured
 
     components: list[Any] = [printing]
     for printer_id, printer in config.printers.items():
-        assert printer.device is not None  # checked with the configuration
         components.append(
-            SerialPrinter(
+            EscposPrinter(
                 printer_id,
-                printer.device,
+                printer.effective_link(),  # checked with the configuration
                 profiles[printer_id],
                 printing,
                 clock,

@@ -42,11 +42,13 @@ __all__ = [
     "MqttConfig",
     "OutboxConfig",
     "PrinterConfig",
+    "PrinterLink",
     "ScreenConfig",
     "StoreConfig",
     "SupervisorConfig",
     "load_config",
     "parse_config",
+    "parse_printer_link",
     "quiet_hours",
 ]
 
@@ -318,9 +320,50 @@ class BleConfig:
     )
 
 
+PrinterLinkKind = Literal["serial", "tcp", "usb"]
+_LINK_HINT = (
+    '"serial:/dev/serial/by-id/...", "tcp:10.0.0.21:9100" (port 9100 if left out) or'
+    ' "usb:/dev/usb/lp0"'
+)
+
+
+@dataclass(frozen=True, slots=True)
+class PrinterLink:
+    """How a printer is reached: a serial line, raw TCP (port 9100) or the kernel's usblp."""
+
+    kind: PrinterLinkKind
+    path: Path = Path()  # serial, usb: the device
+    host: str = ""  # tcp
+    port: int = 9100  # tcp
+
+    def __str__(self) -> str:
+        where = f"{self.host}:{self.port}" if self.kind == "tcp" else str(self.path)
+        return f"{self.kind}:{where}"
+
+
+def parse_printer_link(text: str) -> PrinterLink:
+    """ "serial:/dev/...", "tcp:host[:port]", "usb:/dev/usb/lp0"; ValueError says what is wrong."""
+    kind, sep, rest = text.strip().partition(":")
+    if not sep or kind not in ("serial", "tcp", "usb"):
+        raise ValueError(f"expected {_LINK_HINT}")
+    if kind == "tcp":
+        try:
+            host, port = _parse_endpoint(rest, 9100)
+        except ValueError:
+            raise ValueError(f"expected tcp:host:port, e.g. {_LINK_HINT}") from None
+        return PrinterLink("tcp", host=host, port=port)
+    if not rest.startswith("/"):
+        raise ValueError(f"expected an absolute device path after {kind}:, e.g. {_LINK_HINT}")
+    return PrinterLink("serial" if kind == "serial" else "usb", path=Path(rest))
+
+
 @dataclass(frozen=True, slots=True)
 class PrinterConfig:
-    # The serial device: prefer the stable /dev/serial/by-id/... path (it survives replugging).
+    # Where the printer is: "serial:/dev/serial/by-id/...", "tcp:10.0.0.21:9100" (raw TCP, the
+    # port 9100 of network printers) or "usb:/dev/usb/lp0" (the kernel's usblp).
+    link: str = ""
+    # The serial device, as before `link`: the same as link = "serial:<device>". Prefer the
+    # stable /dev/serial/by-id/... path (it survives replugging).
     device: Path | None = None
     # Printer profile (gateway/escpos/profiles/<name>.json): paper width, supported commands.
     profile: str = "generic-80mm"
@@ -328,6 +371,16 @@ class PrinterConfig:
     # A printer that does not answer a status request within this is reported silent.
     # With the idle poll every 0.5 s, a printer that stops answering is offline within 1 s.
     status_timeout_s: float = field(default=0.5, metadata=_meta(min=0.1, max=30))
+
+    def effective_link(self) -> PrinterLink:
+        """`link`, else `device` as a serial line; ValueError if neither (or both) is set."""
+        if self.link and self.device is not None:
+            raise ValueError("found both link and device, expected one of them")
+        if self.device is not None:
+            return PrinterLink("serial", path=self.device)
+        if not self.link:
+            raise ValueError(f"found nothing, expected where the printer is: {_LINK_HINT}")
+        return parse_printer_link(self.link)
 
 
 @dataclass(frozen=True, slots=True)
@@ -720,11 +773,12 @@ def _check_printing(config: Config, problems: list[str]) -> None:
                 f" under [printers.<id>]{hint}"
             )
     for printer_id, printer in config.printers.items():
-        if printer.device is None:
-            problems.append(
-                f"printers.{printer_id}.device: found nothing, expected the serial device"
-                " (a /dev/serial/by-id/... path)"
-            )
+        try:
+            printer.effective_link()
+        except ValueError as exc:
+            key = "link, device" if printer.link and printer.device else "link"
+            found = f"found {printer.link!r}, " if printer.link and not printer.device else ""
+            problems.append(f"printers.{printer_id}.{key}: {found}{exc}")
         try:
             load_profile(printer.profile)  # a malformed profile file is refused here too
         except ValueError as exc:

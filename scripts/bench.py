@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))
 import aiomqtt  # noqa: E402
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
+from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_touchpoints import bench_app, bench_tablet  # noqa: E402 - bench_touchpoints.py
 
@@ -742,7 +743,7 @@ def _ble_world(
                 key = d.to_bytes(16, "big")
                 advert = encode_advert(EddystoneEID(eid(key, 10, t), -20))
             else:
-                advert = ({0x004C: bytes([0x10, 0x05, d & 0xFF, 0x1C, 0, 0, 0])}, {})
+                advert = ({0x004C: bytes([0x10, 0x05, d & 0xFF, 0x1C, 0, 0, 0])}, {}, [])
             for offset in (0, 1, -1):
                 scanner = scanners[(home + offset) % 5]
                 rssi = -55 - 12 * abs(offset) + rng.gauss(0, 4)
@@ -784,8 +785,8 @@ def bench_ble(quick: bool) -> Figures:
     engine, keys = _presence_rig(devices)
 
     start = time.perf_counter()
-    for _scanner, _address, (manufacturer, service), _rssi, _t in heard:
-        decode_advert(manufacturer, service)
+    for _scanner, _address, (manufacturer, service, uuids), _rssi, _t in heard:
+        decode_advert(manufacturer, service, uuids)
     decode_only = len(heard) / (time.perf_counter() - start)
 
     gc.collect()
@@ -793,11 +794,11 @@ def bench_ble(quick: bool) -> Figures:
     before = tracemalloc.get_traced_memory()[0]
     start = time.perf_counter()
     last = heard[0][4]
-    for scanner, address, (manufacturer, service), rssi, t in heard:
+    for scanner, address, (manufacturer, service, uuids), rssi, t in heard:
         if t != last:
             engine.tick(t)
             last = t
-        frame = decode_advert(manufacturer, service)
+        frame = decode_advert(manufacturer, service, uuids)
         engine.observe(Sighting(scanner, keys.key(address, t), frame, rssi, t))
     elapsed = time.perf_counter() - start
     tracked_bytes = tracemalloc.get_traced_memory()[0] - before
@@ -810,10 +811,10 @@ def bench_ble(quick: bool) -> Figures:
     tracemalloc.start()
     for hour in range(1, 5 if quick else 13):
         t_hour = 1_790_000_000 + hour * 3600
-        for scanner, address, (manufacturer, service), rssi, t in _ble_world(
+        for scanner, address, (manufacturer, service, uuids), rssi, t in _ble_world(
             devices, 2, seed=hour, t0=t_hour
         ):
-            frame = decode_advert(manufacturer, service)
+            frame = decode_advert(manufacturer, service, uuids)
             device = keys.key(f"{address}/{hour}", t)
             engine.observe(Sighting(scanner, device, frame, rssi, t))
         engine.tick(t_hour + 1800.0)  # everyone from this hour has timed out
@@ -867,22 +868,58 @@ async def _coupons(port: int, printer: Any, count: int, gap_s: float) -> list[fl
     return latencies
 
 
+async def _line_efficiency(printer: Any, port: int, figures: Figures) -> None:
+    baud = 115_200
+    printer.set_baud(baud)
+    done = len(printer.receipts)
+    await _coupons(port, printer, 20, 0.2)
+    slow = printer.receipts[done:]
+    ratios = [(r.size * 10 / baud) / (r.finished_at - r.started_at) for r in slow]
+    figures["print_job_bytes"] = statistics.median(r.size for r in slow)
+    figures["print_line_efficiency"] = statistics.median(ratios)
+    figures["print_line_efficiency_min"] = min(ratios)
+
+
+async def _silent_detect(printer: Any, gw: GatewayProcess, figures: Figures) -> float:
+    """Median of 5: silent() -> the daemon's STATUS= names the printer silent."""
+    detected = []
+    for _ in range(5):
+        seen = len(gw.notifications)
+        hushed = time.monotonic()
+        printer.silent()
+        while not any("silent" in m for _, m in gw.notifications[seen:]):  # noqa: ASYNC110 - a thread fills it
+            await asyncio.sleep(0.005)
+        at = next(t for t, m in gw.notifications[seen:] if "silent" in m)
+        detected.append(at - hushed)
+        printer.silent(False)
+        while "silent" in gw.notifications[-1][1]:  # noqa: ASYNC110 - until it answers
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # a random phase against the driver's 0.5 s poll
+    figures["silent_detect_s_tcp_max"] = max(detected)
+    return statistics.median(detected)
+
+
 def bench_printer(quick: bool) -> Figures:
-    """coupon_latency: POS total -> last coupon byte at the printer (Mosquitto + pty, no line
-    limit); print_line_efficiency: the job's bytes x 10 / baud (the physical minimum) over the
-    time it took on an emulated 115200 baud line, first byte to cut."""
+    """coupon_latency: POS total -> last coupon byte at the printer (Mosquitto + the printer
+    simulator, no line limit), on each link: serial (a pty, also the unsuffixed figures), usb
+    (the pty opened raw, as usblp's /dev/usb/lp0) and tcp (loopback, as port 9100).
+    print_line_efficiency (serial): the job's bytes x 10 / baud (the physical minimum) over the
+    time it took on an emulated 115200 baud line, first byte to cut. silent_detect_s_tcp: a TCP
+    printer stops answering (the connection stays open) -> the daemon reports it (STATUS=)."""
     from simulators.printer import PrinterSimulator
 
     count = 100 if quick else 500
     figures: Figures = {"coupons": count}
 
-    async def run(work: Path, broker: Mosquitto) -> None:
-        async with PrinterSimulator(work / "printer-1") as printer:
+    async def run(work: Path, broker: Mosquitto, kind: str) -> None:
+        where = "tcp:127.0.0.1:0" if kind == "tcp" else work / f"printer-{kind}"
+        async with PrinterSimulator(where) as printer:
+            link = printer.address if kind == "tcp" else f"{kind}:{printer.link}"
             gw = _gateway(
-                work,
+                work / kind,
                 broker.port,
                 {
-                    "printers.receipt-1.device": str(printer.link),
+                    "printers.receipt-1.link": link,
                     "lanes.pos-1.printer": "receipt-1",
                     "decision.cap_touchpoint_per_hour": "100000",
                     "decision.cap_customer_per_day": "1000",
@@ -893,25 +930,23 @@ def bench_printer(quick: bool) -> Figures:
             try:
                 await asyncio.sleep(1.0)  # the driver has found the printer
                 latencies = await _coupons(broker.port, printer, count, 0.02)
-                figures["coupon_latency_p50_ms"] = _percentile(latencies, 50)
-                figures["coupon_latency_p99_ms"] = _percentile(latencies, 99)
-                baud = 115_200
-                printer.set_baud(baud)
-                done = len(printer.receipts)
-                await _coupons(broker.port, printer, 20, 0.2)
-                slow = printer.receipts[done:]
-                ratios = [(r.size * 10 / baud) / (r.finished_at - r.started_at) for r in slow]
-                figures["print_job_bytes"] = statistics.median(r.size for r in slow)
-                figures["print_line_efficiency"] = statistics.median(ratios)
-                figures["print_line_efficiency_min"] = min(ratios)
+                figures[f"coupon_latency_p50_ms_{kind}"] = _percentile(latencies, 50)
+                figures[f"coupon_latency_p99_ms_{kind}"] = _percentile(latencies, 99)
+                if kind == "serial":
+                    figures["coupon_latency_p50_ms"] = _percentile(latencies, 50)
+                    figures["coupon_latency_p99_ms"] = _percentile(latencies, 99)
+                    await _line_efficiency(printer, broker.port, figures)
+                if kind == "tcp":
+                    figures["silent_detect_s_tcp"] = await _silent_detect(printer, gw, figures)
             finally:
                 await asyncio.to_thread(gw.stop)
 
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-printer-") as tmp,
-        Mosquitto(Path(tmp) / "broker") as broker,
-    ):
-        asyncio.run(run(Path(tmp), broker))
+    for kind in ("serial", "usb", "tcp"):
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-printer-") as tmp,
+            Mosquitto(Path(tmp) / "broker") as broker,
+        ):
+            asyncio.run(run(Path(tmp), broker, kind))
     return figures
 
 
@@ -942,6 +977,7 @@ def bench_camera(quick: bool) -> Figures:
     figures: Figures = {
         "camera_qr_fps": _camera_fps("qr", seconds),
         "camera_audience_fps": _camera_fps("audience", seconds),
+        **bench_qr(quick),  # read rate on the hardened set; the OpenCV pair and zxing-cpp
     }
     with tempfile.TemporaryDirectory(prefix="bench-camera-") as tmp:
         work = Path(tmp)

@@ -203,6 +203,7 @@ class Heard:
     rssi: int
     frame: Frame | None
     interval_ms: int = 1000  # how often the device advertises
+    service_uuids: tuple[str, ...] = ()  # the advertised service UUID list (0xFEAA: Eddystone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,7 @@ class _Advert:
     manufacturer_data: dict[int, bytes]
     service_data: dict[str, bytes]
     interval_ms: int
+    service_uuids: tuple[str, ...] = ()
 
 
 def _digest(*parts: object) -> bytes:
@@ -345,7 +347,7 @@ class World:
         people = tuple(_consenting() if customers is None else customers)
         self._eid_keys = {c.loyalty: eid_identity_key(c) for c in people}
         self._eids: dict[tuple[str, int], EddystoneEID] = {}
-        self._encoded: dict[Frame, tuple[dict[int, bytes], dict[str, bytes]]] = {}
+        self._encoded: dict[Frame, tuple[dict[int, bytes], dict[str, bytes], tuple[str, ...]]] = {}
         self._last = -math.inf
         self._slots: list[_Slot] = []
         for i in range(devices):
@@ -471,12 +473,13 @@ class World:
             self._eids[(customer.loyalty, window)] = frame
         return frame
 
-    def _encode(self, frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes]]:
+    def _encode(self, frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes], tuple[str, ...]]:
         encoded = self._encoded.get(frame)
         if encoded is None:
             if len(self._encoded) > 4096:  # TLM and EID frames keep changing
                 self._encoded.clear()
-            encoded = self._encoded[frame] = encode_advert(frame)
+            mfr, svc, uuids = encode_advert(frame)
+            encoded = self._encoded[frame] = (mfr, svc, tuple(uuids))
         return encoded
 
     def present(self, now: float) -> list[Presence]:
@@ -499,8 +502,8 @@ class World:
 
         def add(frame: Frame, source: tuple[str, float, float, float, int]) -> None:
             address, x, y, p1m, interval = source  # who sends it, from where, how loud, how often
-            mfr, svc = self._encode(frame)
-            adverts.append(_Advert(address, x, y, p1m, frame, mfr, svc, interval))
+            mfr, svc, uuids = self._encode(frame)
+            adverts.append(_Advert(address, x, y, p1m, frame, mfr, svc, interval, uuids))
 
         source: tuple[str, float, float, float, int]
         for beacon in self.beacons:
@@ -555,6 +558,7 @@ class World:
                     level,
                     a.frame,
                     a.interval_ms,
+                    a.service_uuids,
                 )
             )
         return out

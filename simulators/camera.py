@@ -2,7 +2,7 @@
 
 The frames are what a shop camera would see, made reproducible by a seed: a textured wall with
 sensor noise, a customer's QR code held up slightly off centre (drawn with segno, decodable by
-OpenCV's QRCodeDetector), or 0..4 frontal faces (copies of the one in scikit-image's astronaut
+zxing-cpp and OpenCV), or 0..4 frontal faces (copies of the one in scikit-image's astronaut
 sample, scikit-image being a dev dependency only) at different places and sizes, tuned so the
 gateway's Haar detector finds exactly that many.
 

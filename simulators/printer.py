@@ -1,20 +1,34 @@
-"""A receipt printer on a pseudo-terminal: it reads ESC/POS, answers status, renders receipts.
+"""A receipt printer on a pseudo-terminal or TCP: it reads ESC/POS, answers status, renders
+receipts.
 
-`PrinterSimulator` opens a pty pair and keeps `link` a symlink to the slave side, like a stable
-/dev/serial/by-id/... path: the driver opens `link` with pyserial and cannot tell it from a
-printer. It parses what it reads with the gateway's own `CommandParser`, answers DLE EOT n at
-once with `encode_realtime_status`, sends ASB blocks (`encode_asb`) once GS a enables them and
+`PrinterSimulator(path)` opens a pty pair and keeps `path` a symlink to the slave side, like a
+stable /dev/serial/by-id/... path: the driver opens it with pyserial and cannot tell it from a
+printer. The same pty stands in for usblp's /dev/usb/lp0 (a character device the driver reads
+and writes raw, without termios). `PrinterSimulator("tcp:127.0.0.1:0")` listens on loopback
+like a network printer's port 9100 instead (`address` is where, e.g. "tcp:127.0.0.1:40123"),
+one connection at a time: a new one replaces the old.
+
+It parses what it reads with the gateway's own `CommandParser`, answers DLE EOT n at once with
+`encode_realtime_status`, sends ASB blocks (`encode_asb`) once GS a enables them and
 whenever its status changes, and renders each receipt (up to the cut) as the text a person
 would read and as a PNG at the profile's dot width, QR codes drawn from the GS ( k data like a
 printer does (so a camera, or OpenCV in a test, can scan them).
 
 Faults are methods: paper out / near end, cover open, unplugged (the pty is closed and the link
-removed: the driver's reads and writes fail; `plug` brings the same path back), silent (never
-answers), line garbage, and a line rate (`set_baud`) so a job takes its physical time. While
-the paper is out or the cover open the printer is offline: what it receives is thrown away and
-the receipt in progress is lost (counted in `spoiled`), like a real printer that stopped.
+removed, or the TCP connection and listener closed: the driver's reads and writes fail; `plug`
+brings the same path or port back), `drop` (TCP: the connection is closed, the printer listens
+again at once), silent (never answers; a TCP connection stays open), line garbage, and a line
+rate (`set_baud`, the pty) so a job takes its physical time. While the paper is out or the
+cover open the printer is offline: what it processes is thrown away and the receipt in progress
+is lost (counted in `spoiled`), like a real printer that stopped.
+
+The printer has a buffer: with `set_print_speed(mm_s)` it prints what it received at that paper
+speed, so the bytes of a receipt can all be in while it is still printing. Real-time requests
+(DLE EOT n) are answered on arrival, ahead of the buffer; GS ( H (process id, answered when the
+profile says `confirm = "process_id"`) is answered only once everything before it is printed.
 
 python -m simulators.printer --link /tmp/printer0 [--profile generic-58mm] [--out-dir receipts]
+python -m simulators.printer --link tcp:127.0.0.1:9100
 """
 
 from __future__ import annotations
@@ -28,6 +42,7 @@ import signal
 import time
 import tty
 import unicodedata
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,6 +68,8 @@ from gateway.escpos import (
     LineFeed,
     PrintAndFeed,
     PrinterStatus,
+    PrintMode,
+    ProcessIdRequest,
     Profile,
     QrErrorCorrection,
     QrModuleSize,
@@ -65,6 +82,7 @@ from gateway.escpos import (
     Underline,
     Unknown,
     encode_asb,
+    encode_process_id,
     encode_realtime_status,
     load_profile,
 )
@@ -78,6 +96,8 @@ _CELL_H = 24  # font A is 12 x 24 dots; the cell width is the profile's dots / c
 _LINE_PITCH = 30  # default line spacing, about 1/6 inch at 203 dpi
 _MARGIN = 16  # dots of paper above and below a receipt
 _QUIET = 4  # QR quiet zone, in modules
+_DOTS_PER_MM = 8  # 203 dpi
+_QR_DOTS = 250  # about the paper a coupon's QR code takes, for the print time
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +193,13 @@ class _Page:
     def empty(self) -> bool:
         return not self.blocks and not self.runs
 
+    @property
+    def inked(self) -> bool:
+        """Anything printed but blank lines: a page of paper feed alone is not a receipt."""
+        return bool(self.runs) or any(
+            not isinstance(b, _Line) or any(r.text.strip() for r in b.runs) for b in self.blocks
+        )
+
     def apply(self, command: Command) -> None:  # noqa: PLR0912 - one branch per command
         m = self.modes
         match command:
@@ -190,6 +217,9 @@ class _Page:
                 m.underline = dots
             case CharSize(width, height):
                 m.width, m.height = width, height
+            case PrintMode():  # font B is drawn as font A
+                m.bold, m.underline = command.bold, int(command.underline)
+                m.width, m.height = command.width, command.height
             case Justify(align):
                 m.align = align
             case SelectCodePage(table):
@@ -420,13 +450,18 @@ class PrinterSimulator:
 
     def __init__(
         self,
-        link: Path,
+        link: Path | str,
         profile: str = "generic-80mm",
         *,
         baud: int | None = None,
         out_dir: Path | None = None,
+        print_speed_mm_s: float | None = None,
     ) -> None:
-        self.link = Path(link)
+        self._tcp: tuple[str, int] | None = None
+        if isinstance(link, str) and link.startswith("tcp:"):
+            host, _, port = link.removeprefix("tcp:").rpartition(":")
+            self._tcp = (host or "127.0.0.1", int(port or 0))
+        self.link = Path(link) if self._tcp is None else Path()
         self.profile = load_profile(profile)
         self.out_dir = out_dir
         self.receipts: list[RenderedReceipt] = []
@@ -450,12 +485,24 @@ class PrinterSimulator:
         self._allowance = 0.0
         self._last = 0.0
         self._resume: asyncio.TimerHandle | None = None
+        # TCP: the listener, and the one connection served.
+        self._server: asyncio.Server | None = None
+        self._peer: asyncio.Transport | None = None
+        self._listening: asyncio.Task[None] | None = None  # plug() listening again
+        # The buffer: commands received, printed at the paper speed (None: at once).
+        self._buffer: deque[tuple[Command, tuple[float, int]]] = deque()
+        self._speed: float | None = None
+        self._printing: asyncio.TimerHandle | None = None
         if baud is not None:
             self.set_baud(baud)
+        self.set_print_speed(print_speed_mm_s)
 
     async def __aenter__(self) -> Self:
         self._loop = asyncio.get_running_loop()
-        self.plug()
+        if self._tcp is not None:
+            await self._listen_tcp()
+        else:
+            self.plug()
         return self
 
     async def __aexit__(
@@ -465,6 +512,8 @@ class PrinterSimulator:
         tb: TracebackType | None,
     ) -> None:
         self.unplug()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     # -- state --------------------------------------------------------------------------------
 
@@ -480,7 +529,19 @@ class PrinterSimulator:
 
     @property
     def plugged(self) -> bool:
-        return self._master is not None
+        return self._master is not None or self._server is not None
+
+    @property
+    def address(self) -> str:
+        """Where the driver finds it: "tcp:127.0.0.1:<port>", or the pty's link path."""
+        if self._tcp is None:
+            return str(self.link)
+        return f"tcp:{self._tcp[0]}:{self._tcp[1]}"
+
+    @property
+    def connected(self) -> bool:
+        """TCP: a host is connected."""
+        return self._peer is not None
 
     async def wait_for_receipts(self, n: int) -> list[RenderedReceipt]:
         """Wait until `n` receipts have been cut; the first `n`. Bound it with asyncio.timeout."""
@@ -514,8 +575,22 @@ class PrinterSimulator:
         """Line noise towards the host."""
         self._send(data)
 
+    def set_print_speed(self, mm_s: float | None) -> None:
+        """Print what is buffered at `mm_s` of paper per second (None: at once, no buffer)."""
+        if mm_s is not None and mm_s <= 0:
+            raise ValueError(f"print speed: expected a positive speed, found {mm_s}")
+        self._speed = mm_s
+
+    def drop(self) -> None:
+        """TCP: the printer closes the connection (a reset, a reboot) and listens again."""
+        if self._peer is not None:
+            self._peer.abort()
+            self._peer = None
+            self._power_cut()
+
     def set_baud(self, baud: int | None) -> None:
-        """Read at most baud / 10 bytes per second (None: as fast as the pty goes)."""
+        """Read at most baud / 10 bytes per second (None: as fast as the pty goes); the pty
+        only, TCP has no line rate (`set_print_speed` makes a job take its time there)."""
         if baud is not None and baud <= 0:
             raise ValueError(f"baud: expected a positive rate, found {baud}")
         self._rate = baud / 10 if baud else None
@@ -528,6 +603,11 @@ class PrinterSimulator:
 
     def unplug(self) -> None:
         """The cable is pulled (and the printer loses the job in progress)."""
+        if self._server is not None:
+            self._server.close()  # no new connections: refused, like a powered-off printer
+            self._server = None
+            self.drop()
+            return
         if self._master is None:
             return
         if self._loop is not None:
@@ -543,15 +623,17 @@ class PrinterSimulator:
         with contextlib.suppress(FileNotFoundError):
             if self.link.is_symlink() and os.readlink(self.link) == tty_name:
                 self.link.unlink()
-        self._lose_page()
-        self._parser = CommandParser()
+        self._power_cut()
 
     def plug(self) -> None:
-        """A new pty behind the same `link`."""
-        if self._master is not None:
+        """A new pty behind the same `link`, or the TCP port listening again."""
+        if self._master is not None or self._server is not None:
             return
         if self._loop is None:
             raise RuntimeError("plug() runs inside `async with PrinterSimulator(...)`")
+        if self._tcp is not None:
+            self._listening = self._loop.create_task(self._listen_tcp())
+            return
         if self.link.exists() and not self.link.is_symlink():
             raise FileExistsError(f"{self.link} exists and is not a symlink: not replacing it")
         master, slave = os.openpty()
@@ -566,6 +648,25 @@ class PrinterSimulator:
         self._listen()
 
     # -- the line -----------------------------------------------------------------------------
+
+    async def _listen_tcp(self) -> None:
+        assert self._tcp is not None
+        assert self._loop is not None
+        host, port = self._tcp
+        self._server = await self._loop.create_server(
+            lambda: _TcpPeer(self), host, port, reuse_address=True
+        )
+        self._tcp = (host, self._server.sockets[0].getsockname()[1])  # port 0: the one given
+
+    def _tcp_connected(self, transport: asyncio.Transport) -> None:
+        if self._peer is not None:
+            self._peer.abort()  # one host at a time: the newest wins
+        self._peer = transport
+        self._parser = CommandParser()
+
+    def _tcp_lost(self, transport: asyncio.Transport) -> None:
+        if self._peer is transport:
+            self._peer = None  # what it sent stays in the buffer and prints
 
     def _listen(self) -> None:
         if self._master is not None and self._loop is not None:
@@ -607,6 +708,9 @@ class PrinterSimulator:
             self._receive(data)
 
     def _send(self, data: bytes) -> None:
+        if self._peer is not None:
+            self._peer.write(data)
+            return
         if self._master is None:
             return
         view = memoryview(data)
@@ -623,7 +727,7 @@ class PrinterSimulator:
         self.bytes_received += len(data)
         for command in self._parser.feed(data):
             match command:
-                case StatusRequest(n):  # real-time: answered even offline
+                case StatusRequest(n):  # real-time: answered even offline, ahead of the buffer
                     if not self._silent:
                         self._send(encode_realtime_status(n, self.status))
                 case EnableAsb(mask):
@@ -634,11 +738,53 @@ class PrinterSimulator:
                 case Unknown():
                     pass
                 case _:
-                    self._print(command)
+                    self._buffer.append((command, self._chunk_start))
+        self._run_buffer()
 
     # -- printing -----------------------------------------------------------------------------
 
-    def _print(self, command: Command) -> None:
+    def _run_buffer(self) -> None:
+        """Print what is buffered; at a paper speed, one command per its printing time."""
+        while self._buffer and self._printing is None:
+            command, arrived = self._buffer.popleft()
+            self._print(command, arrived)
+            dots = self._dots(command)
+            if self._speed is not None and dots and self._loop is not None:
+                seconds = dots / (_DOTS_PER_MM * self._speed)
+                self._printing = self._loop.call_later(seconds, self._printed)
+
+    def _printed(self) -> None:
+        self._printing = None
+        self._run_buffer()
+
+    def _dots(self, command: Command) -> int:
+        """Paper a command moves, roughly: for the time it takes at the paper speed."""
+        match command:
+            case LineFeed():
+                return _LINE_PITCH * self._modes.height
+            case PrintAndFeed(lines):
+                return _LINE_PITCH * max(lines, 1)
+            case QrPrint():
+                return _QR_DOTS
+            case Barcode():
+                return self._modes.bar_height + _LINE_PITCH
+            case Raster(height=height):
+                return height
+            case _:
+                return 0
+
+    def _print(self, command: Command, arrived: tuple[float, int]) -> None:  # noqa: PLR0912
+        if isinstance(command, ProcessIdRequest):
+            # In order: everything before it is printed. Offline, the printer is not processing.
+            answers = self.profile.confirm == "process_id" and not self._silent
+            if answers and self.status.ready:
+                self._send(encode_process_id(command.pid))
+            return
+        feed = isinstance(command, LineFeed | PrintAndFeed)
+        if feed and (self._page is None or not self._page.inked) and not self._discarding:
+            # Paper fed between receipts (many clients end a job with LF after the cut): no ink,
+            # not a receipt, nothing lost.
+            return
         if not self.status.ready:
             if not self._discarding:
                 self.spoiled += 1
@@ -646,9 +792,9 @@ class PrinterSimulator:
             self._discarding = not isinstance(command, Cut)  # the lost job ends at its cut
             return
         if isinstance(command, Initialize):
-            self._job_start = self._chunk_start  # ESC @ opens every job
+            self._job_start = arrived  # ESC @ opens a job
             self._modes = _Modes()
-            if self._page is not None and not self._page.empty:
+            if self._page is not None and self._page.inked:
                 if self.profile.cut:
                     self._lose_page()  # started again before the cut: the driver resends
                 else:
@@ -661,6 +807,8 @@ class PrinterSimulator:
             return
         if self._page is None:
             self._page = _Page(self.profile, self._modes)
+            if self._job_start is None:
+                self._job_start = arrived  # a job without ESC @ starts with its first command
         if isinstance(command, Cut):
             self._finish()
         else:
@@ -671,7 +819,7 @@ class PrinterSimulator:
         finished_at = time.monotonic()
         started_at, start_bytes = self._job_start or (finished_at, self.bytes_received)
         self._job_start = None  # the next byte starts the next job
-        if page is None or page.empty:
+        if page is None or not page.inked:
             return
         text, png = self._renderer.render(page.finish())
         index = len(self.receipts) + 1
@@ -687,9 +835,18 @@ class PrinterSimulator:
         self._arrived = asyncio.Event()
 
     def _lose_page(self) -> None:
-        if self._page is not None and not self._page.empty:
+        if self._page is not None and self._page.inked:
             self.spoiled += 1
         self._page = None
+
+    def _power_cut(self) -> None:
+        """Power or the host gone: the page in progress and the buffer are lost."""
+        self._buffer.clear()
+        if self._printing is not None:
+            self._printing.cancel()
+            self._printing = None
+        self._lose_page()
+        self._parser = CommandParser()
 
     def _set(
         self,
@@ -714,6 +871,27 @@ class PrinterSimulator:
             self._send(encode_asb(after))
 
 
+class _TcpPeer(asyncio.Protocol):
+    """One host connected to the printer's TCP port."""
+
+    def __init__(self, printer: PrinterSimulator) -> None:
+        self._printer = printer
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._printer._tcp_connected(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._transport is self._printer._peer:
+            self._printer._receive(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            self._printer._tcp_lost(self._transport)
+
+
 # --------------------------------------------------------------------------------------------
 # CLI
 
@@ -723,12 +901,14 @@ async def _main(args: argparse.Namespace) -> None:
     assert task is not None
     # SIGTERM unwinds like Ctrl-C, so the link is removed on the way out.
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    link = args.link if args.link.startswith("tcp:") else Path(args.link)
     async with PrinterSimulator(
-        args.link, args.profile, baud=args.baud, out_dir=args.out_dir
+        link, args.profile, baud=args.baud, out_dir=args.out_dir
     ) as printer:
-        print(
-            f"{printer.profile.name} on {printer.link} -> {os.readlink(printer.link)}", flush=True
-        )
+        where = printer.address
+        if isinstance(link, Path):
+            where = f"{printer.link} -> {os.readlink(printer.link)}"
+        print(f"{printer.profile.name} on {where}", flush=True)
         printed = 0
         while True:
             for receipt in (await printer.wait_for_receipts(printed + 1))[printed:]:
@@ -739,7 +919,9 @@ async def _main(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="A receipt printer on a pseudo-terminal.")
     parser.add_argument(
-        "--link", type=Path, required=True, help="symlink to create, e.g. /tmp/printer0"
+        "--link",
+        required=True,
+        help="symlink to create, e.g. /tmp/printer0, or tcp:127.0.0.1:9100 to listen on",
     )
     parser.add_argument("--profile", default="generic-80mm")
     parser.add_argument("--baud", type=int, default=None, help="emulate this line rate")

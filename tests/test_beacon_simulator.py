@@ -176,7 +176,10 @@ def test_beacon_telemetry_counters_advance() -> None:
         entrance = next(b for b in world.beacons if b.zone == "entrance")
         frames = [h for h in heard if h.address == entrance.address]
         found = next(h for h in frames if isinstance(h.frame, EddystoneTLM))
-        assert decode_advert(found.manufacturer_data, found.service_data) == found.frame
+        assert (
+            decode_advert(found.manufacturer_data, found.service_data, found.service_uuids)
+            == found.frame
+        )
         assert isinstance(found.frame, EddystoneTLM)
         return found.frame
 
@@ -198,7 +201,7 @@ def test_every_frame_decodes_and_anonymous_phones_carry_no_beacon_frame() -> Non
     assert kinds["NoneType"] > 0
     companies: Counter[int] = Counter()
     for h in heard:
-        assert decode_advert(h.manufacturer_data, h.service_data) == h.frame
+        assert decode_advert(h.manufacturer_data, h.service_data, h.service_uuids) == h.frame
         if h.frame is None:
             companies.update(h.manufacturer_data.keys())
     assert companies[APPLE] > 0
@@ -225,8 +228,10 @@ def _heard(frame: object, rssi: int = -70) -> Heard:
     assert frame is None or isinstance(
         frame, IBeacon | AltBeacon | EddystoneUID | EddystoneURL | EddystoneTLM | EddystoneEID
     )
-    mfr, svc = encode_advert(frame) if frame is not None else ({APPLE: b"\x10\x05\x01"}, {})
-    return Heard("espresense-coffee", "C4:11:22:33:44:5A", mfr, svc, rssi, frame, 100)
+    mfr, svc, uuids = (
+        encode_advert(frame) if frame is not None else ({APPLE: b"\x10\x05\x01"}, {}, [])
+    )
+    return Heard("espresense-coffee", "C4:11:22:33:44:5A", mfr, svc, rssi, frame, 100, tuple(uuids))
 
 
 UUID_A = UUID("e2c56db5-dffb-48d2-b060-d0f5a71096e0")

@@ -287,7 +287,7 @@ async def test_the_daemon_scans_the_radio_and_shows_a_known_customer_in_her_zone
             async with asyncio.timeout(20):
                 while topic not in store.seen.content:
                     frame = EddystoneEID(eid(eid_identity_key(ada), 10, int(time.time())), -20)
-                    manufacturer, service = encode_advert(frame)
+                    manufacturer, service, _ = encode_advert(frame)
                     await bluez.advertise(PHONE_MAC, -50, manufacturer, service)
                     await asyncio.sleep(0.2)
         assert process.stop() == 0
@@ -296,3 +296,16 @@ async def test_the_daemon_scans_the_radio_and_shows_a_known_customer_in_her_zone
     assert content.offer is not None
     assert content.offer.id == "OFF-BEANS-MEMBER"
     assert leaked(process.log(tail=None)) == []
+
+
+@pytest.mark.parametrize("rig", [True], indirect=True, ids=["monitors-supported"])
+async def test_eddystone_data_without_feaa_in_the_uuid_list_is_not_a_beacon(rig: Rig) -> None:
+    """The Eddystone specification puts 0xFEAA in the advert's service UUID list; bleak gives
+    the list to the driver, and a frame whose list names another service is not decoded."""
+    rig.start(passive=False)
+    await rig.ready()
+    battery = "0000180f-0000-1000-8000-00805f9b34fb"
+    assert await rig.bluez.advertise("C0:FF:EE:00:00:01", -70, {}, UID, uuids=[battery])
+    assert await rig.bluez.advertise(UID_MAC, -70, {}, UID)  # FEAA listed, as beacons do
+    await until(lambda: len(rig.sightings) == 2)
+    assert [s.frame for s in rig.sightings] == [None, EXPECTED[UID_MAC]]

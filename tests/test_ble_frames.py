@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.ble.frames import (
+    BASE_UUID_TAIL,
     EDDYSTONE_UUID,
     AltBeacon,
     EddystoneEID,
@@ -99,12 +100,14 @@ def test_truncated_adverts_decode_to_none(name: str, payload: str, frame: Frame)
 
 @pytest.mark.parametrize(("name", "payload", "frame"), GOLDEN, ids=GOLDEN_IDS)
 def test_truncated_frame_data_decodes_to_none(name: str, payload: str, frame: Frame) -> None:
-    manufacturer, service = encode_advert(frame)
+    manufacturer, service, uuids = encode_advert(frame)
     (data,) = [*manufacturer.values(), *service.values()]
     shortest = 18 if isinstance(frame, EddystoneUID) else len(data)  # UID without its RFU
     for length in range(len(data)):
         cut = data[:length]
-        decoded = decode_advert(dict.fromkeys(manufacturer, cut), dict.fromkeys(service, cut))
+        decoded = decode_advert(
+            dict.fromkeys(manufacturer, cut), dict.fromkeys(service, cut), uuids
+        )
         if isinstance(frame, EddystoneURL) and length >= 3:
             assert isinstance(decoded, EddystoneURL)  # a shorter URL: the frame has no length
         elif length == shortest:
@@ -116,23 +119,25 @@ def test_truncated_frame_data_decodes_to_none(name: str, payload: str, frame: Fr
 def test_hcitool_url_advert_with_padding() -> None:
     # A Raspberry Pi beacon's 31 bytes as set with hcitool: 22 significant bytes, zero padding.
     raw = bytes.fromhex("0201060303aafe0e16aafe100003" + "6d79702e6d653f41" + "00" * 9)
-    manufacturer, service = decode_ad_structures(raw)
+    manufacturer, service, uuids = decode_ad_structures(raw)
     assert manufacturer == {}
     assert service == {EDDYSTONE_UUID: bytes.fromhex("100003") + b"myp.me?A"}
-    assert decode_advert(manufacturer, service) == EddystoneURL("https://myp.me?A", tx_power=0)
+    assert uuids == [EDDYSTONE_UUID]
+    url = EddystoneURL("https://myp.me?A", tx_power=0)
+    assert decode_advert(manufacturer, service, uuids) == url
 
 
 def test_tlm_temperature_variants() -> None:
     def tlm(temperature: str, version: str = "00") -> Frame | None:
         data = bytes.fromhex("20" + version + "0c1c" + temperature + "00000001" + "00000005")
-        return decode_advert({}, {EDDYSTONE_UUID: data})
+        return decode_advert({}, {EDDYSTONE_UUID: data}, [EDDYSTONE_UUID])
 
     assert tlm("ff80") == EddystoneTLM(3100, -0.5, 1, 0.5)
     assert tlm("8000") == EddystoneTLM(3100, None, 1, 0.5)  # not measured
     assert tlm("7fff") == EddystoneTLM(3100, 0x7FFF / 256, 1, 0.5)
     assert tlm("1780", version="01") is None  # encrypted TLM: not ours to read
     etlm = bytes.fromhex("2001") + bytes(16)  # a real eTLM: 12 bytes, salt, MIC
-    assert decode_advert({}, {EDDYSTONE_UUID: etlm}) is None
+    assert decode_advert({}, {EDDYSTONE_UUID: etlm}, [EDDYSTONE_UUID]) is None
 
 
 def test_url_expansion_codes() -> None:
@@ -144,9 +149,9 @@ def test_url_expansion_codes() -> None:
         ("https://a.information", "0361" + "0b" + "726d6174696f6e"),  # ".info" then "rmation"
         ("https://", "03"),
     ]:
-        _, service = encode_advert(EddystoneURL(url, tx_power=-20))
+        _, service, _ = encode_advert(EddystoneURL(url, tx_power=-20))
         assert service[EDDYSTONE_UUID].hex() == "10ec" + encoded, url
-        assert decode_advert({}, service) == EddystoneURL(url, tx_power=-20)
+        assert decode_advert({}, service, [EDDYSTONE_UUID]) == EddystoneURL(url, tx_power=-20)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +160,10 @@ def test_url_expansion_codes() -> None:
     ids=["bad-scheme", "reserved-0e", "space", "del", "high"],
 )
 def test_reserved_url_bytes_decode_to_none(encoded: str) -> None:
-    assert decode_advert({}, {EDDYSTONE_UUID: bytes.fromhex("10ec" + encoded)}) is None
+    assert (
+        decode_advert({}, {EDDYSTONE_UUID: bytes.fromhex("10ec" + encoded)}, [EDDYSTONE_UUID])
+        is None
+    )
 
 
 def test_decode_order_is_ibeacon_altbeacon_eddystone() -> None:
@@ -168,12 +176,13 @@ def test_decode_order_is_ibeacon_altbeacon_eddystone() -> None:
         **encode_advert(ibeacon)[0],
         **encode_advert(alt_low)[0],
     }
-    service = encode_advert(eddystone)[1]
-    assert decode_advert(manufacturer, service) == ibeacon
+    _, service, uuids = encode_advert(eddystone)
+    assert decode_advert(manufacturer, service, uuids) == ibeacon
     del manufacturer[0x004C]
-    assert decode_advert(manufacturer, service) == alt_low
-    assert decode_advert({0xFFFF: manufacturer[0xFFFF]}, service) == alt_high
-    assert decode_advert({0x004C: b"\x10\x05\x01\x18"}, service) == eddystone  # Apple, not iBeacon
+    assert decode_advert(manufacturer, service, uuids) == alt_low
+    assert decode_advert({0xFFFF: manufacturer[0xFFFF]}, service, uuids) == alt_high
+    apple = {0x004C: b"\x10\x05\x01\x18"}  # Apple, not an iBeacon
+    assert decode_advert(apple, service, uuids) == eddystone
 
 
 def test_ad_structures_service_uuid_sizes() -> None:
@@ -187,7 +196,8 @@ def test_ad_structures_service_uuid_sizes() -> None:
         + "05"  # 128-bit, little-endian on air
         + "04ff5900aa"  # Nordic 0x0059
     )
-    manufacturer, service = decode_ad_structures(raw)
+    manufacturer, service, uuids = decode_ad_structures(raw)
+    assert uuids == []
     assert manufacturer == {0x0059: b"\xaa"}
     assert service == {
         EDDYSTONE_UUID: b"\x01\x02",
@@ -197,6 +207,7 @@ def test_ad_structures_service_uuid_sizes() -> None:
     assert decode_ad_structures(encode_ad_structures(manufacturer, service)) == (
         manufacturer,
         service,
+        [EDDYSTONE_UUID],  # listed by default: the 16-bit UUIDs of the service data
     )
 
 
@@ -206,6 +217,7 @@ def test_ad_structures_stop_at_the_first_malformed_one() -> None:
         assert decode_ad_structures(bytes.fromhex(good + bad + "0516aafe0102")) == (
             {0x0059: b"\xaa"},
             {},
+            [],
         ), bad
 
 
@@ -291,9 +303,9 @@ frames: st.SearchStrategy[Frame] = st.one_of(
 
 @given(frames)
 def test_encode_decode_round_trip(frame: Frame) -> None:
-    manufacturer, service = encode_advert(frame)
-    assert decode_advert(manufacturer, service) == frame
-    payload = encode_ad_structures(manufacturer, service)
+    manufacturer, service, uuids = encode_advert(frame)
+    assert decode_advert(manufacturer, service, uuids) == frame
+    payload = encode_ad_structures(manufacturer, service, uuids)
     assert len(payload) <= 31  # every frame fits a legacy advertisement
     assert decode_advert(*decode_ad_structures(payload)) == frame
 
@@ -317,20 +329,26 @@ near_service = st.dictionaries(
 )
 
 
-@given(near_manufacturer, near_service)
+near_uuids = st.lists(
+    st.sampled_from([EDDYSTONE_UUID, EDDYSTONE_UUID.upper()]) | st.text(max_size=40), max_size=3
+)
+
+
+@given(near_manufacturer, near_service, near_uuids)
 def test_decode_advert_never_raises(
-    manufacturer: dict[int, bytes], service: dict[str, bytes]
+    manufacturer: dict[int, bytes], service: dict[str, bytes], uuids: list[str]
 ) -> None:
-    frame = decode_advert(manufacturer, service)
+    frame = decode_advert(manufacturer, service, uuids)
     assert frame is None or isinstance(frame, FRAME_TYPES)
 
 
 @given(st.binary(max_size=80))
 def test_decode_ad_structures_never_raises(payload: bytes) -> None:
-    manufacturer, service = decode_ad_structures(payload)
+    manufacturer, service, uuids = decode_ad_structures(payload)
     assert all(0 <= key <= 0xFFFF for key in manufacturer)
     assert all(str(UUID(key)) == key for key in service)
-    frame = decode_advert(manufacturer, service)
+    assert all(str(UUID(u)) == u for u in uuids)
+    frame = decode_advert(manufacturer, service, uuids)
     assert frame is None or isinstance(frame, FRAME_TYPES)
 
 
@@ -359,7 +377,65 @@ service_keys = st.one_of(
 def test_ad_structures_round_trip(
     manufacturer: dict[int, bytes], service: dict[str, bytes]
 ) -> None:
+    listed = [u for u in service if u.startswith("0000") and u.endswith(BASE_UUID_TAIL)]
     assert decode_ad_structures(encode_ad_structures(manufacturer, service)) == (
         manufacturer,
         service,
+        listed,  # by default the 16-bit UUIDs of the service data
     )
+
+
+# Public vectors from another maintained parser, beacontools (citruz/beacontools,
+# tests/test_parser.py, MIT): whole advertising payloads and what it decodes them to.
+BEACONTOOLS_UID = (
+    "0201060303aafe" + "1716aafe00e3" + "12345678901234678901" + "000000000001" + "0000"
+)
+BEACONTOOLS = [
+    (
+        BEACONTOOLS_UID,
+        EddystoneUID(bytes.fromhex("12345678901234678901"), bytes.fromhex("000000000001"), -29),
+    ),
+    (
+        "0303aafe1316aafe10f803" + b"github".hex() + "00" + b"citruz".hex(),
+        EddystoneURL("https://github.com/citruz", tx_power=-8),
+    ),
+    (
+        "0201060303aafe1116aafe2000" + "0b18" + "1300" + "00001467" + "00002ac4",
+        EddystoneTLM(battery_mv=2840, temperature_c=19.0, adv_count=5223, uptime_s=1094.8),
+    ),
+    (
+        "0201060303aafe0d16aafe30e3" + b"EID_test".hex(),
+        EddystoneEID(b"EID_test", tx_power=-29),
+    ),
+    # Its "bad packets": the UID frame above with 0xFEAB in the UUID list, and with frame type
+    # 0x01; neither is an Eddystone frame.
+    (BEACONTOOLS_UID.replace("0303aafe", "0303abfe"), None),
+    (BEACONTOOLS_UID.replace("aafe00e3", "aafe01e3"), None),
+    ("020106" + "0303", None),
+]
+
+
+@pytest.mark.parametrize(("payload", "frame"), BEACONTOOLS)
+def test_beacontools_vectors(payload: str, frame: Frame | None) -> None:
+    assert decode_advert(*decode_ad_structures(bytes.fromhex(payload))) == frame
+
+
+def test_eddystone_counts_only_with_feaa_in_the_service_uuid_list() -> None:
+    uid = FLAGS + "1716aafe" + "00e3" + "12345678901234678901" + "000000000001" + "0000"
+    expected = EddystoneUID(
+        bytes.fromhex("12345678901234678901"), bytes.fromhex("000000000001"), -29
+    )
+
+    def decode(payload: str) -> Frame | None:
+        return decode_advert(*decode_ad_structures(bytes.fromhex(payload)))
+
+    assert decode(uid) is None  # no list at all
+    assert decode("0303" + "0f18" + uid) is None  # the list names the battery service only
+    assert decode("0503" + "0f18aafe" + uid) == expected  # complete list, FEAA among others
+    assert decode("0302" + "aafe" + uid) == expected  # an incomplete list counts too
+    feaa128 = bytes.fromhex(EDDYSTONE_UUID.replace("-", ""))[::-1].hex()
+    assert decode("1107" + feaa128 + uid) == expected  # FEAA written as a 128-bit UUID
+    # bleak's shape: the same rule, whatever the case of the UUID string.
+    _, service, _ = encode_advert(expected)
+    assert decode_advert({}, service, []) is None
+    assert decode_advert({}, service, [EDDYSTONE_UUID.upper()]) == expected

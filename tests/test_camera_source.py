@@ -101,7 +101,8 @@ def test_the_analyzer_reads_qr_codes_and_counts_faces() -> None:
 
 
 def test_a_code_that_is_not_utf8_or_not_a_token_reads_as_no_code() -> None:
-    # OpenCV's binding raised UnicodeDecodeError on these: anyone could crash-loop the camera.
+    # OpenCV's binding raised UnicodeDecodeError on these (anyone could crash-loop the camera);
+    # zxing-cpp returns them as bytes: not a token either way.
     analyzer = FrameAnalyzer(qr=True, audience=False)
     for data in (b"\xed\xa0\x80 surrogate", b"\xc0\xaf overlong", b"caf\xe9 latin-1"):
         assert analyzer.analyze(qr_frame(data)) == (None, None), data
@@ -215,8 +216,8 @@ def test_the_driver_never_writes_a_frame() -> None:
 
 
 def test_every_token_shape_is_read() -> None:
-    """The classic detector alone never found ~8 % of real token symbols: the two together
-    must read every one of a batch of app tokens."""
+    """OpenCV's classic detector alone never found ~8 % of real token symbols: the camera's
+    reader must read every one of a batch of app tokens."""
     import base64
     import random
 

@@ -249,3 +249,41 @@ zone = "entrance"
     assert any("expected a finite number" in p for p in problems)
     assert any("expected 64 hexadecimal characters" in p for p in problems)
     assert any("must contain ['title']" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("printer", "link"),
+    [
+        ('link = "serial:/dev/ttyUSB0"', "serial:/dev/ttyUSB0"),
+        ('device = "/dev/ttyUSB0"', "serial:/dev/ttyUSB0"),  # the key from before `link`
+        ('link = "tcp:10.0.0.21:9100"', "tcp:10.0.0.21:9100"),
+        ('link = "tcp:printer-2.local"', "tcp:printer-2.local:9100"),
+        ('link = "tcp:[fe80::1]:9101"', "tcp:fe80::1:9101"),
+        ('link = "usb:/dev/usb/lp0"', "usb:/dev/usb/lp0"),
+    ],
+)
+def test_a_printer_link_names_serial_tcp_or_usb(tmp_path: Path, printer: str, link: str) -> None:
+    config = load_config(_write(tmp_path, f"[printers.p1]\n{printer}\n"))
+    assert str(config.printers["p1"].effective_link()) == link
+
+
+@pytest.mark.parametrize(
+    ("printer", "expected"),
+    [
+        ("", "printers.p1.link: found nothing, expected where the printer is"),
+        ('link = "/dev/ttyUSB0"', "printers.p1.link: found '/dev/ttyUSB0', expected \"serial:"),
+        ('link = "lpt:/dev/lp0"', "printers.p1.link: found 'lpt:/dev/lp0', expected \"serial:"),
+        ('link = "tcp:10.0.0.21:0"', "printers.p1.link: found 'tcp:10.0.0.21:0', expected tcp:"),
+        ('link = "tcp:"', "printers.p1.link: found 'tcp:', expected tcp:host:port"),
+        ('link = "usb:lp0"', "printers.p1.link: found 'usb:lp0', expected an absolute device"),
+        (
+            'link = "usb:/dev/usb/lp0"\ndevice = "/dev/ttyUSB0"',
+            "printers.p1.link, device: found both link and device",
+        ),
+    ],
+)
+def test_a_wrong_printer_link_is_named_with_the_forms_it_can_take(
+    tmp_path: Path, printer: str, expected: str
+) -> None:
+    problems = _problems(tmp_path, f"[printers.p1]\n{printer}\n")
+    assert any(p.startswith(expected) for p in problems), problems

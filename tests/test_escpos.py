@@ -24,6 +24,9 @@ from gateway.escpos import (
     Initialize,
     LineFeed,
     PrinterStatus,
+    PrintMode,
+    ProcessIdReply,
+    ProcessIdRequest,
     QrPrint,
     QrStore,
     Raster,
@@ -36,8 +39,10 @@ from gateway.escpos import (
     Unknown,
     asb_enable,
     encode_asb,
+    encode_process_id,
     encode_realtime_status,
     load_profile,
+    process_id_request,
     realtime_status_request,
 )
 from gateway.escpos.barcodes import bars
@@ -145,6 +150,51 @@ def test_other_code_pages_and_logo_bytes() -> None:
             b"\xaa\x80\x55\x40",
         ]
     )
+
+
+def test_a_process_id_request_is_answered_in_order_and_decoded() -> None:
+    request = process_id_request(b"0042")
+    assert request == b"\x1d(H\x06\x00\x30\x30" + b"0042"  # GS ( H fn 48
+    assert CommandParser().feed(request) == [ProcessIdRequest(b"0042")]
+    reply = encode_process_id(b"0042")
+    assert reply == b"\x37\x22" + b"0042" + b"\x00"
+    decoder = StatusDecoder()
+    decoder.expect(1)
+    # Between an ASB block and a real-time reply, in any chunking; digits shaped like a
+    # DLE EOT reply (0x32) inside it are its data, not a reply.
+    stream = encode_asb(PrinterStatus()) + reply + encode_realtime_status(1, PrinterStatus())
+    for size in (1, 2, 5, len(stream)):
+        decoder = StatusDecoder()
+        decoder.expect(1)
+        replies = [
+            r for i in range(0, len(stream), size) for r in decoder.feed(stream[i : i + size])
+        ]
+        assert [type(r).__name__ for r in replies] == [
+            "AutoStatus",
+            "ProcessIdReply",
+            "RealtimeStatus",
+        ]
+        assert ProcessIdReply(b"0042") in replies
+        assert decoder.garbage == 0
+    # A broken response is garbage, and what follows it is read.
+    decoder = StatusDecoder()
+    decoder.expect(1)
+    assert decoder.feed(b"\x37\x22\x30\x01" + b"\x12") == [Garbage(4), RealtimeStatus(1, 0x12)]
+    with pytest.raises(ValueError, match="process id"):
+        process_id_request(b"42")
+
+
+def test_esc_bang_print_mode_is_parsed() -> None:
+    (mode,) = CommandParser().feed(b"\x1b!\xb8")  # underline, double width and height, bold
+    assert mode == PrintMode(0xB8)
+    assert (mode.bold, mode.width, mode.height, mode.underline, mode.font_b) == (
+        True,
+        2,
+        2,
+        True,
+        False,
+    )
+    assert encode(mode) == b"\x1b!\xb8"
 
 
 def test_status_commands() -> None:
@@ -545,6 +595,7 @@ def test_a_profile_from_a_directory(tmp_path: Path) -> None:
         ({"barcodes": ["QR"]}, r"barcodes: unknown symbology 'QR'"),
         ({"cutter": True}, r"unknown key\(s\) \['cutter'\]"),
         ({"cut": None}, r"cut: expected bool, found None"),
+        ({"confirm": "gs_r"}, r"confirm: expected one of \['process_id', 'status'\], found 'gs_r'"),
     ],
 )
 def test_a_broken_profile_says_where_and_what(

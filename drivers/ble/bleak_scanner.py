@@ -233,7 +233,7 @@ class BleakSource:
         sighting = Sighting(
             scanner=self._adapter,
             device=key,
-            frame=decode_advert(adv.manufacturer_data, adv.service_data),
+            frame=decode_advert(adv.manufacturer_data, adv.service_data, adv.service_uuids),
             rssi=float(adv.rssi),
             at=now,
         )

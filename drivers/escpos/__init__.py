@@ -1,5 +1,5 @@
-"""Receipt printers on serial lines (ESC/POS over pyserial-asyncio-fast)."""
+"""Receipt printers on serial lines, raw TCP (port 9100) and usblp (ESC/POS)."""
 
-from drivers.escpos.printer import PrinterState, SerialPrinter
+from drivers.escpos.printer import EscposPrinter, PrinterState
 
-__all__ = ["PrinterState", "SerialPrinter"]
+__all__ = ["EscposPrinter", "PrinterState"]

@@ -1,7 +1,11 @@
-"""One ESC/POS receipt printer on a serial line: its status watched, jobs pulled from the journal.
+"""One ESC/POS receipt printer: its status watched, jobs pulled from the journal.
 
-- The port is opened 8N1, no flow control, exclusive (pyserial-asyncio-fast; pyserial's open
-  runs in a thread). Automatic Status Back is enabled when the profile has it, and the printer
+- Links: a serial line (opened 8N1, no flow control, exclusive, with pyserial-asyncio-fast;
+  pyserial's open runs in a thread), raw TCP (a network printer's port 9100; TCP_NODELAY, and
+  TCP_USER_TIMEOUT so a peer that vanished without a FIN is dropped), or the kernel's usblp
+  (/dev/usb/lp0: a character device read and written without blocking). Everything below is
+  the same on each; only serial lines are paced at their line rate.
+- Automatic Status Back is enabled when the profile has it, and the printer
   is polled (DLE EOT 1, 2 and 4 in one burst) every `poll_s` while idle, right before a job and
   after its last byte. Unannounced ASB blocks update the state at any time.
 - States: ready, paper_out, cover_open, error (what the printer says), offline (it said nothing
@@ -9,20 +13,26 @@
   is `ready` only in ready; paper near end is a warning in the ready detail.
 - Jobs: `next_job` is called only when ready. A job that arrives after the printer faulted is
   held, nothing sent (so it is not a copy), until the printer is ready again. After the last
-  byte a status poll confirms it: `printed` only if the printer answered and no fault was seen
-  during the job, else `interrupted` (the journal queues it again, as a copy). A job taken is
-  always finished one way or the other, on stop too (shielded).
-- A broken line (EOF, an I/O error, the device path gone) is noticed at once by the reader; the
-  driver then waits for the device path to come back (jittered backoff capped at 1 s), reopens
-  it and resumes.
-- Writes are paced at the line rate: pyserial's non-blocking write busy-waits, in the event
-  loop, while the kernel's buffer is full, so the backlog is kept well below that buffer.
+  byte the job is confirmed as the profile says: with `confirm = "process_id"` a GS ( H request
+  follows the job, and the printer answers it only once it has printed everything before it
+  (status is polled meanwhile); with "status" a DLE EOT poll, which a printer answers ahead of
+  what is still in its buffer. `printed` only if confirmed and no fault was seen during the
+  job, else `interrupted` (the journal queues it again, as a copy). A job taken is always
+  finished one way or the other, on stop too (shielded).
+- A broken link (EOF, an I/O error, the device path gone, the TCP connection closed or reset)
+  is noticed at once by the reader; the driver then waits for the device (or the TCP peer) to
+  come back (jittered backoff capped at 1 s), reopens it and resumes.
+- Serial writes are paced at the line rate: pyserial's non-blocking write busy-waits, in the
+  event loop, while the kernel's buffer is full, so the backlog is kept well below that buffer.
+  TCP and usblp writes wait on the transport's flow control (drain).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
@@ -32,20 +42,23 @@ import structlog
 from serial_asyncio_fast import open_serial_connection
 
 from gateway.clock import Clock
+from gateway.config import PrinterLink
 from gateway.escpos import (
     AutoStatus,
     Garbage,
     PrinterStatus,
+    ProcessIdReply,
     Profile,
     RealtimeStatus,
     StatusDecoder,
     asb_enable,
+    process_id_request,
     realtime_status_request,
 )
 from gateway.printing import PrintJob, PrintQueue
 from gateway.supervisor import Backoff, Handle
 
-__all__ = ["PrinterState", "SerialPrinter"]
+__all__ = ["EscposPrinter", "PrinterState"]
 
 PrinterState = Literal["ready", "paper_out", "cover_open", "offline", "unplugged", "error"]
 
@@ -60,10 +73,12 @@ _BITS_PER_BYTE = 10  # 8N1: start, 8 data, stop
 _FAULT_POLL_S = 0.5  # while not ready: how soon a printer that speaks again is noticed
 _REOPEN_MIN_S, _REOPEN_MAX_S = 0.05, 1.0
 _CLOSE_TIMEOUT_S = 2.0
+_CONNECT_TIMEOUT_S = 2.0  # a network printer on the store's LAN answers a SYN in milliseconds
+_TCP_USER_TIMEOUT_MS = 3000  # data unacknowledged this long: the peer is gone, reconnect
 
 
 class _LineBroken(Exception):
-    """The serial line is gone: end of file, an I/O error, or the device path removed."""
+    """The link is gone: end of file, an I/O error, the device path removed, TCP closed."""
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
@@ -83,14 +98,17 @@ class _Line:
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        baud: int,
+        baud: int | None,
         *,
         on_status: Callable[[PrinterStatus], None],
         on_garbage: Callable[[int], None],
         on_broken: Callable[[], None],
     ) -> None:
         self._reader, self._writer = reader, writer
-        self._byte_s = _BITS_PER_BYTE / baud
+        # Seconds per byte on a serial line; None: the transport's flow control paces writes.
+        self._byte_s = _BITS_PER_BYTE / baud if baud else None
+        self._processed: set[bytes] = set()  # process ids answered
+        self._progress = asyncio.Event()  # a process id answered, or the line broke
         self._on_status, self._on_garbage, self._on_broken = on_status, on_garbage, on_broken
         self._decoder = StatusDecoder()
         self._replies: list[RealtimeStatus] = []
@@ -118,6 +136,9 @@ class _Line:
                     self._replies.append(reply)
                     if len(self._replies) == len(_POLL):
                         self._answered.set()
+                case ProcessIdReply():
+                    self._processed.add(reply.pid)
+                    self._progress.set()
                 case Garbage():
                     self._on_garbage(reply.count)
 
@@ -126,6 +147,7 @@ class _Line:
             self.broken = reason
             self._broken.set()
             self._answered.set()  # wakes a poll waiting for replies
+            self._progress.set()
             self._on_broken()
 
     def check(self) -> None:
@@ -133,25 +155,39 @@ class _Line:
             raise _LineBroken(self.broken)
 
     def backlog_s(self) -> float:
-        """How long the bytes written so far still need on the wire."""
+        """How long the bytes written so far still need on the wire (serial lines)."""
         return max(0.0, self._free_at - asyncio.get_running_loop().time())
 
     async def send(self, data: bytes) -> None:
-        """Write `data`, never more than _MAX_BACKLOG bytes ahead of the line rate."""
+        """Write `data`; on a serial line never more than _MAX_BACKLOG bytes ahead of its rate."""
         loop = asyncio.get_running_loop()
         for start in range(0, len(data), _CHUNK):
-            ahead = self.backlog_s() - _MAX_BACKLOG * self._byte_s
-            if ahead > 0:
-                await _wait(self._broken, ahead)
+            if self._byte_s is not None:
+                ahead = self.backlog_s() - _MAX_BACKLOG * self._byte_s
+                if ahead > 0:
+                    await _wait(self._broken, ahead)
             self.check()
             chunk = data[start : start + _CHUNK]
             self._writer.write(chunk)
-            self._free_at = max(self._free_at, loop.time()) + len(chunk) * self._byte_s
+            if self._byte_s is not None:
+                self._free_at = max(self._free_at, loop.time()) + len(chunk) * self._byte_s
             try:
                 await self._writer.drain()
             except OSError as exc:
                 self._break(str(exc) or type(exc).__name__)
         self.check()
+
+    async def processed(self, pid: bytes, within_s: float) -> bool:
+        """Whether the printer answered process id `pid` (now or within `within_s`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within_s
+        while pid not in self._processed:
+            self.check()
+            self._progress.clear()
+            if not await _wait(self._progress, deadline - loop.time()):
+                break
+        self.check()
+        return pid in self._processed
 
     async def poll(self, within_s: float) -> list[RealtimeStatus] | None:
         """DLE EOT 1, 2, 4 in one burst: the replies, or None if not all came within `within_s`
@@ -191,8 +227,50 @@ def _state_of(status: PrinterStatus) -> tuple[PrinterState, str]:
     return "ready", "ready, paper near end" if status.paper_near_end else "ready"
 
 
-class SerialPrinter:
-    """A supervisor component: one ESC/POS printer on `device`, printing jobs from `queue`."""
+async def _open_usb(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """usblp's character device as a stream: reads (the printer's status) and writes on their
+    own descriptors, so each pipe transport closes its own."""
+    loop = asyncio.get_running_loop()
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        write_fd = os.dup(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    reader = asyncio.StreamReader()
+    try:
+        read_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+    except BaseException:
+        os.close(write_fd)
+        raise
+    try:
+        # The write side gets its own protocol (a stream reader takes one transport only).
+        transport, protocol = await loop.connect_write_pipe(
+            lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+            os.fdopen(write_fd, "wb", buffering=0),
+        )
+    except BaseException:
+        read_transport.close()
+        raise
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+async def _open_tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+        reader, writer = await asyncio.open_connection(host, port)
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # a status poll is 9 bytes
+        user_timeout = getattr(socket, "TCP_USER_TIMEOUT", None)  # Linux
+        if user_timeout is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, user_timeout, _TCP_USER_TIMEOUT_MS)
+    return reader, writer
+
+
+class EscposPrinter:
+    """A supervisor component: one ESC/POS printer on `link`, printing jobs from `queue`."""
 
     # The journal requeues jobs a crash left 'sending' when it starts: take none before.
     requires = ("printing",)
@@ -200,7 +278,7 @@ class SerialPrinter:
     def __init__(
         self,
         printer_id: str,
-        device: Path,
+        link: PrinterLink,
         profile: Profile,
         queue: PrintQueue,
         clock: Clock,
@@ -208,19 +286,22 @@ class SerialPrinter:
         baud: int = 115200,
         status_timeout_s: float = 0.5,
         poll_s: float = 0.5,
+        confirm_timeout_s: float = 30.0,
         on_state: Callable[[str, str], None] | None = None,
     ) -> None:
         self.name = f"printer-{printer_id}"
         self.printer_id = printer_id
         self.state: PrinterState = "offline"
         self.detail = "not opened yet"
-        self._device = device
+        self._link = link
         self._profile = profile
         self._queue = queue
         self._clock = clock
         self._baud = baud
         self._status_timeout_s = status_timeout_s
         self._poll_s = poll_s
+        self._confirm_timeout_s = confirm_timeout_s
+        self._pid = 0  # the last process id sent (GS ( H), 0000..9999 round
         self._on_state = on_state
         self._log = log.bind(printer=printer_id)
         self._backoff = Backoff(_REOPEN_MIN_S, _REOPEN_MAX_S, random.Random())
@@ -252,37 +333,50 @@ class SerialPrinter:
             raise
 
     async def _open(self) -> _Line:
-        """The port, once the device exists and opens; waits with backoff until then."""
-        device = str(self._device)
+        """The link, once the device (or TCP peer) is there and opens; waits with backoff."""
+        link = self._link
         while True:
-            if not self._device.exists():
-                self._set("unplugged", f"waiting for {device}")
+            if self._gone():
+                self._set("unplugged", f"waiting for {link.path}")
             else:
                 try:
-                    reader, writer = await open_serial_connection(
-                        url=device,
-                        baudrate=self._baud,
-                        bytesize=8,
-                        parity="N",
-                        stopbits=1,
-                        xonxoff=False,
-                        rtscts=False,
-                        dsrdtr=False,
-                        exclusive=True,
-                    )
-                except OSError as exc:  # SerialException: busy, gone again, no permission
-                    self._set("unplugged", f"cannot open {device}: {exc}")
+                    reader, writer = await self._connect()
+                except (OSError, TimeoutError) as exc:  # busy, gone again, refused, no route
+                    what = "connect to" if link.kind == "tcp" else "open"
+                    self._set("unplugged", f"cannot {what} {_where(link)}: {_reason(exc)}")
                 else:
-                    self._log.info("port open", device=device, baud=self._baud)
+                    self._log.info("link open", link=str(link))
                     return _Line(
                         reader,
                         writer,
-                        self._baud,
+                        self._baud if link.kind == "serial" else None,
                         on_status=self._apply,
                         on_garbage=self._garbage,
                         on_broken=self._wake.set,
                     )
             await asyncio.sleep(self._backoff.next())
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        link = self._link
+        if link.kind == "tcp":
+            return await _open_tcp(link.host, link.port)
+        if link.kind == "usb":
+            return await _open_usb(link.path)
+        return await open_serial_connection(
+            url=str(link.path),
+            baudrate=self._baud,
+            bytesize=8,
+            parity="N",
+            stopbits=1,
+            xonxoff=False,
+            rtscts=False,
+            dsrdtr=False,
+            exclusive=True,
+        )
+
+    def _gone(self) -> bool:
+        """The device path is missing (unplugged); a TCP peer has no path to watch."""
+        return self._link.kind != "tcp" and not self._link.path.exists()
 
     async def _serve(self, line: _Line) -> None:
         """Watch the printer and print jobs until the line breaks."""
@@ -317,8 +411,8 @@ class SerialPrinter:
         self._taking = task
 
     async def _poll(self, line: _Line) -> None:
-        if not self._device.exists():
-            raise _LineBroken(f"{self._device} is gone")
+        if self._gone():
+            raise _LineBroken(f"{self._link.path} is gone")
         replies = await line.poll(self._status_timeout_s)
         if replies is None:
             self._set("offline", f"silent: no status reply within {self._status_timeout_s:g}s")
@@ -339,7 +433,10 @@ class SerialPrinter:
             "printing", job=job.id, copy=job.copy, attempt=job.attempts, size=len(job.data)
         )
         await line.send(job.data)
-        await self._poll(line)  # answered only once the printer has read the last byte
+        if self._profile.confirm == "process_id":
+            await self._until_processed(line)
+        else:
+            await self._poll(line)  # answered once the printer has read (not printed) it all
         fault, self._sending = self._fault, None
         if fault is None:
             await self._finish(job, None)
@@ -348,6 +445,23 @@ class SerialPrinter:
             )
         else:
             await self._finish(job, f"{fault} during the job")
+
+    async def _until_processed(self, line: _Line) -> None:
+        """GS ( H after the job: its answer says the printer printed the job. Status is polled
+        while waiting, so a fault (or silence) meanwhile is the job's fault."""
+        self._pid = self._pid % 9999 + 1
+        pid = f"{self._pid:04d}".encode()
+        await line.send(process_id_request(pid))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._confirm_timeout_s + line.backlog_s()
+        while self._fault is None:
+            left = deadline - loop.time()
+            if left <= 0:
+                self._fault = f"no process id reply within {self._confirm_timeout_s:g}s"
+                return
+            if await line.processed(pid, min(self._poll_s, left)):
+                return
+            await self._poll(line)
 
     def _begin(self, job: PrintJob) -> None:
         self._held, self._sending, self._fault = None, job, None
@@ -418,3 +532,13 @@ class SerialPrinter:
             else:
                 self._handle.degraded(detail)
         self._wake.set()
+
+
+def _where(link: PrinterLink) -> str:
+    return f"{link.host}:{link.port}" if link.kind == "tcp" else str(link.path)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {_CONNECT_TIMEOUT_S:g}s"
+    return str(exc) or type(exc).__name__

@@ -7,13 +7,16 @@ simulators: they raise ValueError on out-of-range fields, and `decode_advert(*en
 0.1 s is rounded to it).
 
 Advertisements come in bleak's shape: manufacturer data keyed by company id (without it), service
-data keyed by the lowercase 128-bit service UUID string (without it). `decode_ad_structures` and
-`encode_ad_structures` convert between that shape and a raw advertising payload.
+data keyed by the lowercase 128-bit service UUID string (without it), and the advertised service
+UUIDs (bleak's `service_uuids`, the AD types 0x02-0x07) as lowercase 128-bit strings.
+`decode_ad_structures` and `encode_ad_structures` convert between that shape and a raw
+advertising payload. An Eddystone frame counts only where the specification puts it: service
+data 0xFEAA in an advert whose service UUID list names 0xFEAA.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import assert_never
 from uuid import UUID
@@ -96,6 +99,8 @@ _TEMP_UNSUPPORTED = 0x8000
 
 _AD_FLAGS = 0x01
 _AD_UUID16_COMPLETE = 0x03
+# Incomplete and complete lists of 16-, 32- and 128-bit service UUIDs: bytes per UUID.
+_AD_UUID_LISTS = {0x02: 2, 0x03: 2, 0x04: 4, 0x05: 4, 0x06: 16, 0x07: 16}
 _AD_SERVICE_DATA_16 = 0x16
 _AD_SERVICE_DATA_32 = 0x20
 _AD_SERVICE_DATA_128 = 0x21
@@ -123,10 +128,13 @@ def _int8(byte: int) -> int:
 
 
 def decode_advert(
-    manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes]
+    manufacturer_data: Mapping[int, bytes],
+    service_data: Mapping[str, bytes],
+    service_uuids: Collection[str],
 ) -> Frame | None:
     """The first beacon frame recognised, in this order: iBeacon (Apple's company id), then
-    AltBeacon (lowest company id first), then Eddystone (service data 0xFEAA); None if none is."""
+    AltBeacon (lowest company id first), then Eddystone (service data 0xFEAA, with 0xFEAA in
+    `service_uuids` as the specification requires); None if none is."""
     apple = manufacturer_data.get(_APPLE)
     if apple is not None:
         ibeacon = _decode_ibeacon(apple)
@@ -137,7 +145,9 @@ def decode_advert(
         if altbeacon is not None:
             return altbeacon
     eddystone = service_data.get(EDDYSTONE_UUID)
-    return None if eddystone is None else _decode_eddystone(eddystone)
+    if eddystone is None or not any(u.lower() == EDDYSTONE_UUID for u in service_uuids):
+        return None
+    return _decode_eddystone(eddystone)
 
 
 def _decode_ibeacon(data: bytes) -> IBeacon | None:
@@ -212,14 +222,18 @@ def _signed16(value: int) -> int:
     return value - 0x10000 if value >= 0x8000 else value
 
 
-def decode_ad_structures(payload: bytes) -> tuple[dict[int, bytes], dict[str, bytes]]:
-    """Manufacturer and service data of a raw advertising payload, in bleak's shape.
+def decode_ad_structures(  # noqa: PLR0912 - one branch per AD type
+    payload: bytes,
+) -> tuple[dict[int, bytes], dict[str, bytes], list[str]]:
+    """Manufacturer data, service data and service UUIDs of a raw advertising payload, in
+    bleak's shape.
 
     Parsing stops at the first malformed structure (or at a zero length, where a legacy payload's
     padding starts) and returns what came before it. A repeated key keeps its last value.
     """
     manufacturer: dict[int, bytes] = {}
     service: dict[str, bytes] = {}
+    uuids: list[str] = []
     i, end = 0, len(payload)
     while i < end:
         length = payload[i]
@@ -243,7 +257,21 @@ def decode_ad_structures(payload: bytes) -> tuple[dict[int, bytes], dict[str, by
             if len(data) < 16:
                 break
             service[str(UUID(bytes=data[15::-1]))] = data[16:]
-    return manufacturer, service
+        elif ad_type in _AD_UUID_LISTS:
+            size = _AD_UUID_LISTS[ad_type]
+            if len(data) % size:
+                break
+            for at in range(0, len(data), size):
+                uuid = _uuid_of(data[at : at + size])
+                if uuid not in uuids:
+                    uuids.append(uuid)
+    return manufacturer, service, uuids
+
+
+def _uuid_of(little_endian: bytes) -> str:
+    if len(little_endian) == 16:
+        return str(UUID(bytes=little_endian[::-1]))
+    return _uuid_from_short(int.from_bytes(little_endian, "little"))
 
 
 def _uuid_from_short(short: int) -> str:
@@ -254,8 +282,9 @@ def _uuid_from_short(short: int) -> str:
 # Encoding, for the simulators: validated, ValueError on anything a beacon could not send.
 
 
-def encode_advert(frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes]]:
-    """Manufacturer and service data (bleak's shape) that `decode_advert` decodes to `frame`."""
+def encode_advert(frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes], list[str]]:
+    """Manufacturer data, service data and service UUIDs (bleak's shape) that `decode_advert`
+    decodes to `frame`."""
     match frame:
         case IBeacon(uuid=uuid, major=major, minor=minor, tx_power=tx_power):
             data = (
@@ -265,7 +294,7 @@ def encode_advert(frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes]]:
                 + _u16(minor, "minor")
                 + _i8(tx_power, "tx_power")
             )
-            return {_APPLE: data}, {}
+            return {_APPLE: data}, {}, []
         case AltBeacon(company_id=company_id, beacon_id=beacon_id, ref_rssi=ref_rssi):
             _u16(company_id, "company_id")
             data = (
@@ -274,7 +303,7 @@ def encode_advert(frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes]]:
                 + _i8(ref_rssi, "ref_rssi")
                 + _u8(frame.reserved, "reserved")
             )
-            return {company_id: data}, {}
+            return {company_id: data}, {}, []
         case EddystoneUID(namespace=namespace, instance=instance, tx_power=tx_power):
             data = (
                 bytes((_UID,))
@@ -291,7 +320,7 @@ def encode_advert(frame: Frame) -> tuple[dict[int, bytes], dict[str, bytes]]:
             data = bytes((_EID,)) + _i8(tx_power, "tx_power") + _exact(eid, 8, "eid")
         case _:
             assert_never(frame)
-    return {}, {EDDYSTONE_UUID: data}
+    return {}, {EDDYSTONE_UUID: data}, [EDDYSTONE_UUID]
 
 
 def _encode_url(url: str) -> bytes:
@@ -336,15 +365,20 @@ def _encode_tlm(frame: EddystoneTLM) -> bytes:
 
 
 def encode_ad_structures(
-    manufacturer_data: Mapping[int, bytes], service_data: Mapping[str, bytes]
+    manufacturer_data: Mapping[int, bytes],
+    service_data: Mapping[str, bytes],
+    service_uuids: Sequence[str] | None = None,
 ) -> bytes:
     """A raw advertising payload that `decode_ad_structures` decodes to the same data.
 
-    The length is not capped: a legacy advertisement must stay within 31 bytes, an extended
-    one may not.
+    `service_uuids` (16-bit ones, as 128-bit strings on the base UUID) go in the complete
+    16-bit list; None: the 16-bit UUIDs of the service data, as beacons advertise them. The
+    length is not capped: a legacy advertisement must stay within 31 bytes, an extended one may
+    not.
     """
+    uuids16 = None if service_uuids is None else [_short(u) for u in service_uuids]
     out = bytearray()
-    for ad_type, body in ad_structures(manufacturer_data, service_data):
+    for ad_type, body in ad_structures(manufacturer_data, service_data, uuids16):
         if len(body) > 254:
             raise ValueError(f"an AD structure holds at most 254 data bytes, not {len(body)}")
         out += bytes((len(body) + 1, ad_type)) + body
@@ -386,6 +420,13 @@ def ad_structures(
         structures.append((_AD_MANUFACTURER, company + data))
     structures.extend(service)
     return structures
+
+
+def _short(uuid: str) -> int:
+    text = uuid.lower()
+    if not text.endswith(BASE_UUID_TAIL) or not text.startswith("0000"):
+        raise ValueError(f"service UUID list: 16-bit UUIDs only, not {uuid!r}")
+    return int(text[4:8], 16)
 
 
 def _uint(value: int, size: int, name: str) -> bytes:

@@ -29,6 +29,8 @@ __all__ = [
     "Justify",
     "LineFeed",
     "PrintAndFeed",
+    "PrintMode",
+    "ProcessIdRequest",
     "QrErrorCorrection",
     "QrModel",
     "QrModuleSize",
@@ -77,6 +79,40 @@ class SelectCodePage:
 @dataclass(frozen=True, slots=True)
 class Bold:
     on: bool  # ESC E n
+
+
+@dataclass(frozen=True, slots=True)
+class PrintMode:
+    """ESC ! n: font, bold, double height and width, underline in one byte (n is kept whole)."""
+
+    n: int
+
+    @property
+    def font_b(self) -> bool:
+        return bool(self.n & 0x01)
+
+    @property
+    def bold(self) -> bool:
+        return bool(self.n & 0x08)
+
+    @property
+    def height(self) -> int:
+        return 2 if self.n & 0x10 else 1
+
+    @property
+    def width(self) -> int:
+        return 2 if self.n & 0x20 else 1
+
+    @property
+    def underline(self) -> bool:
+        return bool(self.n & 0x80)
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessIdRequest:
+    """GS ( H fn 48: answered with `pid` once everything before it is processed (printed)."""
+
+    pid: bytes  # 4 bytes, each an ASCII digit or letter (0x30..0x7E)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +211,8 @@ Command = (
     | Text
     | LineFeed
     | PrintAndFeed
+    | PrintMode
+    | ProcessIdRequest
     | SelectCodePage
     | Bold
     | Underline
@@ -249,6 +287,12 @@ def encode(command: Command) -> bytes:  # noqa: PLR0911, PLR0912 - one case per 
             return bytes([ESC, 0x64, _check(lines, "feed lines")])
         case SelectCodePage(table):
             return bytes([ESC, 0x74, _check(table, "code page")])
+        case PrintMode(n):
+            return bytes([ESC, 0x21, _check(n, "print mode")])
+        case ProcessIdRequest(pid):
+            if len(pid) != 4 or not all(0x30 <= b <= 0x7E for b in pid):
+                raise ValueError("process id: expected 4 bytes from 0x30 to 0x7E")
+            return bytes([GS, 0x28, 0x48, 6, 0, 48, 48]) + pid
         case Bold(on):
             return bytes([ESC, 0x45, int(on)])
         case Underline(dots):
@@ -414,6 +458,8 @@ def _simple(first: int, code: int, args: bytes) -> Command | None:  # noqa: PLR0
             return PrintAndFeed(n)
         case (0x1B, "t"):
             return SelectCodePage(n)
+        case (0x1B, "!"):
+            return PrintMode(n)
         case (0x1D, "!") if not n & 0x88:
             return CharSize((n >> 4) + 1, (n & 0x0F) + 1)
         case (0x1D, "h") if n:
@@ -438,11 +484,15 @@ def _length_prefixed(buf: bytearray, pos: int) -> _Parsed:
 
 
 def _gs_paren(buf: bytearray, pos: int) -> _Parsed:
-    """GS ( k with cn 49 is QR; every other GS ( function is skipped by its length."""
+    """GS ( k with cn 49 is QR, GS ( H fn 48 a process id; every other GS ( function is skipped
+    by its length."""
     head = _length_prefixed(buf, pos)
     if head is None:
         return None
     raw, end = bytes(buf[pos : head[1]]), head[1]
+    if raw[2] == 0x48 and len(raw) == 11 and raw[5:7] == b"00":
+        pid = raw[7:]
+        return (ProcessIdRequest(pid) if all(0x30 <= b <= 0x7E for b in pid) else Unknown(raw)), end
     if raw[2] != 0x6B or len(raw) < 7 or raw[5] != 49:
         return Unknown(raw), end
     fn, params = raw[6], raw[7:]

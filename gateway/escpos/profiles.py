@@ -36,6 +36,11 @@ class Profile:
     barcodes: tuple[str, ...]  # GS k symbologies, e.g. "EAN13", "CODE128"
     asb: bool  # Automatic Status Back (GS a)
     cut: bool  # an autocutter (GS V)
+    # How a job is confirmed printed. "process_id": GS ( H, answered only once the printer has
+    # printed everything before it (Epson TM models). "status": a DLE EOT poll after the last
+    # byte; real-time, so answered ahead of what is still in the printer's buffer: a fault
+    # while the buffer prints is missed. Optional in a profile file, "status" if left out.
+    confirm: str = "status"
 
 
 # Every key is required: a profile says what the printer can do, nothing is assumed.
@@ -50,6 +55,8 @@ _KEYS: dict[str, type] = {
     "asb": bool,
     "cut": bool,
 }
+_OPTIONAL: dict[str, type] = {"confirm": str}
+_CONFIRM = ("process_id", "status")
 
 
 def load_profile(name: str, *, directory: Path | None = None) -> Profile:
@@ -99,15 +106,22 @@ def _profile(name: str, data: Any, source: str) -> Profile:
         barcodes=tuple(data["barcodes"]),
         asb=data["asb"],
         cut=data["cut"],
+        confirm=data.get("confirm", "status"),
     )
 
 
 def _check_keys(data: Any, source: str) -> None:
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a JSON object, found {type(data).__name__}")
-    unknown = sorted(set(data) - set(_KEYS))
+    unknown = sorted(set(data) - set(_KEYS) - set(_OPTIONAL))
     if unknown:
-        raise ValueError(f"{source}: unknown key(s) {unknown}; expected {sorted(_KEYS)}")
+        raise ValueError(
+            f"{source}: unknown key(s) {unknown}; expected {sorted(_KEYS | _OPTIONAL)}"
+        )
+    if "confirm" in data and data["confirm"] not in _CONFIRM:
+        raise ValueError(
+            f"{source}: confirm: expected one of {list(_CONFIRM)}, found {data['confirm']!r}"
+        )
     for key, kind in _KEYS.items():
         if key not in data:
             raise ValueError(f"{source}: {key}: missing")

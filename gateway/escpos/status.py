@@ -10,25 +10,32 @@ The encoders are the printer's side, for the simulator: the decoder inverts them
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass, replace
 
-from gateway.escpos.commands import EnableAsb, StatusRequest, encode
+from gateway.escpos.commands import EnableAsb, ProcessIdRequest, StatusRequest, encode
 
 __all__ = [
     "AutoStatus",
     "Garbage",
     "PrinterStatus",
+    "ProcessIdReply",
     "RealtimeStatus",
     "StatusDecoder",
     "StatusReply",
     "asb_enable",
     "encode_asb",
+    "encode_process_id",
     "encode_realtime_status",
+    "process_id_request",
     "realtime_status_request",
 ]
 
 _XOFF = 0x13
+_PID_HEADER = b"\x37\x22"
+_PID_SHAPE = re.compile(rb"\x37\x22[\x30-\x7e]{4}\x00")
+_PID_SHAPE_SO_FAR = re.compile(rb"\x37(\x22[\x30-\x7e]{0,4})?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +99,18 @@ class AutoStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ProcessIdReply:
+    """The answer to GS ( H fn 48 (37h 22h d1..d4 00h): everything sent before it is printed."""
+
+    pid: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Garbage:
     count: int  # bytes skipped: neither a reply that was expected nor an ASB block
 
 
-StatusReply = RealtimeStatus | AutoStatus | Garbage
+StatusReply = RealtimeStatus | AutoStatus | ProcessIdReply | Garbage
 
 
 def realtime_status_request(n: int) -> bytes:
@@ -107,6 +121,16 @@ def realtime_status_request(n: int) -> bytes:
 def asb_enable(mask: int = 0xFF) -> bytes:
     """GS a n: bit 0 drawer, 1 online/offline, 2 error, 3 paper sensor; 0 disables ASB."""
     return encode(EnableAsb(mask))
+
+
+def process_id_request(pid: bytes) -> bytes:
+    """GS ( H fn 48: the printer answers `pid` only after printing what was sent before it."""
+    return encode(ProcessIdRequest(pid))
+
+
+def encode_process_id(pid: bytes) -> bytes:
+    """The printer's process id response."""
+    return b"\x37\x22" + pid + b"\x00"
 
 
 def encode_realtime_status(n: int, status: PrinterStatus) -> bytes:
@@ -154,6 +178,7 @@ class StatusDecoder:
     def __init__(self) -> None:
         self._expected: deque[int] = deque()
         self._asb = bytearray()  # an ASB block being received
+        self._pid = bytearray()  # a process id response being received
         self.garbage = 0  # bytes skipped so far
 
     def expect(self, n: int) -> None:
@@ -188,6 +213,21 @@ class StatusDecoder:
                     continue
                 skipped += len(self._asb)  # a broken block; this byte may start something
                 self._asb.clear()
+            if self._pid or byte == _PID_HEADER[0]:
+                self._pid.append(byte)
+                if not _PID_SHAPE.fullmatch(self._pid) and not _PID_SHAPE_SO_FAR.fullmatch(
+                    self._pid
+                ):
+                    skipped += len(self._pid) - 1  # a broken response; this byte goes on
+                    self._pid.clear()
+                elif len(self._pid) == len(_PID_HEADER) + 5:
+                    pid = bytes(self._pid[2:6])
+                    self._pid.clear()
+                    skipped = self._flush(out, skipped)
+                    out.append(ProcessIdReply(pid))
+                    continue
+                else:
+                    continue
             if byte & 0x93 == 0x10:
                 self._asb.append(byte)
             elif byte & 0x93 == 0x12 and self._expected:
