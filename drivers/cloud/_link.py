@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 import aiomqtt
 import structlog
 
-from drivers.mqtt import NO_DELAY, credentials
+from drivers.mqtt import NO_DELAY, credentials, reconnecting
 from gateway.config import CloudConfig
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, Store
@@ -101,36 +101,35 @@ class CloudLink:
         cfg = self._config
         backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, self._rng)
         endpoints = cfg.endpoints()
-        at = self._rng.randrange(len(endpoints))
-        while True:
-            host, port = endpoints[at]
-            where = f"{host}:{port}"
-            error = "connection closed"
-            try:
-                async with self._client(host, port) as client:
-                    # One exact topic per kind, not a wildcard: RabbitMQ's MQTT plugin does not
-                    # deliver retained messages to wildcard subscriptions.
-                    for kind in BUNDLE_KINDS:
-                        await client.subscribe(bundle_topic(self._store_id, kind), qos=1)
-                    self._metrics.cloud_connected.set(1)
-                    backoff.reset()
-                    log.info("cloud connected", broker=where)
-                    handle.ready(f"connected to {where}")
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._pump(client))
-                        group.create_task(self._receive(client))
-            except* aiomqtt.MqttError as exc:
-                error = "; ".join(dict.fromkeys(str(e) for e in _leaves(exc)))
-            finally:
-                self._metrics.cloud_connected.set(0)
-            at = (at + 1) % len(endpoints)
-            delay = backoff.next()
-            then = f"{endpoints[at][0]}:{endpoints[at][1]}"
-            handle.degraded(f"cloud {where} unreachable ({error}); {then} in {delay:.1f}s")
-            log.warning(
-                "cloud unreachable", broker=where, error=error, retry_s=round(delay, 2), next=then
-            )
-            await asyncio.sleep(delay)
+        await reconnecting(
+            handle,
+            what="cloud",
+            endpoints=endpoints,
+            backoff=backoff,
+            session=lambda host, port: self._session(handle, backoff, host, port),
+            lost=(aiomqtt.MqttError,),
+            log=log,
+            start=self._rng.randrange(len(endpoints)),  # a chain's stores spread over the nodes
+        )
+
+    async def _session(self, handle: Handle, backoff: Backoff, host: str, port: int) -> None:
+        """One connection: the uplink pump and the bundles, until it is lost."""
+        where = f"{host}:{port}"
+        try:
+            async with self._client(host, port) as client:
+                # One exact topic per kind, not a wildcard: RabbitMQ's MQTT plugin does not
+                # deliver retained messages to wildcard subscriptions.
+                for kind in BUNDLE_KINDS:
+                    await client.subscribe(bundle_topic(self._store_id, kind), qos=1)
+                self._metrics.cloud_connected.set(1)
+                backoff.reset()
+                log.info("cloud connected", broker=where)
+                handle.ready(f"connected to {where}")
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._pump(client))
+                    group.create_task(self._receive(client))
+        finally:
+            self._metrics.cloud_connected.set(0)
 
     async def _receive(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -207,11 +206,3 @@ class CloudLink:
         self._send_at = start + size / rate
         if start > now:
             await asyncio.sleep(start - now)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """The exceptions inside nested task groups, for one readable log line."""
-    leaves: list[BaseException] = []
-    for exc in group.exceptions:
-        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return leaves

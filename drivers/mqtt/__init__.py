@@ -1,5 +1,6 @@
-"""The store broker link (aiomqtt)."""
+"""The store broker link (aiomqtt), and the reconnect loop both links use."""
 
 from drivers.mqtt._link import NO_DELAY, MqttLink, credentials
+from drivers.mqtt._reconnect import reconnecting
 
-__all__ = ["NO_DELAY", "MqttLink", "credentials"]
+__all__ = ["NO_DELAY", "MqttLink", "credentials", "reconnecting"]

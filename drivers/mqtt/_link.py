@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter
 
+from drivers.mqtt._reconnect import reconnecting
 from gateway import __version__
 from gateway.admission import Answers, Budgets, Trouble, TroubleLog, budgets_of
 from gateway.clock import Clock
@@ -346,19 +347,25 @@ class MqttLink:
 
     async def run(self, handle: Handle) -> None:
         backoff = Backoff(self._config.reconnect_min_s, self._config.reconnect_max_s, self._rng)
-        where = f"{self._config.host}:{self._config.port}"
         ticker = asyncio.create_task(self._flush_trouble())
         try:
-            while True:
-                await self._connect_once(handle, backoff, where)
+            await reconnecting(
+                handle,
+                what="broker",
+                endpoints=[(self._config.host, self._config.port)],
+                backoff=backoff,
+                session=lambda host, port: self._session(handle, backoff, f"{host}:{port}"),
+                lost=(aiomqtt.MqttError, _Broken),
+                log=log,
+            )
         finally:
             ticker.cancel()
 
-    async def _connect_once(self, handle: Handle, backoff: Backoff, where: str) -> None:
+    async def _session(self, handle: Handle, backoff: Backoff, where: str) -> None:
+        """One connection, until it is lost (MqttError) or found broken (_Broken)."""
         if self._session_used:  # failed attempts reuse their number: it only counts sessions
             self.session = await self._session_source()
             self._session_used = False
-        error = "connection closed"
         try:
             async with self._client_for(self.session) as client:
                 self._session_used = True
@@ -376,18 +383,10 @@ class MqttLink:
                 except asyncio.CancelledError:
                     await self._say_goodbye(client)
                     raise
-        except aiomqtt.MqttError as exc:
-            error = str(exc)
-        except _Broken as exc:
-            error = str(exc)
         finally:
             self._client = self._intake = None
             self._broken = None
             self._metrics.mqtt_connected.set(0)
-        delay = backoff.next()
-        handle.degraded(f"broker {where} unreachable ({error}); retry in {delay:.1f}s")
-        log.warning("broker unreachable", broker=where, error=error, retry_s=round(delay, 2))
-        await asyncio.sleep(delay)
 
     async def _until_lost(self, client: aiomqtt.Client, broken: asyncio.Future[str]) -> None:
         """Until the broker goes away (MqttError) or the link is found broken (_Broken)."""
