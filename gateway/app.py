@@ -12,6 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,13 @@ from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
 from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
-from gateway.supervisor import Handle, State, Supervisor
+from gateway.supervisor import Component, Handle, State, Supervisor
 from gateway.sync.bundles import BundleApplier, Reaction
 from gateway.sync.outbox import Outbox
 from gateway.timekeeping import ClockWatch
 from gateway.topics import SECTIONS, Topics
 
-__all__ = ["StoreComponent", "run_gateway"]
+__all__ = ["Gateway", "StoreComponent", "build", "run_gateway"]
 
 log = structlog.get_logger("gateway.app")
 DATABASE_NAME = "gateway.sqlite3"
@@ -58,6 +59,7 @@ class StoreComponent:
     """Opens the SQLite store (migrating it) and loads the seed file, if any."""
 
     name = "store"
+    requires: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -151,10 +153,48 @@ def _health_report(
     return status == "ok", body
 
 
-def _components(
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """The daemon's components, named and typed; `components()` in the order they start (and
+    stop in reverse). The health server is added by `run_gateway`."""
+
+    store: StoreComponent
+    clock: ClockWatch
+    link: MqttLink
+    outbox: Outbox
+    models: ModelManager
+    journey: Journey
+    rewards: RewardJoiner
+    tablets: Tablets | None
+    printers: tuple[Component, ...]  # the print journal, then one driver per printer
+    camera: tuple[Component, ...]  # the purposes, then the camera source
+    presence: Presence | None
+    radio: Component | None  # the local BLE adapter
+    cloud: CloudLink | None
+
+    def components(self) -> list[Component]:
+        named: list[Component | None] = [
+            self.store,
+            self.clock,
+            self.link,
+            self.outbox,
+            self.models,
+            self.journey,
+            self.rewards,
+            self.tablets,
+            *self.printers,
+            *self.camera,
+            self.presence,
+            self.radio,
+            self.cloud,
+        ]
+        return [c for c in named if c is not None]
+
+
+def build(
     config: Config, clock: TimeKeeper, metrics: Metrics, notifier: Notifier | None = None
-) -> list[Any]:
-    """Store, MQTT link, outbox, journey, cloud link (the health server is added by the caller)."""
+) -> Gateway:
+    """Every component of the daemon, wired: the composition root."""
     state_dir = config.store.state_dir
     check_writable(state_dir, state_dir / DATABASE_NAME)  # else a one-line exit 78, in cli
     topics = Topics(config.store.id)
@@ -251,20 +291,7 @@ def _components(
     link.route(topics.tablet_serve_filter, "tablet_serve", tablets.on_serve)
     link.route(topics.tablet_close_filter, "tablet_close", tablets.on_close)
     link.route(topics.device_events_filter, "device_events", events.on_event)
-    components: list[Any] = [
-        StoreComponent(db, config.catalog.seed_file, hash_key, clock, notifier),
-        ClockWatch(clock, metrics),
-        link,
-        outbox,
-        models,
-        journey,
-        rewards,
-    ]
-    if config.tablets:
-        components.append(tablets)
-    components += _printers(config, printing, profiles, clock, metrics)
-    components += _camera(config, kiosks, clock, metrics, outbox)
-    presence = _presence(
+    presence, radio = _presence(
         config,
         db=db,
         link=link,
@@ -277,7 +304,7 @@ def _components(
         ),
         outbox=outbox,
     )
-    components += presence
+    cloud = None
     if config.cloud.enabled:
 
         async def apply_settings(body: Mapping[str, Any]) -> None:
@@ -288,9 +315,8 @@ def _components(
             "model": lambda _body: models.load(),
             "config": apply_settings,
         }
-        if presence:
-            reactions["consents"] = lambda _body: presence[0].reload_keys()
-
+        if presence is not None:
+            reactions["consents"] = lambda _body: presence.reload_keys()
         key = config.cloud.bundle_public_key
         bundles = BundleApplier(
             db=db,
@@ -304,17 +330,29 @@ def _components(
             reactions=reactions,
             on_signed_time=lambda t: clock.raise_floor(t, "a signed bundle", firm=True),
         )
-        components.append(
-            CloudLink(
-                config.cloud,
-                config.store.id,
-                db=db,
-                appended=outbox.appended,
-                on_bundle=bundles.handle,
-                metrics=metrics,
-            )
+        cloud = CloudLink(
+            config.cloud,
+            config.store.id,
+            db=db,
+            appended=outbox.appended,
+            on_bundle=bundles.handle,
+            metrics=metrics,
         )
-    return components
+    return Gateway(
+        store=StoreComponent(db, config.catalog.seed_file, hash_key, clock, notifier),
+        clock=ClockWatch(clock, metrics),
+        link=link,
+        outbox=outbox,
+        models=models,
+        journey=journey,
+        rewards=rewards,
+        tablets=tablets if config.tablets else None,
+        printers=_printers(config, printing, profiles, clock, metrics),
+        camera=_camera(config, kiosks, clock, metrics, outbox),
+        presence=presence,
+        radio=radio,
+        cloud=cloud,
+    )
 
 
 def _printers(
@@ -323,13 +361,13 @@ def _printers(
     profiles: Mapping[str, Profile],
     clock: Clock,
     metrics: Metrics,
-) -> list[Any]:
-    """The print journal and one driver per configured printer; [] without printers."""
+) -> tuple[Component, ...]:
+    """The print journal and one driver per configured printer; () without printers."""
     if not config.printers:
-        return []
+        return ()
     from drivers.escpos import EscposPrinter  # pyserial only when a printer is configured
 
-    components: list[Any] = [printing]
+    components: list[Component] = [printing]
     for printer_id, printer in config.printers.items():
         components.append(
             EscposPrinter(
@@ -343,22 +381,22 @@ def _printers(
                 on_state=lambda pid, state: metrics.printer_state.labels(pid).state(state),
             )
         )
-    return components
+    return tuple(components)
 
 
 def _camera(
     config: Config, kiosks: Kiosks, clock: Clock, metrics: Metrics, outbox: Outbox
-) -> list[Any]:
+) -> tuple[Component, ...]:
     """The camera driver, only when the store enabled it: OpenCV is not even imported else."""
     camera = config.camera
     if not camera.enabled:
-        return []
+        return ()
     from drivers.camera import CameraSource
 
     purposes = CameraPurposes(
         camera, on_qr_token=kiosks.on_camera_qr, clock=clock, metrics=metrics, outbox=outbox
     )
-    return [
+    return (
         purposes,  # stopped after the camera: it reports the minute in progress
         CameraSource(
             camera.source,
@@ -371,7 +409,7 @@ def _camera(
             stall_timeout_s=camera.stall_timeout_s,
             reopen_max_s=camera.reopen_max_s,
         ),
-    ]
+    )
 
 
 def _both(
@@ -394,11 +432,11 @@ def _presence(
     hash_key: bytes,
     on_zone: Callable[[ZoneEvent], None],
     outbox: Outbox,
-) -> list[Any]:
-    """The presence component first, then its sources (the local radio); [] when BLE is off."""
+) -> tuple[Presence | None, Component | None]:
+    """The presence component and the local radio's source, when BLE and a radio are on."""
     ble = config.ble
     if not ble.enabled:
-        return []
+        return None, None
     stats = ScannerStats()
     keys = DeviceKeys(hash_key)
     presence = Presence(
@@ -410,7 +448,7 @@ def _presence(
         on_event=on_zone,
         outbox=outbox,
     )
-    components: list[Any] = [presence]
+    radio: Component | None = None
     if ble.nodes_topic:
         nodes = NodeSource(
             ble.nodes_topic, keys, stats, presence.on_sighting, clock, rooms=ble.scanners
@@ -432,19 +470,17 @@ def _presence(
     if ble.adapter:
         from drivers.ble.bleak_scanner import BleakSource  # bleak only when a radio is used
 
-        components.append(
-            BleakSource(
-                ble.adapter,
-                keys,
-                stats,
-                presence.on_sighting,
-                clock,
-                passive=ble.passive,
-                watchdog_s=ble.watchdog_s,
-                resets_after=ble.resets_after,
-            )
+        radio = BleakSource(
+            ble.adapter,
+            keys,
+            stats,
+            presence.on_sighting,
+            clock,
+            passive=ble.passive,
+            watchdog_s=ble.watchdog_s,
+            resets_after=ble.resets_after,
         )
-    return components
+    return presence, radio
 
 
 async def run_gateway(
@@ -461,8 +497,9 @@ async def run_gateway(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     metrics = Metrics()
-    components = _components(config, clock, metrics, notifier)
-    presence = next((c for c in components if isinstance(c, Presence)), None)
+    gateway = build(config, clock, metrics, notifier)
+    presence = gateway.presence
+    components = gateway.components()
     supervisor: Supervisor
     if config.health.enabled:
         components.append(

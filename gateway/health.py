@@ -21,6 +21,7 @@ _READ_TIMEOUT_S = 5.0
 
 class HealthServer:
     name = "health"
+    requires: tuple[str, ...] = ()
 
     def __init__(
         self,

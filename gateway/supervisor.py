@@ -59,6 +59,11 @@ class Component(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Components that must have been ready once before this one first starts."""
+        ...
+
     async def run(self, handle: Handle) -> None: ...
 
 
@@ -118,7 +123,7 @@ class Supervisor:
         self._first_ready = {c.name: asyncio.Event() for c in components}
         self._stopping = False
         for c in components:
-            unknown = set(getattr(c, "requires", ())) - set(self._first_ready)
+            unknown = set(c.requires) - set(self._first_ready)
             if unknown:
                 raise ValueError(f"component {c.name} requires unknown {sorted(unknown)}")
 
@@ -166,7 +171,7 @@ class Supervisor:
         handle = Handle(name, self._report)
         backoff = Backoff(*self._restart, self._rng)
         health = self.health[name]
-        for required in getattr(component, "requires", ()):
+        for required in component.requires:
             if not self._first_ready[required].is_set():
                 self._report(name, State.STARTING, f"waiting for {required}")
                 await self._first_ready[required].wait()

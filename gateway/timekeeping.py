@@ -22,6 +22,7 @@ class ClockWatch:
     """Reads the time's trust every few seconds; degraded while the clock is known wrong."""
 
     name = "clock"
+    requires: tuple[str, ...] = ()
 
     def __init__(self, keeper: TimeKeeper, metrics: Metrics) -> None:
         self._keeper = keeper

@@ -83,12 +83,12 @@ def test_with_the_camera_off_opencv_is_never_imported(tmp_path: Path) -> None:
     script = f"""
 import sys
 from pathlib import Path
-from gateway.app import _components
+from gateway.app import build
 from gateway.clock import TimeKeeper
 from gateway.config import load_config
 from gateway.metrics import Metrics
 config = load_config(Path({str(DEMO)!r}), {{"store.state_dir": {str(tmp_path)!r}}})
-components = _components(config, TimeKeeper(), Metrics())
+components = build(config, TimeKeeper(), Metrics()).components()
 print(len(components), "cv2" in sys.modules)
 """
     out = subprocess.run(

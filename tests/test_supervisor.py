@@ -32,6 +32,7 @@ class Flaky:
 
     def __init__(self, failures: int) -> None:
         self.name = "flaky"
+        self.requires: tuple[str, ...] = ()
         self.failures = failures
         self.runs = 0
 
@@ -89,6 +90,7 @@ async def test_ready_needs_every_required_component_and_requires_orders_start() 
 
     class Slow:
         name = "store"
+        requires = ()
 
         async def run(self, handle: Handle) -> None:
             await gate.wait()

@@ -88,6 +88,7 @@ class BleakSource:
         resets_after: int = 3,
     ) -> None:
         self.name = f"ble-{adapter}"
+        self.requires: tuple[str, ...] = ()
         self._adapter = adapter
         self._keys = keys
         self._stats = stats

@@ -284,6 +284,7 @@ class CameraSource:
     """A supervisor component: one camera feeding `on_qr(text)` and `on_faces(count, at)`."""
 
     name = "camera"
+    requires: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -40,6 +40,7 @@ class _Session:
 
 class Tablets:
     name = "tablets"
+    requires: tuple[str, ...] = ()
 
     def __init__(
         self,
