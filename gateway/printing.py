@@ -25,7 +25,7 @@ import structlog
 from gateway.clock import Clock
 from gateway.escpos import Profile, Receipt
 from gateway.metrics import Metrics
-from gateway.store import AsyncStore, PrintJobRow, Store
+from gateway.store import AsyncStore, PrintJobRow, Store, transaction
 from gateway.supervisor import Handle
 
 __all__ = [
@@ -169,9 +169,7 @@ class PrintJournal:
         wake = self._wake.setdefault(printer, asyncio.Event())
         while True:
             wake.clear()
-            take = asyncio.ensure_future(
-                self._db.call(Store.take_print_job, printer, self._clock.now())
-            )
+            take = asyncio.ensure_future(self._db.call(take_print_job, printer, self._clock.now()))
             try:
                 row: PrintJobRow | None = await asyncio.shield(take)
             except asyncio.CancelledError:
@@ -205,26 +203,85 @@ class PrintJournal:
             return
         job = take.result()
         assert job is not None
-        task = asyncio.ensure_future(self._db.call(Store.release_print_job, job.id))
+        task = asyncio.ensure_future(self._db.call(release_print_job, job.id))
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
     async def release(self, job_id: str) -> None:
-        await self._db.call(Store.release_print_job, job_id)
+        await self._db.call(release_print_job, job_id)
         self._sending.pop(job_id, None)
 
     def _count(self, printer: str, outcome: str) -> None:
         self._metrics.print_jobs.labels(printer, outcome).inc()
 
     async def _finish(self, job_id: str, state: str, error: str | None) -> None:
-        await self._db.call(Store.finish_print_job, job_id, state, self._clock.now(), error)
+        await self._db.call(finish_print_job, job_id, state, self._clock.now(), error)
 
     async def run(self, handle: Handle) -> None:
-        recovered = await self._db.call(Store.requeue_interrupted_prints, self._clock.now())
+        recovered = await self._db.call(requeue_interrupted_prints, self._clock.now())
         if recovered:
             log.warning("print jobs interrupted by a restart queued again", jobs=recovered)
-        counts = await self._db.call(Store.print_counts)
+        counts = await self._db.call(print_counts)
         handle.ready(f"{counts.get('queued', 0)} queued, {recovered} recovered")
         for event in self._wake.values():
             event.set()
         await asyncio.Event().wait()
+
+
+# The print journal's SQL, run on the store thread.
+
+
+def take_print_job(store: Store, printer: str, now: float) -> PrintJobRow | None:
+    """The oldest queued job of `printer`, now marked sending (attempts + 1)."""
+    conn = store.conn
+    with transaction(conn, durable=False):
+        row = conn.execute(
+            "SELECT id, lane, coupon_code, job, copy, attempts FROM print_journal"
+            " WHERE printer = ? AND state = 'queued' ORDER BY created_at LIMIT 1",
+            (printer,),
+        ).fetchone()
+        if row is None:
+            return None
+        conn.execute(
+            "UPDATE print_journal SET state = 'sending', attempts = attempts + 1,"
+            " updated_at = ? WHERE id = ?",
+            (now, row[0]),
+        )
+    return PrintJobRow(row[0], row[1], printer, row[2], bytes(row[3]), bool(row[4]), row[5] + 1)
+
+
+def finish_print_job(store: Store, job_id: str, state: str, now: float, error: str | None) -> None:
+    """sending -> printed, failed, or queued again as a copy (interrupted by a fault)."""
+    copy = ", copy = 1" if state == "queued" else ""
+    with transaction(store.conn, durable=False):
+        store.conn.execute(
+            f"UPDATE print_journal SET state = ?, error = ?, updated_at = ?{copy}"  # noqa: S608 - constant
+            " WHERE id = ? AND state = 'sending'",
+            (state, error, now, job_id),
+        )
+
+
+def release_print_job(store: Store, job_id: str) -> None:
+    """sending -> queued, not a copy: the job was taken but not one byte was sent."""
+    with transaction(store.conn, durable=False):
+        store.conn.execute(
+            "UPDATE print_journal SET state = 'queued', attempts = attempts - 1"
+            " WHERE id = ? AND state = 'sending'",
+            (job_id,),
+        )
+
+
+def requeue_interrupted_prints(store: Store, now: float) -> int:
+    """At start: jobs left 'sending' by a crash may be half printed; queue them as copies."""
+    with transaction(store.conn, durable=False):
+        cursor = store.conn.execute(
+            "UPDATE print_journal SET state = 'queued', copy = 1, updated_at = ?,"
+            " error = 'interrupted by a restart' WHERE state = 'sending'",
+            (now,),
+        )
+    return cursor.rowcount
+
+
+def print_counts(store: Store) -> dict[str, int]:
+    rows = store.conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
+    return {str(state): int(n) for state, n in rows.fetchall()}

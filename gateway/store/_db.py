@@ -522,56 +522,6 @@ class Store(Reader):
             for event in events:
                 self.outbox.insert_one(event)
 
-    def take_print_job(self, printer: str, now: float) -> PrintJobRow | None:
-        """The oldest queued job of `printer`, now marked sending (attempts + 1)."""
-        with transaction(self._conn, durable=False):
-            row = self._conn.execute(
-                "SELECT id, lane, coupon_code, job, copy, attempts FROM print_journal"
-                " WHERE printer = ? AND state = 'queued' ORDER BY created_at LIMIT 1",
-                (printer,),
-            ).fetchone()
-            if row is None:
-                return None
-            self._conn.execute(
-                "UPDATE print_journal SET state = 'sending', attempts = attempts + 1,"
-                " updated_at = ? WHERE id = ?",
-                (now, row[0]),
-            )
-        return PrintJobRow(row[0], row[1], printer, row[2], bytes(row[3]), bool(row[4]), row[5] + 1)
-
-    def finish_print_job(self, job_id: str, state: str, now: float, error: str | None) -> None:
-        """sending -> printed, failed, or queued again as a copy (interrupted by a fault)."""
-        copy = ", copy = 1" if state == "queued" else ""
-        self._write(
-            f"UPDATE print_journal SET state = ?, error = ?, updated_at = ?{copy}"  # noqa: S608 - constant
-            " WHERE id = ? AND state = 'sending'",
-            [(state, error, now, job_id)],
-            commit=True,
-        )
-
-    def release_print_job(self, job_id: str) -> None:
-        """sending -> queued, not a copy: the job was taken but not one byte was sent."""
-        self._write(
-            "UPDATE print_journal SET state = 'queued', attempts = attempts - 1"
-            " WHERE id = ? AND state = 'sending'",
-            [(job_id,)],
-            commit=True,
-        )
-
-    def requeue_interrupted_prints(self, now: float) -> int:
-        """At start: jobs left 'sending' by a crash may be half printed; queue them as copies."""
-        with transaction(self._conn, durable=False):
-            cursor = self._conn.execute(
-                "UPDATE print_journal SET state = 'queued', copy = 1, updated_at = ?,"
-                " error = 'interrupted by a restart' WHERE state = 'sending'",
-                (now,),
-            )
-        return cursor.rowcount
-
-    def print_counts(self) -> dict[str, int]:
-        rows = self._conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
-        return {str(state): int(n) for state, n in rows.fetchall()}
-
     def insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
         """Inside the caller's transaction: the decision and its event for the cloud."""
         self._conn.execute(
