@@ -20,7 +20,7 @@ from gateway.clock import SystemClock
 from gateway.metrics import Metrics
 from gateway.store import AsyncStore, Consent, Offer, Store
 from gateway.supervisor import Handle
-from gateway.sync.bundles import BundleApplier
+from gateway.sync.bundles import BundleApplier, applied_body, applied_version
 from gateway.sync.outbox import Outbox
 from simulators.cloud import ArtifactServer, BundleSigner
 
@@ -137,11 +137,11 @@ async def test_consents_delta_upserts_and_forgets(rig: Rig) -> None:
     assert await rig.db.call(Store.consent, other) is None
     # What was applied lives in the consents table only: no copy of refs to outlive a forget.
     tally = '{"upsert": 1, "forget": 1, "snapshot": false}'
-    assert await rig.db.call(Store.applied_body, "consents") == tally
+    assert await rig.db.call(applied_body, "consents") == tally
     raw = {"upsert": [{"customer_ref": "4000000000001", "personalisation": True}]}
     outcome = await rig.applier.handle("consents", rig.signer.make("consents", 2, raw))
     assert outcome.startswith("rejected:")  # raw identifiers are refused: keyed hashes only
-    assert await rig.db.call(Store.applied_version, "consents") == 1
+    assert await rig.db.call(applied_version, "consents") == 1
 
 
 async def test_a_missed_consents_delta_is_noticed_and_a_snapshot_recovers(rig: Rig) -> None:
@@ -160,7 +160,7 @@ async def test_a_missed_consents_delta_is_noticed_and_a_snapshot_recovers(rig: R
     )
     assert await rig.db.call(Store.consent, ann) is None
     assert await rig.db.call(Store.consent, bea) == Consent(bea, True, None)
-    assert await rig.db.call(Store.applied_version, "consents") == 4
+    assert await rig.db.call(applied_version, "consents") == 4
 
 
 async def test_a_model_is_downloaded_verified_and_swapped_in(rig: Rig, tmp_path: Path) -> None:
@@ -205,10 +205,10 @@ async def test_a_model_is_downloaded_verified_and_swapped_in(rig: Rig, tmp_path:
 async def test_config_bundles_are_recorded(rig: Rig) -> None:
     message = rig.signer.make("config", 3, {"settings": {"exploration": 0.1}})
     assert await rig.applier.handle("config", message) == "applied"
-    assert await rig.db.call(Store.applied_version, "config") == 3
+    assert await rig.db.call(applied_version, "config") == 3
     # Weather is acted on (a decision feature): a value it cannot use is refused before commit.
     bad = rig.signer.make("config", 4, {"settings": {"weather": {"temp_c": None}}})
     outcome = await rig.applier.handle("config", bad)
     assert outcome.startswith("rejected:"), outcome
     assert "temp_c must be number" in outcome
-    assert await rig.db.call(Store.applied_version, "config") == 3
+    assert await rig.db.call(applied_version, "config") == 3

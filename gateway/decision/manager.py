@@ -22,6 +22,7 @@ from gateway.decision.features import FeatureContext, context_from_json
 from gateway.decision.model import ModelError, Scorer
 from gateway.store import AsyncStore, Offer, Store
 from gateway.supervisor import Handle
+from gateway.sync.bundles import applied_body
 
 __all__ = ["ModelManager"]
 
@@ -94,7 +95,7 @@ class ModelManager:
 
     async def _apply_settings(self) -> None:
         """Weather and other context the cloud sends in its latest config bundle."""
-        body = await self._db.call(Store.applied_body, "config")
+        body = await self._db.call(applied_body, "config")
         if body:
             self.apply_settings(json.loads(body).get("settings", {}))
 

@@ -569,63 +569,6 @@ class Store(Reader):
         ).fetchall()
         return [str(row[0]) for row in rows]
 
-    def applied_body(self, kind: str) -> str | None:
-        row = self._conn.execute(
-            "SELECT body FROM applied_bundles WHERE kind = ?", (kind,)
-        ).fetchone()
-        return str(row[0]) if row else None
-
-    def applied_version(self, kind: str) -> int:
-        row = self._conn.execute(
-            "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
-    def apply_bundle(
-        self,
-        kind: str,
-        version: int,
-        created_at: float,
-        body: str,
-        now: float,
-        *,
-        offers: Sequence[Offer] | None = None,
-        consents: Sequence[Consent] = (),
-        consents_snapshot: bool = False,
-        forget: Sequence[str] = (),
-        artifact_sha256: str | None = None,
-    ) -> None:
-        """Apply a verified bundle all or nothing: its data and its version in one transaction.
-
-        offers: the whole new catalog (replaces the old one); consents / forget: a delta, or
-        with consents_snapshot every consent on record (everyone else is forgotten).
-        """
-        with transaction(self._conn, durable=False):
-            row = self._conn.execute(
-                "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)
-            ).fetchone()
-            if row and int(row[0]) >= version:
-                raise ValueError(f"{kind} version {version} is not newer than {row[0]}")
-            if offers is not None:
-                self._conn.execute("DELETE FROM offers")
-                self.upsert_offers(offers, now, commit=False)
-            if consents_snapshot:
-                self._conn.execute("DELETE FROM consents")
-            if consents:
-                self.upsert_consents(consents, now, commit=False)
-            self._conn.execute(
-                "DELETE FROM consents WHERE customer_ref IN (SELECT value FROM json_each(?))",
-                (json.dumps(list(forget)),),
-            )
-            self._conn.execute(
-                "INSERT INTO applied_bundles (kind, version, created_at, applied_at, body,"
-                " artifact_sha256) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET"
-                " version = excluded.version, created_at = excluded.created_at,"
-                " applied_at = excluded.applied_at, body = excluded.body,"
-                " artifact_sha256 = excluded.artifact_sha256",
-                (kind, version, created_at, now, body, artifact_sha256),
-            )
-
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
 

@@ -22,11 +22,19 @@ from gateway.clock import Clock
 from gateway.decision.model import ModelError, Scorer
 from gateway.metrics import Metrics
 from gateway.payloads import PayloadError, validate
-from gateway.store import AsyncStore, Consent, Offer, Store, consent_from_json, offer_from_json
+from gateway.store import (
+    AsyncStore,
+    Consent,
+    Offer,
+    Store,
+    consent_from_json,
+    offer_from_json,
+    transaction,
+)
 from gateway.sync.outbox import Outbox
 from gateway.sync.wire import Bundle, BundleError, open_bundle, sha256_hex
 
-__all__ = ["BundleApplier", "Fetch", "Reaction"]
+__all__ = ["BundleApplier", "Fetch", "Reaction", "applied_body", "applied_version"]
 
 log = structlog.get_logger("gateway.bundles")
 
@@ -76,7 +84,7 @@ class BundleApplier:
             bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
             self._on_signed_time(bundle.created_at)  # the cloud signed it: time is past this
             version = bundle.version
-            applied = await self._db.call(Store.applied_version, kind)
+            applied = await self._db.call(applied_version, kind)
             if bundle.version == applied:
                 return "duplicate"
             if bundle.version < applied:
@@ -218,19 +226,51 @@ def _missed_delta(bundle: Bundle, applied: int) -> bool:
 
 
 def _apply(store: Store, change: _Change, /) -> None:
-    """On the store thread: data and version in one transaction."""
-    try:
-        store.apply_bundle(
-            change.kind,
-            change.version,
-            change.created_at,
-            change.body,
-            change.now,
-            offers=change.offers,
-            consents=change.consents,
-            consents_snapshot=change.consents_snapshot,
-            forget=change.forget,
-            artifact_sha256=change.artifact_sha256,
+    """On the store thread: a verified bundle all or nothing, its data and its version in one
+    transaction. Offers: the whole new catalog; consents / forget: a delta, or with
+    consents_snapshot every consent on record (everyone else is forgotten)."""
+    conn = store.conn
+    with transaction(conn, durable=False):
+        applied = applied_version(store, change.kind)
+        if applied >= change.version:  # lost a race with another copy of the same bundle
+            raise BundleError(f"{change.kind} version {change.version} is not newer than {applied}")
+        if change.offers is not None:
+            conn.execute("DELETE FROM offers")
+            store.upsert_offers(change.offers, change.now, commit=False)
+        if change.consents_snapshot:
+            conn.execute("DELETE FROM consents")
+        if change.consents:
+            store.upsert_consents(change.consents, change.now, commit=False)
+        conn.execute(
+            "DELETE FROM consents WHERE customer_ref IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(change.forget)),),
         )
-    except ValueError as exc:  # lost a race with another copy of the same bundle
-        raise BundleError(str(exc)) from exc
+        conn.execute(
+            "INSERT INTO applied_bundles (kind, version, created_at, applied_at, body,"
+            " artifact_sha256) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET"
+            " version = excluded.version, created_at = excluded.created_at,"
+            " applied_at = excluded.applied_at, body = excluded.body,"
+            " artifact_sha256 = excluded.artifact_sha256",
+            (
+                change.kind,
+                change.version,
+                change.created_at,
+                change.now,
+                change.body,
+                change.artifact_sha256,
+            ),
+        )
+
+
+def applied_version(store: Store, kind: str) -> int:
+    """The version of the last `kind` bundle applied; 0 for none (on the store thread)."""
+    row = store.conn.execute(
+        "SELECT version FROM applied_bundles WHERE kind = ?", (kind,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def applied_body(store: Store, kind: str) -> str | None:
+    """The body of the last `kind` bundle applied, as it was kept (on the store thread)."""
+    row = store.conn.execute("SELECT body FROM applied_bundles WHERE kind = ?", (kind,)).fetchone()
+    return str(row[0]) if row else None
