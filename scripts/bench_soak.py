@@ -131,6 +131,8 @@ def bench_soak(quick: bool) -> dict[str, float]:
         "soak_rss_slope_kib_per_min": _slope([(s[0], s[1]) for s in half]),
         "soak_heap_blocks_slope_per_min": _slope([(s[0], s[3]) for s in half]),
         "soak_sqlite_kib_slope_per_min": _slope([(s[0], s[4]) for s in half]),
+        # What is left once SQLite's page cache (bounded by cache_size) is taken out.
+        "soak_rss_minus_sqlite_slope_kib_per_min": _slope([(s[0], s[1] - s[4]) for s in half]),
         "soak_open_files_end": samples[-1][2],
         "soak_open_files_slope_per_min": _slope([(s[0], s[2]) for s in half]),
     }
