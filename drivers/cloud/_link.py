@@ -6,21 +6,17 @@
   spread over the nodes), and every failure, to connect or of a live connection, moves to the
   next node, so a dead node costs one short backoff, not the whole outage. The session lives in
   the cluster and resumes on whichever node takes it.
-- Uplink: batches in (priority, arrival) order, each one MQTT message under
-  `cloud.batch_max_bytes` (gzip), up to `cloud.inflight` awaiting their PUBACK at once; rows leave
-  the outbox only after the PUBACK. A crash between the two re-sends a batch: the cloud
-  de-duplicates by event id, so the effect is exactly once.
+- Uplink: the core's pump (gateway/sync/uplink.py) over this connection; a batch is one QoS 1
+  message under `cloud.batch_max_bytes` (gzip), and its PUBACK is the cloud's acknowledgement.
 - Downlink: every message on the bundles topics goes to the bundle applier, one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
-import time
 from collections.abc import Awaitable, Callable
 
 import aiomqtt
@@ -29,13 +25,12 @@ import structlog
 from drivers.mqtt import NO_DELAY, credentials, reconnecting
 from gateway.config import CloudConfig
 from gateway.metrics import Metrics
-from gateway.store import AsyncStore, Store
+from gateway.store import AsyncStore
 from gateway.supervisor import Backoff, Handle
+from gateway.sync.uplink import Uplink
 from gateway.sync.wire import (
     BUNDLE_KINDS,
-    PRIORITY_RANK,
     bundle_topic,
-    encode_batch,
     events_topic,
 )
 
@@ -45,9 +40,6 @@ log = structlog.get_logger("drivers.cloud")
 # aiomqtt and paho log under "mqtt" unless given a logger: the cloud's socket errors then read as
 # the store broker's (gateway/logs.py names the component after the logger).
 _MQTT_LOG = logging.getLogger("drivers.cloud")
-_RANKS = sorted(set(PRIORITY_RANK.values()))
-_MAX_ROWS = 5000
-_IDLE_RECHECK_S = 1.0
 # CONNECT and SUBSCRIBE answered within this, or the next node is tried. A nats-server node
 # taking over a session whose JetStream leader just died left a CONNECT unanswered (2.9.10,
 # tests/test_cloud_cluster.py); 30 s held the failover that long.
@@ -77,7 +69,7 @@ class CloudLink:
         self._metrics = metrics
         self._rng = rng or random.Random()
         self._topic = events_topic(store_id)
-        self._send_at = 0.0  # bandwidth cap: when the next batch may go
+        self._uplink = Uplink(config, store_id, db=db, appended=appended, metrics=metrics)
 
     def _client(self, host: str, port: int) -> aiomqtt.Client:
         cfg = self._config
@@ -126,7 +118,7 @@ class CloudLink:
                 log.info("cloud connected", broker=where)
                 handle.ready(f"connected to {where}")
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._pump(client))
+                    group.create_task(self._uplink.pump(_Batches(client, self._topic)))
                     group.create_task(self._receive(client))
         finally:
             self._metrics.cloud_connected.set(0)
@@ -138,71 +130,16 @@ class CloudLink:
             outcome = await self._on_bundle(kind, payload)
             log.debug("bundle handled", kind=kind, outcome=outcome)
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        """Send batches in priority order, `inflight` at a time, until the connection drops."""
-        cfg = self._config
-        # Rows above these seqs (per rank) are not yet on their way; reset with each connection,
-        # since whatever was unacknowledged on the old one must go again.
-        cursors = dict.fromkeys(_RANKS, -1)
-        window = asyncio.Semaphore(cfg.inflight)
-        raw_cap = cfg.batch_max_bytes * (6 if cfg.compress else 1) - 256
-        async with asyncio.TaskGroup() as sends:
-            while True:
-                await window.acquire()
-                self._appended.clear()
-                # What waited past its expiry (an in-app message) is dropped, never sent late.
-                for kind, count in (await self._db.call(Store.outbox_expire, time.time())).items():
-                    self._metrics.events_expired.labels(kind).inc(count)
-                    log.info("events expired before they could leave", type=kind, events=count)
-                rows = await self._db.call(Store.outbox_batch, cursors, _MAX_ROWS, raw_cap)
-                if not rows:
-                    window.release()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(_IDLE_RECHECK_S):
-                            await self._appended.wait()
-                    continue
-                for seq, rank, _ in rows:
-                    cursors[rank] = max(cursors[rank], seq)
-                # gzip of up to ~0.8 MB of JSON: tens of ms, off the loop.
-                messages = await asyncio.to_thread(self._encode, rows)
-                for i, (payload, seqs) in enumerate(messages):
-                    if i:  # a batch split in several messages takes a window slot each
-                        await window.acquire()
-                    sends.create_task(self._send(client, payload, seqs, window))
 
-    def _encode(self, rows: list[tuple[int, int, bytes]]) -> list[tuple[bytes, list[int]]]:
-        """One message, or several if compression did not bring it under the cap."""
-        payload = encode_batch(
-            self._store_id, [body for _, _, body in rows], compress=self._config.compress
-        )
-        if len(payload) <= self._config.batch_max_bytes or len(rows) == 1:
-            return [(payload, [seq for seq, _, _ in rows])]
-        half = len(rows) // 2
-        return self._encode(rows[:half]) + self._encode(rows[half:])
+class _Batches:
+    """The uplink's transport over one MQTT connection: a batch is a QoS 1 publish."""
 
-    async def _send(
-        self, client: aiomqtt.Client, payload: bytes, seqs: list[int], window: asyncio.Semaphore
-    ) -> None:
-        try:
-            await self._throttle(len(payload))
-            # No publish timeout: on a slow uplink a full window takes longer than any fixed
-            # bound to acknowledge; a dead link is found by the keepalive, which ends the
-            # connection's task group and with it this wait.
-            await client.publish(self._topic, payload, qos=1, timeout=math.inf)
-            _, waiting, size = await self._db.call(Store.outbox_ack, seqs)
-            self._metrics.outbox_events.set(waiting)
-            self._metrics.outbox_bytes.set(size)
-            self._metrics.uplink_events.inc(len(seqs))
-            self._metrics.uplink_bytes.inc(len(payload))
-        finally:
-            window.release()
+    def __init__(self, client: aiomqtt.Client, topic: str) -> None:
+        self._client = client
+        self._topic = topic
 
-    async def _throttle(self, size: int) -> None:
-        rate = self._config.bandwidth_bytes_per_s
-        if not rate:
-            return
-        now = time.monotonic()
-        start = max(now, self._send_at)
-        self._send_at = start + size / rate
-        if start > now:
-            await asyncio.sleep(start - now)
+    async def send(self, payload: bytes) -> None:
+        # No publish timeout: on a slow uplink a full window takes longer than any fixed bound
+        # to acknowledge; a dead link is found by the keepalive, which ends the connection's
+        # task group and with it this wait.
+        await self._client.publish(self._topic, payload, qos=1, timeout=math.inf)
