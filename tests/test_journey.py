@@ -15,13 +15,13 @@ import pytest
 
 from gateway.ble.presence import ZoneEvent
 from gateway.clock import TimeKeeper
-from gateway.config import DecisionConfig, KioskConfig, LaneConfig, ScreenConfig
+from gateway.config import AppConfig, DecisionConfig, KioskConfig, LaneConfig, ScreenConfig
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.model import Scorer
 from gateway.device_events import DeviceEvents
 from gateway.identity import IdentityResolver, customer_ref
 from gateway.metrics import Metrics
-from gateway.moments import Journey, Kiosks, ScreenHold, ZoneScreens
+from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, ZoneScreens
 from gateway.payloads import encode_kiosk_identify
 from gateway.pos import checkout
 from gateway.pos.lanes import PosLanes
@@ -74,6 +74,7 @@ class Rig:
     screens: Screens
     printed: list[str]
     wall: list[float]  # the fixed clock: moved by hand
+    clock: TimeKeeper
 
 
 TOPICS = Topics("test-store")
@@ -150,7 +151,9 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     ]
     async with asyncio.timeout(10):
         await ready.wait()
-    yield Rig(db, outbox, journey, kiosks, zones, lanes, events, engine, screens, printed, wall)
+    yield Rig(
+        db, outbox, journey, kiosks, zones, lanes, events, engine, screens, printed, wall, clock
+    )
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -301,3 +304,37 @@ async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig
     assert await rig.db.call(checkout.pending) == []  # settled with the decision
     # A receipt posts no content: the lane's acknowledgement is all.
     assert [t.rsplit("/", 2)[-2:] for t, _ in rig.screens.posts] == [["events", "ack"]]
+
+
+async def test_an_in_app_message_goes_up_for_a_consenting_customer_unless_opted_out(
+    rig: Rig,
+) -> None:
+    app = AppPresence(AppConfig(per_visit=5), rig.journey.submit, rig.clock)
+
+    async def messages() -> list[dict[str, Any]]:
+        rows = await rig.db.call(Store.outbox_batch, {0: -1, 1: -1, 2: -1}, 100, 10**7)
+        events = [json.loads(body) for _, _, body in rows]
+        return [e for e in events if e["type"] == "app.message"]
+
+    async def seen_then_a_kiosk(request_id: str) -> None:
+        """The app is seen, then a kiosk asks: once the kiosk's content is posted, the app's
+        moment (queued before it) has been decided."""
+        app.seen(REF, "coffee", "ble")
+        rig.kiosks.on_identify(
+            TOPICS.kiosk_identify("kiosk-1"),
+            encode_kiosk_identify("loyalty", "4000000000999", request_id),
+        )
+        async with asyncio.timeout(5):
+            while not any(body.get("request_id") == request_id for _, body in rig.screens.posts):
+                rig.screens.posted.clear()
+                await rig.screens.posted.wait()
+
+    await seen_then_a_kiosk("req-app-1")
+    (message,) = await messages()
+    assert message["data"]["customer"] == REF
+    assert message["data"]["kind"] == "welcome"
+    assert message["data"]["expires_at"] == message["ts"] + AppConfig().ttl_s
+    opted_out = Consent(REF, True, "coffee-lovers", app_messages=False)
+    await rig.db.call(Store.upsert_consents, [opted_out], 1.0)
+    await seen_then_a_kiosk("req-app-2")
+    assert len(await messages()) == 1  # opted out of messages: no second one

@@ -50,6 +50,7 @@ class _Facts:
     segment: str | None  # the consenting customer's segment
     seen: dict[str, int]  # offer -> times shown to this customer today (consenting only)
     here: dict[str, int]  # offer -> times shown at this touchpoint this hour
+    app_messages: bool  # the consenting customer takes in-app messages
 
 
 def _read_facts(reader: Reader, ref: str | None, touchpoint: str, now: float) -> _Facts:
@@ -60,7 +61,8 @@ def _read_facts(reader: Reader, ref: str | None, touchpoint: str, now: float) ->
         customer = ref if personal else None  # no consent, no record of who it was
         seen, here = reader.offer_counts(customer, touchpoint, now)
     segment = consent.segment if consent is not None and personal else None
-    return _Facts(customer, segment, seen, here)
+    app_messages = consent is not None and personal and consent.app_messages
+    return _Facts(customer, segment, seen, here, app_messages)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +268,8 @@ def _message(
     not yet redeemed, else a welcome with one personal offer; nothing past the daily cap."""
     nothing = Plan(moment=moment, decided=())
     customer = facts.customer
-    if customer is None or uplink is None:
-        return nothing
+    if customer is None or uplink is None or not facts.app_messages:
+        return nothing  # no consent, or opted out of messages
     if reader.app_messages_since(customer, context.now - 86400) >= moment.per_day:
         return nothing
     coupon = reader.unredeemed_coupon(customer, context.now - _COUPON_REMINDED_S)

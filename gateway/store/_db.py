@@ -76,6 +76,7 @@ class Consent:
     segment: str | None = None
     eid_key: bytes | None = None  # the app's BLE identity key, for rotating identifiers
     eid_k: int = 10  # the identifier rotates every 2**eid_k seconds
+    app_messages: bool = True  # False: opted out of in-app messages (personalisation aside)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +261,11 @@ def _migrate_v8(db: sqlite_utils.Database) -> None:
     db.table("outbox_expiry").create_index(["expires"])
 
 
+def _migrate_v9(db: sqlite_utils.Database) -> None:
+    """A customer may opt out of in-app messages and keep the personalisation consent."""
+    db.execute("ALTER TABLE consents ADD COLUMN app_messages INTEGER NOT NULL DEFAULT 1")
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -270,6 +276,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v6,
     _migrate_v7,
     _migrate_v8,
+    _migrate_v9,
 )
 
 
@@ -306,12 +313,17 @@ class Reader:
 
     def consent(self, customer_ref: str) -> Consent | None:
         row = self._conn.execute(
-            "SELECT personalisation, segment FROM consents WHERE customer_ref = ?",
+            "SELECT personalisation, segment, app_messages FROM consents WHERE customer_ref = ?",
             (customer_ref,),
         ).fetchone()
         if row is None:
             return None
-        return Consent(customer_ref=customer_ref, personalisation=bool(row[0]), segment=row[1])
+        return Consent(
+            customer_ref=customer_ref,
+            personalisation=bool(row[0]),
+            segment=row[1],
+            app_messages=bool(row[2]),
+        )
 
     def offer_counts(
         self, customer_ref: str | None, touchpoint: str, now: float
@@ -474,14 +486,24 @@ class Store(Reader):
         self, consents: Iterable[Consent], now: float, *, commit: bool = True
     ) -> int:
         rows = [
-            (c.customer_ref, int(c.personalisation), c.segment, c.eid_key, c.eid_k, now)
+            (
+                c.customer_ref,
+                int(c.personalisation),
+                c.segment,
+                c.eid_key,
+                c.eid_k,
+                int(c.app_messages),
+                now,
+            )
             for c in consents
         ]
         # An update that does not mention the app's identity key keeps the one on record.
         sql = (
             "INSERT INTO consents (customer_ref, personalisation, segment, eid_key, eid_k,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(customer_ref) DO UPDATE SET"
+            " app_messages, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(customer_ref) DO UPDATE SET"
             " personalisation = excluded.personalisation, segment = excluded.segment,"
+            " app_messages = excluded.app_messages,"
             " eid_k = CASE WHEN excluded.eid_key IS NULL THEN consents.eid_k"
             " ELSE excluded.eid_k END,"
             " eid_key = COALESCE(excluded.eid_key, consents.eid_key),"

@@ -46,6 +46,7 @@ def consent_from_json(c: Mapping[str, Any], ref: str) -> Consent:
         personalisation=c["personalisation"],
         segment=c.get("segment"),
         eid_key=bytes.fromhex(c["eid_key"]) if "eid_key" in c else None,
+        app_messages=c.get("app_messages", True),
         **rotation,
     )
 
