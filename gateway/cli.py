@@ -26,11 +26,13 @@ decisions on the box, everything kept in SQLite while the internet is away.
 commands:
   run            run the daemon in the foreground (systemd runs it this way)
   check-config   validate a configuration file and list every problem
+  report         the store's experiment readout, from its own decision log
   version        print the version
 
 examples:
   store-gateway check-config /etc/store-gateway/config.toml
   store-gateway run --config examples/demo.toml --set mqtt.port=18830
+  store-gateway report --since 14
 """
 
 
@@ -70,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
         description="Check a configuration file: exit 0 if valid, else 1, one line per problem.",
     )
     check.add_argument("config", type=Path, help="configuration file to check")
+    report = commands.add_parser(
+        "report",
+        parents=[overrides],
+        help="the experiment readout",
+        description="Personalised vs holdout, and the model's switchback slots vs the rules',"
+        " per touchpoint: conversion and lift with a 95 %% interval, from the decision log.",
+    )
+    report.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/store-gateway/config.toml"),
+        help="configuration file, for the state directory (default: %(default)s)",
+    )
+    report.add_argument("--since", type=float, default=14.0, metavar="DAYS", help="(default 14)")
+    report.add_argument("--json", action="store_true", help="the figures as JSON")
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -103,25 +121,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     loaded = _load(args.config, args.set)
     if args.command == "check-config":
-        if isinstance(loaded, ConfigError):
-            _print_problems(loaded)
-            return 1
-        broker = f"{loaded.mqtt.host}:{loaded.mqtt.port}"
-        devices = {
-            "kiosk": loaded.kiosks,
-            "screen": loaded.screens,
-            "lane": loaded.lanes,
-            "printer": loaded.printers,
-            "tablet": loaded.tablets,
-        }
-        counts = "".join(
-            f", {len(ids)} {kind}{'' if len(ids) == 1 else 's'}" for kind, ids in devices.items()
-        )
-        print(f"{args.config}: OK (store {loaded.store.id}, broker {broker}{counts})")
-        return 0
+        return _check(args.config, loaded)
     if isinstance(loaded, ConfigError):
         _print_problems(loaded)
         return EX_CONFIG
+    if args.command == "report":
+        return _report(loaded, args.since, as_json=args.json)
     from gateway.app import run_gateway
     from gateway.logs import configure_logging
     from gateway.store import StateDirUnusable
@@ -133,6 +138,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StateDirUnusable as exc:  # a restart cannot fix it: one line, and systemd stops
         print(f"store-gateway: {exc}", file=sys.stderr)
         return EX_CONFIG
+    return 0
+
+
+def _check(path: Path, loaded: Config | ConfigError) -> int:
+    if isinstance(loaded, ConfigError):
+        _print_problems(loaded)
+        return 1
+    broker = f"{loaded.mqtt.host}:{loaded.mqtt.port}"
+    devices = {
+        "kiosk": loaded.kiosks,
+        "screen": loaded.screens,
+        "lane": loaded.lanes,
+        "printer": loaded.printers,
+        "tablet": loaded.tablets,
+    }
+    counts = "".join(
+        f", {len(ids)} {kind}{'' if len(ids) == 1 else 's'}" for kind, ids in devices.items()
+    )
+    print(f"{path}: OK (store {loaded.store.id}, broker {broker}{counts})")
+    return 0
+
+
+def _report(config: Config, since_days: float, *, as_json: bool) -> int:
+    import time
+
+    from gateway.report import read, render
+
+    database = config.store.state_dir / "gateway.sqlite3"
+    if not database.exists():
+        print(f"store-gateway: no decision log at {database}", file=sys.stderr)
+        return 1
+    readout = read(database, since_days=since_days, now=time.time())
+    print(readout.to_json() if as_json else render(readout))
     return 0
 
 
