@@ -15,13 +15,20 @@ import pytest
 
 from gateway.ble.presence import ZoneEvent
 from gateway.clock import TimeKeeper
-from gateway.config import AppConfig, DecisionConfig, KioskConfig, LaneConfig, ScreenConfig
+from gateway.config import (
+    AppConfig,
+    DecisionConfig,
+    KioskConfig,
+    LaneConfig,
+    ScreenConfig,
+    TabletConfig,
+)
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.model import Scorer
 from gateway.device_events import DeviceEvents
 from gateway.identity import IdentityResolver, customer_ref
 from gateway.metrics import Metrics
-from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, ZoneScreens
+from gateway.moments import AppPresence, Journey, Kiosks, Moment, ScreenHold, Tablets, ZoneScreens
 from gateway.payloads import encode_kiosk_identify
 from gateway.pos import checkout
 from gateway.pos.lanes import PosLanes
@@ -338,3 +345,43 @@ async def test_an_in_app_message_goes_up_for_a_consenting_customer_unless_opted_
     await rig.db.call(Store.upsert_consents, [opted_out], 1.0)
     await seen_then_a_kiosk("req-app-2")
     assert len(await messages()) == 1  # opted out of messages: no second one
+
+
+def test_a_serving_session_forgets_its_customer_when_closed_or_idle() -> None:
+    """The tablet names the customer once per session; closed, or idle past session_idle_s,
+    the session is gone and a request in it is anonymous."""
+    mono = [0.0]
+    clock = TimeKeeper(
+        wall=lambda: T0 + mono[0], mono=lambda: mono[0], synchronized=lambda: True, floor=0.0
+    )
+    moments: list[Moment] = []
+    tablets = Tablets(
+        topics=TOPICS,
+        tablets={"tablet-1": TabletConfig(zone="coffee", session_idle_s=60)},
+        identity=IdentityResolver(HASH_KEY, None, 0, clock.now),
+        hash_key=HASH_KEY,
+        submit=lambda m: moments.append(m) is None,
+        clock=clock,
+        metrics=Metrics(),
+    )
+    serve = TOPICS.tablet_serve("tablet-1")
+
+    def ask(session: str, identify: bool = False) -> str | None:
+        body: dict[str, object] = {"session": session, "associate": "A-7"}
+        if identify:
+            body["identify"] = {"method": "loyalty", "value": LOYALTY}
+        tablets.on_serve(serve, json.dumps(body).encode())
+        return moments[-1].customer_ref
+
+    assert ask("s1", identify=True) == REF
+    assert ask("s1") == REF  # the session's customer
+    mono[0] += 59
+    assert tablets.sweep() == 0
+    assert ask("s1") == REF  # each request keeps it alive
+    mono[0] += 61
+    assert tablets.sweep() == 1  # idle: forgotten
+    assert ask("s1") is None
+    assert ask("s2", identify=True) == REF
+    tablets.on_close(TOPICS.tablet_close("tablet-1"), b'{"session": "s2"}')
+    assert ask("s2") is None
+    assert "A-7" not in repr(moments)  # only the associate's keyed hash
