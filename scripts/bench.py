@@ -186,20 +186,24 @@ def bench_e2e(quick: bool) -> Figures:
                 work / "idle", broker.port, {"health.enabled": "true", "decision.model_file": ""}
             )
             gw.start()
-            gw.wait_ready()
-            time.sleep(1.0)
-            figures["idle_rss_mib"] = rss_mib(gw.pid)
-            gw.stop()
+            try:  # a failed run must not leave its daemon behind
+                gw.wait_ready()
+                time.sleep(1.0)
+                figures["idle_rss_mib"] = rss_mib(gw.pid)
+            finally:
+                gw.stop()
         with Mosquitto(work / "broker") as broker:
             gw = _gateway(work, broker.port, {"health.enabled": "true"})
             gw.start()
-            gw.wait_ready()
-            time.sleep(1.0)
-            figures["idle_rss_with_model_mib"] = rss_mib(gw.pid)
-            rtts = _broker_rtt(broker.port, rate, count)
-            latencies = asyncio.run(_identify_latency(broker.port, rate, count))
-            figures["loaded_rss_mib"] = rss_mib(gw.pid)
-            gw.stop()
+            try:
+                gw.wait_ready()
+                time.sleep(1.0)
+                figures["idle_rss_with_model_mib"] = rss_mib(gw.pid)
+                rtts = _broker_rtt(broker.port, rate, count)
+                latencies = asyncio.run(_identify_latency(broker.port, rate, count))
+                figures["loaded_rss_mib"] = rss_mib(gw.pid)
+            finally:
+                gw.stop()
         loaded, load_rate = _e2e_loaded(work / "loaded", rate, count)
     figures["broker_rtt_p50_ms"] = _percentile(rtts, 50)
     figures["broker_rtt_p99_ms"] = _percentile(rtts, 99)
