@@ -253,7 +253,7 @@ def build(
         publisher=link,
         submit=journey.submit,
         clock=clock,
-        checked_in=lambda ref, zone: app.seen(ref, zone, "qr"),
+        checked_in=app.checked_in,
     )
     tablets = Tablets(
         topics=topics,
@@ -263,7 +263,7 @@ def build(
         submit=journey.submit,
         clock=clock,
         metrics=metrics,
-        checked_in=lambda ref, zone: app.seen(ref, zone, "qr"),
+        checked_in=app.checked_in,
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     lanes = PosLanes(

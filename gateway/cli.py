@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
+import contextlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
+from gateway.clock import c_library
 from gateway.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
@@ -180,8 +180,7 @@ def _few_malloc_arenas() -> None:
     and flat with two arenas. Set before any thread starts (MALLOC_ARENA_MAX, if set, wins)."""
     if "MALLOC_ARENA_MAX" in os.environ:
         return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):  # not glibc (musl has one arena): nothing to do
-        pass
+    libc = c_library()
+    with contextlib.suppress(AttributeError):  # not glibc (musl has one arena): nothing to do
+        if libc is not None:
+            libc.mallopt(_M_ARENA_MAX, 2)

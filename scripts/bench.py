@@ -32,6 +32,7 @@ DEMO = REPO / "examples" / "demo.toml"
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
+from bench_figures import percentile as _percentile  # noqa: E402 - scripts/bench_figures.py
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
@@ -52,12 +53,6 @@ from simulators.slowdisk import slow_fsync_env  # noqa: E402
 from simulators.store import SimulatedStore  # noqa: E402
 
 Figures = dict[str, float]
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 # The latency benchmarks send 200 identifications/s from one kiosk: its budget (2/s) lifted,

@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_figures import percentile as _percentile  # noqa: E402 - beside this file
+
 from gateway.ids import uuid7  # noqa: E402
 from simulators.beacons import ScannerNodes, World  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
@@ -34,11 +36,6 @@ __all__ = ["bench_app", "bench_tablet"]
 TABLETS = 20
 RATE_PER_TABLET = 1.0
 DEMO = REPO / "examples" / "demo.toml"
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 async def _measure(port: int, seconds: float) -> list[float]:

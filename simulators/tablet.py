@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterable
 from types import TracebackType
+from typing import Any
 
 import aiomqtt
 
@@ -75,21 +76,10 @@ class Tablet:
                 self.cards[card.request_id or ""] = card
                 self._arrived.notify_all()
 
-    async def serve(
-        self,
-        session: str,
-        associate: str,
-        *,
-        method: IdentifyMethod | None = None,
-        value: str | None = None,
-        zone: str | None = None,
-        asks: Iterable[str] = (),
-        basket: Iterable[str] = (),
-    ) -> Card:
-        """Publish one serve request and wait for its card (bound it with asyncio.timeout)."""
-        rid = await self.ask(
-            session, associate, method=method, value=value, zone=zone, asks=asks, basket=basket
-        )
+    async def serve(self, session: str, associate: str, **fields: Any) -> Card:
+        """Publish one serve request (`ask`'s fields) and wait for its card (bound it with
+        asyncio.timeout)."""
+        rid = await self.ask(session, associate, **fields)
         async with self._arrived:
             await self._arrived.wait_for(lambda: rid in self.cards)
         return self.cards[rid]

@@ -37,6 +37,10 @@ class AppPresence:
         if event.kind == "enter" and event.customer_ref is not None:
             self.seen(event.customer_ref, event.zone, "ble")
 
+    def checked_in(self, ref: str, zone: str | None) -> None:
+        """The app's QR code was shown at a kiosk or scanned by a tablet."""
+        self.seen(ref, zone, "qr")
+
     def seen(self, ref: str, zone: str | None, trigger: str) -> None:
         """The app of `ref` is here (BLE, or a QR check-in)."""
         if not self._config.enabled:

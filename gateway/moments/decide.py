@@ -117,59 +117,30 @@ def decide(
     """The features, the model call, the rows to commit and what to post or print."""
     facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now)
     local = datetime.fromtimestamp(now)
-    basket = moment.basket if isinstance(moment, CheckoutMoment | TabletMoment) else ()
     features = FeatureContext(
         local_time=local,
         touchpoint=moment.channel,
         zone=moment.zone,
         dwell_s=moment.dwell_s,
-        basket=basket,
+        basket=moment.basket,
         weather=engine.weather,
         customer=CustomerFacts(segment=facts.segment) if facts.customer is not None else None,
     )
     context = Context(now, local, moment.channel, facts.segment, time_trusted)
-    logged: dict[str, Any] = context_to_json(features)
+    deciding = _Deciding(moment, facts, engine, context, features, uplink)
     if isinstance(moment, AppMoment):
-        return _message(
-            reader,
-            moment,
-            facts=facts,
-            engine=engine,
-            offers=offers,
-            context=context,
-            features=features,
-            logged=logged,
-            uplink=uplink,
-        )
+        return _message(reader, moment, deciding, offers)
     if isinstance(moment, TabletMoment):
-        return _suggest(
-            reader,
-            moment,
-            facts=facts,
-            engine=engine,
-            offers=offers,
-            context=context,
-            features=features,
-            logged=logged,
-            topics=topics,
-            uplink=uplink,
-        )
+        return _suggest(reader, moment, deciding, offers, topics)
     assisted_by = None
+    extra: dict[str, Any] = {}
     if isinstance(moment, CheckoutMoment) and facts.customer is not None:
         since = now - engine.config.reward_window_s
         assisted_by = reader.served_by(facts.customer, since)
         if assisted_by is not None:
-            logged["assisted_by"] = assisted_by  # a sale after an associate's serve
-    outcome = engine.decide(
-        offers,
-        context,
-        features,
-        customer_ref=facts.customer,
-        touchpoint_id=moment.touchpoint,
-        customer_counts=facts.seen,
-        touchpoint_counts=facts.here,
-    )
-    decided = _decided(moment, facts.customer, outcome, logged=logged, now=now, uplink=uplink)
+            extra["assisted_by"] = assisted_by  # a sale after an associate's serve
+    outcome = deciding.choose(offers)
+    decided = deciding.record(outcome, **extra)
     job = None
     if isinstance(moment, CheckoutMoment) and outcome.offer is not None:
         job = _print_job(moment, outcome.offer, topics.store_id, now)
@@ -179,50 +150,83 @@ def decide(
     return Plan(moment=moment, decided=(decided,), job=job, posts=posts, assisted_by=assisted_by)
 
 
+@dataclass(frozen=True, slots=True)
+class _Deciding:
+    """One moment's inputs, read and built once: every choice the moment makes uses them."""
+
+    moment: Moment
+    facts: _Facts
+    engine: DecisionEngine
+    context: Context
+    features: FeatureContext
+    uplink: UplinkRow | None
+
+    def choose(self, offers: Sequence[Offer]) -> Outcome:
+        return self.engine.decide(
+            offers,
+            self.context,
+            self.features,
+            customer_ref=self.facts.customer,
+            touchpoint_id=self.moment.touchpoint,
+            customer_counts=self.facts.seen,
+            touchpoint_counts=self.facts.here,
+        )
+
+    def record(self, outcome: Outcome, **extra: Any) -> Decided:
+        """The decision row (with what it was made of) and its event for the cloud."""
+        now = self.context.now
+        logged = {
+            **context_to_json(self.features),
+            **extra,
+            "arm": outcome.arm,
+            "reason": outcome.reason,
+        }
+        if outcome.shadow is not None:
+            logged["shadow"] = dict(outcome.shadow)
+        decision = Decision(
+            id=uuid7(int(now * 1000)),
+            ts=now,
+            moment=self.moment.name,
+            touchpoint=self.moment.touchpoint,
+            customer_ref=self.facts.customer,
+            offer_id=outcome.offer.id if outcome.offer else None,
+            policy=outcome.policy,
+            propensity=outcome.propensity,
+            request_id=self.moment.request_id,
+            model_version=outcome.model_version,
+            feature_hash=outcome.feature_hash,
+            context=json.dumps(logged, separators=(",", ":")),
+        )
+        row = None
+        if self.uplink is not None:
+            row = _uplink_row(self.uplink, decision, outcome, logged, now)
+        return Decided(decision, outcome, row)
+
+
 _SUGGESTIONS = 3
 
 
 def _suggest(
     reader: Reader,
     moment: TabletMoment,
-    *,
-    facts: _Facts,
-    engine: DecisionEngine,
+    deciding: _Deciding,
     offers: Sequence[Offer],
-    context: Context,
-    features: FeatureContext,
-    logged: dict[str, Any],
     topics: Topics,
-    uplink: UplinkRow | None,
 ) -> Plan:
     """An associate's card: the top suggestions, each its own decision (the offers already
     chosen leave the candidates; what the customer asks about is tried first)."""
-    logged = {**logged, "session": moment.session, "associate": moment.associate}
+    facts = deciding.facts
     remaining = list(offers)
     decided: list[Decided] = []
     for rank in range(1, _SUGGESTIONS + 1):
         asked = [o for o in remaining if o.category in moment.asks]
-        outcome = None
-        for candidates in (asked, remaining) if asked else (remaining,):
-            outcome = engine.decide(
-                candidates,
-                context,
-                features,
-                customer_ref=facts.customer,
-                touchpoint_id=moment.touchpoint,
-                customer_counts=facts.seen,
-                touchpoint_counts=facts.here,
-            )
-            if outcome.offer is not None:
-                break
-        assert outcome is not None
+        outcome = deciding.choose(asked or remaining)
+        if outcome.offer is None and asked:
+            outcome = deciding.choose(remaining)
         if outcome.offer is None and decided:
             break  # nothing more to suggest; the log keeps a decision only for an empty card
-        logged_here = {**logged, "rank": rank}
         decided.append(
-            _decided(
-                moment, facts.customer, outcome, logged=logged_here, now=context.now, uplink=uplink
-            )
+            deciding.record(outcome, session=moment.session, associate=moment.associate, rank=rank)
         )
         if outcome.offer is None:
             break
@@ -233,7 +237,7 @@ def _suggest(
         categories = tuple(reader.categories_bought(facts.customer)[:5])
     card = Card(
         id=uuid7(),
-        ts=context.now,
+        ts=deciding.context.now,
         session=moment.session,
         request_id=moment.request_id,
         audience="personal" if facts.customer is not None else "anonymous",
@@ -253,85 +257,34 @@ _COUPON_REMINDED_S = 30 * 86400.0  # coupons older than this are not recalled
 
 
 def _message(
-    reader: Reader,
-    moment: AppMoment,
-    *,
-    facts: _Facts,
-    engine: DecisionEngine,
-    offers: Sequence[Offer],
-    context: Context,
-    features: FeatureContext,
-    logged: dict[str, Any],
-    uplink: UplinkRow | None,
+    reader: Reader, moment: AppMoment, deciding: _Deciding, offers: Sequence[Offer]
 ) -> Plan:
     """An in-app message for a customer with a personalisation consent: a reminder of a coupon
     not yet redeemed, else a welcome with one personal offer; nothing past the daily cap."""
     nothing = Plan(moment=moment, decided=())
-    customer = facts.customer
-    if customer is None or uplink is None or not facts.app_messages:
+    customer, now, uplink = deciding.facts.customer, deciding.context.now, deciding.uplink
+    if customer is None or uplink is None or not deciding.facts.app_messages:
         return nothing  # no consent, or opted out of messages
-    if reader.app_messages_since(customer, context.now - 86400) >= moment.per_day:
+    if reader.app_messages_since(customer, now - 86400) >= moment.per_day:
         return nothing
-    coupon = reader.unredeemed_coupon(customer, context.now - _COUPON_REMINDED_S)
+    coupon = reader.unredeemed_coupon(customer, now - _COUPON_REMINDED_S)
     offer = next((o for o in offers if o.id == coupon), None)
     if offer is not None:
         kind, outcome = "reminder", Outcome(offer, 1.0, "reminder", "unredeemed coupon")
     else:
-        kind = "welcome"
-        outcome = engine.decide(
-            offers,
-            context,
-            features,
-            customer_ref=customer,
-            touchpoint_id=moment.touchpoint,
-            customer_counts=facts.seen,
-            touchpoint_counts=facts.here,
-        )
+        kind, outcome = "welcome", deciding.choose(offers)
         if outcome.offer is None:
             return nothing
-    logged = {**logged, "kind": kind, "trigger": moment.trigger}
-    decided = _decided(moment, customer, outcome, logged=logged, now=context.now, uplink=uplink)
+    decided = deciding.record(outcome, kind=kind, trigger=moment.trigger)
     data = {
         "decision_id": decided.decision.id,
         "customer": customer,  # a keyed ref: the cloud knows the app it belongs to
         "kind": kind,
         "offer": offer_json(_offer(outcome.offer)),
-        "expires_at": context.now + moment.ttl_s,
+        "expires_at": now + moment.ttl_s,
     }
-    message = uplink(
-        "app.message", "transaction", data, ts=context.now, expires=context.now + moment.ttl_s
-    )
+    message = uplink("app.message", "transaction", data, ts=now, expires=now + moment.ttl_s)
     return Plan(moment=moment, decided=(decided,), messages=(message,))
-
-
-def _decided(
-    moment: Moment,
-    customer: str | None,
-    outcome: Outcome,
-    *,
-    logged: Mapping[str, Any],
-    now: float,
-    uplink: UplinkRow | None,
-) -> Decided:
-    logged = {**logged, "arm": outcome.arm, "reason": outcome.reason}
-    if outcome.shadow is not None:
-        logged["shadow"] = dict(outcome.shadow)
-    decision = Decision(
-        id=uuid7(int(now * 1000)),
-        ts=now,
-        moment=moment.name,
-        touchpoint=moment.touchpoint,
-        customer_ref=customer,
-        offer_id=outcome.offer.id if outcome.offer else None,
-        policy=outcome.policy,
-        propensity=outcome.propensity,
-        request_id=moment.request_id,
-        model_version=outcome.model_version,
-        feature_hash=outcome.feature_hash,
-        context=json.dumps(logged, separators=(",", ":")),
-    )
-    row = None if uplink is None else _uplink_row(uplink, decision, outcome, logged, now)
-    return Decided(decision, outcome, row)
 
 
 def _uplink_row(

@@ -22,7 +22,6 @@ from gateway.metrics import Metrics
 from gateway.moments.decide import Plan, UplinkRow, decide
 from gateway.moments.moment import (
     CheckoutMoment,
-    KioskMoment,
     Moment,
     Publisher,
     TabletMoment,
@@ -134,14 +133,9 @@ class Journey:
         """No room to record the decision: a device that asked hears so (a checkout stays
         pending, and is decided at the next start; a zone moment passes)."""
         log.warning("storage full: moment not decided", moment=moment.name)
-        asked = {
-            KioskMoment: self._topics.kiosk_identify,
-            TabletMoment: self._topics.tablet_serve,
-        }.get(type(moment))
+        asked = moment.request_topic(self._topics)
         if asked is not None:
-            error = encode_error(
-                asked(moment.touchpoint), STORAGE_FULL, self._clock.now(), moment.request_id
-            )
+            error = encode_error(asked, STORAGE_FULL, self._clock.now(), moment.request_id)
             self._publisher.post(self._topics.gateway_errors, error)
 
     async def _act(self, moment: Moment) -> None:

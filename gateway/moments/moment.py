@@ -7,6 +7,7 @@ touchpoint is a new moment type here, and its intake beside it.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
@@ -32,7 +33,7 @@ class Publisher(Protocol):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Moment:
+class Moment(ABC):
     channel: ClassVar[str]  # the decision's channel: kiosk, screen, receipt
     touchpoint: str  # the device the decision is for (a kiosk, a screen, a lane)
     customer_ref: str | None  # a keyed hash; the consent decides whether it is used
@@ -40,11 +41,17 @@ class Moment:
     received: float = 0.0  # monotonic: when the gateway took it in
     zone: str | None = None
     dwell_s: float = 0.0
+    basket: tuple[str, ...] = ()  # categories in the customer's basket, when known
 
     @property
+    @abstractmethod
     def name(self) -> str:
         """The moment's name in the decision log."""
-        raise NotImplementedError
+
+    def request_topic(self, topics: Topics) -> str | None:
+        """The topic of the device request that asked for it (its refusals name it); None
+        when no device asked."""
+        return None
 
     def content_topics(self, topics: Topics) -> tuple[str, ...]:
         """Where the decision's content is posted (retained); () for none."""
@@ -66,6 +73,9 @@ class KioskMoment(Moment):
     @property
     def name(self) -> str:
         return "kiosk_identify"
+
+    def request_topic(self, topics: Topics) -> str | None:
+        return topics.kiosk_identify(self.touchpoint)
 
     def content_topics(self, topics: Topics) -> tuple[str, ...]:
         return (topics.kiosk_content(self.touchpoint), *map(topics.screen_content, self.nearby))
@@ -101,7 +111,6 @@ class CheckoutMoment(Moment):
 
     channel: ClassVar[str] = "receipt"
     zone: str | None = "checkout"
-    basket: tuple[str, ...] = ()
     printer: str
     coupon_valid_days: int
 
@@ -119,11 +128,13 @@ class TabletMoment(Moment):
     session: str
     associate: str  # a keyed hash of the staff id
     asks: tuple[str, ...] = ()
-    basket: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
         return "tablet_serve"
+
+    def request_topic(self, topics: Topics) -> str | None:
+        return topics.tablet_serve(self.touchpoint)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
