@@ -323,9 +323,8 @@ async def test_garbage_on_the_line_is_counted_and_jobs_still_print(
     assert len(sim.receipts) == 2
 
 
+@pytest.mark.parametrize("kind", ["serial"])  # a line rate is a serial line's
 async def test_a_slow_line_still_confirms(sim: PrinterSimulator, kind: str) -> None:
-    if kind != "serial":
-        pytest.skip("a line rate is a serial line's")
     loop = asyncio.get_running_loop()
     sim.set_baud(9600)
     queue = FakeQueue(witness=lambda: len(sim.receipts))
