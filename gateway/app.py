@@ -7,6 +7,7 @@ core never does (tests/test_architecture.py checks it).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 import signal
@@ -39,6 +40,7 @@ from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_pu
 from gateway.metrics import Metrics
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
 from gateway.payloads import session_floor
+from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
 from gateway.sdnotify import Notifier
@@ -243,6 +245,7 @@ def build(
         uplink=outbox.row,
         appended=outbox.appended,
         on_print_job=printing.queued,
+        on_checkout=lambda total, decision, code: lanes.checked_out(total, decision, code),  # noqa: PLW0108
         pending=lambda: lanes.pending(),  # noqa: PLW0108 - the lanes are built below
     )
     app = AppPresence(config.app, journey.submit, clock)
@@ -275,6 +278,7 @@ def build(
         publisher=link,
         clock=clock,
         rewards=rewards,
+        on_print_job=printing.queued,
     )
     events = DeviceEvents(
         topics,
@@ -328,6 +332,7 @@ def build(
             clock=clock,
             metrics=metrics,
             reactions=reactions,
+            appliers={"claims": functools.partial(receipts.apply_claims, uplink=outbox.row)},
             on_signed_time=lambda t: clock.raise_floor(t, "a signed bundle", firm=True),
         )
         cloud = CloudLink(

@@ -390,6 +390,9 @@ class LaneConfig:
     printer: str = ""
     # A coupon is valid this many days after it is printed.
     coupon_valid_days: int = field(default=30, metadata=_meta(min=1, max=3650))
+    # A receipt claim code (printed for a customer who did not identify) can be claimed in
+    # the app this many days after it is printed.
+    claim_valid_days: int = field(default=90, metadata=_meta(min=1, max=3650))
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from gateway.payloads import PayloadError, decode
 from gateway.sync.outbox import Outbox
 from gateway.topics import SECTIONS, Topics, undeclared
 
-__all__ = ["DeviceEvent", "DeviceEvents", "EventHook", "Write"]
+__all__ = ["Commit", "DeviceEvent", "DeviceEvents", "EventHook", "Write"]
 
 # A write the store thread runs inside an event's commit.
 Write = Callable[[sqlite3.Connection], None]
@@ -47,11 +47,19 @@ class DeviceEvent:
     data: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """What a hook adds to its event's commit."""
+
+    write: Write | None = None  # run in the event's transaction (a checkout, a receipt's rows)
+    uplink: Mapping[str, Any] | None = None  # what goes up instead of the device's data
+
+
 class EventHook(Protocol):
     """What a feature does with the events of its devices (a lane: its totals, redemptions)."""
 
-    def before_commit(self, event: DeviceEvent) -> Write | None:
-        """On the loop, before the commit: a write to commit with the event, or None."""
+    def before_commit(self, event: DeviceEvent) -> Commit | None:
+        """On the loop, before the commit; raises `PayloadError` to refuse the event."""
         ...
 
     def after_commit(self, event: DeviceEvent) -> None:
@@ -112,11 +120,13 @@ class DeviceEvents:
         _refuse_identifiers(data["data"])
         event_type, event_id, fields = data["type"], data["id"], data["data"]
         event = DeviceEvent(kind, device_id, event_type, event_id, fields)
-        writes = [w for w in (hook.before_commit(event) for hook in self._hooks) if w is not None]
+        commits = [c for c in (hook.before_commit(event) for hook in self._hooks) if c is not None]
+        writes = [c.write for c in commits if c.write is not None]
+        uplink = next((c.uplink for c in commits if c.uplink is not None), fields)
         row = self._outbox.row(
             event_type,
             data["priority"],
-            {**fields, "device": f"{kind}/{device_id}"},
+            {**uplink, "device": f"{kind}/{device_id}"},
             event_id=event_id,
             ts=data.get("ts"),
             also=writes[0] if len(writes) == 1 else _together(writes) if writes else None,

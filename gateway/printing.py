@@ -29,10 +29,12 @@ from gateway.store import AsyncStore, PrintJobRow, Store, transaction
 from gateway.supervisor import Handle
 
 __all__ = [
+    "ClaimSlip",
     "Coupon",
     "PrintJob",
     "PrintJournal",
     "PrintQueue",
+    "new_claim_code",
     "new_coupon_code",
     "normalise_code",
     "render_coupon",
@@ -48,6 +50,11 @@ _ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 def new_coupon_code() -> str:
     """12 random characters (~59 bits) in three groups of four, e.g. CPN-7KQ2-M9XD-4HTA."""
     return _printed("".join(secrets.choice(_ALPHABET) for _ in range(12)))
+
+
+def new_claim_code() -> str:
+    """A receipt's claim code, the coupon's form under its own prefix: RCP-7KQ2-M9XD-4HTA."""
+    return "RCP" + new_coupon_code()[3:]
 
 
 def normalise_code(code: str) -> str:
@@ -77,10 +84,6 @@ class Coupon:
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
-    @classmethod
-    def from_json(cls, data: bytes) -> Coupon:
-        return cls(**json.loads(data))
-
 
 def render_coupon(coupon: Coupon, profile: Profile, *, copy: bool) -> bytes:
     """The coupon as ESC/POS for `profile`; a reprint says so at the top."""
@@ -106,6 +109,46 @@ def render_coupon(coupon: Coupon, profile: Profile, *, copy: bool) -> bytes:
     if profile.cut:
         receipt.cut()
     return receipt.build()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimSlip:
+    """A receipt claim code for a customer who did not identify at the lane: the app scans the
+    QR and the visit becomes theirs (docs/cloud.md, receipt claims)."""
+
+    code: str
+    store_id: str
+    issued_at: float
+    valid_days: int
+
+    def to_json(self) -> bytes:
+        return json.dumps({"claim": asdict(self)}, separators=(",", ":")).encode()
+
+
+def render_claim(slip: ClaimSlip, profile: Profile, *, copy: bool) -> bytes:
+    """The claim slip as ESC/POS: a QR of the code, and the code for typing it in."""
+    until = datetime.fromtimestamp(slip.issued_at + slip.valid_days * 86_400)
+    receipt = Receipt(profile)
+    if copy:
+        receipt.text("*** COPY - REPRINT ***", bold=True, align="center")
+    receipt.text("Your receipt in the app", bold=True, align="center")
+    if profile.qr:
+        receipt.qr(slip.code)
+    receipt.text(slip.code, align="center")
+    receipt.text(f"Scan it in the app by {until:%Y-%m-%d}", align="center")
+    receipt.text("to keep this receipt and its offers.", align="center")
+    receipt.feed(2)
+    if profile.cut:
+        receipt.cut()
+    return receipt.build()
+
+
+def render_job(body: bytes, profile: Profile, *, copy: bool) -> bytes:
+    """A journal job's body (a coupon, or a claim slip) as ESC/POS for `profile`."""
+    data = json.loads(body)
+    if "claim" in data:
+        return render_claim(ClaimSlip(**data["claim"]), profile, copy=copy)
+    return render_coupon(Coupon(**data), profile, copy=copy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +227,7 @@ class PrintJournal:
                 self._count(printer, "failed")
                 log.error("print job failed", printer=printer, job=row.id)
                 continue
-            coupon = Coupon.from_json(row.body)
-            data = render_coupon(coupon, self._profiles[printer], copy=row.copy)
+            data = render_job(row.body, self._profiles[printer], copy=row.copy)
             self._sending[row.id] = printer
             return PrintJob(row.id, printer, data, row.copy, row.attempts)
 

@@ -68,6 +68,33 @@ class PosLane:
         """The transaction event: the gateway prints a coupon once it is committed."""
         return await self.events.send("pos.transaction", "transaction", {"total": total})
 
+    async def receipt(
+        self,
+        transaction: str,
+        lines: list[tuple[str, str, str, float, float]],
+        *,
+        tender: str = "card",
+        coupons: list[str] | None = None,
+    ) -> str:
+        """The receipt of the sale `transaction` (the total's event id), for an e-receipt or a
+        claim code: lines are (sku, description, category, quantity, unit price). Returns the
+        event's id."""
+        items = [
+            {"sku": sku, "description": text, "category": category, "quantity": quantity,
+             "unit_price": price, "amount": round(quantity * price, 2)}
+            for sku, text, category, quantity, price in lines
+        ]  # fmt: skip
+        gross = round(sum(round(quantity * price, 2) for *_, quantity, price in lines), 2)
+        data = {
+            "transaction": transaction,
+            "currency": "EUR",
+            "lines": items,
+            "totals": {"gross": gross, "tax": round(gross - gross / 1.2, 2)},
+            "tenders": [{"method": tender, "amount": gross}],
+            "coupons": coupons or [],
+        }
+        return await self.events.send("pos.receipt", "transaction", data)
+
     async def redeem(self, code: str) -> dict[str, Any]:
         """Scan a coupon; returns the gateway's answer (bound it with asyncio.timeout)."""
         event_id = await self.events.send("pos.redemption", "reward", {"coupon": code})

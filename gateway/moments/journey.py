@@ -57,11 +57,13 @@ class Journey:
         uplink: UplinkRow | None = None,
         appended: asyncio.Event | None = None,
         on_print_job: Callable[[str], None] = lambda _printer: None,
+        on_checkout: Callable[[str, str, str | None], None] = lambda _total, _decision, _code: None,
         pending: Callable[[], Awaitable[Iterable[Moment]]] | None = None,
         queue_size: int = 1000,
     ) -> None:
         """uplink: builds the decision's event (Outbox.row); appended: wakes the uplink.
-        pending: moments taken before a stop and not decided yet (a lane's acknowledged total)."""
+        pending: moments taken before a stop and not decided yet (a lane's acknowledged total).
+        on_checkout(total id, decision id, coupon code): a checkout decided, for its receipt."""
         self._topics = topics
         self._store = store
         self._publisher = publisher
@@ -72,6 +74,7 @@ class Journey:
         self._uplink = uplink
         self._appended = appended
         self._on_print_job = on_print_job
+        self._on_checkout = on_checkout
         self._pending = pending
         self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
         self._offers: list[Offer] = []
@@ -178,6 +181,9 @@ class Journey:
         if plan.job is not None:
             self._on_print_job(plan.job.printer)
         first = plan.decided[0].decision
+        if isinstance(moment, CheckoutMoment) and moment.request_id is not None:
+            code = plan.job.coupon_code if plan.job is not None else None
+            self._on_checkout(moment.request_id, first.id, code)
         self._hold.shown(moment.screens, first.customer_ref, now)
         audience = "personal" if plan.personal else "anonymous"
         self._metrics.decisions.labels(moment.name, audience).inc(len(plan.decided))

@@ -7,7 +7,9 @@
   session is cleared;
 - a `pos.redemption` event naming a `coupon` marks it used once and for all and joins the reward
   to the decision that printed it; the answer goes to `pos/{lane}/coupon` (a second use is
-  refused there with `already_redeemed`).
+  refused there with `already_redeemed`);
+- a `pos.receipt` event after a total is an e-receipt for the customer scanned at the lane, or
+  gets a claim code printed for the app (`receipts`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ import structlog
 from gateway.clock import Clock
 from gateway.config import LaneConfig
 from gateway.decision.rewards import RewardJoiner
-from gateway.device_events import DeviceEvent, Write
+from gateway.device_events import Commit, DeviceEvent
 from gateway.identity import IdentityResolver
+from gateway.ids import uuid7
 from gateway.moments.moment import CheckoutMoment, Moment, Publisher
-from gateway.payloads import PayloadError, decode, encode_coupon_reply
-from gateway.pos import checkout, coupons
-from gateway.printing import normalise_code
-from gateway.store import AsyncStore
+from gateway.payloads import PayloadError, decode, encode_coupon_reply, validate
+from gateway.pos import checkout, coupons, receipts
+from gateway.pos.receipts import Visit
+from gateway.printing import ClaimSlip, new_claim_code, normalise_code
+from gateway.store import AsyncStore, PrintJobRow
 from gateway.topics import Topics
 
 __all__ = ["PosLanes"]
@@ -60,8 +64,11 @@ class PosLanes:
         publisher: Publisher,
         clock: Clock,
         rewards: RewardJoiner | None = None,
+        on_print_job: Callable[[str], None] = lambda _printer: None,
     ) -> None:
         self._topics = topics
+        self._store_id = topics.store_id
+        self._on_print_job = on_print_job
         self._lanes = lanes
         self._identity = identity
         self._submit = submit
@@ -74,9 +81,11 @@ class PosLanes:
         # event id -> its checkout, from the total's acceptance to its commit (a commit that
         # fails leaves one behind until the lane re-sends: bounded all the same).
         self._checkouts: OrderedDict[str, CheckoutMoment] = OrderedDict()
-        # Ids of the totals taken since the start: a lane re-sends a total whose acknowledgement
-        # it missed, and that must not end the next customer's session.
-        self._totals: OrderedDict[str, None] = OrderedDict()
+        # The totals taken since the start, and what their visit left for the receipt: a lane
+        # re-sends a total whose acknowledgement it missed, and that must not end the next
+        # customer's session.
+        self._totals: OrderedDict[str, Visit] = OrderedDict()
+        self._slips: dict[str, str] = {}  # receipt event id -> printer, until its commit
 
     def _lane(self, topic: str) -> str:
         lane = self._topics.device_id(topic, "pos")
@@ -112,26 +121,58 @@ class PosLanes:
             raise PayloadError(problem)
         self._session(lane).customer_ref = ref
 
-    def before_commit(self, event: DeviceEvent) -> Write | None:
+    def before_commit(self, event: DeviceEvent) -> Commit | None:
         """DeviceEvents hook, before the commit: a total on a lane with a printer becomes a
-        pending checkout (lane, customer, basket) committed with the total itself."""
+        pending checkout (lane, customer, basket) committed with the total itself; a receipt
+        its rows, and what goes up."""
         lane = self._lanes.get(event.device)
-        if event.kind != "pos" or event.type != "pos.transaction" or lane is None:
+        if event.kind != "pos" or lane is None:
+            return None
+        if event.type == "pos.receipt":
+            return self._receipt(event, lane.printer, lane.claim_valid_days)
+        if event.type != "pos.transaction":
             return None
         if event.id in self._totals:
             return None  # a re-sent total: it ended its visit already, not the one now at the till
-        self._totals[event.id] = None
-        while len(self._totals) > _MAX_TOTALS:
-            self._totals.popitem(last=False)
         session = self._session(event.device)  # an idle one is fresh: not this customer's basket
         del self._sessions[event.device]  # the total ends the visit
+        self._totals[event.id] = Visit(session.customer_ref)
+        while len(self._totals) > _MAX_TOTALS:
+            self._totals.popitem(last=False)
         if not lane.printer:
             return None
         moment = self._checkout(event.device, session.customer_ref, session.basket, event.id)
         self._checkouts[event.id] = moment
         while len(self._checkouts) > _MAX_PREPARED:
             self._checkouts.popitem(last=False)
-        return checkout.pending_write(moment, self._clock.now())
+        return Commit(write=checkout.pending_write(moment, self._clock.now()))
+
+    def checked_out(self, total_id: str, decision_id: str, coupon: str | None) -> None:
+        """The journey decided a total's checkout (and printed `coupon`): its receipt names
+        them."""
+        visit = self._totals.get(total_id)
+        if visit is not None:
+            self._totals[total_id] = Visit(visit.customer_ref, (decision_id,), coupon)
+
+    def _receipt(self, event: DeviceEvent, printer: str, claim_days: int) -> Commit:
+        """An identified customer's receipt goes to their account; anyone else's gets a claim
+        code, printed on the lane's printer (a lane without one: the receipt goes up alone).
+        A total the gateway did not see (sent before a restart) counts as anonymous."""
+        validate("pos-receipt", event.data)
+        now = self._clock.now()
+        visit = self._totals.get(event.data["transaction"], Visit())
+        slip = job = None
+        if visit.customer_ref is None and printer:
+            slip = ClaimSlip(new_claim_code(), self._store_id, now, claim_days)
+            job = PrintJobRow(uuid7(int(now * 1000)), event.device, printer, slip.code,
+                              slip.to_json(), copy=False, attempts=0)  # fmt: skip
+            self._slips[event.id] = printer
+        uplink = receipts.drapi(event.data, receipt_id=event.id, store_id=self._store_id,
+                                lane=event.device, ts=now, visit=visit,
+                                claim_code=slip.code if slip else None)  # fmt: skip
+        write = receipts.commit_write(receipt_id=event.id, lane=event.device, data=event.data,
+                                      visit=visit, slip=slip, job=job, now=now)  # fmt: skip
+        return Commit(write=write, uplink=uplink)
 
     def _checkout(
         self, lane: str, ref: str | None, basket: tuple[str, ...], event_id: str
@@ -166,7 +207,14 @@ class PosLanes:
         """DeviceEvents hook: a lane's event is committed (and acknowledged)."""
         if event.kind != "pos" or event.device not in self._lanes:
             return
-        if event.type == "pos.transaction":
+        if event.type == "pos.receipt":
+            printer = self._slips.pop(event.id, None)
+            if printer is not None:
+                self._on_print_job(printer)
+                log.info("receipt claim code printed", lane=event.device)
+            else:
+                log.info("e-receipt sent", lane=event.device)
+        elif event.type == "pos.transaction":
             moment = self._checkouts.pop(event.id, None)
             if moment is not None:
                 self._submit(moment)  # a full queue logs it; the total stays pending

@@ -266,6 +266,31 @@ def _migrate_v9(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE consents ADD COLUMN app_messages INTEGER NOT NULL DEFAULT 1")
 
 
+def _migrate_v10(db: sqlite_utils.Database) -> None:
+    """Receipts sent by the lanes (issue 15): who gets them (a loyalty account, or a claim code
+    printed for the app to claim), and the visit's decisions a claim links to its customer."""
+    db.table("receipts").create(
+        {
+            "id": str,  # the pos.receipt event's id
+            "lane": str,
+            "txn": str,  # the pos.transaction event it is for
+            "customer_ref": str,
+            "claim_code": str,
+            "claim_until": float,
+            "decision_ids": str,  # JSON list, known when it was committed
+            "coupons": str,  # JSON list of the codes redeemed on it
+            "gross": float,
+            "created_at": float,
+            "claimed_ref": str,
+            "claimed_at": float,
+        },
+        pk="id",
+        not_null={"lane", "txn", "decision_ids", "coupons", "created_at"},
+    )
+    db.table("receipts").create_index(["claim_code"], unique=True)
+    db.table("receipts").create_index(["txn"])
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -277,6 +302,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v7,
     _migrate_v8,
     _migrate_v9,
+    _migrate_v10,
 )
 
 

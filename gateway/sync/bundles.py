@@ -34,7 +34,7 @@ from gateway.store import (
 from gateway.sync.outbox import Outbox
 from gateway.sync.wire import Bundle, BundleError, open_bundle, sha256_hex
 
-__all__ = ["BundleApplier", "Fetch", "Reaction", "applied_body", "applied_version"]
+__all__ = ["Applier", "BundleApplier", "Fetch", "Reaction", "applied_body", "applied_version"]
 
 log = structlog.get_logger("gateway.bundles")
 
@@ -42,6 +42,11 @@ log = structlog.get_logger("gateway.bundles")
 Fetch = Callable[[str, int], Awaitable[bytes]]
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
 Reaction = Callable[[Mapping[str, Any]], Awaitable[object]]
+# Applies a bundle's body on the store thread, inside the transaction that records its version:
+# (store, body, now) -> a short tally kept instead of the body (which may name customers).
+Applier = Callable[[Store, Mapping[str, Any], float], Mapping[str, Any]]
+# Deltas: each version must follow the applied one (a skipped one would be lost unnoticed).
+_DELTA_KINDS = ("consents", "claims")
 
 
 class BundleApplier:
@@ -57,10 +62,13 @@ class BundleApplier:
         clock: Clock,
         metrics: Metrics,
         reactions: Mapping[str, Reaction],
+        appliers: Mapping[str, Applier] | None = None,
         on_signed_time: Callable[[float], None] = lambda _created_at: None,
     ) -> None:
         """reactions: kind -> what acts on a bundle of that kind once applied (reload the
         catalog, the keys, the model...), given its body.
+        appliers: kind -> what applies the body of a feature's own kind (receipt claims), in
+        the transaction that records its version; its body is checked by `bundle-{kind}`.
         on_signed_time(created_at): a bundle's signature checked out (a floor for the clock)."""
         self._db = db
         self._store_id = store_id
@@ -71,6 +79,7 @@ class BundleApplier:
         self._clock = clock
         self._metrics = metrics
         self._reactions = reactions
+        self._appliers = appliers or {}
         self._on_signed_time = on_signed_time
 
     async def handle(self, kind: str, message: bytes) -> str:
@@ -93,8 +102,9 @@ class BundleApplier:
                 )
             if _missed_delta(bundle, applied):
                 raise BundleError(
-                    f"consents delta v{bundle.version} does not follow the applied v{applied}:"
-                    f" v{applied + 1}..v{bundle.version - 1} missing; send them, or a snapshot"
+                    f"{kind} delta v{bundle.version} does not follow the applied v{applied}:"
+                    f" v{applied + 1}..v{bundle.version - 1} missing; send them"
+                    + (", or a snapshot" if kind == "consents" else "")
                 )
             await self._apply(bundle)
         except (BundleError, PayloadError) as exc:
@@ -152,6 +162,10 @@ class BundleApplier:
                 change, body=tally, consents=upsert, forget=forget, consents_snapshot=snapshot
             )
             await self._db.call(_apply, change)
+        elif bundle.kind in self._appliers:
+            validate(f"bundle-{bundle.kind}", bundle.body)
+            applier = self._appliers[bundle.kind]
+            await self._db.call(_apply, replace(change, apply=(applier, bundle.body)))
         elif bundle.kind == "model":
             validate("bundle-model", bundle.body)
             sha = await self._install_model(bundle)
@@ -216,11 +230,12 @@ class _Change:
     consents_snapshot: bool = False
     forget: Sequence[str] = ()
     artifact_sha256: str | None = None
+    apply: tuple[Applier, Mapping[str, Any]] | None = None
 
 
 def _missed_delta(bundle: Bundle, applied: int) -> bool:
     """Consents are deltas: one skipped (a `forget` among them, say) must not go unnoticed."""
-    if bundle.kind != "consents" or bundle.body.get("snapshot") is True:
+    if bundle.kind not in _DELTA_KINDS or bundle.body.get("snapshot") is True:
         return False
     return bundle.version != applied + 1
 
@@ -245,6 +260,10 @@ def _apply(store: Store, change: _Change, /) -> None:
             "DELETE FROM consents WHERE customer_ref IN (SELECT value FROM json_each(?))",
             (json.dumps(list(change.forget)),),
         )
+        if change.apply is not None:
+            applier, applied_body = change.apply
+            tally = applier(store, applied_body, change.now)
+            change = replace(change, body=json.dumps(tally, separators=(",", ":")))
         conn.execute(
             "INSERT INTO applied_bundles (kind, version, created_at, applied_at, body,"
             " artifact_sha256) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET"
