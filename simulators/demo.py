@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.config import load_config
@@ -110,27 +110,74 @@ class _Till:
     printer: PrinterSimulator
     rng: random.Random
     coupons: list[str]
+    cloud: Cloud
+    store_id: str
+    claims: list[tuple[str, Customer]] = field(default_factory=list)  # printed, not claimed
+    claims_sent: int = 0  # the claims bundle's version
 
 
 _BASKETS = (["pasta", "sauce"], ["coffee", "bakery"], ["produce", "dairy"], ["drinks", "snacks"])
+_PRICE = 2.5
 
 
 async def _till_step(step: int, till: _Till) -> None:
-    """Every third step a basket is totalled (a coupon prints); every ninth, a customer comes
-    back with an earlier coupon, and tries it a second time."""
+    """Every third step a basket is totalled (a coupon prints) and its receipt sent: an
+    e-receipt for a customer who scanned a card, a claim QR for one who did not, claimed in the
+    app a little later; every ninth, a customer comes back with an earlier coupon, and tries it
+    a second time."""
     if step % 3 != 0:
+        await _claim_step(till)
         return
     basket = till.rng.choice(_BASKETS)
-    total = round(10 + step * 1.7, 2)
+    total = round(_PRICE * len(basket), 2)
     await till.lane.basket(basket, total)
     customer = till.rng.choice(CUSTOMERS)
-    await till.lane.loyalty(customer.loyalty)
+    identified = till.rng.random() < 0.6
+    if identified:
+        await till.lane.loyalty(customer.loyalty)
     printed = len(till.printer.receipts)
-    await till.lane.total(total)
+    transaction = await till.lane.total(total)
+    who = customer.name if identified else f"a customer ({customer.name}, no card)"
     _say(
-        f"pos-1: {customer.name} pays {total:.2f} for {' + '.join(basket)}"
+        f"pos-1: {who} pays {total:.2f} for {' + '.join(basket)}"
         " -> transaction accepted (acknowledged after commit)"
     )
+    await _coupon(till, printed)
+    lines = [(f"SKU-{item.upper()}", item, item, 1.0, _PRICE) for item in basket]
+    printed = len(till.printer.receipts)
+    await till.lane.receipt(transaction, lines)
+    if identified:
+        _say(f"pos-1: e-receipt for {customer.name}'s loyalty account (no contact detail sent)")
+    else:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                slip = (await till.printer.wait_for_receipts(printed + 1))[-1]
+                found = re.search(r"RCP-[0-9A-Z]{4}-[0-9A-Z]{4}-[0-9A-Z]{4}", slip.text)
+                if found:
+                    till.claims.append((found.group(0), customer))
+                    _say(f"pos-1: receipt QR {found.group(0)} printed for an anonymous customer")
+    if step % 9 == 0 and till.coupons:
+        code = till.coupons.pop(0)
+        for attempt in ("brings back", "tries again with"):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(3):
+                    reply = await till.lane.redeem(code)
+                    _say(f"pos-1: a customer {attempt} {code} -> {reply['message']}")
+
+
+async def _claim_step(till: _Till) -> None:
+    """A customer who took a receipt QR scans it in the app: the cloud sends a claims bundle."""
+    if not till.claims or not till.cloud.is_up:
+        return
+    code, customer = till.claims.pop(0)
+    till.claims_sent += 1
+    body = {"claims": [{"code": code, "customer_ref": customer.ref}]}
+    await till.cloud.publish_bundle(till.store_id, "claims", till.claims_sent, body)
+    version = till.claims_sent
+    _say(f"app: {customer.name} scans receipt QR {code} in the app -> claims bundle v{version}")
+
+
+async def _coupon(till: _Till, printed: int) -> None:
     try:
         async with asyncio.timeout(5):
             receipt = (await till.printer.wait_for_receipts(printed + 1))[-1]
@@ -146,13 +193,6 @@ async def _till_step(step: int, till: _Till) -> None:
         _say(f"receipt-1: printed coupon {code}{where}")
         for line in lines[:4]:
             _say(f"    | {line}")
-    if step % 9 == 0 and till.coupons:
-        code = till.coupons.pop(0)
-        for attempt in ("brings back", "tries again with"):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(3):
-                    reply = await till.lane.redeem(code)
-                    _say(f"pos-1: a customer {attempt} {code} -> {reply['message']}")
 
 
 async def _tablet_step(
@@ -248,10 +288,18 @@ async def _narrate_app(cloud: Cloud) -> None:
         await asyncio.sleep(0.5)
         receiver = cloud.receiver
         for event_id, event in list(receiver.events.items()):
-            if event.get("type") != "app.message" or event_id in told:
+            if event_id in told or event.get("type") not in ("app.message", "receipt.claimed"):
                 continue
             told.add(event_id)
             data = event["data"]
+            if event["type"] == "receipt.claimed":
+                linked = len(data["decision_ids"])
+                claimant = names.get(data.get("customer_ref", ""), "?")
+                _say(
+                    f"gateway: receipt {data['claim_code']} {data['status']}: the visit's"
+                    f" {linked} decision(s) now count for {claimant}"
+                )
+                continue
             who = names.get(data["customer"], "a customer")
             late_ms = (receiver.first_seen.get(event_id, event["ts"]) - event["ts"]) * 1000
             _say(
@@ -296,7 +344,7 @@ async def _walk(
                 EventSource("127.0.0.1", port, config.store.id, kind="tablet", device_id="tablet-1")
             ),
         )
-        till = _Till(lane, printer, rng, [])
+        till = _Till(lane, printer, rng, [], cloud, config.store.id)
         background = [asyncio.create_task(_narrate_app(cloud))]
         if config.ble.enabled:
             world = World(start=time.time(), seed=rng.randrange(1 << 30), devices=12)
