@@ -110,3 +110,32 @@ async def test_a_forward_jump_while_running_closes_no_reward_window_early(
     while "wall clock jumped" not in process.log(tail=None) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     assert "wall clock jumped" in process.log(tail=None)
+
+
+async def test_at_night_no_decision_picks_a_daytime_offer_even_when_exploring(
+    tmp_path: Path, broker: Mosquitto, gateway: GatewayFactory
+) -> None:
+    """A morning-only coffee offer was shown and printed at night. With every decision
+    exploring (uniformly among the eligible offers), one ranked lower but still eligible would
+    come up within a few draws: excluded, it never does."""
+    tomorrow_night = time.strftime("@%Y-%m-%d 23:30:00", time.gmtime(time.time() + 86400))
+    env, _ = _faketime(tmp_path, tomorrow_night)
+    process = gateway(
+        overrides={"decision.exploration": "1", "decision.holdout_share": "0"},
+        env={**env, "TZ": "UTC"},
+    )
+    process.wait_ready()
+    offers = []
+    async with SimulatedStore("127.0.0.1", broker.port, STORE) as store:
+        topic = store.topics.kiosk_content("kiosk-1")
+        for round_ in range(6):
+            for customer in CUSTOMERS:
+                rid = await store.kiosk("kiosk-1").identify("loyalty", customer.loyalty)
+                async with asyncio.timeout(10):
+                    content = (await store.answers(rid, [topic]))[topic].content
+                offers.append(content.offer.id if content.offer else None)
+            del round_
+    assert process.stop() == 0
+    assert not {"OFF-COFFEE-AM", "OFF-LUNCH"} & set(offers), offers
+    assert "OFF-EVENING" not in offers  # 18:00-22:00: over by 23:30
+    assert len({o for o in offers if o}) >= 2, offers  # it did explore among what is left
