@@ -40,10 +40,10 @@ from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_touchpoints import bench_app, bench_tablet  # noqa: E402 - bench_touchpoints.py
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
-from gateway.clock import SystemClock  # noqa: E402
-from gateway.metrics import Metrics  # noqa: E402
+from gateway.runtime.clock import SystemClock  # noqa: E402
+from gateway.runtime.metrics import Metrics  # noqa: E402
+from gateway.runtime.supervisor import Handle  # noqa: E402
 from gateway.store import AsyncStore, OutboxRow, Store  # noqa: E402
-from gateway.supervisor import Handle  # noqa: E402
 from gateway.sync.outbox import Outbox  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
 from simulators.cloud import Cloud  # noqa: E402
@@ -254,7 +254,7 @@ def _loaded_daemon(argv: list[str]) -> int:
     POS lanes publishing transaction events over MQTT got about 1,000 per second acknowledged
     on a 2-core box (the daemon then used ~75 % of a core), short of 2,000. Only `bench_e2e`
     runs this."""
-    from gateway.cli import main as gateway_main
+    from gateway.runtime.cli import main as gateway_main
 
     serve = Outbox.run
 
@@ -391,11 +391,11 @@ def _decision_rig() -> tuple[Any, Any, Any, Any, Any]:
     """The shipped model, 100 candidate offers, and a context, for the decision benchmarks."""
     from datetime import datetime
 
-    from gateway.config import DecisionConfig
     from gateway.decision import Context
     from gateway.decision.engine import DecisionEngine
     from gateway.decision.features import CATEGORIES, CustomerFacts, FeatureContext, Weather
     from gateway.decision.model import Scorer
+    from gateway.runtime.config import DecisionConfig
     from gateway.store import Offer
 
     scorer = Scorer.load(REPO / "models" / "nba.onnx")
@@ -481,12 +481,12 @@ async def _journey_rig(
 ) -> tuple[Any, Any, Outbox]:
     """The daemon's own kiosk intake, Journey and Outbox over `db`: the shipped model, 100
     offers, 100 consenting customers (loyalty 4000000000000..99), one kiosk with one screen."""
-    from gateway.config import DecisionConfig, KioskConfig
+    from gateway.codecs.identity import IdentityResolver, customer_ref
+    from gateway.codecs.topics import Topics
     from gateway.decision.engine import DecisionEngine, Outcome
-    from gateway.identity import IdentityResolver, customer_ref
     from gateway.moments import Journey, Kiosks, ScreenHold
+    from gateway.runtime.config import DecisionConfig, KioskConfig
     from gateway.store import Consent
-    from gateway.topics import Topics
 
     class StampedEngine(DecisionEngine):
         def decide(self, *args: Any, **kwargs: Any) -> Outcome:
@@ -538,8 +538,8 @@ async def _journey_latency(
 
     Returns (moment -> decision made, moment -> decision committed and its content posted) in
     milliseconds, and the durable events committed per second during the run."""
-    from gateway.payloads import encode_kiosk_identify
-    from gateway.topics import Topics
+    from gateway.codecs.payloads import encode_kiosk_identify
+    from gateway.codecs.topics import Topics
 
     warm = 200
     tally, decided = _Tally(warm + count), []
@@ -578,7 +578,7 @@ async def _journey_latency(
 
 def _journey_worker(load_per_s: float, count: int, out: Path) -> None:
     """Child process (under the fsync shim): one journey run, its samples as JSON in `out`."""
-    from gateway.logs import configure_logging
+    from gateway.runtime.logs import configure_logging
 
     configure_logging("json", "warning")  # as the benchmarked daemons log
     with tempfile.TemporaryDirectory(prefix="bench-journey-") as tmp:
@@ -762,7 +762,7 @@ def _presence_rig(devices: int) -> tuple[Any, Any]:
     from gateway.ble.eid import EidResolver
     from gateway.ble.keys import DeviceKeys
     from gateway.ble.presence import PresenceEngine
-    from gateway.config import BleConfig, BleScannerConfig
+    from gateway.runtime.config import BleConfig, BleScannerConfig
 
     config = BleConfig(
         enabled=True,

@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.config import CloudConfig  # noqa: E402
+from gateway.runtime.config import CloudConfig  # noqa: E402
 from simulators.fleet import FleetRun, simulate_outage  # noqa: E402
 
 STORES = 1000

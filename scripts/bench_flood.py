@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.topics import Topics  # noqa: E402
+from gateway.codecs.topics import Topics  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
 from simulators.daemon import GatewayProcess, cpu_s, rss_mib, settings  # noqa: E402
 from simulators.flood import Flood, Message, event_burst, kiosk_flood  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from bench_figures import percentile as _percentile  # noqa: E402 - beside this file
 
-from gateway.ids import uuid7  # noqa: E402
+from gateway.codecs.ids import uuid7  # noqa: E402
 from simulators.beacons import ScannerNodes, World  # noqa: E402
 from simulators.broker import Mosquitto  # noqa: E402
 from simulators.cloud import Cloud  # noqa: E402

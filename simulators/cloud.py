@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from drivers.mqtt import NO_DELAY
-from gateway.identity import public_key_text
+from gateway.codecs.identity import public_key_text
 from gateway.sync.wire import (
     PRIORITY_RANK,
     Bundle,

@@ -29,8 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config import load_config
-from gateway.ids import uuid7
+from gateway.codecs.ids import uuid7
+from gateway.runtime.config import load_config
 from simulators.beacons import ScannerNodes, World
 from simulators.broker import Mosquitto, MosquittoMissing, free_port
 from simulators.cloud import Cloud

@@ -18,8 +18,8 @@ from typing import Any
 import aiomqtt
 
 from drivers.mqtt import NO_DELAY
-from gateway.ids import uuid7
-from gateway.topics import Topics
+from gateway.codecs.ids import uuid7
+from gateway.codecs.topics import Topics
 
 __all__ = ["EventSource"]
 

@@ -16,7 +16,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-from gateway.supervisor import Backoff
+from gateway.runtime.supervisor import Backoff
 
 __all__ = ["FleetRun", "simulate_outage"]
 

@@ -21,9 +21,9 @@ from typing import Self
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.ids import uuid7
-from gateway.payloads import encode_kiosk_identify
-from gateway.topics import Topics
+from gateway.codecs.ids import uuid7
+from gateway.codecs.payloads import encode_kiosk_identify
+from gateway.codecs.topics import Topics
 
 __all__ = ["Flood", "event_burst", "kiosk_flood"]
 

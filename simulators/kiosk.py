@@ -11,9 +11,9 @@ import time
 
 import aiomqtt
 
-from gateway.ids import uuid7
-from gateway.payloads import IdentifyMethod, decode_content, encode_kiosk_identify
-from gateway.topics import Topics
+from gateway.codecs.ids import uuid7
+from gateway.codecs.payloads import IdentifyMethod, decode_content, encode_kiosk_identify
+from gateway.codecs.topics import Topics
 from simulators.population import CUSTOMERS, demo_token
 from simulators.signage import render
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.identity import customer_ref, mint_token
+from gateway.codecs.identity import customer_ref, mint_token
 
 __all__ = [
     "CUSTOMERS",

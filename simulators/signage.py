@@ -11,8 +11,8 @@ import contextlib
 
 import aiomqtt
 
-from gateway.payloads import Content, PayloadError, decode_content
-from gateway.topics import Topics
+from gateway.codecs.payloads import Content, PayloadError, decode_content
+from gateway.codecs.topics import Topics
 
 __all__ = ["render"]
 

@@ -19,8 +19,14 @@ from typing import Any
 import aiomqtt
 
 from drivers.mqtt import NO_DELAY
-from gateway.payloads import Content, GatewayStatus, PayloadError, decode_content, decode_status
-from gateway.topics import Topics
+from gateway.codecs.payloads import (
+    Content,
+    GatewayStatus,
+    PayloadError,
+    decode_content,
+    decode_status,
+)
+from gateway.codecs.topics import Topics
 from simulators.kiosk import Kiosk
 
 __all__ = ["Arrival", "SimulatedStore"]

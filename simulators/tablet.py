@@ -17,8 +17,8 @@ from typing import Any
 import aiomqtt
 
 from drivers.mqtt import NO_DELAY
-from gateway.ids import uuid7
-from gateway.payloads import (
+from gateway.codecs.ids import uuid7
+from gateway.codecs.payloads import (
     Card,
     IdentifyMethod,
     PayloadError,
@@ -26,7 +26,7 @@ from gateway.payloads import (
     decode_card,
     encode_tablet_serve,
 )
-from gateway.topics import Topics
+from gateway.codecs.topics import Topics
 
 __all__ = ["Tablet"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.admission import Answers, Budget, Budgets, Trouble, TroubleLog
+from gateway.runtime.admission import Answers, Budget, Budgets, Trouble, TroubleLog
 
 
 class Clock:

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
-COMPOSITION_ROOT = {"app.py", "cli.py"}
+COMPOSITION_ROOT = {"app.py", "cli.py"}  # in gateway/runtime/
 
 
 def _imports(path: Path) -> set[str]:
@@ -25,6 +25,6 @@ def test_the_core_never_imports_a_driver_or_a_simulator() -> None:
             n for n in _imports(path) if n.split(".")[0] in ("drivers", "simulators")
         )
         for path in GATEWAY.rglob("*.py")
-        if path.name not in COMPOSITION_ROOT or path.parent != GATEWAY
+        if path.name not in COMPOSITION_ROOT or path.parent != GATEWAY / "runtime"
     }
     assert {k: v for k, v in offenders.items() if v} == {}

@@ -25,9 +25,9 @@ from gateway.ble.frames import EddystoneEID, EddystoneUID, Frame, IBeacon
 from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
-from gateway.clock import SystemClock
-from gateway.logs import configure_logging
-from gateway.supervisor import Handle, State
+from gateway.runtime.clock import SystemClock
+from gateway.runtime.logs import configure_logging
+from gateway.runtime.supervisor import Handle, State
 from simulators.bluez import FakeBluez
 from simulators.broker import Mosquitto
 from tests.conftest import GatewayFactory

@@ -15,7 +15,7 @@ import pytest
 from gateway.ble.eid import eid
 from gateway.ble.espresense import decode_device_message, frame_from_id
 from gateway.ble.frames import EddystoneEID, EddystoneUID, IBeacon
-from gateway.payloads import PayloadError
+from gateway.codecs.payloads import PayloadError
 from simulators.broker import Mosquitto, free_port
 from simulators.population import CUSTOMERS, eid_identity_key
 from simulators.store import SimulatedStore
@@ -149,7 +149,7 @@ def test_rooms_that_are_not_configured_are_ignored() -> None:
     from gateway.ble.espresense import NodeSource
     from gateway.ble.keys import DeviceKeys
     from gateway.ble.scanners import ScannerStats
-    from gateway.clock import SystemClock
+    from gateway.runtime.clock import SystemClock
 
     stats, seen = ScannerStats(), []
     nodes = NodeSource(

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from drivers.cloud import https_fetcher
-from gateway.clock import SystemClock
-from gateway.metrics import Metrics
+from gateway.runtime.clock import SystemClock
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Consent, Offer, Store
-from gateway.supervisor import Handle
 from gateway.sync.bundles import BundleApplier, applied_body, applied_version
 from gateway.sync.outbox import Outbox
 from simulators.cloud import ArtifactServer, BundleSigner

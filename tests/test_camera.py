@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.camera import AudienceCounter
-from gateway.config import ConfigError, load_config
+from gateway.flows.camera import AudienceCounter
+from gateway.runtime.config import ConfigError, load_config
 from simulators.broker import Mosquitto, free_port
 from simulators.population import CUSTOMERS, demo_token
 from simulators.store import SimulatedStore
@@ -83,10 +83,10 @@ def test_with_the_camera_off_opencv_is_never_imported(tmp_path: Path) -> None:
     script = f"""
 import sys
 from pathlib import Path
-from gateway.app import build
-from gateway.clock import TimeKeeper
-from gateway.config import load_config
-from gateway.metrics import Metrics
+from gateway.runtime.app import build
+from gateway.runtime.clock import TimeKeeper
+from gateway.runtime.config import load_config
+from gateway.runtime.metrics import Metrics
 config = load_config(Path({str(DEMO)!r}), {{"store.state_dir": {str(tmp_path)!r}}})
 components = build(config, TimeKeeper(), Metrics()).components()
 print(len(components), "cv2" in sys.modules)

@@ -19,7 +19,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from drivers.camera import CameraSource, FrameAnalyzer
-from gateway.supervisor import Handle, State
+from gateway.runtime.supervisor import Handle, State
 from simulators.camera import audience_frame, blank_frame, qr_frame, write_video
 
 DRIVER = Path(__file__).resolve().parent.parent / "drivers" / "camera"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import RELEASE_FLOOR
+from gateway.runtime.clock import RELEASE_FLOOR
 from simulators.broker import Mosquitto, free_port
 from simulators.events import EventSource
 from simulators.population import CUSTOMERS

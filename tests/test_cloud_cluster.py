@@ -12,9 +12,9 @@ from typing import Any
 import aiomqtt
 import pytest
 
-from gateway.app import DATABASE_NAME
-from gateway.clock import SystemClock
-from gateway.metrics import Metrics
+from gateway.runtime.app import DATABASE_NAME
+from gateway.runtime.clock import SystemClock
+from gateway.runtime.metrics import Metrics
 from gateway.store import AsyncStore, Store
 from gateway.sync.outbox import Outbox
 from simulators.broker import Mosquitto

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from drivers.mqtt import NO_DELAY
-from gateway.identity import parse_public_key
+from gateway.codecs.identity import parse_public_key
 from gateway.sync.wire import (
     BundleError,
     bundle_topic,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cli import main
-from gateway.config import Config, ConfigError, load_config
+from gateway.runtime.cli import main
+from gateway.runtime.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 

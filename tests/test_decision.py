@@ -16,7 +16,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from gateway.config import DecisionConfig
 from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.experiments import in_holdout, switchback_arm
@@ -32,6 +31,7 @@ from gateway.decision.features import (
 )
 from gateway.decision.model import ModelError, Scorer
 from gateway.decision.policy import epsilon_greedy, propensities
+from gateway.runtime.config import DecisionConfig
 from gateway.store import Offer
 
 MORNING = datetime(2026, 11, 23, 8, 30)  # a Monday

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.payloads import schema
+from gateway.codecs.payloads import schema
 from simulators.broker import find_mosquitto
 from simulators.population import CUSTOMERS, DEMO_HASH_KEY
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.payloads import decode_status, encode_kiosk_identify, session_floor
-from gateway.topics import Topics
+from gateway.codecs.payloads import decode_status, encode_kiosk_identify, session_floor
+from gateway.codecs.topics import Topics
 from simulators.broker import Mosquitto
 from simulators.daemon import rss_mib
 from simulators.flood import Flood, event_burst, kiosk_flood

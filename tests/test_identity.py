@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.identity import (
+from gateway.codecs.identity import (
     TokenError,
     customer_ref,
     load_or_create_hash_key,

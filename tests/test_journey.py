@@ -14,8 +14,17 @@ from typing import Any
 import pytest
 
 from gateway.ble.presence import ZoneEvent
-from gateway.clock import TimeKeeper
-from gateway.config import (
+from gateway.codecs.identity import IdentityResolver, customer_ref
+from gateway.codecs.payloads import encode_kiosk_identify
+from gateway.codecs.topics import Topics
+from gateway.decision.engine import DecisionEngine, Outcome
+from gateway.decision.model import Scorer
+from gateway.flows.device_events import DeviceEvents
+from gateway.moments import AppPresence, Journey, Kiosks, Moment, ScreenHold, Tablets, ZoneScreens
+from gateway.pos import checkout
+from gateway.pos.lanes import PosLanes
+from gateway.runtime.clock import TimeKeeper
+from gateway.runtime.config import (
     AppConfig,
     DecisionConfig,
     KioskConfig,
@@ -23,19 +32,10 @@ from gateway.config import (
     ScreenConfig,
     TabletConfig,
 )
-from gateway.decision.engine import DecisionEngine, Outcome
-from gateway.decision.model import Scorer
-from gateway.device_events import DeviceEvents
-from gateway.identity import IdentityResolver, customer_ref
-from gateway.metrics import Metrics
-from gateway.moments import AppPresence, Journey, Kiosks, Moment, ScreenHold, Tablets, ZoneScreens
-from gateway.payloads import encode_kiosk_identify
-from gateway.pos import checkout
-from gateway.pos.lanes import PosLanes
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Consent, Offer, Store
-from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
-from gateway.topics import Topics
 
 REPO = Path(__file__).resolve().parent.parent
 HASH_KEY = b"journey-test-key" * 2

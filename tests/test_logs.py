@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from gateway.logs import configure_logging
+from gateway.runtime.logs import configure_logging
 
 
 @pytest.fixture(autouse=True)

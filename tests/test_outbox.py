@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import SystemClock
-from gateway.metrics import Metrics
+from gateway.runtime.clock import SystemClock
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, OutboxRow, Store
 from gateway.store._outbox import effective_budget
-from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
 RANKS = {0: -1, 1: -1, 2: -1}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.payloads import (
+from gateway.codecs.payloads import (
     Content,
     ContentOffer,
     GatewayStatus,
@@ -112,7 +112,7 @@ def test_encoders_refuse_output_that_breaks_the_contract() -> None:
 def test_device_events_carrying_raw_identifiers_are_refused(
     data: dict[str, object], error: str
 ) -> None:
-    from gateway.device_events import _refuse_identifiers
+    from gateway.flows.device_events import _refuse_identifiers
 
     with pytest.raises(PayloadError, match=error):
         _refuse_identifiers(data)
@@ -143,7 +143,7 @@ def test_strings_that_cannot_be_encoded_again_and_giant_integers_are_refused() -
 
 
 def test_nan_and_infinity_are_not_json_numbers() -> None:
-    from gateway.payloads import decode
+    from gateway.codecs.payloads import decode
 
     body = (
         b'{"id": "01a20925-dfc6-757b-9cc2-1114bf20cbeb", "type": "pos.scan",'
@@ -158,7 +158,7 @@ def test_nan_and_infinity_are_not_json_numbers() -> None:
 
 def test_refusals_never_echo_a_key_or_value_from_the_payload() -> None:
     """An e-mail address used as a key reached every device through the errors topic."""
-    from gateway.device_events import _refuse_identifiers
+    from gateway.flows.device_events import _refuse_identifiers
 
     email = "ada@example.com"
     unknown_key = json.dumps({"method": "loyalty", "value": "1", email: 1}).encode()

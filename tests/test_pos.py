@@ -187,7 +187,7 @@ async def test_a_total_acknowledged_just_before_a_crash_still_gets_its_coupon(
 @pytest.mark.parametrize("profile", ["generic-80mm", "generic-58mm", "epson-tm-t20iii"])
 def test_coupons_render_for_every_shipped_profile(profile: str) -> None:
     from gateway.escpos import CommandParser, QrStore, load_profile
-    from gateway.printing import Coupon, new_coupon_code, render_coupon
+    from gateway.flows.printing import Coupon, new_coupon_code, render_coupon
 
     coupon = Coupon(new_coupon_code(), "OFF-1", "Flat white", "20% off", 20, STORE, 1.79e9)
     for copy in (False, True):

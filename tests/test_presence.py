@@ -16,11 +16,11 @@ from gateway.ble.presence import PresenceEngine, ZoneEvent
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.service import Presence
 from gateway.ble.sighting import Sighting
-from gateway.clock import TimeKeeper
-from gateway.config import BleConfig, BleScannerConfig
-from gateway.metrics import Metrics
+from gateway.runtime.clock import TimeKeeper
+from gateway.runtime.config import BleConfig, BleScannerConfig
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore
-from gateway.supervisor import Handle
 
 SCANNERS = {"node-a": "entrance", "node-b": "coffee", "node-c": "bakery"}
 CONFIG = BleConfig(

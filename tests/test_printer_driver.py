@@ -16,11 +16,11 @@ import pytest
 import structlog
 
 from drivers.escpos import EscposPrinter
-from gateway.clock import SystemClock
-from gateway.config import PrinterLink, parse_printer_link
 from gateway.escpos import Receipt, load_profile
-from gateway.printing import PrintJob
-from gateway.supervisor import Handle, State
+from gateway.flows.printing import PrintJob
+from gateway.runtime.clock import SystemClock
+from gateway.runtime.config import PrinterLink, parse_printer_link
+from gateway.runtime.supervisor import Handle, State
 from simulators.printer import PrinterSimulator
 
 PROFILE = load_profile("generic-80mm")

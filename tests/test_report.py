@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gateway.report import read, render
+from gateway.decision.report import read, render
 from gateway.store import Decision, Store
 
 REPO = Path(__file__).resolve().parent.parent

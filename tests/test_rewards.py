@@ -6,11 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
-from gateway.clock import TimeKeeper
 from gateway.decision.rewards import RewardJoiner, reward_of
-from gateway.metrics import Metrics
+from gateway.runtime.clock import TimeKeeper
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Decision, Store
-from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
 WINDOW = 3600.0

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from gateway.sdnotify import Notifier
+from gateway.runtime.sdnotify import Notifier
 
 
 def _receive(sock: socket.socket) -> str:

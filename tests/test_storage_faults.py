@@ -23,12 +23,12 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.app import DATABASE_NAME
-from gateway.cli import EX_CONFIG
-from gateway.ids import uuid7
-from gateway.payloads import STORAGE_FULL, encode_kiosk_identify
+from gateway.codecs.ids import uuid7
+from gateway.codecs.payloads import STORAGE_FULL, encode_kiosk_identify
+from gateway.codecs.topics import Topics
+from gateway.runtime.app import DATABASE_NAME
+from gateway.runtime.cli import EX_CONFIG
 from gateway.store import OutboxRow, Store
-from gateway.topics import Topics
 from simulators.broker import Mosquitto
 from simulators.cloud import CloudReceiver
 from simulators.daemon import GatewayProcess, settings

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.payloads import SESSION_EPOCH, session_floor
+from gateway.codecs.payloads import SESSION_EPOCH, session_floor
 from gateway.pos.coupons import redeem
 from gateway.store import (
     AsyncStore,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.supervisor import Backoff, Handle, State, Supervisor
+from gateway.runtime.supervisor import Backoff, Handle, State, Supervisor
 from simulators.fleet import simulate_outage
 
 

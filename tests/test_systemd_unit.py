@@ -155,7 +155,7 @@ def test_unit_settings() -> None:
         "ExecStart": EXEC_START,
         "WatchdogSec": "30",
         "Restart": "on-failure",
-        "RestartPreventExitStatus": "78",  # EX_CONFIG: gateway/cli.py, a bad config.toml
+        "RestartPreventExitStatus": "78",  # EX_CONFIG: gateway/runtime/cli.py, a bad config.toml
         "TimeoutStopSec": "15",
         "User": "store-gateway",
         "Group": "store-gateway",

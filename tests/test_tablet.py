@@ -11,8 +11,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from gateway.ids import uuid7
-from gateway.topics import Topics
+from gateway.codecs.ids import uuid7
+from gateway.codecs.topics import Topics
 from simulators.broker import Mosquitto
 from simulators.events import EventSource
 from simulators.population import CUSTOMERS

@@ -17,12 +17,12 @@ import pytest
 import structlog
 
 from drivers.cloud import CloudLink
-from gateway.clock import SystemClock
-from gateway.config import CloudConfig
-from gateway.logs import configure_logging
-from gateway.metrics import Metrics
+from gateway.runtime.clock import SystemClock
+from gateway.runtime.config import CloudConfig
+from gateway.runtime.logs import configure_logging
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Store
-from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 from simulators.cloud import Cloud
 

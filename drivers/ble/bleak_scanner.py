@@ -34,9 +34,9 @@ from gateway.ble.frames import decode_advert
 from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
-from gateway.clock import Clock
-from gateway.logs import scrub_addresses
-from gateway.supervisor import Handle
+from gateway.runtime.clock import Clock
+from gateway.runtime.logs import scrub_addresses
+from gateway.runtime.supervisor import Handle
 
 __all__ = ["BleError", "BleakSource"]
 

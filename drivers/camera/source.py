@@ -39,9 +39,9 @@ import zxingcpp
 from cv2.data import haarcascades
 from cv2.typing import MatLike
 
-from gateway.clock import Clock
-from gateway.config import STREAM_SCHEMES
-from gateway.supervisor import Backoff, Handle
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import STREAM_SCHEMES
+from gateway.runtime.supervisor import Backoff, Handle
 
 __all__ = ["CameraSource", "FrameAnalyzer"]
 

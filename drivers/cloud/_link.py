@@ -23,10 +23,10 @@ import aiomqtt
 import structlog
 
 from drivers.mqtt import NO_DELAY, credentials, reconnecting
-from gateway.config import CloudConfig
-from gateway.metrics import Metrics
+from gateway.runtime.config import CloudConfig
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Backoff, Handle
 from gateway.store import AsyncStore
-from gateway.supervisor import Backoff, Handle
 from gateway.sync.uplink import Uplink
 from gateway.sync.wire import (
     BUNDLE_KINDS,
@@ -38,7 +38,7 @@ __all__ = ["CloudLink"]
 
 log = structlog.get_logger("drivers.cloud")
 # aiomqtt and paho log under "mqtt" unless given a logger: the cloud's socket errors then read as
-# the store broker's (gateway/logs.py names the component after the logger).
+# the store broker's (gateway/runtime/logs.py names the component after the logger).
 _MQTT_LOG = logging.getLogger("drivers.cloud")
 # CONNECT and SUBSCRIBE answered within this, or the next node is tried. A nats-server node
 # taking over a session whose JetStream leader just died left a CONNECT unanswered (2.9.10,

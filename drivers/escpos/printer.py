@@ -41,8 +41,6 @@ from typing import Literal
 import structlog
 from serial_asyncio_fast import open_serial_connection
 
-from gateway.clock import Clock
-from gateway.config import PrinterLink
 from gateway.escpos import (
     AutoStatus,
     Garbage,
@@ -55,8 +53,10 @@ from gateway.escpos import (
     process_id_request,
     realtime_status_request,
 )
-from gateway.printing import PrintJob, PrintQueue
-from gateway.supervisor import Backoff, Handle
+from gateway.flows.printing import PrintJob, PrintQueue
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import PrinterLink
+from gateway.runtime.supervisor import Backoff, Handle
 
 __all__ = ["EscposPrinter", "PrinterState"]
 

@@ -44,11 +44,7 @@ from prometheus_client import Counter
 
 from drivers.mqtt._reconnect import reconnecting
 from gateway import __version__
-from gateway.admission import Answers, Budgets, Trouble, TroubleLog, budgets_of
-from gateway.clock import Clock
-from gateway.config import BudgetsConfig, CloudConfig, MqttConfig
-from gateway.metrics import Metrics
-from gateway.payloads import (
+from gateway.codecs.payloads import (
     MAX_PAYLOAD_BYTES,
     STORAGE_FULL,
     GatewayStatus,
@@ -58,9 +54,13 @@ from gateway.payloads import (
     encode_status,
     parse_json,
 )
+from gateway.codecs.topics import Topics, undeclared
+from gateway.runtime.admission import Answers, Budgets, Trouble, TroubleLog, budgets_of
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import BudgetsConfig, CloudConfig, MqttConfig
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Backoff, Handle
 from gateway.store import StorageFull
-from gateway.supervisor import Backoff, Handle
-from gateway.topics import Topics, undeclared
 
 __all__ = ["NO_DELAY", "Handler", "MqttLink", "credentials"]
 

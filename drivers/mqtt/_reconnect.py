@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import structlog
 
-from gateway.supervisor import Backoff, Handle
+from gateway.runtime.supervisor import Backoff, Handle
 
 __all__ = ["Endpoint", "reconnecting"]
 

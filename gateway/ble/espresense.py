@@ -30,8 +30,8 @@ from gateway.ble.frames import (
 from gateway.ble.keys import DeviceKeys
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
-from gateway.clock import Clock
-from gateway.payloads import PayloadError, parse_json
+from gateway.codecs.payloads import PayloadError, parse_json
+from gateway.runtime.clock import Clock
 
 __all__ = ["NodeReport", "NodeSource", "decode_device_message", "frame_from_id"]
 

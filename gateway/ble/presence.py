@@ -29,7 +29,7 @@ from gateway.ble.frames import (
     IBeacon,
 )
 from gateway.ble.sighting import Sighting
-from gateway.config import BleConfig
+from gateway.runtime.config import BleConfig
 
 __all__ = ["BeaconHealth", "PresenceCounters", "PresenceEngine", "ZoneEvent", "identifier_of"]
 

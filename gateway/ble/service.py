@@ -17,11 +17,11 @@ from gateway.ble.eid import EidResolver
 from gateway.ble.presence import PresenceEngine, ZoneEvent
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.sighting import Sighting
-from gateway.clock import Clock
-from gateway.config import BleConfig
-from gateway.metrics import Metrics
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import BleConfig
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Store
-from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
 __all__ = ["Presence"]

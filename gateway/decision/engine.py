@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.config import DecisionConfig
 from gateway.decision import rules
 from gateway.decision.experiments import in_holdout, switchback_arm
 from gateway.decision.features import FeatureContext, Weather, featurize, row_hash
 from gateway.decision.model import ModelError, Scorer
 from gateway.decision.policy import epsilon_greedy
+from gateway.runtime.config import DecisionConfig
 from gateway.store import Offer
 
 if TYPE_CHECKING:

@@ -20,8 +20,8 @@ import structlog
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.features import FeatureContext, context_from_json
 from gateway.decision.model import ModelError, Scorer
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Offer, Store
-from gateway.supervisor import Handle
 from gateway.sync.bundles import applied_body
 
 __all__ = ["ModelManager"]

@@ -12,9 +12,9 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.runtime.clock import Clock
+from gateway.runtime.supervisor import Handle
 from gateway.store import DECISION_COLUMNS, AsyncStore, Decision, OutboxRow, Store, transaction
-from gateway.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
 __all__ = ["REWARD_EVENTS", "RewardJoiner", "expire_rewards", "join_reward", "reward_of"]

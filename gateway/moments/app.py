@@ -14,9 +14,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from gateway.ble.presence import ZoneEvent
-from gateway.clock import Clock
-from gateway.config import AppConfig, quiet_hours
 from gateway.moments.moment import AppMoment, Moment
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import AppConfig, quiet_hours
 
 __all__ = ["AppPresence"]
 

@@ -14,12 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from gateway.decision import Context
-from gateway.decision.engine import DecisionEngine, Outcome
-from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
-from gateway.ids import uuid7
-from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
-from gateway.payloads import (
+from gateway.codecs.ids import uuid7
+from gateway.codecs.payloads import (
     Card,
     Content,
     ContentOffer,
@@ -28,10 +24,14 @@ from gateway.payloads import (
     encode_content,
     offer_json,
 )
+from gateway.codecs.topics import Topics
+from gateway.decision import Context
+from gateway.decision.engine import DecisionEngine, Outcome
+from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
+from gateway.flows.printing import Coupon, new_coupon_code
+from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
 from gateway.pos import checkout
-from gateway.printing import Coupon, new_coupon_code
 from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
-from gateway.topics import Topics
 
 __all__ = ["ANONYMOUS_MESSAGE", "PERSONAL_MESSAGE", "Decided", "Plan", "UplinkRow", "decide"]
 

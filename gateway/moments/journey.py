@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.codecs.payloads import STORAGE_FULL, encode_error
+from gateway.codecs.topics import Topics
 from gateway.decision.engine import DecisionEngine
-from gateway.metrics import Metrics
 from gateway.moments.decide import Plan, UplinkRow, decide
 from gateway.moments.moment import (
     CheckoutMoment,
@@ -28,11 +28,11 @@ from gateway.moments.moment import (
     ZoneMoment,
 )
 from gateway.moments.screens import ScreenHold
-from gateway.payloads import STORAGE_FULL, encode_error
 from gateway.pos import checkout
+from gateway.runtime.clock import Clock
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Offer, Store, StoreClosed, is_storage_full
-from gateway.supervisor import Handle
-from gateway.topics import Topics
 
 __all__ = ["Journey"]
 

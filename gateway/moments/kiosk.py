@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.config import KioskConfig
-from gateway.identity import IdentityResolver
+from gateway.codecs.identity import IdentityResolver
+from gateway.codecs.payloads import PayloadError, decode_kiosk_identify, encode_error
+from gateway.codecs.topics import Topics
 from gateway.moments.moment import KioskMoment, Moment, Publisher
-from gateway.payloads import PayloadError, decode_kiosk_identify, encode_error
-from gateway.topics import Topics
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import KioskConfig
 
 __all__ = ["Kiosks"]
 

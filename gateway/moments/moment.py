@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from gateway.topics import Topics
+from gateway.codecs.topics import Topics
 
 __all__ = [
     "AppMoment",

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gateway.ble.presence import ZoneEvent
-from gateway.config import ScreenConfig
 from gateway.moments.moment import Moment, ZoneMoment
+from gateway.runtime.config import ScreenConfig
 
 __all__ = ["ScreenHold", "ZoneScreens"]
 

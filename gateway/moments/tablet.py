@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.config import TabletConfig
-from gateway.identity import IdentityResolver, associate_ref
-from gateway.metrics import Metrics
+from gateway.codecs.identity import IdentityResolver, associate_ref
+from gateway.codecs.payloads import PayloadError, decode, decode_tablet_serve
+from gateway.codecs.topics import Topics, undeclared
 from gateway.moments.moment import Moment, TabletMoment
-from gateway.payloads import PayloadError, decode, decode_tablet_serve
-from gateway.supervisor import Handle
-from gateway.topics import Topics, undeclared
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import TabletConfig
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 
 __all__ = ["Tablets"]
 

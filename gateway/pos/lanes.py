@@ -21,19 +21,19 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.config import LaneConfig
+from gateway.codecs.identity import IdentityResolver
+from gateway.codecs.ids import uuid7
+from gateway.codecs.payloads import PayloadError, decode, encode_coupon_reply, validate
+from gateway.codecs.topics import Topics
 from gateway.decision.rewards import RewardJoiner
-from gateway.device_events import Commit, DeviceEvent
-from gateway.identity import IdentityResolver
-from gateway.ids import uuid7
+from gateway.flows.device_events import Commit, DeviceEvent
+from gateway.flows.printing import ClaimSlip, new_claim_code, normalise_code
 from gateway.moments.moment import CheckoutMoment, Moment, Publisher
-from gateway.payloads import PayloadError, decode, encode_coupon_reply, validate
 from gateway.pos import checkout, coupons, receipts
 from gateway.pos.receipts import Visit
-from gateway.printing import ClaimSlip, new_claim_code, normalise_code
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import LaneConfig
 from gateway.store import AsyncStore, PrintJobRow
-from gateway.topics import Topics
 
 __all__ = ["PosLanes"]
 

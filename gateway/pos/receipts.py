@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.printing import ClaimSlip
+from gateway.flows.printing import ClaimSlip
 from gateway.store import OutboxRow, PrintJobRow, Store
 
 __all__ = ["Claimed", "Visit", "apply_claims", "commit_write", "drapi", "link_claims"]

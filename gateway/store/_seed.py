@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway.identity import customer_ref
-from gateway.payloads import PayloadError, decode
+from gateway.codecs.identity import customer_ref
+from gateway.codecs.payloads import PayloadError, decode
 from gateway.store._db import OFFER_CHANNELS, Consent, Offer
 
 __all__ = ["SeedError", "consent_from_json", "load_seed", "offer_from_json"]

@@ -18,10 +18,10 @@ from typing import Any
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.clock import Clock
+from gateway.codecs.payloads import PayloadError, validate
 from gateway.decision.model import ModelError, Scorer
-from gateway.metrics import Metrics
-from gateway.payloads import PayloadError, validate
+from gateway.runtime.clock import Clock
+from gateway.runtime.metrics import Metrics
 from gateway.store import (
     AsyncStore,
     Consent,

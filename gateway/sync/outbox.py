@@ -19,11 +19,11 @@ from typing import Any
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.ids import uuid7
-from gateway.metrics import Metrics
+from gateway.codecs.ids import uuid7
+from gateway.runtime.clock import Clock
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, OutboxRow, StorageFull, Store, is_storage_full
-from gateway.supervisor import Handle
 from gateway.sync.wire import PRIORITY_RANK
 
 __all__ = ["EVENT_SCHEMA_VERSION", "Outbox"]

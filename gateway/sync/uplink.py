@@ -16,8 +16,8 @@ from typing import Protocol
 
 import structlog
 
-from gateway.config import CloudConfig
-from gateway.metrics import Metrics
+from gateway.runtime.config import CloudConfig
+from gateway.runtime.metrics import Metrics
 from gateway.store import AsyncStore, Store
 from gateway.sync.wire import PRIORITY_RANK, encode_batch
 

@@ -15,7 +15,7 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS
+from gateway.codecs.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS
 
 __all__ = ["configure_logging", "scrub_addresses"]
 

@@ -872,7 +872,7 @@ def _check_files(config: Config, problems: list[str]) -> None:
         if file is not None and not file.is_file():
             problems.append(f"{key}: found {str(file)!r}, expected an existing readable file")
     _check_contents(config, problems)
-    from gateway.identity import parse_public_key
+    from gateway.codecs.identity import parse_public_key
 
     keys = {
         "identity.token_public_key": config.identity.token_public_key,
@@ -888,7 +888,7 @@ def _check_files(config: Config, problems: list[str]) -> None:
 
 def _check_contents(config: Config, problems: list[str]) -> None:
     """Files the daemon reads at start: a bad one is a config error now, not a crash loop."""
-    from gateway.identity import load_or_create_hash_key
+    from gateway.codecs.identity import load_or_create_hash_key
     from gateway.store import SeedError, load_seed
 
     key_file = config.identity.hash_key_file

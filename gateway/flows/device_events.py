@@ -22,13 +22,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from gateway.clock import Clock
+from gateway.codecs.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
+from gateway.codecs.payloads import PayloadError, decode
+from gateway.codecs.topics import SECTIONS, Topics, undeclared
 from gateway.decision.rewards import REWARD_EVENTS, RewardJoiner
-from gateway.identity import IDENTIFIER_KEYS, IDENTIFIER_WORDS, TOKEN_PREFIX
 from gateway.moments.moment import Publisher
-from gateway.payloads import PayloadError, decode
+from gateway.runtime.clock import Clock
 from gateway.sync.outbox import Outbox
-from gateway.topics import SECTIONS, Topics, undeclared
 
 __all__ = ["Commit", "DeviceEvent", "DeviceEvents", "EventHook", "Write"]
 

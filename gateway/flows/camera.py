@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.clock import Clock
-from gateway.config import CameraConfig
-from gateway.metrics import Metrics
-from gateway.supervisor import Handle
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import CameraConfig
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.sync.outbox import Outbox
 
 __all__ = ["AudienceCounter", "AudienceMinute", "CameraPurposes"]

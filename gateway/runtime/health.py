@@ -10,7 +10,7 @@ from typing import Any
 import h11
 import structlog
 
-from gateway.supervisor import Handle
+from gateway.runtime.supervisor import Handle
 
 __all__ = ["HealthServer"]
 

@@ -1,7 +1,7 @@
 """The composition root: builds the components from the config and runs them under one supervisor.
 
-This module and `gateway.cli` are the only parts of `gateway` that import drivers; the rest of the
-core never does (tests/test_architecture.py checks it).
+This module and `gateway.runtime.cli` are the only parts of `gateway` that import drivers; the
+rest of the core never does (tests/test_architecture.py checks it).
 """
 
 from __future__ import annotations
@@ -27,29 +27,29 @@ from gateway.ble.keys import DeviceKeys
 from gateway.ble.presence import ZoneEvent
 from gateway.ble.scanners import ScannerStats
 from gateway.ble.service import Presence
-from gateway.camera import CameraPurposes
-from gateway.clock import Clock, TimeKeeper
-from gateway.config import Config
+from gateway.codecs.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
+from gateway.codecs.payloads import session_floor
+from gateway.codecs.topics import SECTIONS, Topics
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
 from gateway.decision.rewards import RewardJoiner
-from gateway.device_events import DeviceEvents
 from gateway.escpos import Profile, load_profile
-from gateway.health import HealthServer
-from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
-from gateway.metrics import Metrics
+from gateway.flows.camera import CameraPurposes
+from gateway.flows.device_events import DeviceEvents
+from gateway.flows.printing import PrintJournal
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
-from gateway.payloads import session_floor
 from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
-from gateway.printing import PrintJournal
-from gateway.sdnotify import Notifier
+from gateway.runtime.clock import Clock, TimeKeeper
+from gateway.runtime.config import Config
+from gateway.runtime.health import HealthServer
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.sdnotify import Notifier
+from gateway.runtime.supervisor import Component, Handle, State, Supervisor
+from gateway.runtime.timekeeping import ClockWatch
 from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
-from gateway.supervisor import Component, Handle, State, Supervisor
 from gateway.sync.bundles import BundleApplier, Reaction
 from gateway.sync.outbox import Outbox
-from gateway.timekeeping import ClockWatch
-from gateway.topics import SECTIONS, Topics
 
 __all__ = ["Gateway", "StoreComponent", "build", "run_gateway"]
 

@@ -19,7 +19,7 @@ from typing import Protocol
 
 import structlog
 
-from gateway.clock import Clock, SystemClock
+from gateway.runtime.clock import Clock, SystemClock
 
 __all__ = ["Backoff", "Component", "ComponentHealth", "Handle", "State", "Supervisor"]
 

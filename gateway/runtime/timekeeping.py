@@ -7,9 +7,9 @@ import asyncio
 
 import structlog
 
-from gateway.clock import TimeKeeper
-from gateway.metrics import Metrics
-from gateway.supervisor import Handle
+from gateway.runtime.clock import TimeKeeper
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 
 __all__ = ["ClockWatch"]
 

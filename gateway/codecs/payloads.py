@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import fastjsonschema
 
-from gateway.ids import uuid7
+from gateway.codecs.ids import uuid7
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",

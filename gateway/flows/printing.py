@@ -22,11 +22,11 @@ from typing import Protocol
 
 import structlog
 
-from gateway.clock import Clock
 from gateway.escpos import Profile, Receipt
-from gateway.metrics import Metrics
+from gateway.runtime.clock import Clock
+from gateway.runtime.metrics import Metrics
+from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, PrintJobRow, Store, transaction
-from gateway.supervisor import Handle
 
 __all__ = [
     "ClaimSlip",

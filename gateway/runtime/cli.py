@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import __version__
-from gateway.clock import c_library
-from gateway.config import Config, ConfigError, load_config
+from gateway.runtime.clock import c_library
+from gateway.runtime.config import Config, ConfigError, load_config
 
 __all__ = ["main"]
 
@@ -127,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     if args.command == "report":
         return _report(loaded, args.since, as_json=args.json)
-    from gateway.app import run_gateway
-    from gateway.logs import configure_logging
+    from gateway.runtime.app import run_gateway
+    from gateway.runtime.logs import configure_logging
     from gateway.store import StateDirUnusable
 
     configure_logging(loaded.logging.format, loaded.logging.level)
@@ -163,7 +163,7 @@ def _check(path: Path, loaded: Config | ConfigError) -> int:
 def _report(config: Config, since_days: float, *, as_json: bool) -> int:
     import time
 
-    from gateway.report import read, render
+    from gateway.decision.report import read, render
 
     database = config.store.state_dir / "gateway.sqlite3"
     if not database.exists():

@@ -18,9 +18,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from gateway.clock import Clock
-from gateway.config import BudgetsConfig
-from gateway.topics import SECTIONS
+from gateway.codecs.topics import SECTIONS
+from gateway.runtime.clock import Clock
+from gateway.runtime.config import BudgetsConfig
 
 __all__ = ["Answers", "Budget", "Budgets", "Trouble", "TroubleLog", "budgets_of"]
 

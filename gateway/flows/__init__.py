@@ -1,0 +1,1 @@
+"""Flows that are not a moment: device events (accept, then acknowledge), the camera, print jobs."""
