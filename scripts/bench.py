@@ -40,6 +40,7 @@ from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_touchpoints import bench_app, bench_tablet  # noqa: E402 - bench_touchpoints.py
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
+from gateway.decision.offers import upsert_offers  # noqa: E402
 from gateway.runtime.clock import SystemClock  # noqa: E402
 from gateway.runtime.metrics import Metrics  # noqa: E402
 from gateway.runtime.supervisor import Handle  # noqa: E402
@@ -497,7 +498,7 @@ async def _journey_rig(
     _, scorer, offers, _, _ = _decision_rig()
     hash_key = b"bench-key" * 4
     now = time.time()
-    await db.call(Store.upsert_offers, offers, now)
+    await db.call(upsert_offers, offers, now)
     refs = [customer_ref(hash_key, "loyalty", f"40000000{i:05d}") for i in range(100)]
     consents = [Consent(ref, True, "families" if i % 2 else None) for i, ref in enumerate(refs)]
     await db.call(Store.upsert_consents, consents, now)

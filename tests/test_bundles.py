@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from drivers.cloud import https_fetcher
+from gateway.decision.offers import load_offers, upsert_offers
 from gateway.runtime.clock import SystemClock
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle
@@ -39,7 +40,7 @@ class Rig:
     reloads: list[int]
 
     async def offers(self) -> list[str]:
-        return [o.id for o in await self.db.call(Store.offers)]
+        return [o.id for o in await self.db.call(load_offers)]
 
     async def events(self) -> list[dict[str, object]]:
         rows = await self.db.call(Store.outbox_batch, {0: -1, 1: -1, 2: -1}, 1000, 10**9)
@@ -50,7 +51,7 @@ class Rig:
 async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     db = AsyncStore(tmp_path / "g.sqlite3")
     await db.open()
-    await db.call(Store.upsert_offers, [Offer("OFF-OLD", "Old offer")], 1.0)
+    await db.call(upsert_offers, [Offer("OFF-OLD", "Old offer")], 1.0)
     outbox = Outbox(db, STORE, SystemClock(), Metrics())
     writer = asyncio.create_task(outbox.run(Handle("outbox", lambda *_: None)))
     signer = BundleSigner()

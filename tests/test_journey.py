@@ -18,7 +18,9 @@ from gateway.codecs.identity import IdentityResolver, customer_ref
 from gateway.codecs.payloads import encode_kiosk_identify
 from gateway.codecs.topics import Topics
 from gateway.decision.engine import DecisionEngine, Outcome
+from gateway.decision.log import latest_decisions
 from gateway.decision.model import Scorer
+from gateway.decision.offers import upsert_offers
 from gateway.flows.device_events import DeviceEvents
 from gateway.moments import AppPresence, Journey, Kiosks, Moment, ScreenHold, Tablets, ZoneScreens
 from gateway.pos import checkout
@@ -95,7 +97,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     a fixed clock and a list-backed publisher; no broker, no subprocess."""
     db = AsyncStore(tmp_path / "gateway.sqlite3")
     await db.open()
-    await db.call(Store.upsert_offers, [Offer("OFF-1", "Coffee"), Offer("OFF-2", "Bread")], 0.0)
+    await db.call(upsert_offers, [Offer("OFF-1", "Coffee"), Offer("OFF-2", "Bread")], 0.0)
     await db.call(Store.upsert_consents, [Consent(REF, True, "coffee-lovers")], 0.0)
     wall = [T0]
     clock = TimeKeeper(
@@ -213,7 +215,7 @@ async def test_a_decision_reads_and_scores_while_an_unrelated_commit_holds_the_s
     content = [body for _, body in rig.screens.posts]
     assert {c["audience"] for c in content} == {"personal"}
     assert {c["request_id"] for c in content} == {"req-1"}
-    (decision,) = await rig.db.call(Store.decisions)
+    (decision,) = await rig.db.call(latest_decisions)
     assert decision.customer_ref == REF
     assert decision.id == content[0]["decision_id"]
     assert decision.policy == "nba"
@@ -247,7 +249,7 @@ async def test_a_decision_commits_while_an_unrelated_durable_commit_waits_for_it
         rig.kiosks.on_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-2"))
         async with asyncio.timeout(5):
             await rig.screens.posted.wait()  # decided, committed, shown
-        (decision,) = await rig.db.call(Store.decisions)
+        (decision,) = await rig.db.call(latest_decisions)
         assert decision.customer_ref == REF
         assert not accepted.done()  # the total is acknowledged only once it is durable
     finally:
@@ -284,7 +286,7 @@ async def test_zone_moments_reach_the_zones_screens_and_the_hold_keeps_what_they
     zone("dwell", None)
     posts = await _posted(rig, 6)
     assert len(posts) == 6
-    decisions = await rig.db.call(Store.decisions)
+    decisions = await rig.db.call(latest_decisions)
     assert sorted(d.moment for d in decisions) == ["zone_dwell"] * 2 + ["zone_enter"] * 4
 
 
@@ -300,7 +302,7 @@ async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig
         while not rig.printed:  # noqa: ASYNC110 - the hook is a plain callable
             await asyncio.sleep(0.01)
     assert rig.printed == ["receipt-1"]
-    (decision,) = await rig.db.call(Store.decisions)
+    (decision,) = await rig.db.call(latest_decisions)
     assert (decision.moment, decision.touchpoint, decision.customer_ref) == (
         "checkout",
         "pos-1",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from gateway.decision.log import record_decision
 from gateway.decision.report import read, render
 from gateway.store import Decision, Store
 
@@ -55,7 +56,7 @@ def _log(path: Path) -> None:
         rows.append((old, 1.0))
         i += 1
     for decision, _ in rows:
-        store.record_decision(decision)
+        record_decision(store, decision)
     with store.conn:
         store.conn.executemany(
             "UPDATE decisions SET reward = ? WHERE id = ?",

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+from gateway.decision.log import record_decision
 from gateway.decision.rewards import RewardJoiner, reward_of
 from gateway.runtime.clock import TimeKeeper
 from gateway.runtime.metrics import Metrics
@@ -43,7 +44,7 @@ async def test_rewards_join_within_the_window_once_and_expire_to_zero(tmp_path: 
     outbox = Outbox(db, "s1", clock, Metrics())
     writer = asyncio.create_task(outbox.run(Handle("outbox", lambda *_: None)))
     for i, ts in enumerate((9_000.0, 9_500.0, 5_000.0)):  # d2 is already past its window
-        await db.call(Store.record_decision, _decision(i, ts))
+        await db.call(record_decision, _decision(i, ts))
     joiner = RewardJoiner(db, outbox, clock, WINDOW)
 
     assert await joiner.join("d0", "pos.redemption") is True
@@ -82,11 +83,11 @@ async def test_a_wall_clock_jump_closes_no_window_early(tmp_path: Path) -> None:
     writer = asyncio.create_task(outbox.run(Handle("outbox", lambda *_: None)))
     joiner = RewardJoiner(db, outbox, clock, WINDOW)
     for i in range(3):
-        await db.call(Store.record_decision, _decision(i, clock.now()))
+        await db.call(record_decision, _decision(i, clock.now()))
     manual.advance(60.0)
     manual.wall += 8 * 86400  # the jump: the wall clock only
     assert clock.now() == manual.wall  # stamps follow the corrected clock
-    await db.call(Store.record_decision, _decision(3, clock.now()))
+    await db.call(record_decision, _decision(3, clock.now()))
 
     assert await joiner.expire() == 0  # 60 s of a 3,600 s window have passed
     assert await joiner.join("d0", "kiosk.tap") is True  # not "too late"

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.codecs.payloads import SESSION_EPOCH, session_floor
+from gateway.decision.log import latest_decisions, record_decision
+from gateway.decision.offers import load_offers, upsert_offers
 from gateway.pos.coupons import redeem
 from gateway.store import (
     AsyncStore,
@@ -61,15 +63,15 @@ def test_a_counter_never_falls_under_its_floor_and_keeps_growing_above_it(tmp_pa
 def test_offers_consents_and_decisions_round_trip(tmp_path: Path) -> None:
     store = Store(tmp_path / "g.sqlite3")
     offer = Offer("OFF-1", "t", "b", "c", 10.0, ("kiosk",), ("vip",), ("morning",), 3, 1.0, 2.0, 5)
-    store.upsert_offers([offer], now=1.0)
-    store.upsert_offers([offer], now=2.0)  # upsert: no duplicate
-    assert store.offers() == [offer]
+    upsert_offers(store, [offer], now=1.0)
+    upsert_offers(store, [offer], now=2.0)  # upsert: no duplicate
+    assert load_offers(store) == [offer]
     store.upsert_consents([Consent("c_1", True, "vip")], now=1.0)
     assert store.consent("c_1") == Consent("c_1", True, "vip")
     assert store.consent("c_unknown") is None
     decision = Decision("d1", 1.0, "kiosk_identify", "kiosk-1", None, "OFF-1", "rules/1", 1.0, "r1")
-    store.record_decision(decision)
-    assert store.decisions() == [decision]
+    record_decision(store, decision)
+    assert latest_decisions(store) == [decision]
 
 
 def test_seed_hashes_loyalty_numbers_and_rejects_bad_files(tmp_path: Path) -> None:
@@ -88,12 +90,12 @@ def test_seed_hashes_loyalty_numbers_and_rejects_bad_files(tmp_path: Path) -> No
 async def test_async_store_runs_off_the_loop_and_refuses_calls_when_closed(tmp_path: Path) -> None:
     db = AsyncStore(tmp_path / "g.sqlite3")
     with pytest.raises(StoreClosed):
-        await db.call(Store.offers)
+        await db.call(load_offers)
     await db.open()
     assert await db.call(Store.bump_counter, "x") == 1
     await db.close()
     with pytest.raises(StoreClosed):
-        await db.call(Store.offers)
+        await db.call(load_offers)
 
 
 def test_a_consent_update_without_the_app_key_keeps_it(tmp_path: Path) -> None:

@@ -19,9 +19,11 @@ import structlog
 
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.features import FeatureContext, context_from_json
+from gateway.decision.log import recent_contexts
 from gateway.decision.model import ModelError, Scorer
+from gateway.decision.offers import load_offers
 from gateway.runtime.supervisor import Handle
-from gateway.store import AsyncStore, Offer, Store
+from gateway.store import AsyncStore, Offer
 from gateway.sync.bundles import applied_body
 
 __all__ = ["ModelManager"]
@@ -89,8 +91,8 @@ class ModelManager:
         size = self._engine.config.replay_size
         if size == 0:
             return []
-        contexts = await self._db.call(Store.recent_contexts, size)
-        offers = await self._db.call(Store.offers)
+        contexts = await self._db.call(recent_contexts, size)
+        offers = await self._db.call(load_offers)
         return [(context_from_json(json.loads(c)), offers) for c in contexts]
 
     async def _apply_settings(self) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
+from gateway.decision.log import decisions_by_id
 from gateway.runtime.clock import Clock
 from gateway.runtime.supervisor import Handle
 from gateway.store import DECISION_COLUMNS, AsyncStore, Decision, OutboxRow, Store, transaction
@@ -65,7 +66,7 @@ class RewardJoiner:
         """Reward the decision now; False if unknown, already rewarded, or past its window."""
         reward = REWARD_EVENTS.get(event_type, 1.0)
         now = self._clock.now()
-        decisions = await self._db.call(Store.decisions_by_id, [decision_id])
+        decisions = await self._db.call(decisions_by_id, [decision_id])
         if not decisions:
             log.info("reward for an unknown decision", decision=decision_id, type=event_type)
             return False

@@ -28,6 +28,7 @@ from gateway.codecs.topics import Topics
 from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
+from gateway.decision.log import record_decision, record_decisions
 from gateway.flows.printing import Coupon, new_coupon_code
 from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
 from gateway.pos import checkout
@@ -98,9 +99,9 @@ class Plan:
             checkout.record(store, first.decision, first.uplink, self.job)
         elif len(self.decided) > 1 or self.messages:
             decided = [(d.decision, d.uplink) for d in self.decided]
-            store.record_decisions(decided, events=self.messages)
+            record_decisions(store, decided, events=self.messages)
         else:
-            store.record_decision(first.decision, first.uplink)
+            record_decision(store, first.decision, first.uplink)
 
 
 def decide(

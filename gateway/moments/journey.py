@@ -19,6 +19,7 @@ import structlog
 from gateway.codecs.payloads import STORAGE_FULL, encode_error
 from gateway.codecs.topics import Topics
 from gateway.decision.engine import DecisionEngine
+from gateway.decision.offers import load_offers
 from gateway.moments.decide import Plan, UplinkRow, decide
 from gateway.moments.moment import (
     CheckoutMoment,
@@ -32,7 +33,7 @@ from gateway.pos import checkout
 from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle
-from gateway.store import AsyncStore, Offer, Store, StoreClosed, is_storage_full
+from gateway.store import AsyncStore, Offer, StoreClosed, is_storage_full
 
 __all__ = ["Journey"]
 
@@ -100,7 +101,7 @@ class Journey:
         return True
 
     async def reload_catalog(self) -> None:
-        self._offers = await self._store.call(Store.offers)
+        self._offers = await self._store.call(load_offers)
 
     async def run(self, handle: Handle) -> None:
         await self.reload_catalog()

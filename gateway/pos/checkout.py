@@ -12,6 +12,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 
+from gateway.decision.log import insert_decision
 from gateway.moments.moment import CheckoutMoment
 from gateway.store import Decision, OutboxRow, PrintJobRow, Store, transaction
 
@@ -59,7 +60,7 @@ def record(
     offer), and the pending checkout it settles: all or nothing. Fsynced with a coupon (a
     printed coupon must be known after a power cut)."""
     with transaction(store.conn, durable=job is not None):
-        store.insert_decision(decision, event)
+        insert_decision(store, decision, event)
         if decision.request_id is not None:
             settle(store.conn, decision.request_id)
         if job is None:

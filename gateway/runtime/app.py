@@ -32,6 +32,7 @@ from gateway.codecs.payloads import session_floor
 from gateway.codecs.topics import SECTIONS, Topics
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
+from gateway.decision.offers import upsert_offers
 from gateway.decision.rewards import RewardJoiner
 from gateway.escpos import Profile, load_profile
 from gateway.flows.camera import CameraPurposes
@@ -94,7 +95,7 @@ class StoreComponent:
             if self._seed_file is not None:
                 offers, consents = load_seed(self._seed_file, self._hash_key)
                 now = self._clock.now()
-                await self.db.call(Store.upsert_offers, offers, now)
+                await self.db.call(upsert_offers, offers, now)
                 await self.db.call(Store.upsert_consents, consents, now)
                 detail += f", seeded {len(offers)} offers and {len(consents)} consents"
             handle.ready(detail)

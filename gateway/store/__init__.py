@@ -1,8 +1,8 @@
 """SQLite, the durable truth of the box: offers, consents, decisions."""
 
+from gateway.store._async import AsyncStore
 from gateway.store._db import (
     DECISION_COLUMNS,
-    AsyncStore,
     Consent,
     Decision,
     Offer,

@@ -1,4 +1,5 @@
-"""The SQLite store: offers, consents, decisions; `AsyncStore` keeps it off the event loop.
+"""The SQLite store: the connections, consents, and the row types of the tables the features own
+(their SQL lives with them: the catalog and the decision log in gateway/decision, ...).
 
 One connection writes, on the store thread; a decision's reads go through a second, read-only
 connection on a thread of their own (WAL lets readers run beside a commit), so they never wait
@@ -7,9 +8,7 @@ behind an unrelated commit's fsync; a durable group commit's fsync runs on a thi
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import dataclasses
 import errno
 import functools
 import json
@@ -17,17 +16,16 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from gateway.store._outbox import OutboxRow, OutboxTable, create_outbox, transaction
+from gateway.store._migrations import MIGRATIONS
+from gateway.store._outbox import OutboxRow, OutboxTable, transaction
 from gateway.store._recovery import check_database, quarantine, salvage_outbox
 from gateway.store._sqlite_utils import sqlite_utils
 
 __all__ = [
-    "AsyncStore",
     "Consent",
     "Decision",
     "Offer",
@@ -111,199 +109,6 @@ class Decision:
     model_version: str | None = None
     feature_hash: str | None = None
     context: str | None = None  # JSON: what the features were made of
-
-
-def _migrate_v1(db: sqlite_utils.Database) -> None:
-    db.table("meta").create({"key": str, "value": str}, pk="key")
-    db.table("offers").create(
-        {
-            "id": str,
-            "title": str,
-            "body": str,
-            "category": str,
-            "discount_pct": float,
-            "channels": str,  # JSON arrays
-            "segments": str,
-            "dayparts": str,
-            "priority": int,
-            "valid_from": float,
-            "valid_to": float,
-            "inventory": int,
-            "updated_at": float,
-        },
-        pk="id",
-    )
-    db.table("consents").create(
-        {"customer_ref": str, "personalisation": int, "segment": str, "updated_at": float},
-        pk="customer_ref",
-    )
-    db.table("decisions").create(
-        {
-            "id": str,
-            "ts": float,
-            "moment": str,
-            "touchpoint": str,
-            "customer_ref": str,
-            "offer_id": str,
-            "policy": str,
-            "propensity": float,
-            "request_id": str,
-            "reward": float,
-        },
-        pk="id",
-    )
-    db.table("decisions").create_index(["ts"])
-
-
-def _migrate_v2(db: sqlite_utils.Database) -> None:
-    """The outbox, the print journal, applied bundles; model facts on decisions."""
-    create_outbox(db.conn)
-    decisions = db.table("decisions")
-    decisions.add_column("model_version", str)
-    decisions.add_column("feature_hash", str)
-    decisions.add_column("reward_at", float)
-    db.table("print_journal").create(
-        {
-            "id": str,
-            "lane": str,
-            "printer": str,
-            "state": str,  # queued, sending, printed, failed
-            "copy": int,  # 1 when re-printed after a fault
-            "coupon_code": str,
-            "decision_id": str,
-            "job": bytes,
-            "attempts": int,
-            "error": str,
-            "created_at": float,
-            "updated_at": float,
-        },
-        pk="id",
-        not_null={"state", "created_at"},
-        defaults={"copy": 0, "attempts": 0},
-    )
-    db.table("print_journal").create_index(["state", "created_at"])
-    db.table("print_journal").create_index(["coupon_code"], unique=True)
-    db.table("applied_bundles").create(
-        {
-            "kind": str,
-            "version": int,
-            "created_at": float,
-            "applied_at": float,
-            "body": str,
-            "artifact_sha256": str,
-        },
-        pk="kind",
-    )
-
-
-def _migrate_v3(db: sqlite_utils.Database) -> None:
-    """Offer facts the decision engine uses; the context a decision was taken in."""
-    offers = db.table("offers")
-    offers.add_column("price_band", str)
-    offers.add_column("margin", float)
-    decisions = db.table("decisions")
-    decisions.add_column("context", str)  # JSON, for replays and training
-    decisions.create_index(["customer_ref", "ts"])  # frequency caps per customer
-    decisions.create_index(["touchpoint", "ts"])  # ... and per screen
-    # Decisions still waiting for their reward, for the window's expiry.
-    db.execute("CREATE INDEX decisions_open ON decisions (ts) WHERE reward IS NULL")
-
-
-def _migrate_v4(db: sqlite_utils.Database) -> None:
-    """BLE identity keys live with the consent they depend on: withdrawn together."""
-    consents = db.table("consents")
-    consents.add_column("eid_key", bytes)
-    consents.add_column("eid_k", int)
-
-
-def _migrate_v5(db: sqlite_utils.Database) -> None:
-    """Coupons printed at the till: single use, each tied to the decision that chose it."""
-    db.table("coupons").create(
-        {
-            "code": str,
-            "decision_id": str,
-            "offer_id": str,
-            "lane": str,
-            "issued_at": float,
-            "redeemed_at": float,
-            "redeemed_lane": str,
-        },
-        pk="code",
-        not_null={"decision_id", "issued_at"},
-    )
-    db.table("print_journal").create_index(["printer", "state", "created_at"])
-
-
-def _migrate_v6(db: sqlite_utils.Database) -> None:
-    """Re-sent POS events are harmless: one checkout per transaction event, and the redemption
-    that used a coupon is remembered so its re-sent copy gets the same answer."""
-    db.table("coupons").add_column("redeemed_event", str)
-    db.execute(
-        "CREATE UNIQUE INDEX decisions_checkout_request ON decisions (request_id)"
-        " WHERE moment = 'checkout' AND request_id IS NOT NULL"
-    )
-
-
-def _migrate_v7(db: sqlite_utils.Database) -> None:
-    """A POS total's checkout, committed with the total's event and settled by its decision:
-    an acknowledged total gets its coupon even if the daemon dies in between."""
-    db.table("pending_checkouts").create(
-        {"event_id": str, "body": str, "created_at": float},
-        pk="event_id",
-        not_null={"body", "created_at"},
-    )
-
-
-def _migrate_v8(db: sqlite_utils.Database) -> None:
-    """Events that are worthless after a time (in-app messages): their expiry, beside the outbox
-    (whose rows keep the shape the salvage of a damaged file looks for)."""
-    db.table("outbox_expiry").create({"id": str, "expires": float}, pk="id", not_null={"expires"})
-    db.table("outbox_expiry").create_index(["expires"])
-
-
-def _migrate_v9(db: sqlite_utils.Database) -> None:
-    """A customer may opt out of in-app messages and keep the personalisation consent."""
-    db.execute("ALTER TABLE consents ADD COLUMN app_messages INTEGER NOT NULL DEFAULT 1")
-
-
-def _migrate_v10(db: sqlite_utils.Database) -> None:
-    """Receipts sent by the lanes (issue 15): who gets them (a loyalty account, or a claim code
-    printed for the app to claim), and the visit's decisions a claim links to its customer."""
-    db.table("receipts").create(
-        {
-            "id": str,  # the pos.receipt event's id
-            "lane": str,
-            "txn": str,  # the pos.transaction event it is for
-            "customer_ref": str,
-            "claim_code": str,
-            "claim_until": float,
-            "decision_ids": str,  # JSON list, known when it was committed
-            "coupons": str,  # JSON list of the codes redeemed on it
-            "gross": float,
-            "created_at": float,
-            "claimed_ref": str,
-            "claimed_at": float,
-        },
-        pk="id",
-        not_null={"lane", "txn", "decision_ids", "coupons", "created_at"},
-    )
-    db.table("receipts").create_index(["claim_code"], unique=True)
-    db.table("receipts").create_index(["txn"])
-
-
-# Append only: a released migration is never edited, the next one is added.
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
-    _migrate_v1,
-    _migrate_v2,
-    _migrate_v3,
-    _migrate_v4,
-    _migrate_v5,
-    _migrate_v6,
-    _migrate_v7,
-    _migrate_v8,
-    _migrate_v9,
-    _migrate_v10,
-)
 
 
 class Reader:
@@ -478,36 +283,6 @@ class Store(Reader):
             )
         return value
 
-    def upsert_offers(self, offers: Iterable[Offer], now: float, *, commit: bool = True) -> int:
-        rows = [
-            (
-                o.id,
-                o.title,
-                o.body,
-                o.category,
-                o.discount_pct,
-                json.dumps(list(o.channels)),
-                json.dumps(list(o.segments)),
-                json.dumps(list(o.dayparts)),
-                o.priority,
-                o.valid_from,
-                o.valid_to,
-                o.inventory,
-                o.price_band,
-                o.margin,
-                now,
-            )
-            for o in offers
-        ]
-        # Plain SQL, not sqlite-utils: its helpers commit, and a bundle must apply all or nothing.
-        sql = (
-            "INSERT OR REPLACE INTO offers (id, title, body, category, discount_pct, channels,"
-            " segments, dayparts, priority, valid_from, valid_to, inventory, price_band, margin,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        )
-        self._write(sql, rows, commit)
-        return len(rows)
-
     def upsert_consents(
         self, consents: Iterable[Consent], now: float, *, commit: bool = True
     ) -> int:
@@ -543,9 +318,6 @@ class Store(Reader):
         with transaction(self._conn, durable=False) if commit else contextlib.nullcontext():
             self._conn.executemany(sql, rows)
 
-    def offers(self) -> list[Offer]:
-        return [_offer(row) for row in self._db.table("offers").rows_where(order_by="id")]
-
     def eid_keys(self) -> dict[str, tuple[bytes, int]]:
         """customer_ref -> (identity key, rotation exponent) of customers who opted in."""
         rows = self._conn.execute(
@@ -553,31 +325,6 @@ class Store(Reader):
             " WHERE personalisation = 1 AND eid_key IS NOT NULL"
         )
         return {ref: (bytes(key), int(k if k is not None else 10)) for ref, key, k in rows}
-
-    def record_decision(self, d: Decision, event: OutboxRow | None = None) -> None:
-        """Log a decision and, in the same transaction, queue its event for the cloud."""
-        with transaction(self._conn, durable=False):
-            self.insert_decision(d, event)
-
-    def record_decisions(
-        self, rows: Sequence[tuple[Decision, OutboxRow | None]], events: Sequence[OutboxRow] = ()
-    ) -> None:
-        """Several decisions of one moment (an associate's suggestions), and events they cause
-        (an in-app message), in one transaction."""
-        with transaction(self._conn, durable=False):
-            for d, event in rows:
-                self.insert_decision(d, event)
-            for event in events:
-                self.outbox.insert_one(event)
-
-    def insert_decision(self, d: Decision, event: OutboxRow | None) -> None:
-        """Inside the caller's transaction: the decision and its event for the cloud."""
-        self._conn.execute(
-            f"INSERT INTO decisions ({DECISION_COLUMNS}) VALUES ({', '.join('?' * 12)})",  # noqa: S608
-            dataclasses.astuple(d),
-        )
-        if event is not None:
-            self.outbox.insert_one(event)
 
     def append_outbox(self, rows: Sequence[OutboxRow], durable: bool) -> tuple[int, int, int, int]:
         """One commit; (inserted, shed, events waiting, bytes waiting)."""
@@ -602,49 +349,8 @@ class Store(Reader):
         deleted = self.outbox.acknowledge(seqs)
         return deleted, self.outbox.count, self.outbox.bytes
 
-    def decisions_by_id(self, ids: Sequence[str]) -> list[Decision]:
-        cursor = self._conn.execute(
-            f"SELECT {DECISION_COLUMNS} FROM decisions"  # noqa: S608 - constant columns
-            " WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(ids)),),
-        )
-        return [Decision(*row) for row in cursor.fetchall()]
-
-    def recent_contexts(self, limit: int) -> list[str]:
-        rows = self._conn.execute(
-            "SELECT context FROM decisions WHERE context IS NOT NULL ORDER BY ts DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [str(row[0]) for row in rows]
-
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
-
-    def decisions(self, limit: int = 100) -> list[Decision]:
-        cursor = self._conn.execute(
-            f"SELECT {DECISION_COLUMNS} FROM decisions ORDER BY id DESC LIMIT ?",  # noqa: S608
-            (limit,),
-        )
-        return [Decision(*row) for row in cursor.fetchall()]
-
-
-def _offer(row: Mapping[str, Any]) -> Offer:
-    return Offer(
-        id=row["id"],
-        title=row["title"],
-        body=row["body"] or "",
-        category=row["category"] or "",
-        discount_pct=row["discount_pct"] or 0.0,
-        channels=tuple(json.loads(row["channels"] or "[]")),
-        segments=tuple(json.loads(row["segments"] or "[]")),
-        dayparts=tuple(json.loads(row["dayparts"] or "[]")),
-        priority=row["priority"] or 0,
-        valid_from=row["valid_from"],
-        valid_to=row["valid_to"],
-        inventory=row["inventory"],
-        price_band=row["price_band"] or "mid",
-        margin=row["margin"] or 0.0,
-    )
 
 
 class StoreClosed(RuntimeError):
@@ -713,115 +419,3 @@ def open_store(
         raise
     opened = Opened(path, True, check_s, problem, moved, len(salvage.rows), salvage.bad_ranges)
     return store, opened
-
-
-class _WriteAheadLog:
-    """The store's WAL file, fsynced apart from the connection that writes it.
-
-    A commit with synchronous=FULL is a commit with NORMAL followed by an fdatasync of the WAL,
-    made while the commit still holds the write lock, so every other write waits for the disk.
-    This makes that same fdatasync after the lock is released: what was committed before
-    `sync` is then as durable as with FULL. SQLite takes no POSIX lock on the WAL file (its
-    locks are on the -shm file), so this descriptor cannot release one of its locks.
-    """
-
-    def __init__(self, database: Path) -> None:
-        self.path = database.with_name(database.name + "-wal")
-        self._fd: int | None = None
-
-    def sync(self) -> None:
-        if self._fd is None:
-            # As SQLite does for a new WAL: its directory entry is made durable too, once.
-            directory = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-            self._fd = os.open(self.path, os.O_RDONLY)
-        os.fdatasync(self._fd)
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
-
-
-class AsyncStore:
-    """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop, and
-    `Reader` calls on another, with a read-only connection, so reads never wait for a commit;
-    `sync` fsyncs the WAL on a third, so a durable commit's fsync holds up no other write.
-
-    `await db.call(Store.bump_counter, key)` runs `store.bump_counter(key)` on the store
-    thread; `await db.read(Reader.consent, ref)` runs `reader.consent(ref)` on the read thread.
-    The store thread runs SQLite and nothing else: callers do their other work elsewhere.
-    """
-
-    def __init__(
-        self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024, min_free_bytes: int = 0
-    ) -> None:
-        self.path = path
-        self.outbox_budget_bytes = outbox_budget_bytes
-        self.min_free_bytes = min_free_bytes
-        self._store: Store | None = None
-        self._reader: Reader | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
-        self._wal = _WriteAheadLog(path)
-        self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync")
-
-    @property
-    def is_open(self) -> bool:
-        return self._store is not None
-
-    async def open(
-        self, now: float | None = None, progress: Callable[[], None] = lambda: None
-    ) -> Opened:
-        """Check (a damaged file is moved aside, its outbox salvaged), open and migrate.
-
-        progress: called from the store thread while a salvage runs."""
-        job = functools.partial(
-            open_store,
-            self.path,
-            self.outbox_budget_bytes,
-            time.time() if now is None else now,
-            self.min_free_bytes,
-            progress,
-        )
-        self._store, opened = await _run(self._executor, job)
-        # After the store: the file exists, migrated, in WAL mode.
-        self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
-        return opened
-
-    async def call(
-        self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        if self._store is None:
-            raise StoreClosed(f"{self.path} is not open")
-        return await _run(self._executor, functools.partial(fn, self._store, *args, **kwargs))
-
-    async def read(
-        self, fn: Callable[Concatenate[Reader, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Run a read on the read thread: it sees the last commit, and waits for none."""
-        if self._reader is None:
-            raise StoreClosed(f"{self.path} is not open")
-        return await _run(self._read_executor, functools.partial(fn, self._reader, *args, **kwargs))
-
-    async def sync(self) -> None:
-        """Make every commit so far durable (fsync the WAL), off the store thread."""
-        if self._store is None:
-            raise StoreClosed(f"{self.path} is not open")
-        await _run(self._sync_executor, self._wal.sync)
-
-    async def close(self) -> None:
-        await _run(self._sync_executor, self._wal.close)
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await _run(self._read_executor, reader.close)
-        store, self._store = self._store, None
-        if store is not None:
-            await _run(self._executor, store.close)
-
-
-async def _run(executor: ThreadPoolExecutor, job: Callable[[], T]) -> T:
-    return await asyncio.get_running_loop().run_in_executor(executor, job)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.codecs.payloads import PayloadError, validate
 from gateway.decision.model import ModelError, Scorer
+from gateway.decision.offers import upsert_offers
 from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
 from gateway.store import (
@@ -251,7 +252,7 @@ def _apply(store: Store, change: _Change, /) -> None:
             raise BundleError(f"{change.kind} version {change.version} is not newer than {applied}")
         if change.offers is not None:
             conn.execute("DELETE FROM offers")
-            store.upsert_offers(change.offers, change.now, commit=False)
+            upsert_offers(store, change.offers, change.now, commit=False)
         if change.consents_snapshot:
             conn.execute("DELETE FROM consents")
         if change.consents:

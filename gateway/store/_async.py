@@ -1,0 +1,131 @@
+"""`AsyncStore`: the store's threads, so SQLite never blocks the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
+
+from gateway.store._db import Opened, Reader, Store, StoreClosed, open_store
+
+__all__ = ["AsyncStore"]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class _WriteAheadLog:
+    """The store's WAL file, fsynced apart from the connection that writes it.
+
+    A commit with synchronous=FULL is a commit with NORMAL followed by an fdatasync of the WAL,
+    made while the commit still holds the write lock, so every other write waits for the disk.
+    This makes that same fdatasync after the lock is released: what was committed before
+    `sync` is then as durable as with FULL. SQLite takes no POSIX lock on the WAL file (its
+    locks are on the -shm file), so this descriptor cannot release one of its locks.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-wal")
+        self._fd: int | None = None
+
+    def sync(self) -> None:
+        if self._fd is None:
+            # As SQLite does for a new WAL: its directory entry is made durable too, once.
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._fd = os.open(self.path, os.O_RDONLY)
+        os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+class AsyncStore:
+    """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop, and
+    `Reader` calls on another, with a read-only connection, so reads never wait for a commit;
+    `sync` fsyncs the WAL on a third, so a durable commit's fsync holds up no other write.
+
+    `await db.call(Store.bump_counter, key)` runs `store.bump_counter(key)` on the store
+    thread; `await db.read(Reader.consent, ref)` runs `reader.consent(ref)` on the read thread.
+    The store thread runs SQLite and nothing else: callers do their other work elsewhere.
+    """
+
+    def __init__(
+        self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024, min_free_bytes: int = 0
+    ) -> None:
+        self.path = path
+        self.outbox_budget_bytes = outbox_budget_bytes
+        self.min_free_bytes = min_free_bytes
+        self._store: Store | None = None
+        self._reader: Reader | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        self._wal = _WriteAheadLog(path)
+        self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync")
+
+    @property
+    def is_open(self) -> bool:
+        return self._store is not None
+
+    async def open(
+        self, now: float | None = None, progress: Callable[[], None] = lambda: None
+    ) -> Opened:
+        """Check (a damaged file is moved aside, its outbox salvaged), open and migrate.
+
+        progress: called from the store thread while a salvage runs."""
+        job = functools.partial(
+            open_store,
+            self.path,
+            self.outbox_budget_bytes,
+            time.time() if now is None else now,
+            self.min_free_bytes,
+            progress,
+        )
+        self._store, opened = await _run(self._executor, job)
+        # After the store: the file exists, migrated, in WAL mode.
+        self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
+        return opened
+
+    async def call(
+        self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        if self._store is None:
+            raise StoreClosed(f"{self.path} is not open")
+        return await _run(self._executor, functools.partial(fn, self._store, *args, **kwargs))
+
+    async def read(
+        self, fn: Callable[Concatenate[Reader, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run a read on the read thread: it sees the last commit, and waits for none."""
+        if self._reader is None:
+            raise StoreClosed(f"{self.path} is not open")
+        return await _run(self._read_executor, functools.partial(fn, self._reader, *args, **kwargs))
+
+    async def sync(self) -> None:
+        """Make every commit so far durable (fsync the WAL), off the store thread."""
+        if self._store is None:
+            raise StoreClosed(f"{self.path} is not open")
+        await _run(self._sync_executor, self._wal.sync)
+
+    async def close(self) -> None:
+        await _run(self._sync_executor, self._wal.close)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await _run(self._read_executor, reader.close)
+        store, self._store = self._store, None
+        if store is not None:
+            await _run(self._executor, store.close)
+
+
+async def _run(executor: ThreadPoolExecutor, job: Callable[[], T]) -> T:
+    return await asyncio.get_running_loop().run_in_executor(executor, job)
