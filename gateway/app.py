@@ -38,6 +38,7 @@ from gateway.health import HealthServer
 from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
+from gateway.pauses import timing_gc, watch_loop
 from gateway.payloads import session_floor
 from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
@@ -549,11 +550,14 @@ async def run_gateway(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
     watchdog = asyncio.create_task(_feed_watchdog(notifier), name="watchdog")
+    lag = asyncio.create_task(watch_loop(metrics), name="loop-lag")  # issue 14
     log.info("starting", store=config.store.id, version=__version__)
     try:
-        await supervisor.run(stop)
+        with timing_gc(metrics):
+            await supervisor.run(stop)
     finally:
         watchdog.cancel()
+        lag.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         notifier.close()
