@@ -37,6 +37,7 @@ from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, besi
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
 from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
+from bench_store import bench_store  # noqa: E402 - scripts/bench_store.py
 from bench_touchpoints import bench_app, bench_tablet  # noqa: E402 - bench_touchpoints.py
 
 from drivers.mqtt import NO_DELAY  # noqa: E402
@@ -1032,7 +1033,21 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "tablet": lambda quick: bench_tablet(quick, _broker_rtt),
     "fleet": bench_fleet,
     "app": bench_app,
+    "store": lambda quick: bench_store(quick, _ping),
 }
+
+
+def _calibration_s() -> float:
+    """A fixed pure-Python loop, best of 3: how fast this machine runs Python today, so that
+    figures from different days (these machines change speed) can be compared."""
+    best = math.inf
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(2_000_000):
+            total += i % 7
+        best = min(best, time.perf_counter() - started)
+    return best
 
 
 def main() -> int:
@@ -1067,6 +1082,7 @@ def main() -> int:
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "calib_loop_s": _calibration_s(),
         }
         args.json.write_text(json.dumps({"figures": figures, "meta": meta}, indent=2) + "\n")
         print(f"wrote {args.json}")

@@ -25,7 +25,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Literal, Self
@@ -529,8 +529,12 @@ class World:
                 adverts.append(_Advert(*source[:4], None, mfr, svc, source[4]))
         return adverts
 
-    def heard(self, now: float) -> list[Heard]:
-        """Every advert every scanner node hears at `now`: one sample per device and frame."""
+    def heard(self, now: float, max_distance_m: float | None = None) -> list[Heard]:
+        """Every advert every scanner node hears at `now`: one sample per device and frame.
+
+        `max_distance_m`: only what a node would place this close (its distance estimate from
+        the RSSI, as ESPresense's "max distance" setting filters), cut before any Heard is made.
+        """
         adverts = self._adverts(now)
         if not adverts:
             return []
@@ -542,7 +546,10 @@ class World:
         rng = np.random.default_rng([self.seed % 2**63, round(now * 1000) % 2**63])
         noise = rng.normal(0.0, self.noise_db, d.shape)
         rssi = np.rint(p1m[:, None] - 10 * self.path_loss_exponent * np.log10(d) + noise)
-        rows, cols = np.nonzero(rssi >= self.sensitivity_dbm)
+        floor = self.sensitivity_dbm
+        if max_distance_m is not None:
+            floor = max(floor, TX_1M_DBM - 10 * PATH_LOSS_EXPONENT * math.log10(max_distance_m))
+        rows, cols = np.nonzero(rssi >= floor)
         ids = [s.id for s in self.scanners]
         levels = rssi.astype(np.int64)
         out = []
@@ -587,13 +594,14 @@ async def realtime(
     interval_s: float = 1.0,
     until: float | None = None,
     clock: Callable[[], float] = time.time,
+    max_distance_m: float | None = None,
 ) -> AsyncIterator[tuple[float, list[Heard]]]:
     """`(now, world.heard(now))` every `interval_s` of `clock` until `until` (clock time).
     A slow consumer is not caught up with a burst: samples are skipped instead."""
     next_at = clock()
     while until is None or next_at < until:
         now = clock()
-        yield now, world.heard(now)
+        yield now, world.heard(now, max_distance_m)
         next_at += interval_s
         if until is not None and next_at >= until:
             return
@@ -685,6 +693,8 @@ class _Node:
     reported: int = 0
     # (id, mac) -> (smoothed distance, world time it was last updated)
     smoothed: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    # (id, mac) -> (distance last published, world time it was published)
+    last_report: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
 
 class ScannerNodes:
@@ -692,6 +702,10 @@ class ScannerNodes:
     room, which is how docs/install.md names nodes: `espresense-<zone>`), each with the retained
     status "online" and the will "offline". Each device (by id) is published at most once per
     sample per node; the nodes publish telemetry every `telemetry_s`.
+
+    ESPresense's own filters, off unless given: `max_distance_m` (devices placed farther are
+    not reported) and `skip_distance_m` / `skip_s` (a device is reported again only once its
+    distance moved by skip_distance_m, or skip_s after its last report).
 
     `published[room]` counts device messages, `telemetry[room]` telemetry messages.
     """
@@ -708,9 +722,17 @@ class ScannerNodes:
         smoothing: float = 0.3,
         prefix: str = "espresense",
         clock: Callable[[], float] = time.time,
+        max_distance_m: float | None = None,
+        skip_distance_m: float = 0.0,
+        skip_s: float = 0.0,
     ) -> None:
         self.host, self.port, self.world, self.prefix = host, port, world, prefix
         self.interval_s, self.telemetry_s, self.smoothing = interval_s, telemetry_s, smoothing
+        self.max_distance_m, self.skip_distance_m, self.skip_s = (
+            max_distance_m,
+            skip_distance_m,
+            skip_s,
+        )
         self._clock = clock
         names = [s.id for s in world.scanners] if rooms is None else list(rooms)
         self._nodes = {room: _Node(room) for room in names}
@@ -792,15 +814,26 @@ class ScannerNodes:
 
     async def step(self, now: float) -> int:
         """Publish one sample of the world at `now` (world time); returns device messages sent."""
-        return await self._publish(now, self.world.heard(now))
+        return await self._publish(now, self.world.heard(now, self.max_distance_m))
 
-    async def run(self, until: float | None = None) -> None:
-        """Publish a sample every `interval_s` until `until` (clock time; None: until cancelled)."""
+    async def run(
+        self,
+        until: float | None = None,
+        on_sample: Callable[[float, list[Heard]], Awaitable[None]] | None = None,
+    ) -> None:
+        """Publish a sample every `interval_s` until `until` (clock time; None: until cancelled);
+        `on_sample(now, heard)` sees each sample after (another radio hearing the same world)."""
         task = asyncio.current_task()
         async for now, heard in realtime(
-            self.world, interval_s=self.interval_s, until=until, clock=self._clock
+            self.world,
+            interval_s=self.interval_s,
+            until=until,
+            clock=self._clock,
+            max_distance_m=self.max_distance_m,
         ):
             await self._publish(now, heard)
+            if on_sample is not None:
+                await on_sample(now, heard)
             # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a cancellation
             # that races with the publish completing: honour it here.
             if task is not None and task.cancelling():
@@ -826,17 +859,31 @@ class ScannerNodes:
                 continue
             if node.started is None:
                 node.started = now
+            published = 0
             for device_id, h in by_room[room].items():
-                topic, payload = espresense_message(
-                    room, h, distance=self._smooth(node, device_id, h, now), prefix=self.prefix
-                )
+                distance = self._smooth(node, device_id, h, now)
+                if self._skip(node, (device_id, h.address), distance, now):
+                    continue
+                topic, payload = espresense_message(room, h, distance=distance, prefix=self.prefix)
                 await client.publish(topic, payload, qos=0)
-                node.reported += 1
-                sent += 1
-            self.published[room] += len(by_room[room])
+                published += 1
+            node.reported += published
+            sent += published
+            self.published[room] += published
             if now - node.last_telemetry >= self.telemetry_s:
                 await self._telemetry(node, client, now)
         return sent
+
+    def _skip(self, node: _Node, key: tuple[str, str], distance: float, now: float) -> bool:
+        """ESPresense's skip rule: not moved enough, and reported recently enough."""
+        if self.skip_distance_m <= 0 and self.skip_s <= 0:
+            return False
+        last = node.last_report.get(key)
+        moved = last is None or abs(distance - last[0]) >= self.skip_distance_m
+        if last is not None and not moved and now - last[1] < self.skip_s:
+            return True
+        node.last_report[key] = (distance, now)
+        return False
 
     def _smooth(self, node: _Node, device_id: str, h: Heard, now: float) -> float:
         rssi_1m = _rssi_1m(h.frame)
@@ -865,6 +912,9 @@ class ScannerNodes:
         # Churned addresses are forgotten: smoothing state stays bounded.
         stale = now - 2 * self.telemetry_s
         node.smoothed = {k: v for k, v in node.smoothed.items() if v[1] >= stale}
+        if node.last_report:
+            stale = now - max(2 * self.telemetry_s, self.skip_s)
+            node.last_report = {k: v for k, v in node.last_report.items() if v[1] >= stale}
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["GatewayProcess", "cpu_s", "rss_mib", "settings"]
@@ -77,9 +77,12 @@ class GatewayProcess:
         watchdog_usec: int | None = None,
         output: Path | None = None,
         command: Sequence[str] = ("-m", "gateway"),
+        cpus: Collection[int] | None = None,
     ) -> None:
-        """command: what the interpreter runs, given `run --config ...` after it."""
+        """command: what the interpreter runs, given `run --config ...` after it. cpus: the
+        cores the daemon may run on (taskset), as a store box has fewer than this machine."""
         self.config = config
+        self.cpus = sorted(cpus) if cpus is not None else None
         self.command = tuple(command)
         self.workdir = workdir
         self.overrides = dict(overrides or {})
@@ -114,6 +117,8 @@ class GatewayProcess:
         if self.watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         args = [sys.executable, *self.command, "run", "--config", str(self.config)]
+        if self.cpus is not None:  # taskset execs the daemon: the same pid, every thread pinned
+            args = ["taskset", "--cpu-list", ",".join(map(str, self.cpus)), *args]
         for key, value in self.overrides.items():
             args += ["--set", f"{key}={value}"]
         out = self.output.open("ab")

@@ -39,6 +39,7 @@ from gateway.flows.camera import CameraPurposes
 from gateway.flows.device_events import DeviceEvents
 from gateway.flows.printing import PrintJournal
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
+from gateway.runtime.pauses import timing_gc, watch_loop
 from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
 from gateway.runtime.clock import Clock, TimeKeeper
@@ -555,11 +556,14 @@ async def run_gateway(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, request_stop, sig.name)
     watchdog = asyncio.create_task(_feed_watchdog(notifier), name="watchdog")
+    lag = asyncio.create_task(watch_loop(metrics), name="loop-lag")  # issue 14
     log.info("starting", store=config.store.id, version=__version__)
     try:
-        await supervisor.run(stop)
+        with timing_gc(metrics):
+            await supervisor.run(stop)
     finally:
         watchdog.cancel()
+        lag.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         notifier.close()

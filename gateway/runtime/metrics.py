@@ -18,6 +18,11 @@ from prometheus_client import (
 
 __all__ = ["Metrics"]
 
+# Event-loop lag and collector pauses: fine where the targets are (a few ms), coarse beyond.
+_PAUSE_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+)  # fmt: skip
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -226,6 +231,24 @@ class Metrics:
             "gateway_camera_audience_peak",
             "Peak viewers of the last full minute (0 when under the k-anonymity floor)",
             ["screen"],
+            registry=r,
+        )
+
+        # How late the event loop runs a callback, and the collector's pauses (gateway.pauses).
+        self.loop_lag = Histogram(
+            "gateway_loop_lag_seconds",
+            "How late a timer on the event loop fired (sampled every 25 ms)",
+            buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.loop_lag_max = Gauge(
+            "gateway_loop_lag_max_seconds", "The longest event-loop lag since start", registry=r
+        )
+        self.gc_pause = Histogram(
+            "gateway_gc_pause_seconds",
+            "Garbage-collector pauses, by generation",
+            ["generation"],
+            buckets=_PAUSE_BUCKETS,
             registry=r,
         )
 

@@ -1,0 +1,58 @@
+"""Where the daemon stalls: event-loop lag and garbage-collector pauses, into /metrics.
+
+The loop's lag is sampled as a timer's lateness: a task sleeps `interval_s` and measures how
+much later than asked it woke. Everything that holds the loop (a long callback, a collection,
+a blocking call) shows there, whatever caused it. The collector's own pauses are timed by a
+`gc.callbacks` hook, per generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from gateway.runtime.metrics import Metrics
+
+__all__ = ["timing_gc", "watch_loop"]
+
+LOOP_SAMPLE_S = 0.025
+
+
+async def watch_loop(metrics: Metrics, interval_s: float = LOOP_SAMPLE_S) -> None:
+    """Forever: the lateness of a `interval_s` sleep, into `gateway_loop_lag_seconds`."""
+    worst = 0.0
+    clock = time.monotonic
+    while True:
+        asked = clock() + interval_s
+        await asyncio.sleep(interval_s)
+        lag = max(0.0, clock() - asked)
+        metrics.loop_lag.observe(lag)
+        if lag > worst:
+            worst = lag
+            metrics.loop_lag_max.set(lag)
+
+
+@contextmanager
+def timing_gc(metrics: Metrics) -> Iterator[None]:
+    """While inside: every collection's pause into `gateway_gc_pause_seconds`."""
+    children = {g: metrics.gc_pause.labels(str(g)) for g in range(3)}
+    started = 0.0
+    clock = time.perf_counter
+
+    def hook(phase: str, info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = clock()
+        else:
+            children[info["generation"]].observe(clock() - started)
+
+    callback: Callable[[str, dict[str, Any]], None] = hook
+    gc.callbacks.append(callback)
+    try:
+        yield
+    finally:
+        gc.callbacks.remove(callback)
