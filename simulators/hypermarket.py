@@ -28,8 +28,8 @@ from pathlib import Path
 import aiomqtt
 
 from drivers.mqtt import NO_DELAY
-from gateway.decision.features import CATEGORIES
 from gateway.codecs.topics import Topics
+from gateway.decision.features import CATEGORIES
 from simulators.beacons import Heard, Layout, ScannerNodes, World, Zone
 from simulators.population import Customer, eid_identity_key
 

@@ -39,13 +39,13 @@ from gateway.flows.camera import CameraPurposes
 from gateway.flows.device_events import DeviceEvents
 from gateway.flows.printing import PrintJournal
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
-from gateway.runtime.pauses import timing_gc, watch_loop
 from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
 from gateway.runtime.clock import Clock, TimeKeeper
 from gateway.runtime.config import Config
 from gateway.runtime.health import HealthServer
 from gateway.runtime.metrics import Metrics
+from gateway.runtime.pauses import timing_gc, watch_loop
 from gateway.runtime.sdnotify import Notifier
 from gateway.runtime.supervisor import Component, Handle, State, Supervisor
 from gateway.runtime.timekeeping import ClockWatch
