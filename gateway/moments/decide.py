@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.decision import Context
+from gateway.decision.catalog import CatalogVersion
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.ids import uuid7
@@ -127,7 +128,7 @@ def decide(
         customer=CustomerFacts(segment=facts.segment) if facts.customer is not None else None,
     )
     context = Context(now, local, moment.channel, facts.segment, time_trusted)
-    deciding = _Deciding(moment, facts, engine, context, features, uplink)
+    deciding = _Deciding(moment, facts, engine, context, features, uplink, engine.catalog(offers))
     if isinstance(moment, AppMoment):
         return _message(reader, moment, deciding, offers)
     if isinstance(moment, TabletMoment):
@@ -160,6 +161,7 @@ class _Deciding:
     context: Context
     features: FeatureContext
     uplink: UplinkRow | None
+    catalog: CatalogVersion | None = None  # the candidates are logged against it (issue 17)
 
     def choose(self, offers: Sequence[Offer]) -> Outcome:
         return self.engine.decide(
@@ -183,6 +185,8 @@ class _Deciding:
         }
         if outcome.shadow is not None:
             logged["shadow"] = dict(outcome.shadow)
+        if self.catalog is not None:
+            logged.update(self.catalog.log_fields(outcome))
         decision = Decision(
             id=uuid7(int(now * 1000)),
             ts=now,

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import structlog
 
 from gateway.clock import Clock
+from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
 from gateway.metrics import Metrics
 from gateway.moments.decide import Plan, UplinkRow, decide
@@ -97,7 +98,10 @@ class Journey:
         return True
 
     async def reload_catalog(self) -> None:
-        self._offers = await self._store.call(Store.offers)
+        offers = await self._store.call(Store.offers)
+        # Kept once per version: the decision log names the version its candidates index.
+        await self._store.call(save_catalog, offers, self._clock.now())
+        self._offers = offers
 
     async def run(self, handle: Handle) -> None:
         await self.reload_catalog()

@@ -67,6 +67,7 @@ class Offer:
     inventory: int | None = None  # None: not tracked
     price_band: str = "mid"  # low, mid, high
     margin: float = 0.0  # share of the price, 0..1
+    price: float | None = None  # shelf price before the discount; None: unknown (issue 17)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +267,16 @@ def _migrate_v9(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE consents ADD COLUMN app_messages INTEGER NOT NULL DEFAULT 1")
 
 
+def _migrate_v10(db: sqlite_utils.Database) -> None:
+    """Issue 17: offers carry a price (value-aware decisions); the catalogs decisions were made
+    against, once per version, so the decision log can rebuild every candidate's features."""
+    db.execute("ALTER TABLE offers ADD COLUMN price REAL")
+    db.execute(
+        "CREATE TABLE catalogs (version TEXT PRIMARY KEY, offers TEXT NOT NULL,"
+        " created_at REAL NOT NULL)"
+    )
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -277,6 +288,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v7,
     _migrate_v8,
     _migrate_v9,
+    _migrate_v10,  # issue 17: offers.price, catalogs
 )
 
 
@@ -469,6 +481,7 @@ class Store(Reader):
                 o.inventory,
                 o.price_band,
                 o.margin,
+                o.price,
                 now,
             )
             for o in offers
@@ -477,7 +490,7 @@ class Store(Reader):
         sql = (
             "INSERT OR REPLACE INTO offers (id, title, body, category, discount_pct, channels,"
             " segments, dayparts, priority, valid_from, valid_to, inventory, price_band, margin,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " price, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         self._write(sql, rows, commit)
         return len(rows)
@@ -618,6 +631,7 @@ def _offer(row: Mapping[str, Any]) -> Offer:
         inventory=row["inventory"],
         price_band=row["price_band"] or "mid",
         margin=row["margin"] or 0.0,
+        price=row["price"],
     )
 
 
