@@ -106,6 +106,19 @@ def export_decisions(
     return stats
 
 
+def _unusable(offer_id: str | None, reward: float | None, logged: Mapping[str, Any]) -> str | None:
+    """Why a decision can't be training data, or None."""
+    if offer_id is None:
+        return "no offer"
+    if reward is None:
+        return "reward window still open"
+    if "cand" not in logged:
+        return "no candidates logged"  # before issue 17, reminders
+    if logged.get("spec") != SPEC_HASH:
+        return "another feature spec"
+    return None
+
+
 def _export_one(
     conn: sqlite3.Connection,
     row: tuple[Any, ...],
@@ -114,15 +127,10 @@ def _export_one(
     catalogs: dict[str, list[str]],
 ) -> None:
     decision_id, ts, touchpoint, policy, offer_id, propensity, model, reward, context = row
-    if reward is None:
-        stats.skipped["reward window still open"] += 1
-        return
     logged = json.loads(context) if context else {}
-    if "cand" not in logged or offer_id is None:
-        stats.skipped["no candidates logged"] += 1  # before issue 17, reminders, no offer
-        return
-    if logged.get("spec") != SPEC_HASH:
-        stats.skipped["another feature spec"] += 1
+    skip = _unusable(offer_id, reward, logged)
+    if skip is not None:
+        stats.skipped[skip] += 1
         return
     version = logged["catalog"]
     ids = catalogs.get(version)
@@ -152,16 +160,17 @@ def _export_one(
         "policy": policy,
         "arm": logged.get("arm"),
         "model": model,
-        "context": {k: logged[k] for k in _CONTEXT_KEYS if k in logged},
+        # Compact: what is absent reads back as its default (no customer, no trend, ...).
+        "context": {k: logged[k] for k in _CONTEXT_KEYS if logged.get(k) not in (None, {}, [])},
         "catalog": version,
         "cand": cand,
         "chosen": chosen,
         "greedy": logged.get("greedy", chosen),
         "eps": logged.get("eps", 0.0),
-        "propensity": propensity,
+        "propensity": round(propensity, 8),
         "reward": reward,
     }
-    out.write(_line(record))
+    out.write(_line({k: v for k, v in record.items() if v is not None}))
     stats.written += 1
 
 
