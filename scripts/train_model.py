@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Train the next-best-action model on logged decisions; write models/nba.onnx and its card.
 
-    scripts/train_model.py [--samples N] [--seed S] [--out models/nba.onnx] [--from FILE]
+    scripts/train_model.py --simulate --out models/nba.onnx [--samples N] [--seed S]
+    scripts/train_model.py --from decisions.jsonl --out nba.onnx [--objective margin]
 
 Needs the `train` extra (scikit-learn, skl2onnx, onnx):  pip install -e '.[train]'
 The daemon never does: it only runs the exported ONNX file with onnxruntime.
@@ -19,7 +20,8 @@ THE MODEL CONTRACT (what gateway/decision/model.py enforces; simulators.shoppers
               feature_spec          = SPEC["name"]             ("nba-features")
               feature_spec_version  = str(SPEC["version"])
               feature_spec_hash     = SPEC_HASH                 (a model on another spec is refused)
-              model_version         e.g. "nba-2026.11.23-s7"    (training date, seed)
+              model_version         e.g. "nba-2026.11.23-1f0c9a3e"  (training date, the first
+                                    8 hex digits of the SHA-256 of the graph: unique)
               trained_at            ISO 8601 UTC, e.g. "2026-11-23T10:00:00Z"
               score_output          the output holding the probabilities
               score_column          the column of P(convert) in a 2-D output ("" for 1-D)
@@ -30,13 +32,18 @@ THE MODEL CONTRACT (what gateway/decision/model.py enforces; simulators.shoppers
               calls is measured below and written into the card).
 
 Data
-    Without --from: decisions logged on the shopper simulator (simulators/shoppers.py) by the
+    --from FILE: a store's own log, and nothing else: what `store-gateway export-decisions`
+    writes (docs/decision.md), or the older JSON lines of simulators/evaluation.py (one feature
+    row per candidate). Split by time: the model trains on the earlier decisions and is
+    evaluated off-policy on the later ones (--eval-share), with the effective sample size; the
+    model file is written only when those estimates can be trusted (--min-ess, and no decision
+    where the model picks what the logging policy could not): else exit 3, the card says why.
+    Rewards must be 0/1 conversions; --objective revenue|margin declares the value of each
+    conversion (from the offers' prices in the export), estimated beside conversion.
+    --simulate: decisions logged on the shopper simulator (simulators/shoppers.py) by the
     logging policy a store runs before it has a model: epsilon-greedy around the rule-based
-    policy (epsilon 0.5), which records the propensity of each choice. With --from FILE: a JSON
-    lines export of logged decisions, one per line (see simulators/evaluation.py):
-        {"features": [[...], ...], "chosen": 3, "propensity": 0.0143, "reward": 1,
-         "feature_spec_hash": "<SPEC_HASH>", "offers": ["coffee-latte", ...]}
-    --export FILE writes the simulated logs in that format (large: every candidate's row).
+    policy (epsilon 0.5), which records the propensity of each choice; evaluated on the
+    simulator. --export FILE writes those logs in the older format (every candidate's row).
 
 Method
     A gradient-boosted tree classifier (HistGradientBoostingClassifier) of P(reward | features)
@@ -48,10 +55,12 @@ Method
 from __future__ import annotations
 
 import argparse
+import hashlib
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,6 +71,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from gateway.decision.export import Exported, ExportError, read_export  # noqa: E402
 from gateway.decision.features import (  # noqa: E402
     CATEGORIES,
     FEATURES,
@@ -69,6 +79,9 @@ from gateway.decision.features import (  # noqa: E402
     SPEC_HASH,
     featurize,
 )
+from gateway.decision.offpolicy import OffPolicy  # noqa: E402
+from gateway.decision.offpolicy import evaluate as evaluate_off_policy  # noqa: E402
+from gateway.decision.value import OBJECTIVES  # noqa: E402
 from simulators.evaluation import (  # noqa: E402
     DEFAULT_LOGGING_EPSILON,
     Comparison,
@@ -81,7 +94,6 @@ from simulators.evaluation import (  # noqa: E402
     log_loss,
     logging_policy,
     off_policy_estimates,
-    ope_terms_from_records,
     ope_terms_from_simulator,
     read_jsonl,
     standard_policies,
@@ -103,6 +115,7 @@ try:
     import onnx
     import skl2onnx
     import sklearn
+    from onnx import numpy_helper
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -180,22 +193,6 @@ def simulate(samples: int, seed: int, epsilon: float, export: Path | None = None
     return TrainingSet(features, reward, propensity, source)
 
 
-def load(path: Path) -> TrainingSet:
-    rows, rewards, propensities = [], [], []
-    for record in read_jsonl(path):
-        rows.append(record.features[record.chosen])
-        rewards.append(record.reward)
-        propensities.append(record.propensity)
-    if not rows:
-        raise SystemExit(f"{path}: no logged decisions")
-    return TrainingSet(
-        np.asarray(rows, dtype=np.float32),
-        np.asarray(rewards, dtype=np.float64),
-        np.asarray(propensities, dtype=np.float64),
-        f"{path} (JSON lines export): {len(rows):,} logged decisions",
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Training and export
 
@@ -262,6 +259,7 @@ def export(
         "producer": PRODUCER,
     }
     del onx.metadata_props[:]
+    metadata["model_version"] = f"nba-{trained_at:%Y.%m.%d}-{graph_hash(onx)[:8]}"
     for key, value in metadata.items():
         onx.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(onx)
@@ -272,6 +270,19 @@ def export(
     if gap > 1e-4:
         raise SystemExit(f"the ONNX model disagrees with scikit-learn by {gap:.2g}")
     return data
+
+
+def graph_hash(model: Any) -> str:
+    """A content hash of what the model computes: its operators, their attributes and its
+    weights, not the names the converter makes up (they differ between two runs)."""
+    digest = hashlib.sha256()
+    for node in model.graph.node:
+        digest.update(node.op_type.encode())
+        for attribute in sorted(node.attribute, key=lambda a: a.name):
+            digest.update(attribute.SerializeToString(deterministic=True))
+    for tensor in model.graph.initializer:
+        digest.update(numpy_helper.to_array(tensor).tobytes())
+    return digest.hexdigest()
 
 
 def scoring_p99_ms(scorer: OnnxScorer, rows: F32, calls: int = 2000) -> tuple[float, float]:
@@ -300,22 +311,17 @@ def evaluate(
     moments: int,
 ) -> dict[str, Any]:
     """Offline metrics on held-out logs, off-policy estimates, the on-simulator comparison."""
-    seed, epsilon, from_file = args.seed, args.logging_epsilon, args.from_file
+    seed, epsilon = args.seed, args.logging_epsilon
     out: dict[str, Any] = {}
-    # Held-out logs: the same logging policy on another simulator seed (or the file's records).
-    if from_file is not None:
-        held = training  # loaded once already
-        terms = ope_terms_from_records(read_jsonl(from_file), scorer, reward_model=scorer)
-        out["holdout_source"] = f"{from_file} (the training file itself: not held out)"
-    else:
-        held = simulate(holdout, seed + 1, epsilon)
-        sim = Simulator(seed + 1)
-        target = ModelPolicy(scorer)
-        terms = ope_terms_from_simulator(
-            target, logging_policy(epsilon, seed + 1), sim, holdout, seed=seed + 2,
-            reward_model=scorer,
-        )  # fmt: skip
-        out["holdout_source"] = f"simulator seed {seed + 1}, {holdout:,} logged decisions"
+    # Held-out logs: the same logging policy on another simulator seed.
+    held = simulate(holdout, seed + 1, epsilon)
+    sim = Simulator(seed + 1)
+    target = ModelPolicy(scorer)
+    terms = ope_terms_from_simulator(
+        target, logging_policy(epsilon, seed + 1), sim, holdout, seed=seed + 2,
+        reward_model=scorer,
+    )  # fmt: skip
+    out["holdout_source"] = f"simulator seed {seed + 1}, {holdout:,} logged decisions"
     p = scorer.scores(held.features)
     w = 1.0 / held.propensity
     out["offline"] = {
@@ -522,9 +528,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="logged decisions")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--out", type=Path, default=REPO / "models" / "nba.onnx")
+    parser.add_argument("--out", type=Path, required=True, help="the model file to write")
     parser.add_argument("--card", type=Path, help="default: --out with .card.md")
-    parser.add_argument("--from", dest="from_file", type=Path, help="JSON lines of decisions")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--from", dest="from_file", type=Path, help="a decision export to learn from")
+    data.add_argument("--simulate", action="store_true", help="learn on the shopper simulator")
+    parser.add_argument(
+        "--eval-share", type=float, default=0.25, help="--from: the later share evaluated on"
+    )
+    parser.add_argument(
+        "--min-ess", type=float, default=500.0, help="--from: least effective sample to promote"
+    )
+    parser.add_argument(
+        "--objective", choices=OBJECTIVES, default="conversion", help="--from: what a pick earns"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="--from: write the model even if the gate refuses"
+    )
     parser.add_argument("--export", type=Path, help="write the simulated logs as JSON lines")
     parser.add_argument("--weighting", choices=("direct", "ipw"), default="direct")
     parser.add_argument("--logging-epsilon", type=float, default=DEFAULT_LOGGING_EPSILON)
@@ -558,13 +578,11 @@ def ablation(
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    started = time.monotonic()
     if args.from_file is not None:
-        say(f"reading logged decisions from {args.from_file}")
-        data = load(args.from_file)
-    else:
-        say(f"logging {args.samples:,} decisions on the simulator (seed {args.seed})")
-        data = simulate(args.samples, args.seed, args.logging_epsilon, args.export)
+        return train_from_logs(args)
+    started = time.monotonic()
+    say(f"logging {args.samples:,} decisions on the simulator (seed {args.seed})")
+    data = simulate(args.samples, args.seed, args.logging_epsilon, args.export)
     say(f"  {len(data):,} decisions, conversion {data.reward.mean():.4f}")
 
     say(f"training ({args.weighting})")
@@ -606,6 +624,256 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.card.write_text(card(trained), encoding="utf-8")
     say(f"wrote {args.card} in {time.monotonic() - started:.0f} s total")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Learning from a store's own log (--from)
+
+MIN_TRAIN = 200  # fewer decisions than this in the earlier period: nothing to learn from
+
+
+def _records(path: Path, vocabulary: Counter[str] | None = None) -> Iterator[Exported]:
+    """The decisions of an export; the older format (one feature row per candidate, no time)
+    is read in file order, its time the line number, its logging distribution unknown."""
+    with path.open(encoding="utf-8") as lines:
+        first = next((line for line in lines if line.strip()), "")
+    if '"format"' in first:
+        yield from read_export(path, vocabulary)
+        return
+    for number, record in enumerate(read_jsonl(path)):
+        yield Exported(
+            id=str(number),
+            ts=float(number),
+            touchpoint="",
+            policy="",
+            features=record.features,
+            offers=(),
+            chosen=record.chosen,
+            propensity=record.propensity,
+            probabilities=(),
+            reward=record.reward,
+        )
+
+
+@dataclass
+class LogSummary:
+    decisions: int
+    cut: float  # decisions at or after it are evaluated on, not trained on
+    first: float
+    last: float
+    rewards: Counter[float]
+    vocabulary: Counter[str]
+    policies: Counter[str]
+    propensity_min: float
+    propensity_max: float
+
+
+def summarise(path: Path, eval_share: float) -> LogSummary:
+    """Pass one: times, rewards, vocabulary; the time that splits training from evaluation."""
+    vocabulary: Counter[str] = Counter()
+    times, rewards, policies = [], Counter[float](), Counter[str]()
+    low, high = 1.0, 0.0
+    for record in _records(path, vocabulary):
+        times.append(record.ts)
+        rewards[record.reward] += 1
+        policies[record.policy or "unknown"] += 1
+        low, high = min(low, record.propensity), max(high, record.propensity)
+    if not times:
+        raise SystemExit(f"{path}: no logged decisions")
+    ordered = sorted(times)
+    cut = ordered[min(int(len(ordered) * (1 - eval_share)), len(ordered) - 1)]
+    return LogSummary(
+        len(times), cut, ordered[0], ordered[-1], rewards, vocabulary, policies, low, high
+    )
+
+
+def check_rewards(summary: LogSummary) -> None:
+    """Rewards are 0/1 conversions; anything else is refused, never silently a 3-class model."""
+    odd = sorted(r for r in summary.rewards if r not in (0.0, 1.0))
+    if odd:
+        shown = ", ".join(f"{r:g} ({summary.rewards[r]:,})" for r in odd[:5])
+        raise SystemExit(
+            f"rewards must be 0 or 1 (a conversion); found {shown}. A sale's value is not a"
+            " reward: give the offers a price and pick --objective revenue or margin."
+        )
+    if len(summary.rewards) < 2:
+        raise SystemExit("every reward is the same: nothing to learn")
+
+
+def _when(ts: float) -> str:
+    if ts < 10**9:  # the older format: line numbers, not times
+        return f"line {ts:,.0f}"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def train_from_logs(args: argparse.Namespace) -> int:
+    """Train on the earlier decisions of a store's log, evaluate off-policy on the later ones,
+    and write the model only if the estimates can be trusted (or --force)."""
+    started = time.monotonic()
+    path: Path = args.from_file
+    say(f"reading {path}")
+    try:
+        summary = summarise(path, args.eval_share)
+    except (ExportError, ValueError) as exc:
+        raise SystemExit(f"{path}: {exc}") from None
+    check_rewards(summary)
+    if summary.vocabulary:
+        top = ", ".join(f"{k} ({n:,})" for k, n in summary.vocabulary.most_common(8))
+        say(f"  unknown to the feature spec (zeros in the features): {top}")
+    rows, rewards, propensities = [], [], []
+    for record in _records(path):
+        if record.ts < summary.cut:
+            rows.append(record.features[record.chosen])
+            rewards.append(record.reward)
+            propensities.append(record.propensity)
+    if len(rows) < MIN_TRAIN:
+        raise SystemExit(f"{len(rows):,} decisions before the evaluation period: too few")
+    data = TrainingSet(
+        np.asarray(rows, dtype=np.float32),
+        np.asarray(rewards, dtype=np.float64),
+        np.asarray(propensities, dtype=np.float64),
+        f"{path}: {len(rows):,} logged decisions from {_when(summary.first)} to before"
+        f" {_when(summary.cut)}",
+    )
+    if len(set(rewards)) < 2:
+        raise SystemExit("every reward of the training period is the same: nothing to learn")
+    say(f"training on {len(data):,} decisions (before {_when(summary.cut)})")
+    t0 = time.monotonic()
+    model = fit(data, args.seed, args.weighting)
+    train_s = time.monotonic() - t0
+    trained_at = datetime.now(UTC).replace(microsecond=0)
+    onnx_bytes = export(model, args.seed, trained_at, data.features[:5000])
+    scorer = OnnxScorer(onnx_bytes)
+    later = (r for r in _records(path) if r.ts >= summary.cut)
+    ope = evaluate_off_policy(later, scorer.scores, objective=args.objective)
+    say(f"off-policy on the {ope.decisions:,} later decisions (ESS {ope.ess:,.0f}):")
+    say(f"  conversion: logged {ope.conversion.logged}, the model (DR) {ope.conversion.dr}")
+    if args.objective != "conversion":
+        say(f"  {args.objective}: logged {ope.value.logged}, the model (DR) {ope.value.dr}")
+    problems = ope.problems(args.min_ess)
+    if ope.deterministic:
+        say(f"  left out: {ope.deterministic:,} decisions logged deterministically (holdout,"
+            " control slots)")  # fmt: skip
+    if ope.unknown_support:
+        say("  note: the log does not say which offers could have been chosen (older format)")
+    for problem in problems:
+        say(f"  REFUSED: {problem}")
+    promoted = not problems or args.force
+    if promoted:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(onnx_bytes)
+        say(f"wrote {args.out} ({len(onnx_bytes):,} bytes)")
+    card = card_from_logs(
+        args,
+        summary=summary,
+        data=data,
+        ope=ope,
+        metadata=dict(scorer.metadata),
+        problems=problems,
+        promoted=promoted,
+        train_s=train_s,
+        iterations=int(model.n_iter_),
+    )
+    args.card.write_text(card, encoding="utf-8")
+    say(f"wrote {args.card} in {time.monotonic() - started:.0f} s")
+    return 0 if promoted else 3
+
+
+def card_from_logs(
+    args: argparse.Namespace,
+    *,
+    summary: LogSummary,
+    data: TrainingSet,
+    ope: OffPolicy,
+    metadata: dict[str, str],
+    problems: list[str],
+    promoted: bool,
+    train_s: float,
+    iterations: int,
+) -> str:
+    """The model card of a model trained on a store's log: that data only, no simulator."""
+
+    def rows(name: str, e: Any) -> list[str]:
+        return [
+            f"| {name}: the logging policy (observed) | {e.logged} |",
+            f"| {name}: the model, IPS | {e.ips} |",
+            f"| {name}: the model, SNIPS | {e.snips} |",
+            f"| {name}: the model, DR | {e.dr} |",
+        ]
+
+    value_rows = rows(args.objective, ope.value) if args.objective != "conversion" else []
+    if not promoted:
+        verdict = "**Not promoted**: the model file was not written."
+    elif problems:
+        verdict = "**Written with --force** although the gate refused it."
+    else:
+        verdict = "Promoted: the gate found the estimates trustworthy."
+    vocabulary = (
+        ", ".join(f"`{k}` ({n:,})" for k, n in summary.vocabulary.most_common(20))
+        if summary.vocabulary
+        else "none"
+    )
+    policies = ", ".join(f"{k} {n:,}" for k, n in summary.policies.most_common())
+    rewards = ", ".join(f"{k:g}: {n:,}" for k, n in sorted(summary.rewards.items()))
+    lines = [
+        f"# Model card: {metadata['model_version']}",
+        "",
+        "A next-best-action scorer trained on one store's own decision log: P(convert) per",
+        "candidate offer; the gateway serves the argmax of P(convert) x the offer's value.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| model_version | `{metadata['model_version']}` (date and graph hash) |",
+        f"| trained_at | `{metadata['trained_at']}` |",
+        f"| produced by | `{args.command}` |",
+        f"| feature spec | hash `{metadata['feature_spec_hash']}`, {len(FEATURES)} columns |",
+        f"| method | HistGradientBoostingClassifier, {iterations} iterations, {train_s:.0f} s,"
+        f" weighting {args.weighting} |",
+        "",
+        "## Data",
+        "",
+        f"{path_name(args.from_file)}: {summary.decisions:,} decisions with a known reward, from"
+        f" {_when(summary.first)} to {_when(summary.last)}. Policies: {policies}. Rewards:"
+        f" {rewards}. Logged propensities from {summary.propensity_min:.4f} to"
+        f" {summary.propensity_max:.4f}.",
+        "",
+        f"Split by time: trained on the {len(data):,} decisions before {_when(summary.cut)},"
+        f" evaluated on the {summary.decisions - len(data):,} from then on (the later"
+        f" {args.eval_share:.0%}).",
+        "",
+        f"Values the feature spec does not know (they became zeros): {vocabulary}.",
+        "",
+        "## Off-policy estimates on the later period",
+        "",
+        f"On the {ope.decisions:,} explored decisions of the period (left out:"
+        f" {ope.deterministic:,} logged deterministically: the holdout and the switchback's"
+        " control slots, assigned by hash, not by context). Effective sample size"
+        f" **{ope.ess:,.0f}** ({ope.ess_share:.1%} of them). 95 % intervals.",
+        "",
+        "| estimate | value [95 % CI] |",
+        "| --- | --- |",
+        *rows("conversion", ope.conversion),
+        *value_rows,
+        "",
+        "## Promotion",
+        "",
+        verdict,
+        "",
+        *([f"- {p}" for p in problems] or ["- no problem found"]),
+        f"- gate: an effective sample size of at least {args.min_ess:,.0f} on explored decisions.",
+        "",
+        "## Limits",
+        "",
+        "- The estimates are only as right as the logged propensities.",
+        "- Later periods drift: the evaluation period is the closest to what comes next, not it.",
+        "- It predicts conversion; value comes from the offers' prices (`--objective`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def path_name(path: Path) -> str:
+    return str(path.relative_to(REPO) if path.resolve().is_relative_to(REPO) else path)
 
 
 if __name__ == "__main__":

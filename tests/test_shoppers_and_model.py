@@ -400,11 +400,14 @@ def test_training_is_reproducible_and_exports_the_contract() -> None:
     x = np.concatenate([m.features for m in Simulator(61).moments(100)])
     a, b = OnnxScorer(first), OnnxScorer(second)
     np.testing.assert_array_equal(a.scores(x), b.scores(x))
-    assert a.metadata["model_version"] == "nba-2026.01.02-s5"
+    version = a.metadata["model_version"]
+    assert re.fullmatch(r"nba-2026\.01\.02-[0-9a-f]{8}", version)  # date and graph hash
+    assert OnnxScorer(second).version == version  # the same model, the same version
     assert a.metadata["trained_at"] == "2026-01-02T03:04:05Z"
     assert a.metadata["feature_spec_hash"] == SPEC_HASH
     other = train.export(train.fit(data, 6, max_iter=30), 6, at, data.features[:500])
     assert not np.array_equal(OnnxScorer(other).scores(x), a.scores(x))
+    assert OnnxScorer(other).version != version  # trained the same day: another version
 
 
 def test_the_training_script_trains_from_a_json_lines_export(tmp_path: Path) -> None:
@@ -412,11 +415,12 @@ def test_the_training_script_trains_from_a_json_lines_export(tmp_path: Path) -> 
     export = tmp_path / "logs.jsonl"
     data = train.simulate(1500, seed=8, epsilon=0.5, export=export)
     out = tmp_path / "m.onnx"
-    args = ["--from", str(export), "--out", str(out), "--moments", "300", "--no-ablation"]
+    args = ["--from", str(export), "--out", str(out), "--min-ess", "1"]
     assert train.main(args) == 0
     scorer = OnnxScorer(out)
     assert scorer.metadata["feature_spec_hash"] == SPEC_HASH
     card = (tmp_path / "m.card.md").read_text()
-    assert "1,500 logged decisions" in card
-    assert "policy_lift" in card
+    assert "trained on the 1,125 decisions before line 1,125" in card  # the earlier 75 %
+    assert "Effective sample size" in card
+    assert "policy_lift" not in card  # the data given only: no simulator
     assert len(data) == 1500

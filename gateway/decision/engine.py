@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.decision import rules
+from gateway.decision.catalog import CatalogCache
 from gateway.decision.experiments import in_holdout, switchback_arm
 from gateway.decision.features import FeatureContext, Weather, featurize, row_hash
 from gateway.decision.model import ModelError, Scorer
-from gateway.decision.policy import epsilon_greedy
+from gateway.decision.policy import EssMeter, explore
+from gateway.decision.value import offer_value
 from gateway.runtime.config import DecisionConfig
 from gateway.store import Offer
 
@@ -45,6 +47,12 @@ class Outcome:
     explored: bool = False
     arm: str = "model"
     shadow: Mapping[str, object] | None = None  # the shadow model's pick, for the log
+    # What the decision log keeps to rebuild the logging distribution (issue 17): the eligible
+    # candidates after rules and caps, the greedy one's index, and epsilon; the propensity of
+    # candidate i is epsilon / k, plus 1 - epsilon for the greedy one.
+    candidates: tuple[Offer, ...] = ()
+    greedy: int = 0
+    epsilon: float = 0.0
 
 
 @dataclass
@@ -64,6 +72,8 @@ class DecisionEngine:
         self._previous: Scorer | None = None
         self.weather = Weather()  # from the latest config bundle's settings
         self.counters = _Counters()
+        self.catalog = CatalogCache()  # the catalog version decisions are logged against
+        self.ess = EssMeter()  # the projected effective sample size, for /metrics
 
     # -- model lifecycle
 
@@ -124,19 +134,26 @@ class DecisionEngine:
         ]
         if not candidates:
             return Outcome(None, 1.0, "rules", "no eligible offer")
+        k = len(candidates)
         if customer_ref is not None and in_holdout(customer_ref, cfg.holdout_share):
             anonymous = replace(context, segment=None)
             choice = rules.choose(candidates, anonymous)
-            return Outcome(choice.offer, 1.0, "holdout", "holdout group", arm="holdout")
+            return self._logged(
+                Outcome(choice.offer, 1.0, "holdout", "holdout group", arm="holdout"),
+                candidates,
+                context.now,
+            )
         arm = "model"
         if customer_ref is None:
             arm = switchback_arm(touchpoint_id, context.now, cfg.switchback_slot_s)
         scorer = self.scorer
         if scorer is None or arm == "control":
-            choice = rules.choose(candidates, context)
             self.counters.fallback += 1
+            choice = rules.choose(candidates, context)
             reason = choice.reason if scorer is not None else f"no model; {choice.reason}"
-            return Outcome(choice.offer, choice.propensity, "rules", reason, arm=arm)
+            # Learning on, the rules explore (never the control arm: it measures the rules).
+            epsilon = cfg.exploration if cfg.learning and arm == "model" else 0.0
+            return self._rules(candidates, choice.offer, epsilon, reason, arm=arm, now=context.now)
         import numpy as np
 
         matrix = featurize(features, candidates)
@@ -147,20 +164,70 @@ class DecisionEngine:
         except Exception as exc:  # noqa: BLE001 - any model failure falls back, never crashes
             self._rollback(scorer, exc)
             choice = rules.choose(candidates, context)
-            return Outcome(choice.offer, choice.propensity, "rules", "model failed", arm=arm)
-        pick = epsilon_greedy(scores, cfg.exploration, self._rng)
+            return self._rules(
+                candidates, choice.offer, 0.0, "model failed", arm=arm, now=context.now
+            )
+        ranked = scores * self._values(candidates) if cfg.objective != "conversion" else scores
+        greedy = int(ranked.argmax())  # ties: the first, i.e. the catalog's order
+        pick = explore(k, greedy, cfg.exploration, self._rng)
         self.counters.model += 1
-        return Outcome(
-            offer=candidates[pick.index],
-            propensity=pick.propensity,
-            policy="nba",
-            reason="explore" if pick.explored else "model",
-            model_version=scorer.info.version,
-            feature_hash=row_hash(matrix[pick.index]),
+        return self._logged(
+            Outcome(
+                offer=candidates[pick.index],
+                propensity=pick.propensity,
+                policy="nba",
+                reason="explore" if pick.explored else "model",
+                model_version=scorer.info.version,
+                feature_hash=row_hash(matrix[pick.index]),
+                explored=pick.explored,
+                arm=arm,
+                shadow=self._shadow(matrix, candidates),
+                greedy=greedy,
+                epsilon=cfg.exploration,
+            ),
+            candidates,
+            context.now,
+        )
+
+    def _values(self, candidates: Sequence[Offer]) -> np.ndarray:
+        import numpy as np
+
+        return np.asarray([offer_value(o, self.config.objective) for o in candidates])
+
+    def _rules(
+        self,
+        candidates: list[Offer],
+        chosen: Offer | None,
+        epsilon: float,
+        reason: str,
+        *,
+        arm: str,
+        now: float,
+    ) -> Outcome:
+        """The rules' pick, explored with `epsilon` (0: deterministic, propensity 1)."""
+        assert chosen is not None  # the candidates passed the same hard rules
+        greedy = candidates.index(chosen)
+        pick = explore(len(candidates), greedy, epsilon, self._rng)
+        outcome = Outcome(
+            candidates[pick.index],
+            pick.propensity,
+            "rules",
+            "explore" if pick.explored else reason,
             explored=pick.explored,
             arm=arm,
-            shadow=self._shadow(matrix, candidates),
+            greedy=greedy,
+            epsilon=epsilon,
         )
+        return self._logged(outcome, candidates, now)
+
+    def _logged(self, outcome: Outcome, candidates: list[Offer], now: float) -> Outcome:
+        """The outcome with its candidates, counted for the effective sample size."""
+        outcome = replace(outcome, candidates=tuple(candidates))
+        if outcome.offer is not None:
+            greedy = candidates.index(outcome.offer) if outcome.epsilon == 0 else outcome.greedy
+            outcome = replace(outcome, greedy=greedy)
+        self.ess.add(len(candidates), outcome.epsilon, now)
+        return outcome
 
     def _shadow(
         self, matrix: np.ndarray, candidates: Sequence[Offer]

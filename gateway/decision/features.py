@@ -41,6 +41,7 @@ __all__ = [
     "context_to_json",
     "featurize",
     "row_hash",
+    "unknown_vocabulary",
 ]
 
 SPEC_NAME = "nba-features"
@@ -229,3 +230,24 @@ def context_from_json(data: Mapping[str, Any]) -> FeatureContext:
         customer=None if customer is None else CustomerFacts(**customer),
         trend=dict(data.get("trend", {})),
     )
+
+
+def unknown_vocabulary(ctx: FeatureContext, offers: Sequence[Offer]) -> list[str]:
+    """Values the spec has no column for ('zone:mezzanine', 'category:wine', ...): featurize
+    turns them into zeros (a zone into 'other'), so training reports them instead."""
+    misses = []
+    if ctx.zone and ctx.zone not in ZONES:
+        misses.append(f"zone:{ctx.zone}")
+    if ctx.touchpoint not in TOUCHPOINTS:
+        misses.append(f"touchpoint:{ctx.touchpoint}")
+    misses += [f"basket:{c}" for c in ctx.basket if c not in CATEGORIES]
+    misses += [f"trend:{c}" for c in ctx.trend if c not in CATEGORIES]
+    segment = ctx.customer.segment if ctx.customer else None
+    if segment is not None and segment not in SEGMENTS:
+        misses.append(f"segment:{segment}")
+    for offer in offers:
+        if offer.category not in CATEGORIES:
+            misses.append(f"category:{offer.category}")
+        if offer.price_band not in PRICE_BANDS:
+            misses.append(f"price_band:{offer.price_band}")
+    return misses

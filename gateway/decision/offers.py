@@ -31,6 +31,7 @@ def upsert_offers(store: Store, offers: Iterable[Offer], now: float, *, commit: 
             o.inventory,
             o.price_band,
             o.margin,
+            o.price,
             now,
         )
         for o in offers
@@ -39,7 +40,7 @@ def upsert_offers(store: Store, offers: Iterable[Offer], now: float, *, commit: 
     sql = (
         "INSERT OR REPLACE INTO offers (id, title, body, category, discount_pct, channels,"
         " segments, dayparts, priority, valid_from, valid_to, inventory, price_band, margin,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " price, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
     with transaction(store.conn, durable=False) if commit else contextlib.nullcontext():
         store.conn.executemany(sql, rows)
@@ -69,4 +70,5 @@ def _offer(row: Mapping[str, Any]) -> Offer:
         inventory=row["inventory"],
         price_band=row["price_band"] or "mid",
         margin=row["margin"] or 0.0,
+        price=row["price"],
     )

@@ -26,6 +26,7 @@ from gateway.codecs.payloads import (
 )
 from gateway.codecs.topics import Topics
 from gateway.decision import Context
+from gateway.decision.catalog import CatalogVersion
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.decision.log import record_decision, record_decisions
@@ -128,7 +129,7 @@ def decide(
         customer=CustomerFacts(segment=facts.segment) if facts.customer is not None else None,
     )
     context = Context(now, local, moment.channel, facts.segment, time_trusted)
-    deciding = _Deciding(moment, facts, engine, context, features, uplink)
+    deciding = _Deciding(moment, facts, engine, context, features, uplink, engine.catalog(offers))
     if isinstance(moment, AppMoment):
         return _message(reader, moment, deciding, offers)
     if isinstance(moment, TabletMoment):
@@ -161,6 +162,7 @@ class _Deciding:
     context: Context
     features: FeatureContext
     uplink: UplinkRow | None
+    catalog: CatalogVersion | None = None  # the candidates are logged against it (issue 17)
 
     def choose(self, offers: Sequence[Offer]) -> Outcome:
         return self.engine.decide(
@@ -184,6 +186,8 @@ class _Deciding:
         }
         if outcome.shadow is not None:
             logged["shadow"] = dict(outcome.shadow)
+        if self.catalog is not None:
+            logged.update(self.catalog.log_fields(outcome))
         decision = Decision(
             id=uuid7(int(now * 1000)),
             ts=now,

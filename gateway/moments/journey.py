@@ -18,6 +18,7 @@ import structlog
 
 from gateway.codecs.payloads import STORAGE_FULL, encode_error
 from gateway.codecs.topics import Topics
+from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.offers import load_offers
 from gateway.moments.decide import Plan, UplinkRow, decide
@@ -101,7 +102,10 @@ class Journey:
         return True
 
     async def reload_catalog(self) -> None:
-        self._offers = await self._store.call(load_offers)
+        offers = await self._store.call(load_offers)
+        # Kept once per version: the decision log names the version its candidates index.
+        await self._store.call(save_catalog, offers, self._clock.now())
+        self._offers = offers
 
     async def run(self, handle: Handle) -> None:
         await self.reload_catalog()

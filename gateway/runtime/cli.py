@@ -27,12 +27,14 @@ commands:
   run            run the daemon in the foreground (systemd runs it this way)
   check-config   validate a configuration file and list every problem
   report         the store's experiment readout, from its own decision log
+  export-decisions  the decision log as training data (JSON lines, docs/decision.md)
   version        print the version
 
 examples:
   store-gateway check-config /etc/store-gateway/config.toml
   store-gateway run --config examples/demo.toml --set mqtt.port=18830
   store-gateway report --since 14
+  store-gateway export-decisions --since 28 --out decisions.jsonl
 """
 
 
@@ -88,6 +90,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     report.add_argument("--since", type=float, default=14.0, metavar="DAYS", help="(default 14)")
     report.add_argument("--json", action="store_true", help="the figures as JSON")
+    export = commands.add_parser(
+        "export-decisions",
+        parents=[overrides],
+        help="the decision log as training data",
+        description="Stream the decisions of the last DAYS whose reward is known, with their"
+        " candidates, context and catalog, as JSON lines (schema: docs/decision.md).",
+    )
+    export.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=Path("/etc/store-gateway/config.toml"),
+        help="configuration file, for the state directory (default: %(default)s)",
+    )
+    export.add_argument("--since", type=float, default=28.0, metavar="DAYS", help="(default 28)")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -125,8 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(loaded, ConfigError):
         _print_problems(loaded)
         return EX_CONFIG
-    if args.command == "report":
-        return _report(loaded, args.since, as_json=args.json)
+    if args.command in {"report", "export-decisions"}:
+        return _read_log(loaded, args)
     from gateway.runtime.app import run_gateway
     from gateway.runtime.logs import configure_logging
     from gateway.store import StateDirUnusable
@@ -171,6 +189,38 @@ def _report(config: Config, since_days: float, *, as_json: bool) -> int:
         return 1
     readout = read(database, since_days=since_days, now=time.time())
     print(readout.to_json() if as_json else render(readout))
+    return 0
+
+
+def _read_log(config: Config, args: argparse.Namespace) -> int:
+    """The commands that read the decision log (read-only: the daemon may be running)."""
+    if args.command == "report":
+        return _report(config, args.since, as_json=args.json)
+    return _export(config, args.since, args.out)
+
+
+def _export(config: Config, since_days: float, out: Path | None) -> int:
+    import time
+
+    from gateway.decision.export import export_decisions
+
+    database = config.store.state_dir / "gateway.sqlite3"
+    if not database.exists():
+        print(f"store-gateway: no decision log at {database}", file=sys.stderr)
+        return 1
+    now = time.time()
+    since = now - since_days * 86400
+    if out is None:
+        stats = export_decisions(database, sys.stdout, since=since, now=now)
+    else:
+        with out.open("w", encoding="utf-8") as handle:
+            stats = export_decisions(database, handle, since=since, now=now)
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(stats.skipped.items())) or "none"
+    print(
+        f"store-gateway: exported {stats.written} decisions, {stats.catalogs} catalog(s);"
+        f" left out: {skipped}",
+        file=sys.stderr,
+    )
     return 0
 
 

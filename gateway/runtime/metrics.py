@@ -81,6 +81,14 @@ class Metrics:
             registry=r,
         )
 
+        # Issue 17: what the decision log is worth for learning (gateway.decision.policy.EssMeter).
+        self.decision_ess_week = Gauge(
+            "gateway_decision_projected_ess_week",
+            "Effective sample size the last week's decisions give a new policy (projected to a"
+            " week): what off-policy evaluation of the next model will have to go on",
+            registry=r,
+        )
+
         self.events_accepted = Counter(
             "gateway_events_accepted", "Events committed to the outbox", registry=r
         )

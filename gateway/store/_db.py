@@ -65,6 +65,7 @@ class Offer:
     inventory: int | None = None  # None: not tracked
     price_band: str = "mid"  # low, mid, high
     margin: float = 0.0  # share of the price, 0..1
+    price: float | None = None  # shelf price before the discount; None: unknown (issue 17)
 
 
 @dataclass(frozen=True, slots=True)

@@ -189,6 +189,16 @@ def _migrate_v10(db: sqlite_utils.Database) -> None:
     db.table("receipts").create_index(["txn"])
 
 
+def _migrate_v11(db: sqlite_utils.Database) -> None:
+    """Issue 17: offers carry a price (value-aware decisions); the catalogs decisions were made
+    against, once per version, so the decision log can rebuild every candidate's features."""
+    db.execute("ALTER TABLE offers ADD COLUMN price REAL")
+    db.execute(
+        "CREATE TABLE catalogs (version TEXT PRIMARY KEY, offers TEXT NOT NULL,"
+        " created_at REAL NOT NULL)"
+    )
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -201,4 +211,5 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v8,
     _migrate_v9,
     _migrate_v10,
+    _migrate_v11,
 )

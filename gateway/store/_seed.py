@@ -68,4 +68,5 @@ def offer_from_json(o: Mapping[str, Any]) -> Offer:
         inventory=o.get("inventory"),
         price_band=o.get("price_band", "mid"),
         margin=float(o.get("margin", 0.0)),
+        price=None if o.get("price") is None else float(o["price"]),
     )

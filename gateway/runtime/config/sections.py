@@ -223,8 +223,16 @@ class DecisionConfig:
     # The model to serve until a model bundle installs {store.state_dir}/models/nba.onnx;
     # absent or refused: the rule-based policy serves.
     model_file: Path | None = None
-    # Share of decisions that explore (epsilon-greedy); their propensity is logged.
-    exploration: float = field(default=0.05, metadata=_meta(min=0, max=1))
+    # Share of decisions that explore (epsilon-greedy): every eligible offer is then chosen
+    # with a probability of at least exploration / (number of eligible offers), and the
+    # propensity is logged, so the store's own log can train and evaluate the next model.
+    exploration: float = field(default=0.2, metadata=_meta(min=0, max=1))
+    # Learning on: the rules explore too when no model serves (the holdout and the switchback's
+    # control arm never do); off: the rules pick deterministically (propensity 1).
+    learning: bool = True
+    # What a decision maximises: conversion, revenue (price after discount) or margin
+    # (price x margin); the model's probability x the offer's value (issue 17).
+    objective: Literal["conversion", "revenue", "margin"] = "conversion"
     # Share of identified customers kept as a control group (hashed, stable everywhere).
     holdout_share: float = field(default=0.1, metadata=_meta(min=0, max=1))
     # Anonymous audiences: each screen alternates model / rules in slots of this length.
