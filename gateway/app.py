@@ -31,6 +31,7 @@ from gateway.clock import Clock, TimeKeeper
 from gateway.config import Config
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
+from gateway.decision.outcomes import Windows
 from gateway.decision.rewards import RewardJoiner
 from gateway.device_events import DeviceEvents
 from gateway.escpos import Profile, load_profile
@@ -329,6 +330,9 @@ def build(
             metrics=metrics,
             reactions=reactions,
             on_signed_time=lambda t: clock.raise_floor(t, "a signed bundle", firm=True),
+            outcome_windows=Windows(
+                config.decision.reward_window_s, config.decision.online_window_s
+            ),
         )
         cloud = CloudLink(
             config.cloud,

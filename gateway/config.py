@@ -264,6 +264,9 @@ class DecisionConfig:
     shadow: bool = False
     # Recent decisions a new model must score sanely before it serves.
     replay_size: int = field(default=200, metadata=_meta(min=0, max=100000))
+    # Outcomes from other channels (online purchases after a follow-up e-mail, app redemptions)
+    # join their decision within this window; at least reward_window_s (issue 16).
+    online_window_s: int = field(default=30 * 86400, metadata=_meta(min=60, max=365 * 86400))
 
 
 @dataclass(frozen=True, slots=True)
@@ -680,6 +683,12 @@ def _check_references(config: Config, problems: list[str]) -> None:
     _check_printing(config, problems)
     _check_kiosks_and_links(config, problems)
     _check_cloud_brokers(config.cloud, problems)
+    if config.decision.online_window_s < config.decision.reward_window_s:
+        problems.append(
+            f"decision.online_window_s: found {config.decision.online_window_s}, expected at"
+            f" least decision.reward_window_s ({config.decision.reward_window_s}): online"
+            " outcomes come later than in-store ones"
+        )
     if config.app.quiet_hours and quiet_hours(config.app.quiet_hours) is None:
         problems.append(
             f'app.quiet_hours: found {config.app.quiet_hours!r}, expected "HH:MM-HH:MM"'

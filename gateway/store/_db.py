@@ -266,6 +266,21 @@ def _migrate_v9(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE consents ADD COLUMN app_messages INTEGER NOT NULL DEFAULT 1")
 
 
+def _migrate_outcomes(db: sqlite_utils.Database) -> None:  # issue 16: cross-channel outcomes
+    """Outcomes from other channels (an online purchase after a follow-up e-mail), each kept
+    once by its id, and the decisions each one joined (its share of the amount, its delay)."""
+    db.execute(
+        "CREATE TABLE outcomes (id TEXT PRIMARY KEY, channel TEXT NOT NULL, amount REAL NOT NULL,"
+        " ts REAL NOT NULL, status TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE outcome_joins (outcome_id TEXT NOT NULL, decision_id TEXT NOT NULL,"
+        " channel TEXT NOT NULL, share REAL NOT NULL, delay_s REAL NOT NULL,"
+        " PRIMARY KEY (outcome_id, decision_id))"
+    )
+    db.execute("CREATE INDEX outcome_joins_decision ON outcome_joins (decision_id)")
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -277,6 +292,7 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v7,
     _migrate_v8,
     _migrate_v9,
+    _migrate_outcomes,  # issue 16
 )
 
 

@@ -20,6 +20,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.clock import Clock
 from gateway.decision.model import ModelError, Scorer
+from gateway.decision.outcomes import (
+    DEFAULT_WINDOWS,
+    ClaimLookup,
+    JoinTally,
+    Windows,
+    join_outcomes,
+    no_claim_codes,
+    parse_outcomes,
+)
 from gateway.metrics import Metrics
 from gateway.payloads import PayloadError, validate
 from gateway.store import (
@@ -58,10 +67,13 @@ class BundleApplier:
         metrics: Metrics,
         reactions: Mapping[str, Reaction],
         on_signed_time: Callable[[float], None] = lambda _created_at: None,
+        outcome_windows: Windows = DEFAULT_WINDOWS,
+        claim_lookup: ClaimLookup = no_claim_codes,
     ) -> None:
         """reactions: kind -> what acts on a bundle of that kind once applied (reload the
         catalog, the keys, the model...), given its body.
-        on_signed_time(created_at): a bundle's signature checked out (a floor for the clock)."""
+        on_signed_time(created_at): a bundle's signature checked out (a floor for the clock).
+        outcome_windows, claim_lookup: how an outcomes bundle joins its decisions."""
         self._db = db
         self._store_id = store_id
         self._key = public_key
@@ -72,6 +84,8 @@ class BundleApplier:
         self._metrics = metrics
         self._reactions = reactions
         self._on_signed_time = on_signed_time
+        self._outcome_windows = outcome_windows
+        self._claim_lookup = claim_lookup
 
     async def handle(self, kind: str, message: bytes) -> str:
         """Apply one bundle message from the `kind` topic; returns the outcome, for logs/tests."""
@@ -96,7 +110,7 @@ class BundleApplier:
                     f"consents delta v{bundle.version} does not follow the applied v{applied}:"
                     f" v{applied + 1}..v{bundle.version - 1} missing; send them, or a snapshot"
                 )
-            await self._apply(bundle)
+            summary = await self._apply(bundle)
         except (BundleError, PayloadError) as exc:
             await self._refuse(kind, version, str(exc))
             return f"rejected: {exc}"
@@ -117,7 +131,7 @@ class BundleApplier:
         except Exception:  # applied and committed; what reacts to it reports its own trouble
             log.exception("acting on an applied bundle failed", kind=kind, version=version)
         await self._outbox.accept(
-            "bundle.applied", "decision", {"kind": kind, "version": bundle.version}
+            "bundle.applied", "decision", {"kind": kind, "version": bundle.version, **summary}
         )
         return "applied"
 
@@ -128,9 +142,11 @@ class BundleApplier:
             "bundle.rejected", "decision", {"kind": kind, "version": version, "reason": reason}
         )
 
-    async def _apply(self, bundle: Bundle) -> None:
+    async def _apply(self, bundle: Bundle) -> dict[str, Any]:
+        """Apply; returns what the `bundle.applied` event reports beside kind and version."""
         now = self._clock.now()
-        body = json.dumps(bundle.body, separators=(",", ":"))
+        # An outcomes bundle's body (up to 100,000 outcomes) is not kept: its tally is.
+        body = "" if bundle.kind == "outcomes" else json.dumps(bundle.body, separators=(",", ":"))
         change = _Change(bundle.kind, bundle.version, bundle.created_at, body, now)
         if bundle.kind == "offers":
             validate("seed", bundle.body)
@@ -152,6 +168,24 @@ class BundleApplier:
                 change, body=tally, consents=upsert, forget=forget, consents_snapshot=snapshot
             )
             await self._db.call(_apply, change)
+        elif bundle.kind == "outcomes":
+            validate("bundle-outcomes", bundle.body)
+            outcomes = parse_outcomes(bundle.body)
+            windows, lookup, row = self._outcome_windows, self._claim_lookup, self._outbox.row
+
+            def join(store: Store) -> JoinTally:
+                return join_outcomes(
+                    store, outcomes, windows=windows, now=now, event=row, lookup=lookup
+                )
+
+            # The many outcomes join on the store thread, in the bundle's own transaction; the
+            # applied body keeps the tally, not the outcomes (they have their own table).
+            joined = await self._db.call(_apply, replace(change, also=join))
+            assert isinstance(joined, JoinTally)
+            if joined.rewards:
+                self._outbox.appended.set()
+            log.info("outcomes joined", version=bundle.version, **joined.as_dict())
+            return {"outcomes": joined.as_dict()}
         elif bundle.kind == "model":
             validate("bundle-model", bundle.body)
             sha = await self._install_model(bundle)
@@ -159,6 +193,7 @@ class BundleApplier:
         else:
             validate("bundle-config", bundle.body)
             await self._db.call(_apply, change)
+        return {}
 
     async def _install_model(self, bundle: Bundle) -> str:
         """Download, verify, write aside, fsync, rename: the old file serves until the swap."""
@@ -216,6 +251,8 @@ class _Change:
     consents_snapshot: bool = False
     forget: Sequence[str] = ()
     artifact_sha256: str | None = None
+    # Runs in the transaction, before the version is recorded (an outcomes bundle's join).
+    also: Callable[[Store], object] | None = None
 
 
 def _missed_delta(bundle: Bundle, applied: int) -> bool:
@@ -225,7 +262,7 @@ def _missed_delta(bundle: Bundle, applied: int) -> bool:
     return bundle.version != applied + 1
 
 
-def _apply(store: Store, change: _Change, /) -> None:
+def _apply(store: Store, change: _Change, /) -> object:
     """On the store thread: a verified bundle all or nothing, its data and its version in one
     transaction. Offers: the whole new catalog; consents / forget: a delta, or with
     consents_snapshot every consent on record (everyone else is forgotten)."""
@@ -245,6 +282,9 @@ def _apply(store: Store, change: _Change, /) -> None:
             "DELETE FROM consents WHERE customer_ref IN (SELECT value FROM json_each(?))",
             (json.dumps(list(change.forget)),),
         )
+        result = change.also(store) if change.also is not None else None
+        if isinstance(result, JoinTally):
+            change = replace(change, body=json.dumps(result.as_dict()))
         conn.execute(
             "INSERT INTO applied_bundles (kind, version, created_at, applied_at, body,"
             " artifact_sha256) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(kind) DO UPDATE SET"
@@ -260,6 +300,7 @@ def _apply(store: Store, change: _Change, /) -> None:
                 change.artifact_sha256,
             ),
         )
+    return result
 
 
 def applied_version(store: Store, kind: str) -> int:

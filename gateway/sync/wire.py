@@ -42,8 +42,8 @@ __all__ = [
     "sign_bundle",
 ]
 
-BundleKind = Literal["offers", "consents", "model", "config"]
-BUNDLE_KINDS: tuple[BundleKind, ...] = ("offers", "consents", "model", "config")
+BundleKind = Literal["offers", "consents", "model", "config", "outcomes"]
+BUNDLE_KINDS: tuple[BundleKind, ...] = ("offers", "consents", "model", "config", "outcomes")
 # Drain order (lower first). Classes ranked 0 are never shed when the disk budget is reached.
 PRIORITY_RANK: Mapping[str, int] = {
     "transaction": 0,
