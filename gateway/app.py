@@ -42,6 +42,7 @@ from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, Z
 from gateway.payloads import session_floor
 from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
+from gateway.readout import DailyReadout
 from gateway.sdnotify import Notifier
 from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
 from gateway.supervisor import Component, Handle, State, Supervisor
@@ -172,6 +173,7 @@ class Gateway:
     presence: Presence | None
     radio: Component | None  # the local BLE adapter
     cloud: CloudLink | None
+    readout: DailyReadout | None = None  # the daily experiment summary (issue 16)
 
     def components(self) -> list[Component]:
         named: list[Component | None] = [
@@ -188,6 +190,7 @@ class Gateway:
             self.presence,
             self.radio,
             self.cloud,
+            self.readout,
         ]
         return [c for c in named if c is not None]
 
@@ -356,6 +359,7 @@ def build(
         presence=presence,
         radio=radio,
         cloud=cloud,
+        readout=DailyReadout(state_dir / DATABASE_NAME, outbox, clock, metrics),
     )
 
 

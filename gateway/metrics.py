@@ -229,6 +229,33 @@ class Metrics:
             registry=r,
         )
 
+        # The experiment readout, refreshed once a day (gateway/readout.py; issue 16).
+        self.experiment_lift = Gauge(
+            "gateway_experiment_lift",
+            "Lift of personalised over holdout (or model over rules), bound: value, low, high"
+            " of its 95 % interval",
+            ["touchpoint", "comparison", "bound"],
+            registry=r,
+        )
+        self.experiment_conversion = Gauge(
+            "gateway_experiment_conversion",
+            "Conversion per arm of the readout's comparisons (last 14 days)",
+            ["touchpoint", "comparison", "arm"],
+            registry=r,
+        )
+        self.experiment_revenue_per_visit = Gauge(
+            "gateway_experiment_revenue_per_visit",
+            "Revenue per identified visit per arm, channel: in_store, online, together",
+            ["touchpoint", "channel", "arm"],
+            registry=r,
+        )
+        self.experiment_off_policy = Gauge(
+            "gateway_experiment_off_policy",
+            "Off-policy estimate of the greedy model's conversion (ips, snips), and the rules'",
+            ["touchpoint", "estimator"],
+            registry=r,
+        )
+
         # What the process holds, read when scraped (the soak benchmark follows them over time).
         Gauge(
             "gateway_python_heap_blocks",

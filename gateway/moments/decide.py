@@ -139,6 +139,8 @@ def decide(
         assisted_by = reader.served_by(facts.customer, since)
         if assisted_by is not None:
             extra["assisted_by"] = assisted_by  # a sale after an associate's serve
+    if isinstance(moment, CheckoutMoment) and moment.total is not None:
+        extra["total"] = moment.total  # in-store revenue, for the readout
     outcome = deciding.choose(offers)
     decided = deciding.record(outcome, **extra)
     job = None

@@ -127,14 +127,20 @@ class PosLanes:
         del self._sessions[event.device]  # the total ends the visit
         if not lane.printer:
             return None
-        moment = self._checkout(event.device, session.customer_ref, session.basket, event.id)
+        moment = self._checkout(event.device, session.customer_ref, session.basket, event.id,
+                                _total(event.data.get("total")))  # fmt: skip
         self._checkouts[event.id] = moment
         while len(self._checkouts) > _MAX_PREPARED:
             self._checkouts.popitem(last=False)
         return checkout.pending_write(moment, self._clock.now())
 
     def _checkout(
-        self, lane: str, ref: str | None, basket: tuple[str, ...], event_id: str
+        self,
+        lane: str,
+        ref: str | None,
+        basket: tuple[str, ...],
+        event_id: str,
+        total: float | None = None,
     ) -> CheckoutMoment:
         config = self._lanes[lane]
         return CheckoutMoment(
@@ -145,6 +151,7 @@ class PosLanes:
             basket=basket,
             printer=config.printer,
             coupon_valid_days=config.coupon_valid_days,
+            total=total,
         )
 
     async def pending(self) -> list[Moment]:
@@ -159,7 +166,7 @@ class PosLanes:
             basket = tuple(map(str, data["basket"]))  # type: ignore[call-overload]
             ref = data.get("customer_ref")
             moments.append(self._checkout(lane_id, ref if isinstance(ref, str) else None, basket,
-                                          event_id))  # fmt: skip
+                                          event_id, _total(data.get("total"))))  # fmt: skip
         return moments
 
     def after_commit(self, event: DeviceEvent) -> None:
@@ -190,3 +197,10 @@ class PosLanes:
         log.info("coupon redemption", lane=lane, status=status, decision=decision_id)
         if first and decision_id is not None and self._rewards is not None:
             self._rewards.join_soon(decision_id, "pos.redemption")
+
+
+def _total(value: object) -> float | None:
+    """A lane's total, if it sent a usable one (the readout's in-store revenue)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return None
