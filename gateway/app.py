@@ -39,6 +39,7 @@ from gateway.health import HealthServer
 from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
+from gateway.moments.followup import Followups
 from gateway.payloads import session_floor
 from gateway.pos.lanes import PosLanes
 from gateway.printing import PrintJournal
@@ -268,6 +269,7 @@ def build(
         clock=clock,
         metrics=metrics,
         checked_in=app.checked_in,
+        session_ended=Followups(db, outbox, clock).session_ended,
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     lanes = PosLanes(
