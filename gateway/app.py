@@ -320,6 +320,7 @@ def build(
             "offers": lambda _body: journey.reload_catalog(),
             "model": lambda _body: models.load(),
             "config": apply_settings,
+            "experiments": lambda _body: journey.reload_experiments(),
         }
         if presence is not None:
             reactions["consents"] = lambda _body: presence.reload_keys()

@@ -298,6 +298,7 @@ class _Experiment:
     # arm -> unit -> [value, denominator]
     units: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     decisions: dict[str, int] = field(default_factory=dict)
+    days: set[tuple[str, int]] = field(default_factory=set)  # (unit, day): visits
 
 
 _QUERY = (
@@ -365,19 +366,23 @@ def read_connection(
             visit.in_store += in_store
             visit.online += online or 0.0
         if test is not None:
-            _add_test(tests, test, customer, reward, in_store + (online or 0.0))
-    revenue = _revenue(visits, holdout)
-    readouts = [_readout(name, parts[name], revenue.get(name)) for name in sorted(parts)]
-    readouts.append(_readout("overall", overall, revenue.get("overall")))
+            revenue = in_store + (online or 0.0)
+            _add_test(tests, test, customer, reward, revenue=revenue, day=int(ts // _DAY))
+    per_visit = _revenue(visits, holdout)
+    readouts = [_readout(name, parts[name], per_visit.get(name)) for name in sorted(parts)]
+    readouts.append(_readout("overall", overall, per_visit.get("overall")))
     return Readout(since_days, tuple(readouts), tuple(_experiments(tests)))
 
 
 def _add_test(
     tests: dict[str, _Experiment],
     logged: object,
+    /,
     customer: str | None,
     reward: float | None,
+    *,
     revenue: float,
+    day: int,
 ) -> None:
     """A decision made inside a marketing test (its context's `experiment`: {id, arm, unit})."""
     if not isinstance(logged, str):
@@ -391,9 +396,11 @@ def _add_test(
     units = test.units.setdefault(arm, {})
     test.decisions[arm] = test.decisions.get(arm, 0) + 1
     value = units.setdefault(unit, [0.0, 0.0])
-    if test.metric == "revenue_per_visit":
+    if test.metric == "revenue_per_visit":  # per visit: the unit's days in the test
         value[0] += revenue
-        value[1] = 1.0  # one visit per unit and day is folded in by the unit key
+        if (unit, day) not in test.days:
+            test.days.add((unit, day))
+            value[1] += 1.0
     elif reward is not None:
         value[0] += reward
         value[1] += 1.0

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.decision import Context
 from gateway.decision.engine import DecisionEngine, Outcome
+from gateway.decision.experiments import Assignment, ExperimentTest, assign, in_holdout
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.ids import uuid7
 from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
@@ -113,8 +114,10 @@ def decide(
     time_trusted: bool,
     topics: Topics,
     uplink: UplinkRow | None,
+    tests: Sequence[ExperimentTest] = (),
 ) -> Plan:
-    """The features, the model call, the rows to commit and what to post or print."""
+    """The features, the model call, the rows to commit and what to post or print.
+    tests: the marketing tests running (an experiments bundle); the holdout takes no part."""
     facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now)
     local = datetime.fromtimestamp(now)
     features = FeatureContext(
@@ -127,7 +130,19 @@ def decide(
         customer=CustomerFacts(segment=facts.segment) if facts.customer is not None else None,
     )
     context = Context(now, local, moment.channel, facts.segment, time_trusted)
-    deciding = _Deciding(moment, facts, engine, context, features, uplink)
+    experiment = None
+    held_out = facts.customer is not None and in_holdout(
+        facts.customer, engine.config.holdout_share
+    )
+    if tests and not held_out:
+        experiment = assign(
+            tests,
+            channel=moment.channel,
+            touchpoint_id=moment.touchpoint,
+            customer_ref=facts.customer,
+            now=now,
+        )
+    deciding = _Deciding(moment, facts, engine, context, features, uplink, experiment)
     if isinstance(moment, AppMoment):
         return _message(reader, moment, deciding, offers)
     if isinstance(moment, TabletMoment):
@@ -162,8 +177,12 @@ class _Deciding:
     context: Context
     features: FeatureContext
     uplink: UplinkRow | None
+    experiment: Assignment | None = None  # this moment's arm of a marketing test
 
     def choose(self, offers: Sequence[Offer]) -> Outcome:
+        if self.experiment is not None and self.experiment.arm.offers:
+            arm_offers = self.experiment.arm.offers
+            offers = [o for o in offers if o.id in arm_offers]
         return self.engine.decide(
             offers,
             self.context,
@@ -185,6 +204,8 @@ class _Deciding:
         }
         if outcome.shadow is not None:
             logged["shadow"] = dict(outcome.shadow)
+        if self.experiment is not None:
+            logged["experiment"] = self.experiment.as_json()
         decision = Decision(
             id=uuid7(int(now * 1000)),
             ts=now,

@@ -19,6 +19,7 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.clock import Clock
+from gateway.decision.experiments import ExperimentTest, parse_tests
 from gateway.decision.model import ModelError, Scorer
 from gateway.decision.outcomes import (
     DEFAULT_WINDOWS,
@@ -186,6 +187,10 @@ class BundleApplier:
                 self._outbox.appended.set()
             log.info("outcomes joined", version=bundle.version, **joined.as_dict())
             return {"outcomes": joined.as_dict()}
+        elif bundle.kind == "experiments":
+            validate("bundle-experiments", bundle.body)
+            _check_tests(parse_tests(bundle.body))
+            await self._db.call(_apply, change)
         elif bundle.kind == "model":
             validate("bundle-model", bundle.body)
             sha = await self._install_model(bundle)
@@ -253,6 +258,21 @@ class _Change:
     artifact_sha256: str | None = None
     # Runs in the transaction, before the version is recorded (an outcomes bundle's join).
     also: Callable[[Store], object] | None = None
+
+
+def _check_tests(tests: Sequence[ExperimentTest]) -> None:
+    """What the schema cannot say: each test's shares sum to 1, it ends after it starts, and
+    its id and arm names are unique."""
+    if len({t.id for t in tests}) != len(tests):
+        raise BundleError("two tests share an id")
+    for test in tests:
+        shares = sum(a.share for a in test.arms)
+        if abs(shares - 1.0) > 1e-6:
+            raise BundleError(f"test {test.id}: the arms' shares sum to {shares:g}, not 1")
+        if test.end <= test.start:
+            raise BundleError(f"test {test.id}: it ends before it starts")
+        if len({a.name for a in test.arms}) != len(test.arms):
+            raise BundleError(f"test {test.id}: two arms share a name")
 
 
 def _missed_delta(bundle: Bundle, applied: int) -> bool:

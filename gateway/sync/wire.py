@@ -42,8 +42,15 @@ __all__ = [
     "sign_bundle",
 ]
 
-BundleKind = Literal["offers", "consents", "model", "config", "outcomes"]
-BUNDLE_KINDS: tuple[BundleKind, ...] = ("offers", "consents", "model", "config", "outcomes")
+BundleKind = Literal["offers", "consents", "model", "config", "outcomes", "experiments"]
+BUNDLE_KINDS: tuple[BundleKind, ...] = (
+    "offers",
+    "consents",
+    "model",
+    "config",
+    "outcomes",
+    "experiments",
+)
 # Drain order (lower first). Classes ranked 0 are never shed when the disk budget is reached.
 PRIORITY_RANK: Mapping[str, int] = {
     "transaction": 0,
