@@ -191,32 +191,23 @@ class Readout:
         return json.dumps(asdict(self), indent=2)
 
 
-class _Visit:
-    __slots__ = ("in_store", "online", "touchpoints")
-
-    def __init__(self) -> None:
-        self.touchpoints: set[str] = set()
-        self.in_store = 0.0
-        self.online = 0.0
-
-
 class _OpeSums:
+    """The greedy model's IPS / SNIPS terms over the decisions the model logged (sums)."""
+
     __slots__ = ("k", "rules_k", "rules_r", "w", "wr", "wr_w", "wrwr", "ww")
 
     def __init__(self) -> None:
         self.k = self.rules_k = 0
         self.w = self.wr = self.ww = self.wrwr = self.wr_w = self.rules_r = 0.0
 
-    def add(self, propensity: float, reward: float) -> None:
-        # The greedy model's probability of the logged offer: 1 when the log chose the best
-        # (its propensity is then 1 - eps + eps/k, above a half), else 0.
-        w = (1.0 / propensity) if propensity > 0.5 else 0.0
-        self.k += 1
+    def add(self, sums: Sequence[float]) -> None:
+        k, w, wr, ww, wrwr, wr_w = sums
+        self.k += int(k)
         self.w += w
-        self.wr += w * reward
-        self.ww += w * w
-        self.wrwr += (w * reward) ** 2
-        self.wr_w += w * reward * w
+        self.wr += wr
+        self.ww += ww
+        self.wrwr += wrwr
+        self.wr_w += wr_w
 
     def readout(self) -> OffPolicy | None:
         rules = self.rules_r / self.rules_k if self.rules_k else None
@@ -250,45 +241,37 @@ class _Touchpoint:
     decisions: int = 0
     open: int = 0
     customers: set[str] = field(default_factory=set)
-    # identified conversion: arm -> customer -> [rewards, closed decisions]
-    ident: dict[str, dict[str, list[float]]] = field(
-        default_factory=lambda: {"model": {}, "holdout": {}}
-    )
+    # identified conversion, each customer a unit: arm -> sums (rewards / closed decisions)
+    ident: dict[str, _Sums] = field(default_factory=lambda: {"model": _Sums(), "holdout": _Sums()})
     anon: dict[str, _Sums] = field(default_factory=lambda: {"model": _Sums(), "control": _Sums()})
     ope: _OpeSums = field(default_factory=_OpeSums)
 
-    def add(
-        self,
-        customer: str | None,
-        arm: str,
-        policy: str,
-        propensity: float,
-        reward: float | None,
+    def add_customer(
+        self, customer: str, holdout: bool, decisions: float, closed: float, rewards: float
     ) -> None:
-        self.decisions += 1
-        if customer is not None:
-            self.customers.add(customer)
-        if reward is None:
-            self.open += 1
-            return
-        if customer is not None:
-            arms = self.ident.get(arm)
-            if arms is not None:
-                unit = arms.get(customer)
-                if unit is None:
-                    arms[customer] = [reward, 1.0]
-                else:
-                    unit[0] += reward
-                    unit[1] += 1.0
-        else:
-            sums = self.anon.get(arm)
-            if sums is not None:
-                sums.add(reward, 1.0)
-        if policy == "nba":
-            self.ope.add(propensity, reward)
-        elif policy == "rules" and arm == "control":
-            self.ope.rules_k += 1
-            self.ope.rules_r += reward
+        self.decisions += int(decisions)
+        self.open += int(decisions - closed)
+        self.customers.add(customer)
+        if closed:
+            self.ident["holdout" if holdout else "model"].add(rewards, closed)
+
+    def add_anonymous(self, arm: str, policy: str, group: Sequence[float]) -> None:
+        """Each decision a unit (y = reward, n = 1): the sums of a group of them (decisions,
+        closed, rewards, squared rewards)."""
+        decisions, closed, rewards, squares = int(group[0]), int(group[1]), group[2], group[3]
+        self.decisions += decisions
+        self.open += decisions - closed
+        sums = self.anon.get(arm)
+        if sums is not None and closed:
+            sums.k += closed
+            sums.y += rewards
+            sums.n += closed
+            sums.yy += squares
+            sums.yn += rewards
+            sums.nn += closed
+        if policy == "rules" and arm == "control":
+            self.ope.rules_k += closed
+            self.ope.rules_r += rewards
 
 
 @dataclass
@@ -301,15 +284,68 @@ class _Experiment:
     days: set[tuple[str, int]] = field(default_factory=set)  # (unit, day): visits
 
 
-_QUERY = (
-    "SELECT d.moment, d.customer_ref, d.ts, d.policy, d.propensity, d.reward,"
-    " json_extract(d.context, '$.arm'), json_extract(d.context, '$.total'),"
-    " json_extract(d.context, '$.experiment'), j.store, j.online"
+# The log is aggregated by SQLite (in C), a few passes over the decisions of the period; Python
+# sees one row per customer and moment, per visit, or per group.
+_TOUCHPOINTS = tuple(sorted(set(TOUCHPOINT_OF.values())))
+
+
+def _is(touchpoint: str) -> str:
+    moments = ", ".join(f"'{m}'" for m, t in TOUCHPOINT_OF.items() if t == touchpoint)
+    return f"moment IN ({moments})"
+
+
+# One row per customer (and holdout flag): per touchpoint, decisions, closed ones, rewards.
+_IDENTIFIED = (
+    "SELECT customer_ref, policy = 'holdout', "  # noqa: S608 - the constant table above
+    + ", ".join(
+        f"total({_is(t)}), total({_is(t)} AND reward IS NOT NULL),"
+        f" total(CASE WHEN {_is(t)} THEN reward END)"
+        for t in _TOUCHPOINTS
+    )
+    + " FROM decisions WHERE ts >= ? AND customer_ref IS NOT NULL"
+    " GROUP BY customer_ref, policy = 'holdout'"
+)
+_ANONYMOUS = (
+    "SELECT moment, coalesce(json_extract(context, '$.arm'), 'model'), policy, count(*),"
+    " count(reward), total(reward), total(reward * reward)"
+    " FROM decisions WHERE ts >= ? AND customer_ref IS NULL GROUP BY 1, 2, 3"
+)
+_OFF_POLICY = (
+    "SELECT moment, count(*), total(w), total(w * reward), total(w * w),"
+    " total(w * w * reward * reward), total(w * w * reward) FROM (SELECT moment, reward,"
+    " CASE WHEN propensity > 0.5 THEN 1.0 / propensity ELSE 0.0 END AS w FROM decisions"
+    " WHERE ts >= ? AND policy = 'nba' AND reward IS NOT NULL) GROUP BY moment"
+)
+# Visits (a customer's day), then one row per customer: visits, in-store and online revenue,
+# in the holdout; and the same over the visits each touchpoint took part in.
+_VISITS = (
+    "WITH o AS (SELECT d.customer_ref AS c, CAST(d.ts / 86400 AS INTEGER) AS day,"  # noqa: S608 - the constant table above
+    "  total(CASE WHEN j.channel = 'store' THEN j.share END) AS st,"
+    "  total(CASE WHEN j.channel <> 'store' THEN j.share END) AS onl"
+    "  FROM outcome_joins j JOIN decisions d ON d.id = j.decision_id"
+    "  WHERE d.ts >= ?1 AND d.customer_ref IS NOT NULL GROUP BY 1, 2),"
+    " v AS (SELECT customer_ref AS c, CAST(ts / 86400 AS INTEGER) AS day,"
+    "  max(policy = 'holdout') AS h,"
+    "  total(CASE WHEN moment = 'checkout' THEN json_extract(context, '$.total') END) AS ins, "
+    + ", ".join(f"max({_is(t)}) AS at_{t}" for t in _TOUCHPOINTS)
+    + "  FROM decisions WHERE ts >= ?1 AND customer_ref IS NOT NULL GROUP BY 1, 2),"
+    " w AS (SELECT v.*, v.ins + coalesce(o.st, 0) AS inside, coalesce(o.onl, 0) AS online"
+    "  FROM v LEFT JOIN o ON o.c = v.c AND o.day = v.day)"
+    " SELECT c, max(h), count(*), total(inside), total(online), "
+    + ", ".join(
+        f"total(at_{t}), total(at_{t} * inside), total(at_{t} * online)" for t in _TOUCHPOINTS
+    )
+    + " FROM w GROUP BY c"
+)
+_IN_TESTS = (
+    "SELECT d.customer_ref, d.ts, d.reward, json_extract(d.context, '$.experiment'),"
+    " coalesce(json_extract(d.context, '$.total'), 0) + coalesce(j.store, 0)"
+    " + coalesce(j.online, 0)"
     " FROM decisions d LEFT JOIN (SELECT decision_id,"
     "  total(CASE WHEN channel = 'store' THEN share END) AS store,"
     "  total(CASE WHEN channel <> 'store' THEN share END) AS online"
     "  FROM outcome_joins GROUP BY decision_id) j ON j.decision_id = d.id"
-    " WHERE d.ts >= ?"
+    " WHERE d.ts >= ? AND instr(d.context, '\"experiment\"') > 0"
 )
 
 
@@ -338,39 +374,40 @@ def read_connection(
 ) -> Readout:
     if experiments is None:
         experiments = _applied_experiments(conn)
+    since = (now - since_days * _DAY,)
+    parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
+    overall = _Touchpoint()
+    holdout: set[str] = set()
+    for customer, held, *columns in conn.execute(_IDENTIFIED, since):
+        if held:
+            holdout.add(customer)
+        everywhere = [0.0, 0.0, 0.0]
+        for k, touchpoint in enumerate(_TOUCHPOINTS):
+            decisions, closed, rewards = columns[3 * k : 3 * k + 3]
+            if decisions:
+                parts[touchpoint].add_customer(customer, bool(held), decisions, closed, rewards)
+                everywhere[0] += decisions
+                everywhere[1] += closed
+                everywhere[2] += rewards
+        overall.add_customer(customer, bool(held), *everywhere)
+    for moment, arm, policy, *sums in conn.execute(_ANONYMOUS, since):
+        if (where := TOUCHPOINT_OF.get(moment)) is not None:
+            parts[where].add_anonymous(arm, policy, sums)
+            overall.add_anonymous(arm, policy, sums)
+    for moment, *sums in conn.execute(_OFF_POLICY, since):
+        if (where := TOUCHPOINT_OF.get(moment)) is not None:
+            parts[where].ope.add(sums)
+            overall.ope.add(sums)
+    per_visit = _revenue(conn.execute(_VISITS, since), holdout)
+    readouts = [_readout(name, parts[name], per_visit.get(name)) for name in sorted(parts)]
+    readouts.append(_readout("overall", overall, per_visit.get("overall")))
     tests = {
         test_id: _Experiment(str(spec.get("metric", "conversion")), list(_arm_names(spec)))
         for test_id, spec in experiments.items()
     }
-    parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
-    overall = _Touchpoint()
-    visits: dict[tuple[str, int], _Visit] = {}
-    holdout: set[str] = set()
-    cursor = conn.execute(_QUERY, (now - since_days * _DAY,))
-    for row in cursor:
-        moment, customer, ts, policy, propensity, reward, arm, total, test, store, online = row
-        touchpoint = TOUCHPOINT_OF.get(moment)
-        if touchpoint is None:
-            continue
-        arm = "holdout" if policy == "holdout" else (arm or "model")
-        parts[touchpoint].add(customer, arm, policy, propensity, reward)
-        overall.add(customer, arm, policy, propensity, reward)
-        in_store = (total or 0.0) + (store or 0.0)
-        if customer is not None:
-            if arm == "holdout":
-                holdout.add(customer)
-            visit = visits.get((customer, int(ts // _DAY)))
-            if visit is None:
-                visit = visits[(customer, int(ts // _DAY))] = _Visit()
-            visit.touchpoints.add(touchpoint)
-            visit.in_store += in_store
-            visit.online += online or 0.0
-        if test is not None:
-            revenue = in_store + (online or 0.0)
-            _add_test(tests, test, customer, reward, revenue=revenue, day=int(ts // _DAY))
-    per_visit = _revenue(visits, holdout)
-    readouts = [_readout(name, parts[name], per_visit.get(name)) for name in sorted(parts)]
-    readouts.append(_readout("overall", overall, per_visit.get("overall")))
+    if tests:
+        for customer, ts, reward, logged, revenue in conn.execute(_IN_TESTS, since):
+            _add_test(tests, logged, customer, reward, revenue=revenue, day=int(ts // _DAY))
     return Readout(since_days, tuple(readouts), tuple(_experiments(tests)))
 
 
@@ -462,27 +499,26 @@ def _applied_experiments(conn: sqlite3.Connection) -> dict[str, Mapping[str, Any
         return {}
 
 
-def _revenue(visits: Mapping[tuple[str, int], _Visit], holdout: set[str]) -> dict[str, Revenue]:
-    """Per touchpoint and overall: each customer's visits and revenue, then per arm."""
-    # where -> customer -> [in store, online, visits]
-    per: dict[str, dict[str, list[float]]] = defaultdict(dict)
-    for (customer, _day), visit in visits.items():
-        for where in (*visit.touchpoints, "overall"):
-            unit = per[where].get(customer)
-            if unit is None:
-                per[where][customer] = [visit.in_store, visit.online, 1.0]
-            else:
-                unit[0] += visit.in_store
-                unit[1] += visit.online
-                unit[2] += 1.0
+def _revenue(customers: Iterable[Sequence[Any]], holdout: set[str]) -> dict[str, Revenue]:
+    """Per touchpoint and overall, one row per customer (`_VISITS`): the per-visit revenue of
+    each arm, a customer in the holdout if any of their decisions was."""
+    per: dict[str, dict[tuple[str, str], _Sums]] = {
+        where: {(arm, kind): _Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
+        for where in (*_TOUCHPOINTS, "overall")
+    }
+    for customer, _held, visits, in_store, online, *columns in customers:
+        arm = "c" if customer in holdout else "t"
+        wheres = [("overall", visits, in_store, online)]
+        for k, touchpoint in enumerate(_TOUCHPOINTS):
+            if columns[3 * k]:
+                wheres.append((touchpoint, *columns[3 * k : 3 * k + 3]))
+        for where, n, inside, outside in wheres:
+            sums = per[where]
+            sums[(arm, "in")].add(inside, n)
+            sums[(arm, "on")].add(outside, n)
+            sums[(arm, "all")].add(inside + outside, n)
     out = {}
-    for where, customers in per.items():
-        sums = {(arm, kind): _Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
-        for customer, (in_store, online, n) in customers.items():
-            arm = "c" if customer in holdout else "t"
-            sums[(arm, "in")].add(in_store, n)
-            sums[(arm, "on")].add(online, n)
-            sums[(arm, "all")].add(in_store + online, n)
+    for where, sums in per.items():
         t_all, c_all = sums[("t", "all")], sums[("c", "all")]
         if not t_all.k or not c_all.k or (t_all.y == 0 and c_all.y == 0):
             continue
@@ -508,27 +544,13 @@ def _readout(name: str, part: _Touchpoint, revenue: Revenue | None) -> Touchpoin
         decisions=part.decisions,
         customers=len(part.customers),
         open=part.open,
-        personalised=_compare(
-            ("personalised", part.ident["model"].values()),
-            ("holdout", part.ident["holdout"].values()),
+        personalised=_compare_sums(
+            ("personalised", part.ident["model"]), ("holdout", part.ident["holdout"])
         ),
         switchback=_compare_sums(("model", part.anon["model"]), ("rules", part.anon["control"])),
         revenue=revenue,
         off_policy=part.ope.readout(),
     )
-
-
-def _compare(
-    treatment: tuple[str, Iterable[list[float]]], control: tuple[str, Iterable[list[float]]]
-) -> Comparison | None:
-    """Conversion per arm, each customer a unit with all their decisions."""
-    sums = []
-    for _, units in (treatment, control):
-        s = _Sums()
-        for rewards, closed in units:
-            s.add(rewards, closed)
-        sums.append(s)
-    return _compare_sums((treatment[0], sums[0]), (control[0], sums[1]))
 
 
 def _compare_sums(treatment: tuple[str, _Sums], control: tuple[str, _Sums]) -> Comparison | None:

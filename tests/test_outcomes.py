@@ -56,6 +56,15 @@ class Rig:
         message = self.signer.make("outcomes", version, {"outcomes": list(outcomes)}, store=STORE)
         return await self.applier.handle("outcomes", message)
 
+    async def joins(self) -> list[dict[str, Any]]:
+        """Every join uplinked, in order (outcome.joined events carry up to 100 each)."""
+        events = await self.events("outcome.joined")
+        assert all(e["priority"] == "reward" for e in events)
+        return [join for e in events for join in e["data"]["joins"]]
+
+    async def joined(self) -> list[str]:
+        return [f"{j['outcome_id']}:{j['decision_id']}" for j in await self.joins()]
+
     async def reward(self, decision_id: str) -> float | None:
         return await self.db.call(reward_of, decision_id)
 
@@ -115,16 +124,14 @@ async def test_an_online_purchase_joins_its_decision_after_the_in_store_window_c
     await rig.decide("d-2", days_ago=3)
     assert await rig.send(1, [_outcome("o-1", ["d-1"], days_ago=1, amount=55.0)]) == "applied"
     assert await rig.reward("d-1") == 1.0  # converted online, 9 days after the decision
-    joined = await rig.events("outcome.joined")
-    assert len(joined) == 1
-    data = joined[0]["data"]
-    assert (joined[0]["id"], joined[0]["priority"]) == ("o-1:d-1", "reward")
-    assert (data["decision_id"], data["channel"], data["amount"]) == ("d-1", "online", 55.0)
+    (data,) = await rig.joins()
+    assert (data["outcome_id"], data["decision_id"]) == ("o-1", "d-1")
+    assert (data["channel"], data["amount"], data["reward"]) == ("online", 55.0, 1.0)
     assert 9 * DAY - 60 < data["delay_s"] < 9 * DAY + 60
     assert "customer" not in data  # the join names the decision, never who it was
     # Two decisions of one visit share an outcome's amount.
     await rig.send(2, [_outcome("o-2", ["d-1", "d-2"], amount=30.0)])
-    shares = [e["data"]["amount"] for e in await rig.events("outcome.joined")][1:]
+    shares = [j["amount"] for j in await rig.joins()][1:]
     assert shares == [15.0, 15.0]
     applied = [e["data"] for e in await rig.events("bundle.applied")]
     assert applied[0]["outcomes"]["joined"] == 1
@@ -140,8 +147,7 @@ async def test_the_same_outcome_twice_counts_once(rig: Rig) -> None:
     first = _outcome("o-1", ["d-1"])
     assert await rig.send(1, [first, first]) == "applied"  # twice in one bundle
     assert await rig.send(2, [first, _outcome("o-2", ["d-1"])]) == "applied"  # again, later
-    events = await rig.events("outcome.joined")
-    assert [e["id"] for e in events] == ["o-1:d-1", "o-2:d-1"]
+    assert await rig.joined() == ["o-1:d-1", "o-2:d-1"]
     tallies = [e["data"]["outcomes"] for e in await rig.events("bundle.applied")]
     assert [(t["joined"], t["duplicate"]) for t in tallies] == [(1, 1), (1, 1)]
     rows = await rig.db.call(
@@ -166,7 +172,7 @@ async def test_unknown_late_and_early_outcomes_join_nothing(rig: Rig) -> None:
     tally = (await rig.events("bundle.applied"))[0]["data"]["outcomes"]
     assert tally == {"joined": 1, "rewards": 1, "duplicate": 0, "unknown": 2, "late": 2,
                      "before": 1, "amount": 40.0}  # fmt: skip
-    assert [e["id"] for e in await rig.events("outcome.joined")] == ["o-app:d-store"]
+    assert await rig.joined() == ["o-app:d-store"]
     assert await rig.reward("d-old") is None
     assert await rig.reward("d-new") is None
     statuses = dict(await rig.db.call(
@@ -184,7 +190,7 @@ async def test_a_claim_code_joins_through_the_receipts_lookup(rig: Rig) -> None:
     rig.claims["RC-7Q2K"] = ["d-till"]
     assert await rig.send(1, [_claim("o-1", "RC-7Q2K")]) == "applied"
     assert await rig.reward("d-till") == 1.0
-    assert [e["id"] for e in await rig.events("outcome.joined")] == ["o-1:d-till"]
+    assert await rig.joined() == ["o-1:d-till"]
 
 
 async def test_forged_and_replayed_outcomes_bundles_are_refused_and_join_nothing(
@@ -203,6 +209,19 @@ async def test_forged_and_replayed_outcomes_bundles_are_refused_and_join_nothing
     malformed = await rig.send(5, [{"id": "o-4", "channel": "fax", "ts": 1.0,
                                     "decision_ids": ["d-1"]}])  # fmt: skip
     assert malformed.startswith("rejected:")
-    assert [e["id"] for e in await rig.events("outcome.joined")] == ["o-1:d-1"]
+    assert await rig.joined() == ["o-1:d-1"]
     assert await rig.db.call(applied_version, "outcomes") == 3
     assert len(await rig.events("bundle.rejected")) == 3
+
+
+async def test_many_joins_go_up_in_events_of_a_hundred(rig: Rig) -> None:
+    for k in range(3):
+        await rig.decide(f"d-{k}", days_ago=1)
+    outcomes = [_outcome(f"o-{i:03d}", [f"d-{i % 3}"], amount=1.0) for i in range(250)]
+    outcomes.append({"id": "o-none", "channel": "online", "ts": time.time()})  # names nothing
+    refused = await rig.send(1, outcomes)
+    assert "neither decision_ids nor a claim_code" in refused  # all or nothing
+    assert await rig.send(2, outcomes[:-1]) == "applied"
+    events = await rig.events("outcome.joined")
+    assert [len(e["data"]["joins"]) for e in events] == [100, 100, 50]
+    assert len(set(await rig.joined())) == 250

@@ -14,9 +14,9 @@ bundle's version commit together, or none of them):
   in-store `decision.reward_window_s`; `online` and `app`: the longer
   `decision.online_window_s`);
 - otherwise it is `joined`: its amount is shared equally by the decisions it joined, each one's
-  reward becomes 1 (a 0 left by an in-store window that closed first included), and an
-  `outcome.joined` event per decision goes up (id `{outcome}:{decision}`, so the cloud counts it
-  once).
+  reward becomes 1 (a 0 left by an in-store window that closed first included), and the joins
+  go up in `outcome.joined` events of up to `JOINS_PER_EVENT` joins each (committed with them;
+  each join names its outcome and decision, so the cloud counts it once).
 
 Every outcome is kept with its status, so a repeated one is recognised whatever it was.
 """
@@ -28,11 +28,13 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from gateway.payloads import PayloadError
 from gateway.store import DECISION_COLUMNS, Decision, OutboxRow, Store
 
 __all__ = [
     "CHANNELS",
     "DEFAULT_WINDOWS",
+    "JOINS_PER_EVENT",
     "SKEW_S",
     "ClaimLookup",
     "JoinTally",
@@ -46,6 +48,7 @@ __all__ = [
 # channel -> the window it joins within: "in_store" or "online".
 CHANNELS: Mapping[str, str] = {"store": "in_store", "online": "online", "app": "online"}
 SKEW_S = 300.0  # clocks of the cloud and the box may differ by this much
+JOINS_PER_EVENT = 100  # joins per outcome.joined event (~25 kB, under an uplink batch)
 
 # A receipt's claim code -> the decision ids of its visit, on the store thread (the connection
 # of the bundle's transaction). The e-receipt feature (gateway/pos) provides it.
@@ -105,10 +108,11 @@ class JoinTally:
 
 
 def parse_outcomes(body: Mapping[str, object]) -> list[ReportedOutcome]:
-    """The outcomes of a bundle body already validated against `bundle-outcomes`."""
+    """The outcomes of a bundle body already validated against `bundle-outcomes`; raises
+    `PayloadError` for one that names neither decision ids nor a claim code."""
     items = body.get("outcomes", [])
     assert isinstance(items, list)
-    return [
+    outcomes = [
         ReportedOutcome(
             id=str(o["id"]),
             channel=str(o["channel"]),
@@ -119,6 +123,10 @@ def parse_outcomes(body: Mapping[str, object]) -> list[ReportedOutcome]:
         )
         for o in items
     ]
+    for outcome in outcomes:
+        if not outcome.decision_ids and not outcome.claim_code:
+            raise PayloadError("an outcome names neither decision_ids nor a claim_code")
+    return outcomes
 
 
 def join_outcomes(
@@ -152,7 +160,7 @@ def join_outcomes(
     kept: list[tuple[str, str, float, float, str, float]] = []
     joins: list[tuple[str, str, str, float, float]] = []
     rewarded: list[tuple[float, str]] = []
-    events: list[OutboxRow] = []
+    joined: list[dict[str, object]] = []
     for outcome in fresh.values():
         known = [decisions[d] for d in targets[outcome.id] if d in decisions]
         window = windows.of(outcome.channel)
@@ -165,7 +173,7 @@ def join_outcomes(
                 delay = max(0.0, delays[decision.id])
                 joins.append((outcome.id, decision.id, outcome.channel, share, delay))
                 rewarded.append((now, decision.id))
-                events.append(_joined(event, outcome, decision, share, delay, now=now))
+                joined.append(_joined(outcome, decision, share, delay))
             tally.joined += 1
             tally.rewards += len(inside)
             tally.amount += outcome.amount
@@ -194,8 +202,12 @@ def join_outcomes(
         "UPDATE decisions SET reward = 1, reward_at = ? WHERE id = ? AND coalesce(reward, 0) < 1",
         rewarded,
     )
-    for row in events:
-        store.outbox.insert_one(row)
+    for first in range(0, len(joined), JOINS_PER_EVENT):
+        chunk = joined[first : first + JOINS_PER_EVENT]
+        event_id = f"joins:{chunk[0]['outcome_id']}:{chunk[0]['decision_id']}"
+        store.outbox.insert_one(
+            event("outcome.joined", "reward", {"joins": chunk}, event_id=event_id, ts=now)
+        )
     return tally
 
 
@@ -216,33 +228,20 @@ def _decisions(conn: sqlite3.Connection, ids: set[str]) -> dict[str, Decision]:
 
 
 def _joined(
-    event: EventRow,
-    outcome: ReportedOutcome,
-    /,
-    decision: Decision,
-    share: float,
-    delay: float,
-    *,
-    now: float,
-) -> OutboxRow:
-    """The join, for the cloud: no customer, only the decision and what it was made of."""
-    return event(
-        "outcome.joined",
-        "reward",
-        {
-            "outcome_id": outcome.id,
-            "decision_id": decision.id,
-            "channel": outcome.channel,
-            "amount": share,
-            "delay_s": delay,
-            "reward": 1.0,
-            "offer_id": decision.offer_id,
-            "policy": decision.policy,
-            "propensity": decision.propensity,
-            "model_version": decision.model_version,
-            "touchpoint": decision.touchpoint,
-            "decided_at": decision.ts,
-        },
-        event_id=f"{outcome.id}:{decision.id}",
-        ts=now,
-    )
+    outcome: ReportedOutcome, decision: Decision, share: float, delay: float
+) -> dict[str, object]:
+    """One join, for the cloud: no customer, only the decision and what it was made of."""
+    return {
+        "outcome_id": outcome.id,
+        "decision_id": decision.id,
+        "channel": outcome.channel,
+        "amount": share,
+        "delay_s": delay,
+        "reward": 1.0,
+        "offer_id": decision.offer_id,
+        "policy": decision.policy,
+        "propensity": decision.propensity,
+        "model_version": decision.model_version,
+        "touchpoint": decision.touchpoint,
+        "decided_at": decision.ts,
+    }

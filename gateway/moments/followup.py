@@ -57,10 +57,12 @@ class Followups:
 
 
 def session_decisions(store: Store, tablet: str, session: str, since: float) -> list[str]:
-    """The personal decisions (consenting customers) of one serving session, oldest first."""
+    """The personal decisions of one serving session, oldest first: consenting customers, not
+    in the holdout (a follow-up is personalisation; the holdout gets none)."""
     rows = store.conn.execute(
         "SELECT id FROM decisions WHERE touchpoint = ? AND moment = 'tablet_serve'"
-        " AND customer_ref IS NOT NULL AND json_extract(context, '$.session') = ?"
+        " AND customer_ref IS NOT NULL AND policy <> 'holdout'"
+        " AND json_extract(context, '$.session') = ?"
         " AND offer_id IS NOT NULL AND ts >= ? ORDER BY ts, id",
         (tablet, session, since),
     )

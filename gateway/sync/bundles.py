@@ -25,6 +25,7 @@ from gateway.decision.outcomes import (
     DEFAULT_WINDOWS,
     ClaimLookup,
     JoinTally,
+    ReportedOutcome,
     Windows,
     join_outcomes,
     no_claim_codes,
@@ -51,6 +52,7 @@ log = structlog.get_logger("gateway.bundles")
 # Downloads an artifact: (url, max_bytes) -> bytes. The driver does HTTPS; tests may serve files.
 Fetch = Callable[[str, int], Awaitable[bytes]]
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+_OFF_LOOP_BYTES = 256 * 1024  # a bundle this large is opened on a worker thread
 Reaction = Callable[[Mapping[str, Any]], Awaitable[object]]
 
 
@@ -96,7 +98,12 @@ class BundleApplier:
         try:
             if self._key is None:
                 raise BundleError("no cloud.bundle_public_key configured: bundles are refused")
-            bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
+            if len(message) > _OFF_LOOP_BYTES:  # verifying and parsing megabytes: a thread
+                bundle = await asyncio.to_thread(
+                    open_bundle, message, self._key, store_id=self._store_id, kind=kind
+                )
+            else:
+                bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
             self._on_signed_time(bundle.created_at)  # the cloud signed it: time is past this
             version = bundle.version
             applied = await self._db.call(applied_version, kind)
@@ -170,8 +177,7 @@ class BundleApplier:
             )
             await self._db.call(_apply, change)
         elif bundle.kind == "outcomes":
-            validate("bundle-outcomes", bundle.body)
-            outcomes = parse_outcomes(bundle.body)
+            outcomes = await asyncio.to_thread(_outcomes, bundle.body)
             windows, lookup, row = self._outcome_windows, self._claim_lookup, self._outbox.row
 
             def join(store: Store) -> JoinTally:
@@ -258,6 +264,12 @@ class _Change:
     artifact_sha256: str | None = None
     # Runs in the transaction, before the version is recorded (an outcomes bundle's join).
     also: Callable[[Store], object] | None = None
+
+
+def _outcomes(body: Mapping[str, Any]) -> list[ReportedOutcome]:
+    """Validate and parse an outcomes bundle's body (up to 100,000 of them: on a thread)."""
+    validate("bundle-outcomes", body)
+    return parse_outcomes(body)
 
 
 def _check_tests(tests: Sequence[ExperimentTest]) -> None:
