@@ -35,6 +35,7 @@ import aiomqtt  # noqa: E402
 from bench_figures import percentile as _percentile  # noqa: E402 - scripts/bench_figures.py
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
+from bench_lift import bench_lift  # noqa: E402 - scripts/bench_lift.py
 from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_store import bench_store  # noqa: E402 - scripts/bench_store.py
@@ -1034,6 +1035,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "fleet": bench_fleet,
     "app": bench_app,
     "store": lambda quick: bench_store(quick, _ping),
+    "lift": bench_lift,
 }
 
 

@@ -84,6 +84,7 @@ def test_every_problem_is_reported_with_its_key_and_a_suggestion(tmp_path: Path)
         ('[catalog]\nseed_file = "missing.json"', "catalog.seed_file: found"),
         ('[identity]\ntoken_public_key = "abc"', "identity.token_public_key: expected base64"),
         ("[mqtt]\nreconnect_min_s = 9\nreconnect_max_s = 2", "mqtt.reconnect_min_s: found 9"),
+        ("[decision]\nonline_window_s = 3600", "decision.online_window_s: found 3600, expected at"),
     ],
 )
 def test_wrong_values_are_named_by_key(tmp_path: Path, text: str, expected: str) -> None:

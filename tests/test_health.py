@@ -53,6 +53,7 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
         "rewards",
         "tablets",  # the demo store declares tablet-1
         "presence",  # the demo store has BLE scanner nodes
+        "readout",  # the daily experiment summary
         "health",
     }
     assert report["ble"]["scanners"] == {}  # no node has published yet

@@ -90,6 +90,11 @@ async def test_a_total_prints_a_coupon_that_redeems_once(
     )
     assert _journal(tmp_path) == [("printed", 0, 1)]
     assert ADA.loyalty not in process.log(tail=None)
+    with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+        (total,) = db.execute(
+            "SELECT json_extract(context, '$.total') FROM decisions WHERE moment = 'checkout'"
+        ).fetchone()
+    assert total == 12.5  # the lane's total, logged for the revenue readout
 
 
 async def test_paper_out_mid_job_prints_a_marked_copy_with_the_same_code(

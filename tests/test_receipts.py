@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
-from gateway.pos.receipts import Visit, drapi, link_claims
-from gateway.store import OutboxRow, Store
+from gateway.decision.log import record_decision
+from gateway.decision.outcomes import DEFAULT_WINDOWS, ReportedOutcome, join_outcomes
+from gateway.decision.rewards import reward_of
+from gateway.pos.receipts import Visit, claim_decisions, drapi, link_claims
+from gateway.store import Decision, OutboxRow, Store, transaction
 from simulators.broker import Mosquitto
 from simulators.cloud import Cloud, CloudReceiver
 from simulators.population import CUSTOMERS
@@ -90,6 +93,7 @@ async def test_an_identified_customer_gets_an_e_receipt_and_no_contact_detail_le
             receiver = cloud.receiver
             async with asyncio.timeout(10):
                 await receiver.wait_until(lambda: receipt_id in receiver.events)
+                await receiver.wait_until(lambda: bool(_events(receiver, "followup.requested")))
         await asyncio.sleep(0.5)  # a claim slip would have printed by now
         decision = await _checkout_decision(tmp_path, total)
         with _db(tmp_path) as db:
@@ -107,6 +111,8 @@ async def test_an_identified_customer_gets_an_e_receipt_and_no_contact_detail_le
     assert [line["Sale"]["ItemID"] for line in receipt["LineItem"]] == [line[0] for line in LINES]
     assert {"TotalType": "TransactionGrandAmount", "Amount": 17.3} in receipt["Total"]
     assert len(printer.receipts) == 1  # the coupon only: no claim slip for her
+    (followup,) = _events(receiver, "followup.requested")  # for the cloud's e-mail: ids only
+    assert followup["data"] == {"decision_ids": [decision], "after": "e-receipt"}
     everything = json.dumps(list(receiver.events.values())) + dump + process.log(tail=None)
     assert ADA.loyalty not in everything
 
@@ -219,3 +225,36 @@ def test_the_uplinked_receipt_names_the_sale_in_arts_terms() -> None:
     assert receipt["LineItem"][0]["Sale"]["RegularSalesUnitPrice"] == 1.5
     assert anonymous["decision_ids"] == ["01a20925-dfc6-757b-9cc2-0000000000aa", "d0"]
     assert anonymous["delivery"] == {"Method": "none"}  # no printer for a claim slip
+
+
+def test_an_online_outcome_named_by_a_claim_code_joins_that_visits_decisions(
+    tmp_path: Path,
+) -> None:
+    """The cloud attributes a purchase to a receipt's claim code (the app that claimed it): it
+    joins the checkout's decision of that visit, found through the receipt."""
+    store = Store(tmp_path / "g.sqlite3")
+    checkout = Decision("d-checkout", 10.0, "checkout", "pos-1", None, "OFF-1", "rules", 1.0,
+                        request_id="t1")  # fmt: skip
+    record_decision(store, checkout)
+    store.conn.execute(
+        "INSERT INTO receipts (id, lane, txn, claim_code, claim_until, decision_ids, coupons,"
+        " gross, created_at) VALUES ('r1', 'pos-1', 't1', 'RCP-2222-3333-4444', 1e12, '[]',"
+        " '[]', 5.0, 10.0)"
+    )
+    assert claim_decisions(store.conn, "RCP-2222-3333-4444") == ["d-checkout"]
+    assert claim_decisions(store.conn, "RCP-5555-6666-7777") == []
+    outcome = ReportedOutcome("o1", "online", 30.0, 20.0, claim_code="RCP-2222-3333-4444")
+    rows: list[OutboxRow] = []
+
+    def event(type: str, priority: str, data: Any, **_: Any) -> OutboxRow:
+        rows.append(OutboxRow(f"e{len(rows)}", 0, type, 0.0, json.dumps(data).encode()))
+        return rows[-1]
+
+    with transaction(store.conn, durable=False):
+        tally = join_outcomes(
+            store, [outcome], windows=DEFAULT_WINDOWS, now=30.0, event=event,
+            lookup=claim_decisions,
+        )  # fmt: skip
+    assert (tally.joined, tally.rewards) == (1, 1)
+    assert reward_of(store, "d-checkout") == 1.0
+    store.close()

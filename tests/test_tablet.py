@@ -53,6 +53,16 @@ async def _rewards(tmp_path: Path, ids: list[str]) -> list[float | None]:
         await asyncio.sleep(0.1)
 
 
+async def _followup(tmp_path: Path) -> dict[str, object]:
+    """The first `followup.requested` event in the daemon's outbox (no cloud here: it stays)."""
+    while True:
+        with _db(tmp_path) as db:
+            row = db.execute("SELECT body FROM outbox WHERE type = 'followup.requested'").fetchone()
+        if row is not None:
+            return dict(json.loads(row[0]))
+        await asyncio.sleep(0.1)
+
+
 async def test_serve_accept_decline_and_the_sale_it_assisted(
     tmp_path: Path, broker: Mosquitto, gateway: GatewayFactory, printer: PrinterSimulator
 ) -> None:
@@ -84,6 +94,16 @@ async def test_serve_accept_decline_and_the_sale_it_assisted(
     )
     assert anonymous.suggestions  # context-based suggestions for everyone
     assert tablet.retained == 0
+
+    # The session closed: a follow-up request for the cloud's e-mail, with the session's
+    # decisions and nothing that identifies anyone (the cloud knows whose decisions they are).
+    async with asyncio.timeout(10):
+        followup = await _followup(tmp_path)
+    served = [s.decision_id for c in (card, later) for s in c.suggestions]
+    assert followup["data"] == {"decision_ids": served, "after": "associate"}
+    body = json.dumps(followup)
+    for identifier in (ADA.loyalty, ADA.ref, ADA.name, STAFF_ID, "c_", "a_", session):
+        assert identifier not in body, identifier
 
     first, second = card.suggestions[0], card.suggestions[1]
     async with EventSource(

@@ -1,31 +1,54 @@
 """The store's own experiment readout, from its decision log: `store-gateway report`.
 
-Per touchpoint (kiosk, screen, tablet, receipt, app) and overall: decisions, customers, and two
-comparisons where the log has them:
+Per touchpoint (kiosk, screen, tablet, receipt, app) and overall: decisions, customers, and the
+comparisons the log has:
 
 - identified customers, personalised vs the standing holdout (the hashed holdout group gets the
-  rules' non-personalised choice): conversion, and the lift of the first over the second with a
-  95 % interval from a bootstrap over customers (customers are resampled, each with all their
-  decisions, so repeat visitors are not counted as independent);
-- anonymous audiences, the model's switchback slots vs the rules' (per screen and slot): the
-  same, the unit being the decision.
+  rules' non-personalised choice): conversion, the share of closed decisions rewarded 1 (a
+  redemption, a tap, an accepted suggestion, an outcome from another channel), each customer a
+  unit with all their decisions;
+- identified customers, revenue per visit, in store and online separately and together. A visit
+  is a customer's decisions on one (UTC) day; its in-store revenue is the lanes' totals logged
+  with its checkout decisions plus `store` outcomes, its online revenue the `online` and `app`
+  outcomes joined to its decisions (docs/cloud.md). A touchpoint's visits are those it took part
+  in; a customer is in the holdout arm if any of their decisions was;
+- anonymous audiences, the model's switchback slots vs the rules': conversion, each decision a
+  unit;
+- off-policy estimates (IPS, SNIPS) of the shipped model acting greedily, from the decisions it
+  logged with their propensities (epsilon-greedy), beside the rules' own conversion;
+- each marketing test (an `experiments` bundle): per arm, the test's metric, and each arm's
+  lift over the first (the control) with whether there is enough data yet.
 
-Conversion is the share of decisions whose reward is 1 (a redemption, a tap, an accepted
-suggestion) among those whose window has closed; decisions still open are counted apart.
-Revenue is not on the box (totals go to the cloud), so the readout is in conversion.
+Lift is the ratio of the two arms' per-unit means, minus 1. Its 95 % interval is the delta
+method on the log of the ratio, each arm's mean a ratio of sums over its units (customers, or
+decisions for the anonymous), with the units' variance (cluster-robust: a regular's many visits
+are not counted as independent): exp(log ratio +- 1.96 se) - 1. It is computed in one pass over
+the log (about a million decisions in a few seconds).
 """
 
 from __future__ import annotations
 
 import json
-import random
+import math
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-__all__ = ["Comparison", "Readout", "TouchpointReadout", "read", "render"]
+__all__ = [
+    "Comparison",
+    "ExperimentReadout",
+    "OffPolicy",
+    "Readout",
+    "Revenue",
+    "TouchpointReadout",
+    "read",
+    "read_connection",
+    "render",
+    "summary",
+]
 
 TOUCHPOINT_OF = {
     "kiosk_identify": "kiosk",
@@ -35,15 +58,54 @@ TOUCHPOINT_OF = {
     "tablet_serve": "tablet",
     "app_message": "app",
 }
-_RESAMPLES = 1000
+_Z95 = 1.959964
+_DAY = 86400.0
+# Enough data for a test's verdict: at least this many units per arm, and an interval.
+MIN_UNITS = 100
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    touchpoint: str
-    customer: str | None
-    arm: str  # model, control, holdout
-    reward: float | None
+class _Sums:
+    """Units (y_i, n_i) of one arm: the ratio sum(y) / sum(n) and its delta-method variance."""
+
+    __slots__ = ("k", "n", "nn", "y", "yn", "yy")
+
+    def __init__(self) -> None:
+        self.k = 0
+        self.y = self.n = self.yy = self.yn = self.nn = 0.0
+
+    def add(self, y: float, n: float) -> None:
+        self.k += 1
+        self.y += y
+        self.n += n
+        self.yy += y * y
+        self.yn += y * n
+        self.nn += n * n
+
+    @property
+    def ratio(self) -> float:
+        return self.y / self.n if self.n else 0.0
+
+    def variance(self) -> float:
+        """Of the ratio (linearisation), with the small-sample factor k / (k - 1)."""
+        if self.k < 2 or not self.n:
+            return math.inf
+        r = self.ratio
+        spread = max(0.0, self.yy - 2 * r * self.yn + r * r * self.nn)
+        return spread / (self.n * self.n) * self.k / (self.k - 1)
+
+
+def _lift(t: _Sums, c: _Sums) -> tuple[float | None, float | None, float | None]:
+    """Lift t/c - 1 and its 95 % interval (delta method on the log of the ratio)."""
+    if not t.k or not c.k or c.ratio <= 0:
+        return None, None, None
+    lift = t.ratio / c.ratio - 1
+    if t.ratio <= 0:
+        return lift, None, None
+    se = math.sqrt(t.variance() / t.ratio**2 + c.variance() / c.ratio**2)
+    if not math.isfinite(se):
+        return lift, None, None
+    log_ratio = math.log(t.ratio / c.ratio)
+    return lift, math.exp(log_ratio - _Z95 * se) - 1, math.exp(log_ratio + _Z95 * se) - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +116,37 @@ class Comparison:
     units: tuple[int, int]  # customers (identified) or decisions (anonymous), per arm
     conversion: tuple[float, float]
     lift: float | None  # conversion ratio - 1; None when the control converted nothing
-    low: float | None  # 95 % interval of the lift (bootstrap)
+    low: float | None  # 95 % interval of the lift
     high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Revenue:
+    """Revenue per identified visit, personalised vs holdout."""
+
+    visits: tuple[int, int]
+    customers: tuple[int, int]
+    in_store: tuple[float, float]  # per visit, per arm
+    online: tuple[float, float]
+    together: tuple[float, float]
+    lift: float | None  # of together
+    low: float | None
+    high: float | None
+    in_store_lift: float | None
+    online_lift: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class OffPolicy:
+    """The shipped model acting greedily, estimated from its own epsilon-greedy log."""
+
+    decisions: int  # closed decisions the model logged
+    effective_sample_size: float
+    ips: tuple[float, float, float] | None  # value, 95 % interval
+    snips: tuple[float, float, float] | None
+    dr: None  # needs every candidate's score in the log (not logged yet)
+    rules_conversion: float | None  # the rules' own (deterministic: on-policy)
+    rules_decisions: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,123 +157,513 @@ class TouchpointReadout:
     open: int  # decisions whose reward window has not closed
     personalised: Comparison | None
     switchback: Comparison | None
+    revenue: Revenue | None = None
+    off_policy: OffPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArmReadout:
+    arm: str
+    units: int  # customers or decisions
+    decisions: int
+    value: float  # the test's metric per unit of its denominator
+    lift: float | None  # over the first arm
+    low: float | None
+    high: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentReadout:
+    id: str
+    metric: str  # conversion or revenue_per_visit
+    arms: tuple[ArmReadout, ...]
+    enough_data: bool
+    verdict: str
 
 
 @dataclass(frozen=True, slots=True)
 class Readout:
     days: float
     touchpoints: tuple[TouchpointReadout, ...]  # overall last
+    experiments: tuple[ExperimentReadout, ...] = field(default=())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
 
-def read(database: Path, *, since_days: float, now: float, seed: int = 0) -> Readout:
-    """The readout of the decisions logged in the last `since_days` (read-only)."""
+class _OpeSums:
+    """The greedy model's IPS / SNIPS terms over the decisions the model logged (sums)."""
+
+    __slots__ = ("k", "rules_k", "rules_r", "w", "wr", "wr_w", "wrwr", "ww")
+
+    def __init__(self) -> None:
+        self.k = self.rules_k = 0
+        self.w = self.wr = self.ww = self.wrwr = self.wr_w = self.rules_r = 0.0
+
+    def add(self, sums: Sequence[float]) -> None:
+        k, w, wr, ww, wrwr, wr_w = sums
+        self.k += int(k)
+        self.w += w
+        self.wr += wr
+        self.ww += ww
+        self.wrwr += wrwr
+        self.wr_w += wr_w
+
+    def readout(self) -> OffPolicy | None:
+        rules = self.rules_r / self.rules_k if self.rules_k else None
+        if self.k < 2:
+            if not self.rules_k:
+                return None
+            return OffPolicy(self.k, 0.0, None, None, None, rules, self.rules_k)
+        k = self.k
+        ips = self.wr / k
+        ips_se = math.sqrt(max(0.0, self.wrwr / k - ips * ips) / (k - 1))
+        snips_t: tuple[float, float, float] | None = None
+        if self.w > 0:
+            snips = self.wr / self.w
+            # delta method: psi_i = (w_i r_i - snips w_i) / mean(w)
+            spread = self.wrwr - 2 * snips * self.wr_w + snips * snips * self.ww
+            se = math.sqrt(max(0.0, spread) / k / (k - 1)) / (self.w / k)
+            snips_t = (snips, snips - _Z95 * se, snips + _Z95 * se)
+        return OffPolicy(
+            decisions=k,
+            effective_sample_size=self.w**2 / self.ww if self.ww else 0.0,
+            ips=(ips, ips - _Z95 * ips_se, ips + _Z95 * ips_se),
+            snips=snips_t,
+            dr=None,
+            rules_conversion=rules,
+            rules_decisions=self.rules_k,
+        )
+
+
+@dataclass
+class _Touchpoint:
+    decisions: int = 0
+    open: int = 0
+    customers: set[str] = field(default_factory=set)
+    # identified conversion, each customer a unit: arm -> sums (rewards / closed decisions)
+    ident: dict[str, _Sums] = field(default_factory=lambda: {"model": _Sums(), "holdout": _Sums()})
+    anon: dict[str, _Sums] = field(default_factory=lambda: {"model": _Sums(), "control": _Sums()})
+    ope: _OpeSums = field(default_factory=_OpeSums)
+
+    def add_customer(
+        self, customer: str, holdout: bool, decisions: float, closed: float, rewards: float
+    ) -> None:
+        self.decisions += int(decisions)
+        self.open += int(decisions - closed)
+        self.customers.add(customer)
+        if closed:
+            self.ident["holdout" if holdout else "model"].add(rewards, closed)
+
+    def add_anonymous(self, arm: str, policy: str, group: Sequence[float]) -> None:
+        """Each decision a unit (y = reward, n = 1): the sums of a group of them (decisions,
+        closed, rewards, squared rewards)."""
+        decisions, closed, rewards, squares = int(group[0]), int(group[1]), group[2], group[3]
+        self.decisions += decisions
+        self.open += decisions - closed
+        sums = self.anon.get(arm)
+        if sums is not None and closed:
+            sums.k += closed
+            sums.y += rewards
+            sums.n += closed
+            sums.yy += squares
+            sums.yn += rewards
+            sums.nn += closed
+        if policy == "rules" and arm == "control":
+            self.ope.rules_k += closed
+            self.ope.rules_r += rewards
+
+
+@dataclass
+class _Experiment:
+    metric: str
+    arms: list[str]
+    # arm -> unit -> [value, denominator]
+    units: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+    days: set[tuple[str, int]] = field(default_factory=set)  # (unit, day): visits
+
+
+# The log is aggregated by SQLite (in C), a few passes over the decisions of the period; Python
+# sees one row per customer and moment, per visit, or per group.
+_TOUCHPOINTS = tuple(sorted(set(TOUCHPOINT_OF.values())))
+
+
+def _is(touchpoint: str) -> str:
+    moments = ", ".join(f"'{m}'" for m, t in TOUCHPOINT_OF.items() if t == touchpoint)
+    return f"moment IN ({moments})"
+
+
+# One row per customer (and holdout flag): per touchpoint, decisions, closed ones, rewards.
+_IDENTIFIED = (
+    "SELECT customer_ref, policy = 'holdout', "  # noqa: S608 - the constant table above
+    + ", ".join(
+        f"total({_is(t)}), total({_is(t)} AND reward IS NOT NULL),"
+        f" total(CASE WHEN {_is(t)} THEN reward END)"
+        for t in _TOUCHPOINTS
+    )
+    + " FROM decisions WHERE ts >= ? AND customer_ref IS NOT NULL"
+    " GROUP BY customer_ref, policy = 'holdout'"
+)
+_ANONYMOUS = (
+    "SELECT moment, coalesce(json_extract(context, '$.arm'), 'model'), policy, count(*),"
+    " count(reward), total(reward), total(reward * reward)"
+    " FROM decisions WHERE ts >= ? AND customer_ref IS NULL GROUP BY 1, 2, 3"
+)
+_OFF_POLICY = (
+    "SELECT moment, count(*), total(w), total(w * reward), total(w * w),"
+    " total(w * w * reward * reward), total(w * w * reward) FROM (SELECT moment, reward,"
+    " CASE WHEN propensity > 0.5 THEN 1.0 / propensity ELSE 0.0 END AS w FROM decisions"
+    " WHERE ts >= ? AND policy = 'nba' AND reward IS NOT NULL) GROUP BY moment"
+)
+# Visits (a customer's day), then one row per customer: visits, in-store and online revenue,
+# in the holdout; and the same over the visits each touchpoint took part in.
+_VISITS = (
+    "WITH o AS (SELECT d.customer_ref AS c, CAST(d.ts / 86400 AS INTEGER) AS day,"  # noqa: S608 - the constant table above
+    "  total(CASE WHEN j.channel = 'store' THEN j.share END) AS st,"
+    "  total(CASE WHEN j.channel <> 'store' THEN j.share END) AS onl"
+    "  FROM outcome_joins j JOIN decisions d ON d.id = j.decision_id"
+    "  WHERE d.ts >= ?1 AND d.customer_ref IS NOT NULL GROUP BY 1, 2),"
+    " v AS (SELECT customer_ref AS c, CAST(ts / 86400 AS INTEGER) AS day,"
+    "  max(policy = 'holdout') AS h,"
+    "  total(CASE WHEN moment = 'checkout' THEN json_extract(context, '$.total') END) AS ins, "
+    + ", ".join(f"max({_is(t)}) AS at_{t}" for t in _TOUCHPOINTS)
+    + "  FROM decisions WHERE ts >= ?1 AND customer_ref IS NOT NULL GROUP BY 1, 2),"
+    " w AS (SELECT v.*, v.ins + coalesce(o.st, 0) AS inside, coalesce(o.onl, 0) AS online"
+    "  FROM v LEFT JOIN o ON o.c = v.c AND o.day = v.day)"
+    " SELECT c, max(h), count(*), total(inside), total(online), "
+    + ", ".join(
+        f"total(at_{t}), total(at_{t} * inside), total(at_{t} * online)" for t in _TOUCHPOINTS
+    )
+    + " FROM w GROUP BY c"
+)
+_IN_TESTS = (
+    "SELECT d.customer_ref, d.ts, d.reward, json_extract(d.context, '$.experiment'),"
+    " coalesce(json_extract(d.context, '$.total'), 0) + coalesce(j.store, 0)"
+    " + coalesce(j.online, 0)"
+    " FROM decisions d LEFT JOIN (SELECT decision_id,"
+    "  total(CASE WHEN channel = 'store' THEN share END) AS store,"
+    "  total(CASE WHEN channel <> 'store' THEN share END) AS online"
+    "  FROM outcome_joins GROUP BY decision_id) j ON j.decision_id = d.id"
+    " WHERE d.ts >= ? AND instr(d.context, '\"experiment\"') > 0"
+)
+
+
+def read(
+    database: Path,
+    *,
+    since_days: float,
+    now: float,
+    experiments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Readout:
+    """The readout of the decisions logged in the last `since_days` (read-only).
+    experiments: test id -> its declaration (metric, arms), for the per-arm readout."""
     conn = sqlite3.connect(f"{database.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        rows = list(_rows(conn, now - since_days * 86400))
+        return read_connection(conn, since_days=since_days, now=now, experiments=experiments)
     finally:
         conn.close()
-    rng = random.Random(seed)
-    by_touchpoint: dict[str, list[_Row]] = defaultdict(list)
-    for row in rows:
-        by_touchpoint[row.touchpoint].append(row)
-    parts = [_touchpoint(name, by_touchpoint[name], rng) for name in sorted(by_touchpoint)]
-    parts.append(_touchpoint("overall", rows, rng))
-    return Readout(since_days, tuple(parts))
 
 
-def _rows(conn: sqlite3.Connection, since: float) -> Iterable[_Row]:
-    for moment, customer, policy, reward, logged_arm in conn.execute(
-        "SELECT moment, customer_ref, policy, reward, json_extract(context, '$.arm')"
-        " FROM decisions WHERE ts >= ?",
-        (since,),
-    ):
-        touchpoint = TOUCHPOINT_OF.get(moment)
-        if touchpoint is None:
+def read_connection(
+    conn: sqlite3.Connection,
+    *,
+    since_days: float,
+    now: float,
+    experiments: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Readout:
+    if experiments is None:
+        experiments = _applied_experiments(conn)
+    since = (now - since_days * _DAY,)
+    parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
+    overall = _Touchpoint()
+    holdout: set[str] = set()
+    for customer, held, *columns in conn.execute(_IDENTIFIED, since):
+        if held:
+            holdout.add(customer)
+        everywhere = [0.0, 0.0, 0.0]
+        for k, touchpoint in enumerate(_TOUCHPOINTS):
+            decisions, closed, rewards = columns[3 * k : 3 * k + 3]
+            if decisions:
+                parts[touchpoint].add_customer(customer, bool(held), decisions, closed, rewards)
+                everywhere[0] += decisions
+                everywhere[1] += closed
+                everywhere[2] += rewards
+        overall.add_customer(customer, bool(held), *everywhere)
+    for moment, arm, policy, *sums in conn.execute(_ANONYMOUS, since):
+        if (where := TOUCHPOINT_OF.get(moment)) is not None:
+            parts[where].add_anonymous(arm, policy, sums)
+            overall.add_anonymous(arm, policy, sums)
+    for moment, *sums in conn.execute(_OFF_POLICY, since):
+        if (where := TOUCHPOINT_OF.get(moment)) is not None:
+            parts[where].ope.add(sums)
+            overall.ope.add(sums)
+    per_visit = _revenue(conn.execute(_VISITS, since), holdout)
+    readouts = [_readout(name, parts[name], per_visit.get(name)) for name in sorted(parts)]
+    readouts.append(_readout("overall", overall, per_visit.get("overall")))
+    tests = {
+        test_id: _Experiment(str(spec.get("metric", "conversion")), list(_arm_names(spec)))
+        for test_id, spec in experiments.items()
+    }
+    if tests:
+        for customer, ts, reward, logged, revenue in conn.execute(_IN_TESTS, since):
+            _add_test(tests, logged, customer, reward, revenue=revenue, day=int(ts // _DAY))
+    return Readout(since_days, tuple(readouts), tuple(_experiments(tests)))
+
+
+def _add_test(
+    tests: dict[str, _Experiment],
+    logged: object,
+    /,
+    customer: str | None,
+    reward: float | None,
+    *,
+    revenue: float,
+    day: int,
+) -> None:
+    """A decision made inside a marketing test (its context's `experiment`: {id, arm, unit})."""
+    if not isinstance(logged, str):
+        return
+    try:
+        entry = json.loads(logged)
+        test = tests[entry["id"]]
+        arm, unit = str(entry["arm"]), str(entry.get("unit") or customer)
+    except (ValueError, KeyError, TypeError):
+        return
+    units = test.units.setdefault(arm, {})
+    test.decisions[arm] = test.decisions.get(arm, 0) + 1
+    value = units.setdefault(unit, [0.0, 0.0])
+    if test.metric == "revenue_per_visit":  # per visit: the unit's days in the test
+        value[0] += revenue
+        if (unit, day) not in test.days:
+            test.days.add((unit, day))
+            value[1] += 1.0
+    elif reward is not None:
+        value[0] += reward
+        value[1] += 1.0
+
+
+def _arm_names(spec: Mapping[str, Any]) -> Iterable[str]:
+    for arm in spec.get("arms", ()):
+        yield str(arm["name"]) if isinstance(arm, Mapping) else str(arm)
+
+
+def _experiments(tests: Mapping[str, _Experiment]) -> Iterable[ExperimentReadout]:
+    for test_id, test in sorted(tests.items()):
+        sums = {}
+        for arm in test.arms:
+            s = _Sums()
+            for value, n in test.units.get(arm, {}).values():
+                if n:
+                    s.add(value, n)
+            sums[arm] = s
+        control = sums[test.arms[0]] if test.arms else _Sums()
+        arms = []
+        for arm in test.arms:
+            s = sums[arm]
+            lift, low, high = (None, None, None) if arm == test.arms[0] else _lift(s, control)
+            arms.append(ArmReadout(arm, s.k, test.decisions.get(arm, 0), s.ratio, lift, low, high))
+        enough = (
+            len(arms) > 1
+            and all(a.units >= MIN_UNITS for a in arms)
+            and all(a.low is not None for a in arms[1:])
+        )
+        yield ExperimentReadout(test_id, test.metric, tuple(arms), enough, _verdict(arms, enough))
+
+
+def _verdict(arms: Sequence[ArmReadout], enough: bool) -> str:
+    if not enough:
+        fewest = min((a.units for a in arms), default=0)
+        return f"not enough data yet ({fewest} units in the smallest arm, {MIN_UNITS} needed)"
+    better = [a.arm for a in arms[1:] if a.low is not None and a.low > 0]
+    worse = [a.arm for a in arms[1:] if a.high is not None and a.high < 0]
+    if better:
+        return f"{', '.join(better)} beat {arms[0].arm}"
+    if worse:
+        return f"{', '.join(worse)} did worse than {arms[0].arm}"
+    return "no arm differs from the control yet (intervals include 0)"
+
+
+def _applied_experiments(conn: sqlite3.Connection) -> dict[str, Mapping[str, Any]]:
+    """The tests of the last experiments bundle applied, if the store has one."""
+    try:
+        row = conn.execute("SELECT body FROM applied_bundles WHERE kind = 'experiments'").fetchone()
+    except sqlite3.OperationalError:
+        return {}
+    if row is None:
+        return {}
+    try:
+        body = json.loads(row[0])
+        return {str(t["id"]): t for t in body.get("tests", [])}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def _revenue(customers: Iterable[Sequence[Any]], holdout: set[str]) -> dict[str, Revenue]:
+    """Per touchpoint and overall, one row per customer (`_VISITS`): the per-visit revenue of
+    each arm, a customer in the holdout if any of their decisions was."""
+    per: dict[str, dict[tuple[str, str], _Sums]] = {
+        where: {(arm, kind): _Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
+        for where in (*_TOUCHPOINTS, "overall")
+    }
+    for customer, _held, visits, in_store, online, *columns in customers:
+        arm = "c" if customer in holdout else "t"
+        wheres = [("overall", visits, in_store, online)]
+        for k, touchpoint in enumerate(_TOUCHPOINTS):
+            if columns[3 * k]:
+                wheres.append((touchpoint, *columns[3 * k : 3 * k + 3]))
+        for where, n, inside, outside in wheres:
+            sums = per[where]
+            sums[(arm, "in")].add(inside, n)
+            sums[(arm, "on")].add(outside, n)
+            sums[(arm, "all")].add(inside + outside, n)
+    out = {}
+    for where, sums in per.items():
+        t_all, c_all = sums[("t", "all")], sums[("c", "all")]
+        if not t_all.k or not c_all.k or (t_all.y == 0 and c_all.y == 0):
             continue
-        arm = "holdout" if policy == "holdout" else (logged_arm or "model")
-        yield _Row(touchpoint, customer, arm, reward)
+        lift, low, high = _lift(t_all, c_all)
+        out[where] = Revenue(
+            visits=(int(t_all.n), int(c_all.n)),
+            customers=(t_all.k, c_all.k),
+            in_store=(sums[("t", "in")].ratio, sums[("c", "in")].ratio),
+            online=(sums[("t", "on")].ratio, sums[("c", "on")].ratio),
+            together=(t_all.ratio, c_all.ratio),
+            lift=lift,
+            low=low,
+            high=high,
+            in_store_lift=_lift(sums[("t", "in")], sums[("c", "in")])[0],
+            online_lift=_lift(sums[("t", "on")], sums[("c", "on")])[0],
+        )
+    return out
 
 
-def _touchpoint(name: str, rows: Sequence[_Row], rng: random.Random) -> TouchpointReadout:
-    closed = [r for r in rows if r.reward is not None]
-    # Identified: a customer's decisions stay together when resampled.
-    by_customer: dict[str, dict[str, list[float]]] = {"model": {}, "holdout": {}}
-    # Anonymous: each decision is its own unit.
-    by_slot: dict[str, list[list[float]]] = {"model": [], "control": []}
-    for row in closed:
-        reward = float(row.reward or 0.0)
-        if row.customer is not None and row.arm in by_customer:
-            by_customer[row.arm].setdefault(row.customer, []).append(reward)
-        elif row.customer is None and row.arm in by_slot:
-            by_slot[row.arm].append([reward])
+def _readout(name: str, part: _Touchpoint, revenue: Revenue | None) -> TouchpointReadout:
     return TouchpointReadout(
         touchpoint=name,
-        decisions=len(rows),
-        customers=len({r.customer for r in rows if r.customer is not None}),
-        open=len(rows) - len(closed),
-        personalised=_compare(
-            ("personalised", list(by_customer["model"].values())),
-            ("holdout", list(by_customer["holdout"].values())),
-            rng,
+        decisions=part.decisions,
+        customers=len(part.customers),
+        open=part.open,
+        personalised=_compare_sums(
+            ("personalised", part.ident["model"]), ("holdout", part.ident["holdout"])
         ),
-        switchback=_compare(("model", by_slot["model"]), ("rules", by_slot["control"]), rng),
+        switchback=_compare_sums(("model", part.anon["model"]), ("rules", part.anon["control"])),
+        revenue=revenue,
+        off_policy=part.ope.readout(),
     )
 
 
-def _compare(
-    treatment: tuple[str, list[list[float]]],
-    control: tuple[str, list[list[float]]],
-    rng: random.Random,
-) -> Comparison | None:
-    """Conversion per arm and the lift, its interval from resampling units within each arm."""
-    (name_t, units_t), (name_c, units_c) = treatment, control
-    if not units_t or not units_c:
+def _compare_sums(treatment: tuple[str, _Sums], control: tuple[str, _Sums]) -> Comparison | None:
+    (name_t, t), (name_c, c) = treatment, control
+    if not t.k or not c.k:
         return None
-    conv_t, conv_c = _conversion(units_t), _conversion(units_c)
-    lifts = []
-    for _ in range(_RESAMPLES):
-        t = _conversion([rng.choice(units_t) for _ in units_t])
-        c = _conversion([rng.choice(units_c) for _ in units_c])
-        if c > 0:
-            lifts.append(t / c - 1)
-    lifts.sort()
-    enough = len(lifts) >= _RESAMPLES * 0.95  # a control that often converts nothing: no interval
+    lift, low, high = _lift(t, c)
     return Comparison(
         treatment=name_t,
         control=name_c,
-        decisions=(sum(map(len, units_t)), sum(map(len, units_c))),
-        units=(len(units_t), len(units_c)),
-        conversion=(conv_t, conv_c),
-        lift=conv_t / conv_c - 1 if conv_c > 0 else None,
-        low=lifts[int(0.025 * len(lifts))] if enough else None,
-        high=lifts[int(0.975 * len(lifts)) - 1] if enough else None,
+        decisions=(int(t.n), int(c.n)),
+        units=(t.k, c.k),
+        conversion=(t.ratio, c.ratio),
+        lift=lift,
+        low=low,
+        high=high,
     )
 
 
-def _conversion(units: Sequence[list[float]]) -> float:
-    trials = sum(len(u) for u in units)
-    return sum(sum(u) for u in units) / trials if trials else 0.0
+def summary(readout: Readout) -> dict[str, Any]:
+    """The figures of the `experiment.summary` event and /metrics: per touchpoint, compact."""
+    out: dict[str, Any] = {"days": readout.days, "touchpoints": {}, "experiments": {}}
+    for part in readout.touchpoints:
+        entry: dict[str, Any] = {"decisions": part.decisions, "customers": part.customers}
+        for key, comparison in (
+            ("personalised", part.personalised),
+            ("switchback", part.switchback),
+        ):
+            if comparison is not None:
+                entry[key] = {
+                    "units": list(comparison.units),
+                    "conversion": [round(v, 6) for v in comparison.conversion],
+                    "lift": _round(comparison.lift),
+                    "ci95": [_round(comparison.low), _round(comparison.high)],
+                }
+        if part.revenue is not None:
+            r = part.revenue
+            entry["revenue_per_visit"] = {
+                "visits": list(r.visits),
+                "in_store": [round(v, 4) for v in r.in_store],
+                "online": [round(v, 4) for v in r.online],
+                "together": [round(v, 4) for v in r.together],
+                "lift": _round(r.lift),
+                "ci95": [_round(r.low), _round(r.high)],
+            }
+        o = part.off_policy
+        if o is not None and o.snips is not None and o.ips is not None:
+            entry["off_policy"] = {
+                "decisions": o.decisions,
+                "ess": round(o.effective_sample_size, 1),
+                "ips": [_round(v) for v in o.ips],
+                "snips": [_round(v) for v in o.snips],
+                "rules_conversion": _round(o.rules_conversion),
+            }
+        out["touchpoints"][part.touchpoint] = entry
+    for test in readout.experiments:
+        out["experiments"][test.id] = {
+            "metric": test.metric,
+            "enough_data": test.enough_data,
+            "arms": {a.arm: _arm_summary(a) for a in test.arms},
+        }
+    return out
+
+
+def _arm_summary(arm: ArmReadout) -> dict[str, Any]:
+    ci95 = [_round(arm.low), _round(arm.high)]
+    return {
+        "units": arm.units,
+        "value": round(arm.value, 6),
+        "lift": _round(arm.lift),
+        "ci95": ci95,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+# -- text
 
 
 def render(readout: Readout) -> str:
     """The readout as text: a table, then one plain sentence per comparison."""
     lines = [
         f"{'touchpoint':<10} {'decisions':>9} {'customers':>9} {'open':>6}"
-        f"  {'personalised vs holdout':<32}  {'model vs rules (anonymous)':<32}"
+        f"  {'personalised vs holdout':<30}  {'model vs rules (anonymous)':<30}"
+        f"  {'revenue/visit (in store + online)':<36}"
     ]
     sentences = []
     for part in readout.touchpoints:
         lines.append(
             f"{part.touchpoint:<10} {part.decisions:>9,} {part.customers:>9,} {part.open:>6,}"
-            f"  {_cell(part.personalised):<32}  {_cell(part.switchback):<32}"
+            f"  {_cell(part.personalised):<30}  {_cell(part.switchback):<30}"
+            f"  {_revenue_cell(part.revenue):<36}"
         )
+        if part.revenue is not None and part.revenue.lift is not None:
+            sentences.append(_revenue_sentence(part.touchpoint, part.revenue, readout.days))
         for comparison, who in ((part.personalised, "personalised"), (part.switchback, "model")):
             if comparison is not None and comparison.lift is not None:
                 sentences.append(_sentence(part.touchpoint, who, comparison, readout.days))
-    return "\n".join([*lines, "", *sentences])
+    lines += ["", *sentences]
+    ope = [p for p in readout.touchpoints if p.off_policy is not None]
+    if ope:
+        lines += ["", "off-policy (the shipped model acting greedily, from its own log; IPS/SNIPS"
+                      " with 95 % intervals) beside the rules' own conversion:"]  # fmt: skip
+        for part in ope:
+            lines.append(f"  {part.touchpoint:<10} {_ope_cell(part.off_policy)}")
+    for test in readout.experiments:
+        lines += ["", f"test {test.id} ({test.metric}): {test.verdict}"]
+        for a in test.arms:
+            lift = "" if a.lift is None else f"  lift {_interval(a.lift, a.low, a.high)}"
+            lines.append(f"  {a.arm:<12} {a.units:>7,} units  {a.value:.4g}{lift}")
+    return "\n".join(lines)
 
 
 def _cell(comparison: Comparison | None) -> str:
@@ -193,17 +674,59 @@ def _cell(comparison: Comparison | None) -> str:
     return f"{t:.1%} vs {c:.1%} ({lift})"
 
 
+def _revenue_cell(revenue: Revenue | None) -> str:
+    if revenue is None:
+        return "-"
+    (t_in, c_in), (t_on, c_on) = revenue.in_store, revenue.online
+    lift = "n/a" if revenue.lift is None else f"{revenue.lift:+.1%}"
+    return f"{t_in:.2f}+{t_on:.2f} vs {c_in:.2f}+{c_on:.2f} ({lift})"
+
+
+def _interval(value: float, low: float | None, high: float | None, label: str = "") -> str:
+    """'+6.1% [+2.0%, +10.3%]', with the metric's name after the value if given."""
+    named = f"{value:+.1%} {label}".rstrip()
+    if low is None or high is None:
+        return f"{named} (too few data for an interval)"
+    return f"{named} [{low:+.1%}, {high:+.1%}]"
+
+
+def _ope_cell(ope: OffPolicy | None) -> str:
+    assert ope is not None
+    parts = []
+    for name, estimate in (("IPS", ope.ips), ("SNIPS", ope.snips)):
+        if estimate is not None:
+            value, low, high = estimate
+            parts.append(f"{name} {value:.1%} [{low:.1%}, {high:.1%}]")
+    if parts:
+        parts.append(f"ESS {ope.effective_sample_size:,.0f} of {ope.decisions:,}")
+    if ope.rules_conversion is not None:
+        parts.append(f"rules {ope.rules_conversion:.1%} ({ope.rules_decisions:,} decisions)")
+    return "; ".join(parts) or "-"
+
+
+def _where(touchpoint: str) -> str:
+    return "overall" if touchpoint == "overall" else f"{touchpoint} offers"
+
+
 def _sentence(touchpoint: str, who: str, comparison: Comparison, days: float) -> str:
     assert comparison.lift is not None
     what = "personalised" if who == "personalised" else "model-chosen"
-    where = "overall" if touchpoint == "overall" else f"{touchpoint} offers"
-    interval = (
-        f" [{comparison.low:+.1%}, {comparison.high:+.1%}]"
-        if comparison.low is not None and comparison.high is not None
-        else " (too few data for an interval)"
-    )
     unit = "customers" if who == "personalised" else "decisions"
+    figure = _interval(comparison.lift, comparison.low, comparison.high, "conversion")
+    units = sum(comparison.units)
+    return f"{what} {_where(touchpoint)}: {figure} over {days:g} days, {units:,} {unit}"
+
+
+def _revenue_sentence(touchpoint: str, revenue: Revenue, days: float) -> str:
+    assert revenue.lift is not None
+    figure = _interval(revenue.lift, revenue.low, revenue.high, "revenue per visit")
+    split = []
+    if revenue.in_store_lift is not None:
+        split.append(f"in store {revenue.in_store_lift:+.1%}")
+    if revenue.online_lift is not None:
+        split.append(f"online {revenue.online_lift:+.1%}")
+    tail = f" ({', '.join(split)})" if split else ""
     return (
-        f"{what} {where}: {comparison.lift:+.1%} conversion{interval} over {days:g} days,"
-        f" {sum(comparison.units):,} {unit}"
+        f"personalised {_where(touchpoint)}: {figure} over {days:g} days,"
+        f" {sum(revenue.visits):,} visits{tail}"
     )

@@ -28,6 +28,7 @@ from gateway.codecs.topics import Topics
 from gateway.decision import Context
 from gateway.decision.catalog import CatalogVersion
 from gateway.decision.engine import DecisionEngine, Outcome
+from gateway.decision.experiments import Assignment, ExperimentTest, assign, in_holdout
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.decision.log import record_decision, record_decisions
 from gateway.flows.printing import Coupon, new_coupon_code
@@ -115,8 +116,10 @@ def decide(
     time_trusted: bool,
     topics: Topics,
     uplink: UplinkRow | None,
+    tests: Sequence[ExperimentTest] = (),
 ) -> Plan:
-    """The features, the model call, the rows to commit and what to post or print."""
+    """The features, the model call, the rows to commit and what to post or print.
+    tests: the marketing tests running (an experiments bundle); the holdout takes no part."""
     facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now)
     local = datetime.fromtimestamp(now)
     features = FeatureContext(
@@ -129,7 +132,21 @@ def decide(
         customer=CustomerFacts(segment=facts.segment) if facts.customer is not None else None,
     )
     context = Context(now, local, moment.channel, facts.segment, time_trusted)
-    deciding = _Deciding(moment, facts, engine, context, features, uplink, engine.catalog(offers))
+    experiment = None
+    held_out = facts.customer is not None and in_holdout(
+        facts.customer, engine.config.holdout_share
+    )
+    if tests and not held_out:
+        experiment = assign(
+            tests,
+            channel=moment.channel,
+            touchpoint_id=moment.touchpoint,
+            customer_ref=facts.customer,
+            now=now,
+        )
+    deciding = _Deciding(
+        moment, facts, engine, context, features, uplink, engine.catalog(offers), experiment
+    )
     if isinstance(moment, AppMoment):
         return _message(reader, moment, deciding, offers)
     if isinstance(moment, TabletMoment):
@@ -141,6 +158,8 @@ def decide(
         assisted_by = reader.served_by(facts.customer, since)
         if assisted_by is not None:
             extra["assisted_by"] = assisted_by  # a sale after an associate's serve
+    if isinstance(moment, CheckoutMoment) and moment.total is not None:
+        extra["total"] = moment.total  # in-store revenue, for the readout
     outcome = deciding.choose(offers)
     decided = deciding.record(outcome, **extra)
     job = None
@@ -163,8 +182,12 @@ class _Deciding:
     features: FeatureContext
     uplink: UplinkRow | None
     catalog: CatalogVersion | None = None  # the candidates are logged against it (issue 17)
+    experiment: Assignment | None = None  # this moment's arm of a marketing test
 
     def choose(self, offers: Sequence[Offer]) -> Outcome:
+        if self.experiment is not None and self.experiment.arm.offers:
+            arm_offers = self.experiment.arm.offers
+            offers = [o for o in offers if o.id in arm_offers]
         return self.engine.decide(
             offers,
             self.context,
@@ -188,6 +211,8 @@ class _Deciding:
             logged["shadow"] = dict(outcome.shadow)
         if self.catalog is not None:
             logged.update(self.catalog.log_fields(outcome))
+        if self.experiment is not None:
+            logged["experiment"] = self.experiment.as_json()
         decision = Decision(
             id=uuid7(int(now * 1000)),
             ts=now,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -20,6 +21,7 @@ from gateway.codecs.payloads import STORAGE_FULL, encode_error
 from gateway.codecs.topics import Topics
 from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
+from gateway.decision.experiments import ExperimentTest, parse_tests
 from gateway.decision.offers import load_offers
 from gateway.moments.decide import Plan, UplinkRow, decide
 from gateway.moments.moment import (
@@ -35,6 +37,7 @@ from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Offer, StoreClosed, is_storage_full
+from gateway.sync.bundles import applied_body
 
 __all__ = ["Journey"]
 
@@ -80,6 +83,7 @@ class Journey:
         self._pending = pending
         self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
         self._offers: list[Offer] = []
+        self._tests: tuple[ExperimentTest, ...] = ()  # the experiments bundle's running tests
         self._skipped = 0
         self._full_logged = float("-inf")
 
@@ -107,8 +111,14 @@ class Journey:
         await self._store.call(save_catalog, offers, self._clock.now())
         self._offers = offers
 
+    async def reload_experiments(self) -> None:
+        """The tests of the last experiments bundle applied (none before the first)."""
+        body = await self._store.call(applied_body, "experiments")
+        self._tests = parse_tests(json.loads(body)) if body else ()
+
     async def run(self, handle: Handle) -> None:
         await self.reload_catalog()
+        await self.reload_experiments()
         if self._pending is not None:
             for moment in await self._pending():
                 log.info("resuming a moment taken before the stop", moment=moment.name)
@@ -161,6 +171,7 @@ class Journey:
             time_trusted=self._clock.trusted(),
             topics=self._topics,
             uplink=self._uplink,
+            tests=self._tests,
         )
         if not plan.decided:
             return  # nothing to do for this moment (an in-app message past its caps)

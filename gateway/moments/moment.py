@@ -113,6 +113,7 @@ class CheckoutMoment(Moment):
     zone: str | None = "checkout"
     printer: str
     coupon_valid_days: int
+    total: float | None = None  # the lane's total, logged with the decision (revenue readout)
 
     @property
     def name(self) -> str:

@@ -53,8 +53,11 @@ class Tablets:
         clock: Clock,
         metrics: Metrics,
         checked_in: Callable[[str, str | None], None] = lambda _ref, _zone: None,
+        session_ended: Callable[[str, str], None] = lambda _tablet, _session: None,
     ) -> None:
-        """checked_in(customer ref, zone): the app's QR code was scanned (the app is here)."""
+        """checked_in(customer ref, zone): the app's QR code was scanned (the app is here).
+        session_ended(tablet, session): an identified customer's serving session ended (closed
+        or idle), for the follow-up request."""
         self._topics = topics
         self._tablets = tablets
         self._identity = identity
@@ -63,6 +66,7 @@ class Tablets:
         self._clock = clock
         self._metrics = metrics
         self._checked_in = checked_in
+        self._session_ended = session_ended
         self._sessions: dict[tuple[str, str], _Session] = {}  # (tablet, session id) -> session
 
     def _tablet(self, topic: str) -> str:
@@ -109,7 +113,9 @@ class Tablets:
     def on_close(self, topic: str, payload: bytes) -> None:
         tablet = self._tablet(topic)
         session = decode("tablet-close", payload)["session"]
-        self._sessions.pop((tablet, session), None)  # closing an unknown session is no error
+        ended = self._sessions.pop((tablet, session), None)  # an unknown one is no error
+        if ended is not None and ended.customer_ref is not None:
+            self._session_ended(tablet, session)
 
     def sweep(self) -> int:
         """End the sessions idle past their tablet's session_idle_s; how many ended."""
@@ -120,7 +126,8 @@ class Tablets:
             if now - s.touched > self._tablets[key[0]].session_idle_s
         ]
         for key in idle:
-            del self._sessions[key]
+            if self._sessions.pop(key).customer_ref is not None:
+                self._session_ended(*key)
         return len(idle)
 
     async def run(self, handle: Handle) -> None:

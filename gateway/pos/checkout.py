@@ -22,7 +22,12 @@ __all__ = ["pending", "pending_write", "record", "settle"]
 def pending_write(moment: CheckoutMoment, ts: float) -> Callable[[sqlite3.Connection], None]:
     """The write that keeps a total's checkout, for the outbox to run in the total's commit."""
     body = json.dumps(
-        {"lane": moment.touchpoint, "customer_ref": moment.customer_ref, "basket": moment.basket},
+        {
+            "lane": moment.touchpoint,
+            "customer_ref": moment.customer_ref,
+            "basket": moment.basket,
+            "total": moment.total,
+        },
         separators=(",", ":"),
     )
 

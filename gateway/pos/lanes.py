@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -65,10 +65,14 @@ class PosLanes:
         clock: Clock,
         rewards: RewardJoiner | None = None,
         on_print_job: Callable[[str], None] = lambda _printer: None,
+        on_e_receipt: Callable[[Sequence[str]], None] = lambda _decisions: None,
     ) -> None:
+        """on_e_receipt(decision ids): a receipt went to a customer's account (a follow-up)."""
         self._topics = topics
         self._store_id = topics.store_id
         self._on_print_job = on_print_job
+        self._on_e_receipt = on_e_receipt
+        self._e_receipts: dict[str, tuple[str, ...]] = {}  # event id -> decisions, until commit
         self._lanes = lanes
         self._identity = identity
         self._submit = submit
@@ -141,7 +145,8 @@ class PosLanes:
             self._totals.popitem(last=False)
         if not lane.printer:
             return None
-        moment = self._checkout(event.device, session.customer_ref, session.basket, event.id)
+        moment = self._checkout(event.device, session.customer_ref, session.basket, event.id,
+                                _total(event.data.get("total")))  # fmt: skip
         self._checkouts[event.id] = moment
         while len(self._checkouts) > _MAX_PREPARED:
             self._checkouts.popitem(last=False)
@@ -167,6 +172,11 @@ class PosLanes:
             job = PrintJobRow(uuid7(int(now * 1000)), event.device, printer, slip.code,
                               slip.to_json(), copy=False, attempts=0)  # fmt: skip
             self._slips[event.id] = printer
+        elif visit.customer_ref is not None:
+            self._e_receipts[event.id] = (*visit.decision_ids, *event.data.get("decision_ids", ()))
+        for prepared in (self._slips, self._e_receipts):  # a commit that failed leaves one
+            while len(prepared) > _MAX_PREPARED:
+                del prepared[next(iter(prepared))]
         uplink = receipts.drapi(event.data, receipt_id=event.id, store_id=self._store_id,
                                 lane=event.device, ts=now, visit=visit,
                                 claim_code=slip.code if slip else None)  # fmt: skip
@@ -175,7 +185,12 @@ class PosLanes:
         return Commit(write=write, uplink=uplink)
 
     def _checkout(
-        self, lane: str, ref: str | None, basket: tuple[str, ...], event_id: str
+        self,
+        lane: str,
+        ref: str | None,
+        basket: tuple[str, ...],
+        event_id: str,
+        total: float | None = None,
     ) -> CheckoutMoment:
         config = self._lanes[lane]
         return CheckoutMoment(
@@ -186,6 +201,7 @@ class PosLanes:
             basket=basket,
             printer=config.printer,
             coupon_valid_days=config.coupon_valid_days,
+            total=total,
         )
 
     async def pending(self) -> list[Moment]:
@@ -200,7 +216,7 @@ class PosLanes:
             basket = tuple(map(str, data["basket"]))  # type: ignore[call-overload]
             ref = data.get("customer_ref")
             moments.append(self._checkout(lane_id, ref if isinstance(ref, str) else None, basket,
-                                          event_id))  # fmt: skip
+                                          event_id, _total(data.get("total"))))  # fmt: skip
         return moments
 
     def after_commit(self, event: DeviceEvent) -> None:
@@ -214,6 +230,9 @@ class PosLanes:
                 log.info("receipt claim code printed", lane=event.device)
             else:
                 log.info("e-receipt sent", lane=event.device)
+            decisions = self._e_receipts.pop(event.id, None)
+            if decisions:
+                self._on_e_receipt(decisions)
         elif event.type == "pos.transaction":
             moment = self._checkouts.pop(event.id, None)
             if moment is not None:
@@ -238,3 +257,10 @@ class PosLanes:
         log.info("coupon redemption", lane=lane, status=status, decision=decision_id)
         if first and decision_id is not None and self._rewards is not None:
             self._rewards.join_soon(decision_id, "pos.redemption")
+
+
+def _total(value: object) -> float | None:
+    """A lane's total, if it sent a usable one (the readout's in-store revenue)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e9:
+        return float(value)
+    return None

@@ -23,7 +23,15 @@ from typing import Any
 from gateway.flows.printing import ClaimSlip
 from gateway.store import OutboxRow, PrintJobRow, Store
 
-__all__ = ["Claimed", "Visit", "apply_claims", "commit_write", "drapi", "link_claims"]
+__all__ = [
+    "Claimed",
+    "Visit",
+    "apply_claims",
+    "claim_decisions",
+    "commit_write",
+    "drapi",
+    "link_claims",
+]
 
 # The lane's totals, under the names ARTS / DRAPI gives them.
 _TOTALS = (
@@ -212,6 +220,17 @@ def apply_claims(
     for outcome in link_claims(store, claims, now, uplink):
         tally[outcome.status] = tally.get(outcome.status, 0) + 1
     return tally
+
+
+def claim_decisions(conn: sqlite3.Connection, code: str) -> list[str]:
+    """The decisions of the visit whose receipt printed `code` (an outcomes bundle's outcome
+    attributed to a claim code); none for a code this store never printed."""
+    row = conn.execute(
+        "SELECT txn, decision_ids, coupons FROM receipts WHERE claim_code = ?", (code,)
+    ).fetchone()
+    if row is None:
+        return []
+    return _visit_decisions(conn, row[0], json.loads(row[1]), json.loads(row[2]))
 
 
 def _visit_decisions(

@@ -33,12 +33,15 @@ from gateway.codecs.topics import SECTIONS, Topics
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.manager import ModelManager
 from gateway.decision.offers import upsert_offers
+from gateway.decision.outcomes import Windows
+from gateway.decision.readout import DailyReadout
 from gateway.decision.rewards import RewardJoiner
 from gateway.escpos import Profile, load_profile
 from gateway.flows.camera import CameraPurposes
 from gateway.flows.device_events import DeviceEvents
 from gateway.flows.printing import PrintJournal
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
+from gateway.moments.followup import Followups
 from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
 from gateway.runtime.clock import Clock, TimeKeeper
@@ -175,6 +178,7 @@ class Gateway:
     presence: Presence | None
     radio: Component | None  # the local BLE adapter
     cloud: CloudLink | None
+    readout: DailyReadout | None = None  # the daily experiment summary (issue 16)
 
     def components(self) -> list[Component]:
         named: list[Component | None] = [
@@ -191,6 +195,7 @@ class Gateway:
             self.presence,
             self.radio,
             self.cloud,
+            self.readout,
         ]
         return [c for c in named if c is not None]
 
@@ -261,6 +266,7 @@ def build(
         clock=clock,
         checked_in=app.checked_in,
     )
+    followups = Followups(db, outbox, clock)
     tablets = Tablets(
         topics=topics,
         tablets=config.tablets,
@@ -270,6 +276,7 @@ def build(
         clock=clock,
         metrics=metrics,
         checked_in=app.checked_in,
+        session_ended=followups.session_ended,
     )
     rewards = RewardJoiner(db, outbox, clock, config.decision.reward_window_s)
     lanes = PosLanes(
@@ -282,6 +289,7 @@ def build(
         clock=clock,
         rewards=rewards,
         on_print_job=printing.queued,
+        on_e_receipt=followups.receipt_sent,
     )
     events = DeviceEvents(
         topics,
@@ -321,6 +329,7 @@ def build(
             "offers": lambda _body: journey.reload_catalog(),
             "model": lambda _body: models.load(),
             "config": apply_settings,
+            "experiments": lambda _body: journey.reload_experiments(),
         }
         if presence is not None:
             reactions["consents"] = lambda _body: presence.reload_keys()
@@ -337,6 +346,10 @@ def build(
             reactions=reactions,
             appliers={"claims": functools.partial(receipts.apply_claims, uplink=outbox.row)},
             on_signed_time=lambda t: clock.raise_floor(t, "a signed bundle", firm=True),
+            outcome_windows=Windows(
+                config.decision.reward_window_s, config.decision.online_window_s
+            ),
+            claim_lookup=receipts.claim_decisions,
         )
         cloud = CloudLink(
             config.cloud,
@@ -360,6 +373,7 @@ def build(
         presence=presence,
         radio=radio,
         cloud=cloud,
+        readout=DailyReadout(state_dir / DATABASE_NAME, outbox, clock, metrics),
     )
 
 

@@ -25,7 +25,7 @@ _PAUSE_BUCKETS = (
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # noqa: PLR0915 - one statement per metric, declared in one place
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.component_up = Gauge(
@@ -257,6 +257,32 @@ class Metrics:
             "Garbage-collector pauses, by generation",
             ["generation"],
             buckets=_PAUSE_BUCKETS,
+            registry=r,
+        )
+        # The experiment readout, refreshed once a day (gateway/decision/readout.py; issue 16).
+        self.experiment_lift = Gauge(
+            "gateway_experiment_lift",
+            "Lift of personalised over holdout (or model over rules), bound: value, low, high"
+            " of its 95 % interval",
+            ["touchpoint", "comparison", "bound"],
+            registry=r,
+        )
+        self.experiment_conversion = Gauge(
+            "gateway_experiment_conversion",
+            "Conversion per arm of the readout's comparisons (last 14 days)",
+            ["touchpoint", "comparison", "arm"],
+            registry=r,
+        )
+        self.experiment_revenue_per_visit = Gauge(
+            "gateway_experiment_revenue_per_visit",
+            "Revenue per identified visit per arm, channel: in_store, online, together",
+            ["touchpoint", "channel", "arm"],
+            registry=r,
+        )
+        self.experiment_off_policy = Gauge(
+            "gateway_experiment_off_policy",
+            "Off-policy estimate of the greedy model's conversion (ips, snips), and the rules'",
+            ["touchpoint", "estimator"],
             registry=r,
         )
 

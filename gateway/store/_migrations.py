@@ -199,6 +199,21 @@ def _migrate_v11(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migrate_v12(db: sqlite_utils.Database) -> None:
+    """Issue 16: outcomes from other channels (an online purchase after a follow-up e-mail),
+    each kept once by its id, and the decisions each one joined (its share, its delay)."""
+    db.execute(
+        "CREATE TABLE outcomes (id TEXT PRIMARY KEY, channel TEXT NOT NULL, amount REAL NOT NULL,"
+        " ts REAL NOT NULL, status TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    db.execute(
+        "CREATE TABLE outcome_joins (outcome_id TEXT NOT NULL, decision_id TEXT NOT NULL,"
+        " channel TEXT NOT NULL, share REAL NOT NULL, delay_s REAL NOT NULL,"
+        " PRIMARY KEY (outcome_id, decision_id))"
+    )
+    db.execute("CREATE INDEX outcome_joins_decision ON outcome_joins (decision_id)")
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -212,4 +227,5 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v9,
     _migrate_v10,
     _migrate_v11,
+    _migrate_v12,
 )

@@ -19,8 +19,19 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.codecs.payloads import PayloadError, validate
+from gateway.decision.experiments import ExperimentTest, parse_tests
 from gateway.decision.model import ModelError, Scorer
 from gateway.decision.offers import upsert_offers
+from gateway.decision.outcomes import (
+    DEFAULT_WINDOWS,
+    ClaimLookup,
+    JoinTally,
+    ReportedOutcome,
+    Windows,
+    join_outcomes,
+    no_claim_codes,
+    parse_outcomes,
+)
 from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
 from gateway.store import (
@@ -42,6 +53,7 @@ log = structlog.get_logger("gateway.bundles")
 # Downloads an artifact: (url, max_bytes) -> bytes. The driver does HTTPS; tests may serve files.
 Fetch = Callable[[str, int], Awaitable[bytes]]
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
+_OFF_LOOP_BYTES = 256 * 1024  # a bundle this large is opened on a worker thread
 Reaction = Callable[[Mapping[str, Any]], Awaitable[object]]
 # Applies a bundle's body on the store thread, inside the transaction that records its version:
 # (store, body, now) -> a short tally kept instead of the body (which may name customers).
@@ -65,12 +77,15 @@ class BundleApplier:
         reactions: Mapping[str, Reaction],
         appliers: Mapping[str, Applier] | None = None,
         on_signed_time: Callable[[float], None] = lambda _created_at: None,
+        outcome_windows: Windows = DEFAULT_WINDOWS,
+        claim_lookup: ClaimLookup = no_claim_codes,
     ) -> None:
         """reactions: kind -> what acts on a bundle of that kind once applied (reload the
         catalog, the keys, the model...), given its body.
         appliers: kind -> what applies the body of a feature's own kind (receipt claims), in
         the transaction that records its version; its body is checked by `bundle-{kind}`.
-        on_signed_time(created_at): a bundle's signature checked out (a floor for the clock)."""
+        on_signed_time(created_at): a bundle's signature checked out (a floor for the clock).
+        outcome_windows, claim_lookup: how an outcomes bundle joins its decisions."""
         self._db = db
         self._store_id = store_id
         self._key = public_key
@@ -82,6 +97,8 @@ class BundleApplier:
         self._reactions = reactions
         self._appliers = appliers or {}
         self._on_signed_time = on_signed_time
+        self._outcome_windows = outcome_windows
+        self._claim_lookup = claim_lookup
 
     async def handle(self, kind: str, message: bytes) -> str:
         """Apply one bundle message from the `kind` topic; returns the outcome, for logs/tests."""
@@ -91,7 +108,12 @@ class BundleApplier:
         try:
             if self._key is None:
                 raise BundleError("no cloud.bundle_public_key configured: bundles are refused")
-            bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
+            if len(message) > _OFF_LOOP_BYTES:  # verifying and parsing megabytes: a thread
+                bundle = await asyncio.to_thread(
+                    open_bundle, message, self._key, store_id=self._store_id, kind=kind
+                )
+            else:
+                bundle = open_bundle(message, self._key, store_id=self._store_id, kind=kind)
             self._on_signed_time(bundle.created_at)  # the cloud signed it: time is past this
             version = bundle.version
             applied = await self._db.call(applied_version, kind)
@@ -107,7 +129,7 @@ class BundleApplier:
                     f" v{applied + 1}..v{bundle.version - 1} missing; send them"
                     + (", or a snapshot" if kind == "consents" else "")
                 )
-            await self._apply(bundle)
+            summary = await self._apply(bundle)
         except (BundleError, PayloadError) as exc:
             await self._refuse(kind, version, str(exc))
             return f"rejected: {exc}"
@@ -128,7 +150,7 @@ class BundleApplier:
         except Exception:  # applied and committed; what reacts to it reports its own trouble
             log.exception("acting on an applied bundle failed", kind=kind, version=version)
         await self._outbox.accept(
-            "bundle.applied", "decision", {"kind": kind, "version": bundle.version}
+            "bundle.applied", "decision", {"kind": kind, "version": bundle.version, **summary}
         )
         return "applied"
 
@@ -139,9 +161,11 @@ class BundleApplier:
             "bundle.rejected", "decision", {"kind": kind, "version": version, "reason": reason}
         )
 
-    async def _apply(self, bundle: Bundle) -> None:
+    async def _apply(self, bundle: Bundle) -> dict[str, Any]:
+        """Apply; returns what the `bundle.applied` event reports beside kind and version."""
         now = self._clock.now()
-        body = json.dumps(bundle.body, separators=(",", ":"))
+        # An outcomes bundle's body (up to 100,000 outcomes) is not kept: its tally is.
+        body = "" if bundle.kind == "outcomes" else json.dumps(bundle.body, separators=(",", ":"))
         change = _Change(bundle.kind, bundle.version, bundle.created_at, body, now)
         if bundle.kind == "offers":
             validate("seed", bundle.body)
@@ -165,8 +189,29 @@ class BundleApplier:
             await self._db.call(_apply, change)
         elif bundle.kind in self._appliers:
             validate(f"bundle-{bundle.kind}", bundle.body)
-            applier = self._appliers[bundle.kind]
-            await self._db.call(_apply, replace(change, apply=(applier, bundle.body)))
+            applier, content = self._appliers[bundle.kind], bundle.body
+            await self._db.call(_apply, replace(change, also=lambda s: applier(s, content, now)))
+        elif bundle.kind == "outcomes":
+            outcomes = await asyncio.to_thread(_outcomes, bundle.body)
+            windows, lookup, row = self._outcome_windows, self._claim_lookup, self._outbox.row
+
+            def join(store: Store) -> JoinTally:
+                return join_outcomes(
+                    store, outcomes, windows=windows, now=now, event=row, lookup=lookup
+                )
+
+            # The many outcomes join on the store thread, in the bundle's own transaction; the
+            # applied body keeps the tally, not the outcomes (they have their own table).
+            joined = await self._db.call(_apply, replace(change, also=join))
+            assert isinstance(joined, JoinTally)
+            if joined.rewards:
+                self._outbox.appended.set()
+            log.info("outcomes joined", version=bundle.version, **joined.as_dict())
+            return {"outcomes": joined.as_dict()}
+        elif bundle.kind == "experiments":
+            validate("bundle-experiments", bundle.body)
+            _check_tests(parse_tests(bundle.body))
+            await self._db.call(_apply, change)
         elif bundle.kind == "model":
             validate("bundle-model", bundle.body)
             sha = await self._install_model(bundle)
@@ -174,6 +219,7 @@ class BundleApplier:
         else:
             validate("bundle-config", bundle.body)
             await self._db.call(_apply, change)
+        return {}
 
     async def _install_model(self, bundle: Bundle) -> str:
         """Download, verify, write aside, fsync, rename: the old file serves until the swap."""
@@ -231,7 +277,30 @@ class _Change:
     consents_snapshot: bool = False
     forget: Sequence[str] = ()
     artifact_sha256: str | None = None
-    apply: tuple[Applier, Mapping[str, Any]] | None = None
+    # Runs in the transaction, before the version is recorded (an outcomes bundle's join, a
+    # feature's applier); a tally it returns is kept instead of the body.
+    also: Callable[[Store], object] | None = None
+
+
+def _outcomes(body: Mapping[str, Any]) -> list[ReportedOutcome]:
+    """Validate and parse an outcomes bundle's body (up to 100,000 of them: on a thread)."""
+    validate("bundle-outcomes", body)
+    return parse_outcomes(body)
+
+
+def _check_tests(tests: Sequence[ExperimentTest]) -> None:
+    """What the schema cannot say: each test's shares sum to 1, it ends after it starts, and
+    its id and arm names are unique."""
+    if len({t.id for t in tests}) != len(tests):
+        raise BundleError("two tests share an id")
+    for test in tests:
+        shares = sum(a.share for a in test.arms)
+        if abs(shares - 1.0) > 1e-6:
+            raise BundleError(f"test {test.id}: the arms' shares sum to {shares:g}, not 1")
+        if test.end <= test.start:
+            raise BundleError(f"test {test.id}: it ends before it starts")
+        if len({a.name for a in test.arms}) != len(test.arms):
+            raise BundleError(f"test {test.id}: two arms share a name")
 
 
 def _missed_delta(bundle: Bundle, applied: int) -> bool:
@@ -241,7 +310,7 @@ def _missed_delta(bundle: Bundle, applied: int) -> bool:
     return bundle.version != applied + 1
 
 
-def _apply(store: Store, change: _Change, /) -> None:
+def _apply(store: Store, change: _Change, /) -> object:
     """On the store thread: a verified bundle all or nothing, its data and its version in one
     transaction. Offers: the whole new catalog; consents / forget: a delta, or with
     consents_snapshot every consent on record (everyone else is forgotten)."""
@@ -261,9 +330,9 @@ def _apply(store: Store, change: _Change, /) -> None:
             "DELETE FROM consents WHERE customer_ref IN (SELECT value FROM json_each(?))",
             (json.dumps(list(change.forget)),),
         )
-        if change.apply is not None:
-            applier, applied_body = change.apply
-            tally = applier(store, applied_body, change.now)
+        result = change.also(store) if change.also is not None else None
+        tally = result.as_dict() if isinstance(result, JoinTally) else result
+        if isinstance(tally, Mapping):  # what the store keeps instead of the body
             change = replace(change, body=json.dumps(tally, separators=(",", ":")))
         conn.execute(
             "INSERT INTO applied_bundles (kind, version, created_at, applied_at, body,"
@@ -280,6 +349,7 @@ def _apply(store: Store, change: _Change, /) -> None:
                 change.artifact_sha256,
             ),
         )
+    return result
 
 
 def applied_version(store: Store, kind: str) -> int:

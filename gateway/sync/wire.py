@@ -42,8 +42,16 @@ __all__ = [
     "sign_bundle",
 ]
 
-BundleKind = Literal["offers", "consents", "model", "config", "claims"]
-BUNDLE_KINDS: tuple[BundleKind, ...] = ("offers", "consents", "model", "config", "claims")
+BundleKind = Literal["offers", "consents", "model", "config", "claims", "outcomes", "experiments"]
+BUNDLE_KINDS: tuple[BundleKind, ...] = (
+    "offers",
+    "consents",
+    "model",
+    "config",
+    "claims",
+    "outcomes",
+    "experiments",
+)
 # Drain order (lower first). Classes ranked 0 are never shed when the disk budget is reached.
 PRIORITY_RANK: Mapping[str, int] = {
     "transaction": 0,

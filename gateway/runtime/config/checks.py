@@ -26,6 +26,12 @@ def _check_references(config: Config, problems: list[str]) -> None:
     _check_printing(config, problems)
     _check_kiosks_and_links(config, problems)
     _check_cloud_brokers(config.cloud, problems)
+    if config.decision.online_window_s < config.decision.reward_window_s:
+        problems.append(
+            f"decision.online_window_s: found {config.decision.online_window_s}, expected at"
+            f" least decision.reward_window_s ({config.decision.reward_window_s}): online"
+            " outcomes come later than in-store ones"
+        )
     if config.app.quiet_hours and quiet_hours(config.app.quiet_hours) is None:
         problems.append(
             f'app.quiet_hours: found {config.app.quiet_hours!r}, expected "HH:MM-HH:MM"'

@@ -246,6 +246,9 @@ class DecisionConfig:
     shadow: bool = False
     # Recent decisions a new model must score sanely before it serves.
     replay_size: int = field(default=200, metadata=_meta(min=0, max=100000))
+    # Outcomes from other channels (online purchases after a follow-up e-mail, app redemptions)
+    # join their decision within this window; at least reward_window_s (issue 16).
+    online_window_s: int = field(default=30 * 86400, metadata=_meta(min=60, max=365 * 86400))
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
