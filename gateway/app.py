@@ -34,7 +34,7 @@ from gateway.decision.manager import ModelManager
 from gateway.decision.rewards import RewardJoiner
 from gateway.device_events import DeviceEvents
 from gateway.escpos import Profile, load_profile
-from gateway.health import HealthServer
+from gateway.health import HealthServer, judge
 from gateway.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.metrics import Metrics
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
@@ -128,6 +128,7 @@ def _health_report(
     supervisor: Supervisor, config: Config, started: float, presence: Presence | None = None
 ) -> tuple[bool, Mapping[str, Any]]:
     now = time.monotonic()
+    verdict = judge(supervisor.health, ready_once=supervisor.is_ready)
     components = {
         name: {
             "state": str(h.state),
@@ -137,12 +138,9 @@ def _health_report(
         }
         for name, h in supervisor.health.items()
     }
-    states = {h.state for h in supervisor.health.values()}
-    status = (
-        "ok" if states == {State.READY} else ("starting" if not supervisor.is_ready else "degraded")
-    )
     body = {
-        "status": status,
+        "status": verdict.status,
+        "degraded": list(verdict.degraded),
         "store_id": config.store.id,
         "version": __version__,
         "uptime_s": round(now - started, 3),
@@ -150,7 +148,7 @@ def _health_report(
     }
     if presence is not None:
         body["ble"] = presence.health()
-    return status == "ok", body
+    return verdict.serving, body
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +508,7 @@ async def run_gateway(
                 metrics=metrics.render,
             )
         )
+    metrics.start_at_zero([c.name for c in components], config.printers)
     told_ready = False
 
     def on_change(sup: Supervisor) -> None:

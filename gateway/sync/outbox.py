@@ -92,6 +92,10 @@ class Outbox:
         return row.id
 
     async def run(self, handle: Handle) -> None:
+        # What the last run left waiting, at once (not only after the next commit).
+        waiting, size = await self._db.call(Store.outbox_size)
+        self._metrics.outbox_events.set(waiting)
+        self._metrics.outbox_bytes.set(size)
         handle.ready()
         if self._pending:  # left by a commit that failed before this restart
             self._wake.set()
