@@ -89,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--since", type=float, default=14.0, metavar="DAYS", help="(default 14)")
     report.add_argument("--json", action="store_true", help="the figures as JSON")
     commands.add_parser("version", help="print the version")
+    _console_parser(commands, overrides)  # issue 18
     return parser
 
 
@@ -125,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(loaded, ConfigError):
         _print_problems(loaded)
         return EX_CONFIG
-    if args.command == "report":
-        return _report(loaded, args.since, as_json=args.json)
+    if args.command != "run":
+        return _tool(loaded, args)
     from gateway.app import run_gateway
     from gateway.logs import configure_logging
     from gateway.store import StateDirUnusable
@@ -160,6 +161,15 @@ def _check(path: Path, loaded: Config | ConfigError) -> int:
     return 0
 
 
+def _tool(config: Config, args: argparse.Namespace) -> int:
+    """The commands other than `run`, given a valid configuration."""
+    if args.command == "console":  # issue 18
+        from gateway.console.cli import run_console_command
+
+        return run_console_command(config, args)
+    return _report(config, args.since, as_json=args.json)
+
+
 def _report(config: Config, since_days: float, *, as_json: bool) -> int:
     import time
 
@@ -184,3 +194,29 @@ def _few_malloc_arenas() -> None:
     with contextlib.suppress(AttributeError):  # not glibc (musl has one arena): nothing to do
         if libc is not None:
             libc.mallopt(_M_ARENA_MAX, 2)
+
+
+def _console_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    overrides: argparse.ArgumentParser,
+) -> None:
+    console = commands.add_parser(
+        "console", help="the console's local accounts", description="Manage console accounts."
+    )
+    actions = console.add_subparsers(dest="console_command", metavar="ACTION", required=True)
+    add = actions.add_parser(
+        "add-user",
+        parents=[overrides],
+        help="create an account, or set its role and password",
+        description="Asks the password twice (or reads one line with --password-stdin).",
+    )
+    add.add_argument("name")
+    add.add_argument("--role", choices=["viewer", "operator"], required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read it from standard input")
+    remove = actions.add_parser("remove-user", parents=[overrides], help="delete an account")
+    remove.add_argument("name")
+    listing = actions.add_parser("list-users", parents=[overrides], help="names and roles")
+    for sub in (add, remove, listing):
+        sub.add_argument(
+            "--config", "-c", type=Path, default=Path("/etc/store-gateway/config.toml")
+        )

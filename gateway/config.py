@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.console.settings import ConsoleConfig
+
 __all__ = [
     "STREAM_SCHEMES",
     "AppConfig",
@@ -460,6 +462,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)  # issue 18
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
@@ -799,6 +802,7 @@ def _check_kiosks_and_links(config: Config, problems: list[str]) -> None:
             f"supervisor.restart_min_s: found {config.supervisor.restart_min_s:g}, expected at"
             f" most supervisor.restart_max_s ({config.supervisor.restart_max_s:g})"
         )
+    problems += config.console.problems()  # issue 18
     for name in ("mqtt", "cloud"):
         section = getattr(config, name)
         if (section.cert_file is None) != (section.key_file is None):

@@ -218,6 +218,8 @@ class MqttLink:
         self._last_birth = float("-inf")
         self._birth_due: asyncio.TimerHandle | None = None
         self.session = 0
+        # Told of each message from a declared device, and whether it was refused (the console).
+        self.on_device: Callable[[Device, bool], None] = lambda _device, _refused: None
         self._session_used = True  # a session number is spent by a connection, not an attempt
 
     def route(
@@ -253,6 +255,10 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._client is not None
+
+    def retained(self, topic: str) -> bytes | None:
+        """The retained state the gateway keeps on `topic` (a screen's content), if any."""
+        return self._retained.get(topic)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1; kept for the next connection if the broker is away."""
@@ -464,6 +470,8 @@ class MqttLink:
             return
         route, device = found
         route.received.inc()
+        if device is not None:
+            self.on_device(device, False)
         payload = bytes(message.payload)
         retained = bool(message.retain)
         if not self._admit(client, route, topic, device, payload, retained=retained):
@@ -593,6 +601,8 @@ class MqttLink:
         """Refuse a message: counted by route and by (device kind, reason), answered."""
         self._metrics.mqtt_rejected.labels(route.name).inc()
         self._metrics.refusals.labels(device[0] if device is not None else "other", reason).inc()
+        if device is not None:
+            self.on_device(device, True)
         private = route.private_topics
         topic = route.topic_filter if private else topic
         who = "/".join(device) if device is not None else topic
