@@ -163,6 +163,11 @@ def _check(path: Path, loaded: Config | ConfigError) -> int:
 
 def _tool(config: Config, args: argparse.Namespace) -> int:
     """The commands other than `run`, given a valid configuration."""
+    if args.command == "status":  # issue 18
+        from gateway.console.status import run_status
+
+        host = "127.0.0.1" if config.health.host in ("0.0.0.0", "::") else config.health.host  # noqa: S104
+        return run_status(host, args.port or config.health.port, color=sys.stdout.isatty())
     if args.command == "console":  # issue 18
         from gateway.console.cli import run_console_command
 
@@ -216,7 +221,15 @@ def _console_parser(
     remove = actions.add_parser("remove-user", parents=[overrides], help="delete an account")
     remove.add_argument("name")
     listing = actions.add_parser("list-users", parents=[overrides], help="names and roles")
-    for sub in (add, remove, listing):
+    status = commands.add_parser(
+        "status",
+        parents=[overrides],
+        help="the overview in a terminal",
+        description="What the running daemon reports (its /healthz and /metrics on loopback):"
+        " exit 0 while it serves, 1 while it cannot, 2 when it does not answer.",
+    )
+    status.add_argument("--port", type=int, help="the health port (default: health.port)")
+    for sub in (add, remove, listing, status):
         sub.add_argument(
             "--config", "-c", type=Path, default=Path("/etc/store-gateway/config.toml")
         )

@@ -8,6 +8,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,9 @@ import pytest
 from gateway.config import ConfigError, load_config
 from gateway.console._auth import FAILURES_BEFORE_BRAKE, LoginBrake, Sessions, csrf_ok
 from gateway.console.accounts import Account, AccountError, Accounts
-from simulators.broker import free_port
+from gateway.printing import failed_prints, print_counts_by_printer, requeue_failed_print
+from gateway.store import Store
+from simulators.broker import Mosquitto, free_port
 from tests.conftest import DEMO_CONFIG, REPO, GatewayFactory
 
 PASSWORD = "correct horse battery"
@@ -167,3 +170,62 @@ def _http(
         return response.status, response.headers, response.read().decode()
     finally:
         connection.close()
+
+
+@pytest.mark.e2e
+def test_status_prints_the_overview_and_its_exit_code_says_whether_the_gateway_serves(
+    broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    port = free_port()
+    process = gateway(overrides={"health.enabled": "true", "health.port": str(port)})
+    process.wait_ready()
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "gateway", "status", "-c", str(DEMO_CONFIG), f"--port={port}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    shown = status()
+    assert shown.returncode == 0, shown.stderr
+    assert "store demo-store" in shown.stdout
+    assert "\x1b[" not in shown.stdout  # not a terminal: no colours
+    lines = shown.stdout.splitlines()
+    assert any(line.split()[:2] == ["mqtt", "ready"] for line in lines)
+    assert any(line.startswith("outbox ") for line in lines)
+    broker.stop()
+    deadline = time.monotonic() + 10
+    while (shown := status()).returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert shown.returncode == 1
+    assert "status unavailable  (mqtt)" in shown.stdout
+    process.stop()
+    gone = status()
+    assert gone.returncode == 2
+    assert "no gateway answers" in gone.stderr
+
+
+def test_a_failed_job_is_queued_again_as_a_copy_once(tmp_path: Path) -> None:
+    """The reprint action's SQL, on a real store (what the console's button runs)."""
+    store = Store(tmp_path / "g.sqlite3")
+    try:
+        store.conn.execute(
+            "INSERT INTO print_journal (id, lane, printer, state, copy, coupon_code, job,"
+            " attempts, error, created_at, updated_at)"
+            " VALUES ('job-1', 'pos-1', 'receipt-1', 'failed', 0, 'C1', x'00', 10, 'unplugged',"
+            " 900, 950), ('job-2', 'pos-1', 'receipt-1', 'printed', 0, 'C2', x'00', 1, NULL,"
+            " 900, 950)"
+        )
+        assert failed_prints(store) == [("job-1", "receipt-1", "unplugged", 950.0)]
+        assert requeue_failed_print(store, "job-1", now=1000.0) == "receipt-1"
+        assert requeue_failed_print(store, "job-1", now=1001.0) is None  # not failed any more
+        assert requeue_failed_print(store, "job-2", now=1001.0) is None  # printed: left alone
+        state = store.conn.execute("SELECT state, copy FROM print_journal WHERE id = 'job-1'")
+        assert state.fetchone() == ("queued", 1)
+        assert print_counts_by_printer(store) == {
+            "receipt-1": {"queued": 1, "printed": 1, "reprinted": 0}
+        }
+    finally:
+        store.close()

@@ -17,6 +17,7 @@ from typing import Any
 from prometheus_client import Counter, Enum, Gauge
 
 from gateway.config import Config
+from gateway.console.status import duration
 from gateway.metrics import Metrics
 from gateway.payloads import decode_content
 from gateway.printing import failed_prints, print_counts_by_printer
@@ -164,10 +165,10 @@ async def _overview(src: Sources, _form: Callable[..., str]) -> str:
     parts = [f"<section><h2>Gateway {_state(status)}{why}</h2>"]
     parts.append(
         f"<p>Store {e(body.get('store_id', ''))}, version {e(body.get('version', ''))},"
-        f" up {e(_duration(float(body.get('uptime_s', 0))))}</p>"
+        f" up {e(duration(float(body.get('uptime_s', 0))))}</p>"
     )
     rows = [
-        [e(name), _state(str(c["state"])), e(c["detail"]), e(_duration(float(c["for_s"])))]
+        [e(name), _state(str(c["state"])), e(c["detail"]), e(duration(float(c["for_s"])))]
         for name, c in components.items()
     ]
     parts.append(_table(["component", "state", "why", "for"], rows, "no components"))
@@ -195,7 +196,7 @@ async def _overview(src: Sources, _form: Callable[..., str]) -> str:
     elif not sent_per_min:
         drain = "not draining now (the cloud is away or not configured)"
     else:
-        drain = f"about {_duration(waiting / sent_per_min * 60)} at the last minute's pace"
+        drain = f"about {duration(waiting / sent_per_min * 60)} at the last minute's pace"
     rows = [[e(_RANKS.get(r, f"rank {r}")), e(f"{n:,}")] for r, n in sorted(backlog.items())]
     parts.append(f"<section><h2>Outbox: {waiting:,} events waiting</h2>")
     parts.append(_table(["priority", "events"], rows, "empty"))
@@ -212,7 +213,7 @@ async def _overview(src: Sources, _form: Callable[..., str]) -> str:
             [
                 [
                     e(model.get("detail", "") or model.get("state", "")),
-                    e(_duration(float(model.get("for_s", 0))) + " ago"),
+                    e(duration(float(model.get("for_s", 0))) + " ago"),
                     e(f"{decisions:,.0f}"),
                     e("…" if rate is None else f"{rate:.1f}"),
                     e(f"{personal:,.0f}"),
@@ -412,13 +413,3 @@ _RENDER: dict[str, Callable[[Sources, Callable[..., str]], Awaitable[str]]] = {
 async def render_main(page: str, src: Sources, form: Callable[..., str]) -> str:
     """The page's <main> content; `form(action, label, **fields)` draws an action's button."""
     return await _RENDER[page](src, form)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
