@@ -4,7 +4,8 @@
   in both: the HTTP stack, Starlette on uvicorn, is the health server's too), median of 2 each.
 - `console_e2e_delta_ms`: e2e p99 (kiosk identify -> content, 200/s) with five browsers' event
   streams open (the screens page, re-rendered twice a second each) minus without; the runs
-  without are before and after, averaged.
+  without are before and after, averaged. `console_off_e2e_p99_ms`: the same with the console
+  off, for scale.
 - `console_page_ms`: p99 of a page's GET on loopback with a session (every page in turn): the
   server's rendering plus one loopback HTTP round trip, an upper bound of the server-side time.
 """
@@ -127,27 +128,40 @@ async def _with_streams(port: int, cookie: str, measure: Awaitable[list[float]])
         assert all(read), "a stream got nothing"
 
 
+def _idle_rss(work: Path) -> tuple[float, float]:
+    """Median idle RSS of the daemon with the console off, and on (2 runs each)."""
+    rss: dict[bool, list[float]] = {False: [], True: []}
+    for run in range(2):
+        for console in (False, True):
+            with Mosquitto(work / f"b-{run}-{console}") as broker:
+                gw, _ = _gateway(work / f"idle-{run}-{console}", broker.port, console)
+                gw.start()
+                try:
+                    gw.wait_ready()
+                    time.sleep(2.0)
+                    rss[console].append(rss_mib(gw.pid))
+                finally:
+                    gw.stop()
+    return statistics.median(rss[False]), statistics.median(rss[True])
+
+
 def bench_console(quick: bool, latency: Latency) -> dict[str, float]:
     rate, count = 200.0, (600 if quick else 3000)
     figures: dict[str, float] = {"console_streams": STREAMS, "console_e2e_requests": count}
     with tempfile.TemporaryDirectory(prefix="bench-console-") as tmp:
         work = Path(tmp)
-        rss: dict[bool, list[float]] = {False: [], True: []}
-        for run in range(2):
-            for console in (False, True):
-                with Mosquitto(work / f"b-{run}-{console}") as broker:
-                    gw, _ = _gateway(work / f"idle-{run}-{console}", broker.port, console)
-                    gw.start()
-                    try:
-                        gw.wait_ready()
-                        time.sleep(2.0)
-                        rss[console].append(rss_mib(gw.pid))
-                    finally:
-                        gw.stop()
-        figures["console_off_rss_mib"] = statistics.median(rss[False])
-        figures["console_on_rss_mib"] = statistics.median(rss[True])
+        figures["console_off_rss_mib"], figures["console_on_rss_mib"] = _idle_rss(work)
         figures["console_rss_mib"] = figures["console_on_rss_mib"] - figures["console_off_rss_mib"]
 
+        with Mosquitto(work / "off-broker") as broker:
+            gw, _ = _gateway(work / "off", broker.port, console=False)
+            gw.start()
+            try:
+                gw.wait_ready()
+                time.sleep(1.0)
+                off = asyncio.run(latency(broker.port, rate, count))
+            finally:
+                gw.stop()
         with Mosquitto(work / "broker") as broker:
             gw, port = _gateway(work / "e2e", broker.port, console=True)
             gw.start()
@@ -172,4 +186,5 @@ def bench_console(quick: bool, latency: Latency) -> dict[str, float]:
     figures["console_e2e_delta_ms"] = figures["console_e2e_p99_streaming_ms"] - without
     figures["console_e2e_p99_before_ms"] = _percentile(before, 99)
     figures["console_e2e_p99_after_ms"] = _percentile(after, 99)
+    figures["console_off_e2e_p99_ms"] = _percentile(off, 99)
     return figures
