@@ -595,9 +595,21 @@ def _console(
         link.post(topics.screen_content(screen), b"", retain=True)
         return True
 
-    sources = Sources(config, topics, metrics, health, link.retained, db, activity, clock.now)
+    async def personalisation(state: str) -> bool:
+        if state not in ("pause", "resume"):
+            return False
+        await gateway.journey.pause_personalisation(state == "pause")
+        return True
+
+    def paused() -> bool:
+        return gateway.journey.personalisation_paused
+
+    sources = Sources(
+        config, topics, metrics, health, link.retained, db, activity, clock.now, paused
+    )
     accounts = Accounts(config.console.users_path(config.store.state_dir))
-    return Console(config.console, sources, Actions(audit, reprint, clear_screen), accounts)
+    actions = Actions(audit, reprint, clear_screen, personalisation)
+    return Console(config.console, sources, actions, accounts)
 
 
 async def _feed_watchdog(notifier: Notifier) -> None:

@@ -93,6 +93,12 @@ def _users(tmp_path: Path) -> Path:
 
 
 def _start(gateway: GatewayFactory, tmp_path: Path, printer: PrinterSimulator | None = None) -> str:
+    return _start_process(gateway, tmp_path, printer)[0]
+
+
+def _start_process(
+    gateway: GatewayFactory, tmp_path: Path, printer: PrinterSimulator | None = None
+) -> tuple[str, GatewayProcess]:
     port = free_port()
     overrides = {
         "console.enabled": "true",
@@ -106,7 +112,7 @@ def _start(gateway: GatewayFactory, tmp_path: Path, printer: PrinterSimulator | 
         }
     process: GatewayProcess = gateway(overrides=overrides)
     process.wait_ready()
-    return f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", process
 
 
 def _login(driver: webdriver.Chrome, url: str, name: str, password: str = PASSWORD) -> None:
@@ -338,3 +344,42 @@ def _outbox_events(tmp_path: Path, event_type: str) -> list[dict[str, str]]:
     with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
         rows = db.execute("SELECT body FROM outbox WHERE type = ? ORDER BY seq", (event_type,))
         return [json.loads(body)["data"] for (body,) in rows]
+
+
+async def test_an_operator_pauses_personalisation_for_the_store_and_it_outlasts_a_restart(
+    broker: Mosquitto, gateway: GatewayFactory, tmp_path: Path, browser: webdriver.Chrome
+) -> None:
+    url, first = await asyncio.to_thread(_start_process, gateway, tmp_path)
+    await asyncio.to_thread(_login, browser, url, "olivia")
+    await asyncio.to_thread(_main_of, browser, f"{url}/overview")
+    browser.find_element(By.CSS_SELECTOR, "form[action='/actions/personalisation'] button").click()
+    await asyncio.to_thread(_wait_text, browser, "main", "Personalisation: paused", 5)
+    kiosk_cell = "span.content[data-kiosk='kiosk-2']"
+
+    async def identify_at_kiosk_2() -> str:
+        await asyncio.to_thread(_main_of, browser, f"{url}/devices")
+        before = browser.find_element(By.CSS_SELECTOR, kiosk_cell).text
+        async with aiomqtt.Client("127.0.0.1", broker.port) as client:
+            kiosk = Kiosk(client, Topics(STORE), "kiosk-2")
+            await kiosk.identify("loyalty", CUSTOMERS[0].loyalty)  # Ada, who consented
+        await asyncio.to_thread(
+            WebDriverWait(browser, 5).until,
+            lambda d: d.find_element(By.CSS_SELECTOR, kiosk_cell).text != before,
+        )
+        return str(browser.find_element(By.CSS_SELECTOR, kiosk_cell).text)
+
+    assert (await identify_at_kiosk_2()).endswith("anonymous")
+    # A restart keeps it paused (it is in the store's meta table).
+    await asyncio.to_thread(first.stop)
+    url = await asyncio.to_thread(_start, gateway, tmp_path)
+    await asyncio.to_thread(_login, browser, url, "olivia")
+    await asyncio.to_thread(_main_of, browser, f"{url}/overview")
+    assert "Personalisation: paused" in browser.find_element(By.TAG_NAME, "main").text
+    browser.find_element(By.CSS_SELECTOR, "form[action='/actions/personalisation'] button").click()
+    await asyncio.to_thread(_wait_text, browser, "main", "Personalisation: on", 5)
+    assert (await identify_at_kiosk_2()).endswith("personal")
+    events = _outbox_events(tmp_path, "console.action")
+    assert [(e["action"], e["target"], e["outcome"]) for e in events] == [
+        ("personalisation", "pause", "done"),
+        ("personalisation", "resume", "done"),
+    ]

@@ -96,6 +96,7 @@ class Sources:
     db: AsyncStore
     activity: Activity
     clock: Callable[[], float]
+    personalisation_paused: Callable[[], bool] = lambda: False
 
 
 def e(value: object) -> str:
@@ -155,7 +156,7 @@ async def _safely(call: Awaitable[Any], default: Any) -> Any:
         return default
 
 
-async def _overview(src: Sources, _form: Callable[..., str]) -> str:
+async def _overview(src: Sources, form: Callable[..., str]) -> str:
     body = src.health()
     m = src.metrics
     components = body.get("components", {})
@@ -222,6 +223,15 @@ async def _overview(src: Sources, _form: Callable[..., str]) -> str:
             "",
         )
     )
+    if src.personalisation_paused():
+        switch = form("/actions/personalisation", "Resume", state="resume")
+        parts.append(
+            f"<p>Personalisation: {_state('paused')} (every customer is served as anonymous)"
+            f" {switch}</p>"
+        )
+    else:
+        switch = form("/actions/personalisation", "Pause for the store", state="pause")
+        parts.append(f"<p>Personalisation: {_state('on')} {switch}</p>")
     parts.append(
         "<p>The experiment readout (personalised vs holdout, with intervals):"
         " <code>store-gateway report</code> on the box.</p></section>"

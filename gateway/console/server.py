@@ -43,6 +43,12 @@ _HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+# action -> (the form field naming its target, the page to go back to)
+_ACTIONS = {
+    "reprint": ("job", "/printers"),
+    "clear-screen": ("screen", "/devices"),
+    "personalisation": ("state", "/overview"),
+}
 _STATIC = {"console.js": "text/javascript", "console.css": "text/css"}
 
 
@@ -56,6 +62,7 @@ class Actions:
     audit: Callable[[dict[str, Any]], Awaitable[None]]
     reprint: Callable[[str], Awaitable[bool]] | None = None  # a failed job's id -> requeued
     clear_screen: Callable[[str], Awaitable[bool]] | None = None  # a screen id -> cleared
+    personalisation: Callable[[str], Awaitable[bool]] | None = None  # "pause" or "resume"
 
 
 def console_app(
@@ -248,10 +255,13 @@ class _Handlers:
             )
             return self.respond(body, 403)
         account = session.account
-        target = fields.get("job") or fields.get("screen") or ""
-        handler = {"reprint": self.actions.reprint, "clear-screen": self.actions.clear_screen}.get(
-            what
-        )
+        field, back = _ACTIONS.get(what, ("", ""))
+        target = fields.get(field, "")
+        handler = {
+            "reprint": self.actions.reprint,
+            "clear-screen": self.actions.clear_screen,
+            "personalisation": self.actions.personalisation,
+        }.get(what)
         if handler is None:
             return self.respond(self.page_html("Not found", "<p>No such action.</p>", session), 404)
         audit = {"action": what, "target": target, "user": account.name, "role": account.role}
@@ -263,7 +273,6 @@ class _Handlers:
         done = await handler(target)
         await self.actions.audit({**audit, "outcome": "done" if done else "nothing to do"})
         log.info("console action", user=account.name, action=what, target=target, done=done)
-        back = {"reprint": "/printers", "clear-screen": "/devices"}[what]
         return RedirectResponse(back, status_code=303, headers=_HEADERS)
 
     async def asset(self, request: Request) -> Response:
