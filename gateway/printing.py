@@ -34,6 +34,7 @@ __all__ = [
     "PrintJournal",
     "PrintQueue",
     "failed_prints",
+    "last_printed_coupon",
     "new_coupon_code",
     "normalise_code",
     "print_counts_by_printer",
@@ -328,3 +329,18 @@ def requeue_failed_print(store: Store, job_id: str, now: float) -> str | None:
             (now, job_id),
         )
     return str(row[0])
+
+
+def last_printed_coupon(store: Store) -> dict[str, object] | None:
+    """What the newest printed coupon showed, for the console's preview: its printer, whether
+    it was a copy, when, and the offer's title, body and discount (never the code)."""
+    row = store.conn.execute(
+        "SELECT p.printer, p.copy, p.updated_at, o.title, o.body, o.discount_pct"
+        " FROM print_journal p JOIN coupons c ON c.code = p.coupon_code"
+        " LEFT JOIN offers o ON o.id = c.offer_id"
+        " WHERE p.state = 'printed' ORDER BY p.updated_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("printer", "copy", "printed_at", "title", "body", "discount_pct")
+    return dict(zip(keys, row, strict=True))

@@ -35,6 +35,7 @@ from simulators.broker import Mosquitto, free_port
 from simulators.daemon import GatewayProcess
 from simulators.kiosk import Kiosk
 from simulators.population import CUSTOMERS
+from simulators.pos import PosLane
 from simulators.printer import PrinterSimulator
 from tests.conftest import GatewayFactory
 
@@ -200,6 +201,7 @@ async def test_an_identification_at_a_kiosk_shows_on_the_screens_page_without_a_
 
 
 async def test_an_unplugged_printer_shows_within_2_s_and_a_viewer_cannot_reprint(
+    broker: Mosquitto,
     gateway: GatewayFactory,
     tmp_path: Path,
     browser: webdriver.Chrome,
@@ -210,6 +212,17 @@ async def test_an_unplugged_printer_shows_within_2_s_and_a_viewer_cannot_reprint
     await asyncio.to_thread(_main_of, browser, f"{url}/printers")
     state = "span.printer-state[data-printer='receipt-1']"
     await asyncio.to_thread(_wait_text, browser, state, "ready", 10)
+    # A checkout prints a coupon: its layout shows, its code does not.
+    async with PosLane("127.0.0.1", broker.port, STORE) as lane:
+        await lane.loyalty(CUSTOMERS[0].loyalty)
+        await lane.total(12.5)
+        async with asyncio.timeout(15):
+            await printer.wait_for_receipts(1)
+    await asyncio.to_thread(_wait_text, browser, "div.paper", "Picked for you", 5)
+    with sqlite3.connect(tmp_path / "state" / "gateway.sqlite3") as db:
+        (code,) = db.execute("SELECT code FROM coupons").fetchone()
+    assert code not in browser.page_source
+    assert code.replace("-", "") not in browser.page_source.replace("-", "")
     printer.unplug()
     try:
         await asyncio.to_thread(_wait_text, browser, state, "unplugged", 2)

@@ -20,7 +20,7 @@ from gateway.config import Config
 from gateway.console.status import duration
 from gateway.metrics import Metrics
 from gateway.payloads import decode_content
-from gateway.printing import failed_prints, print_counts_by_printer
+from gateway.printing import failed_prints, last_printed_coupon, print_counts_by_printer
 from gateway.store import AsyncStore
 from gateway.sync.outbox import backlog_by_rank
 from gateway.topics import Topics
@@ -345,10 +345,32 @@ async def _printers(src: Sources, form: Callable[..., str]) -> str:
         ]
         for job_id, pid, error, when in failed
     ]
+    last = await _safely(src.db.call(last_printed_coupon), None)
+    parts.append("</section><section><h2>Last coupon printed</h2>")
+    parts.append(_coupon_preview(last, now))
     parts.append("</section><section><h2>Failed jobs</h2>")
     parts.append(_table(["job", "printer", "why", "when", ""], failed_rows, "none"))
     parts.append("</section>")
     return "".join(parts)
+
+
+def _coupon_preview(last: Mapping[str, Any] | None, now: float) -> str:
+    """The coupon's layout as printed (gateway.printing.render_coupon), its code masked."""
+    if last is None:
+        return '<p class="empty">none yet</p>'
+    lines = []
+    if last["copy"]:
+        lines.append('<p class="b">*** COPY - REPRINT ***</p>')
+    lines.append('<p class="big">Picked for you</p>')
+    lines.append(f'<p class="b">{e(last["title"] or "(offer no longer in the catalog)")}</p>')
+    if last["body"]:
+        lines.append(f"<p>{e(last['body'])}</p>")
+    if last["discount_pct"]:
+        lines.append(f'<p class="tall">{float(last["discount_pct"]):g}% off</p>')
+    lines.append('<hr><div class="qr" aria-label="QR code, masked"></div>')
+    lines.append('<p class="code">CPN-####-####-####</p><p>One use only.</p>')
+    when = f"{e(last['printer'])}, {e(_ago(float(last['printed_at']), now))}"
+    return f'<div class="paper">{"".join(lines)}</div><p class="muted">{when}</p>'
 
 
 async def _floor(src: Sources, _form: Callable[..., str]) -> str:
