@@ -32,6 +32,7 @@ DEMO = REPO / "examples" / "demo.toml"
 sys.path.insert(0, str(REPO))
 
 import aiomqtt  # noqa: E402
+from bench_console import bench_console  # noqa: E402 - scripts/bench_console.py
 from bench_figures import percentile as _percentile  # noqa: E402 - scripts/bench_figures.py
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
@@ -1036,6 +1037,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "app": bench_app,
     "store": lambda quick: bench_store(quick, _ping),
     "lift": bench_lift,
+    "console": lambda quick: bench_console(quick, _identify_latency),
 }
 
 

@@ -34,6 +34,7 @@ def settings(
         "mqtt.reconnect_max_s": "1",
         "store.state_dir": str(state_dir),
         "health.enabled": "false",
+        "console.enabled": "false",  # on in the demo's file; a test turns it on when it needs it
         "logging.format": "json",
     }
     if cloud_port is not None:

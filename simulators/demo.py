@@ -20,6 +20,7 @@ import json
 import logging
 import random
 import re
+import secrets
 import signal
 import statistics
 import sys
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.codecs.ids import uuid7
+from gateway.console.accounts import Accounts
 from gateway.runtime.config import load_config
 from simulators.beacons import ScannerNodes, World
 from simulators.broker import Mosquitto, MosquittoMissing, free_port
@@ -418,7 +420,9 @@ async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto)
     ):
         _say(f"cloud: private cloud broker on 127.0.0.1:{cloud.port}, bundle key generated")
         _say(f"receipt-1: printer simulator on {printer.link} (receipts in {workdir}/receipts)")
-        health_port = free_port()
+        health_port, console_port = free_port(), free_port()
+        console_password = secrets.token_urlsafe(12)
+        Accounts(workdir / "console-users.json").add("demo", "operator", console_password)
         gateway = GatewayProcess(
             args.config,
             workdir,
@@ -426,6 +430,8 @@ async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto)
                 "mqtt.port": str(broker.port),
                 "store.state_dir": str(workdir / "state"),
                 "health.port": str(health_port),
+                "console.port": str(console_port),
+                "console.users_file": str(workdir / "console-users.json"),
                 "cloud.enabled": "true",
                 "cloud.host": "127.0.0.1",
                 "cloud.port": str(cloud.port),
@@ -443,6 +449,10 @@ async def _store_day(args: argparse.Namespace, workdir: Path, broker: Mosquitto)
             ready_s = await asyncio.to_thread(gateway.wait_ready)
             _say(
                 f"gateway: ready in {ready_s:.2f} s; health http://127.0.0.1:{health_port}/healthz"
+            )
+            _say(
+                f"console: http://127.0.0.1:{console_port}/ (user demo,"
+                f" password {console_password}, made for this run)"
             )
             _say(f"gateway: its log is {gateway.output}")
             tally = await _walk(

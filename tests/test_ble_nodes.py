@@ -20,6 +20,7 @@ from simulators.broker import Mosquitto, free_port
 from simulators.population import CUSTOMERS, eid_identity_key
 from simulators.store import SimulatedStore
 from tests.conftest import GatewayFactory
+from tests.test_health import _get
 
 ADA = CUSTOMERS[0]  # coffee-lovers; her app's identity key is in the demo seed
 STORE = "demo-store"
@@ -65,16 +66,6 @@ def test_malformed_node_messages_say_what_is_wrong_without_echoing(
     with pytest.raises(PayloadError, match=error) as caught:
         decode_device_message("espresense", topic, payload)
     assert "loud" not in str(caught.value)
-
-
-async def _get(port: int, path: str) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
-    await writer.drain()
-    data = await reader.read()
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ")[1]), body
 
 
 async def _publish_visit(client: aiomqtt.Client, seconds: float) -> None:

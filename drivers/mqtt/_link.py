@@ -239,6 +239,8 @@ class MqttLink:
         self._last_birth = float("-inf")
         self._birth_due: asyncio.TimerHandle | None = None
         self.session = 0
+        # Told of each message from a declared device, and whether it was refused (the console).
+        self.on_device: Callable[[Device, bool], None] = lambda _device, _refused: None
         self._session_used = True  # a session number is spent by a connection, not an attempt
 
     def route(
@@ -258,6 +260,7 @@ class MqttLink:
         the topic itself. retained: retained messages are state for this route (a node's
         status); otherwise they are ignored and cleared.
         """
+        self._metrics.mqtt_rejected.labels(name)  # at 0 from the start
         self._routes.append(
             _Route(
                 topic_filter,
@@ -274,6 +277,10 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._client is not None
+
+    def retained(self, topic: str) -> bytes | None:
+        """The retained state the gateway keeps on `topic` (a screen's content), if any."""
+        return self._retained.get(topic)
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish at QoS 1; kept for the next connection if the broker is away."""
@@ -485,6 +492,8 @@ class MqttLink:
             return
         route, device = found
         route.received.inc()
+        if device is not None:
+            self.on_device(device, False)
         payload = bytes(message.payload)
         retained = bool(message.retain)
         if not self._admit(client, route, topic, device, payload, retained=retained):
@@ -494,7 +503,7 @@ class MqttLink:
             taken = route.handler(topic, payload)
         except PayloadError as exc:
             acks.add(mid, qos)
-            self._reject(route, topic, device, payload, str(exc))
+            self._reject(route, topic, device, payload, str(exc), reason="invalid")
             return
         except Exception as exc:
             acks.add(mid, qos)
@@ -503,7 +512,8 @@ class MqttLink:
                 self._failures.add(failure)
                 shown = route.topic_filter if route.private_topics else topic
                 log.exception("handler failed", route=route.name, topic=shown)
-            self._reject(route, topic, device, payload, f"internal error ({type(exc).__name__})")
+            error = f"internal error ({type(exc).__name__})"
+            self._reject(route, topic, device, payload, error, reason="internal")
             return
         if taken is None:
             acks.add(mid, qos)
@@ -518,7 +528,8 @@ class MqttLink:
                 # Not committed: refused with an answer, and the device sends it again.
                 full = isinstance(failure, StorageFull)
                 error = STORAGE_FULL if full else "not accepted now (store error)"
-                self._reject(route, topic, device, payload, error)
+                reason = "storage_full" if full else "not_accepted"
+                self._reject(route, topic, device, payload, error, reason=reason)
 
         taken.add_done_callback(acknowledge)
 
@@ -542,11 +553,14 @@ class MqttLink:
             known = self._declared.get(device[0])
             if known is not None and device[1] not in known:
                 if device[0] != "node":  # scanner nodes read no answers: ignored, as always
-                    self._reject(route, topic, device, payload, undeclared(*device))
+                    error = undeclared(*device)
+                    self._reject(route, topic, device, payload, error, reason="undeclared")
                 return False
         if device is not None and (wait := self._budgets.retry_after(device)):
             self._metrics.mqtt_busy.labels(*device).inc()
-            self._reject(route, topic, device, payload, f"busy: retry after {wait:.1f}s")
+            self._reject(
+                route, topic, device, payload, f"busy: retry after {wait:.1f}s", reason="busy"
+            )
             return False
         if retained and not route.retained:
             if payload:  # an empty one is the clearing itself, coming back
@@ -595,9 +609,20 @@ class MqttLink:
         self._spawn(clear())
 
     def _reject(
-        self, route: _Route, topic: str, device: Device | None, payload: bytes, error: str
+        self,
+        route: _Route,
+        topic: str,
+        device: Device | None,
+        payload: bytes,
+        error: str,
+        *,
+        reason: str,
     ) -> None:
+        """Refuse a message: counted by route and by (device kind, reason), answered."""
         self._metrics.mqtt_rejected.labels(route.name).inc()
+        self._metrics.refusals.labels(device[0] if device is not None else "other", reason).inc()
+        if device is not None:
+            self.on_device(device, True)
         private = route.private_topics
         topic = route.topic_filter if private else topic
         who = "/".join(device) if device is not None else topic

@@ -34,10 +34,14 @@ __all__ = [
     "PrintJob",
     "PrintJournal",
     "PrintQueue",
+    "failed_prints",
+    "last_printed_coupon",
     "new_claim_code",
     "new_coupon_code",
     "normalise_code",
+    "print_counts_by_printer",
     "render_coupon",
+    "requeue_failed_print",
 ]
 
 log = structlog.get_logger("gateway.printer")
@@ -327,3 +331,58 @@ def requeue_interrupted_prints(store: Store, now: float) -> int:
 def print_counts(store: Store) -> dict[str, int]:
     rows = store.conn.execute("SELECT state, count(*) FROM print_journal GROUP BY state")
     return {str(state): int(n) for state, n in rows.fetchall()}
+
+
+def print_counts_by_printer(store: Store) -> dict[str, dict[str, int]]:
+    """printer -> state -> jobs (the console's printers page)."""
+    rows = store.conn.execute(
+        "SELECT printer, state, count(*), sum(copy) FROM print_journal GROUP BY printer, state"
+    )
+    counts: dict[str, dict[str, int]] = {}
+    for printer, state, n, copies in rows.fetchall():
+        per = counts.setdefault(str(printer), {})
+        per[str(state)] = int(n)
+        if state == "printed":
+            per["reprinted"] = int(copies or 0)
+    return counts
+
+
+def failed_prints(store: Store, limit: int = 20) -> list[tuple[str, str, str, float]]:
+    """(job id, printer, error, when) of the latest failed jobs, newest first."""
+    rows = store.conn.execute(
+        "SELECT id, printer, coalesce(error, ''), coalesce(updated_at, created_at)"
+        " FROM print_journal WHERE state = 'failed' ORDER BY updated_at DESC LIMIT ?",
+        (limit,),
+    )
+    return [(str(a), str(b), str(c), float(d)) for a, b, c, d in rows.fetchall()]
+
+
+def requeue_failed_print(store: Store, job_id: str, now: float) -> str | None:
+    """Queue a failed job again, as a copy; its printer, or None if no such failed job."""
+    with transaction(store.conn, durable=True):
+        row = store.conn.execute(
+            "SELECT printer FROM print_journal WHERE id = ? AND state = 'failed'", (job_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        store.conn.execute(
+            "UPDATE print_journal SET state = 'queued', copy = 1, updated_at = ?,"
+            " error = 'reprint asked at the console' WHERE id = ?",
+            (now, job_id),
+        )
+    return str(row[0])
+
+
+def last_printed_coupon(store: Store) -> dict[str, object] | None:
+    """What the newest printed coupon showed, for the console's preview: its printer, whether
+    it was a copy, when, and the offer's title, body and discount (never the code)."""
+    row = store.conn.execute(
+        "SELECT p.printer, p.copy, p.updated_at, o.title, o.body, o.discount_pct"
+        " FROM print_journal p JOIN coupons c ON c.code = p.coupon_code"
+        " LEFT JOIN offers o ON o.id = c.offer_id"
+        " WHERE p.state = 'printed' ORDER BY p.updated_at DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    keys = ("printer", "copy", "printed_at", "title", "body", "discount_pct")
+    return dict(zip(keys, row, strict=True))

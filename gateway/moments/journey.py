@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +37,7 @@ from gateway.pos import checkout
 from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle
-from gateway.store import AsyncStore, Offer, StoreClosed, is_storage_full
+from gateway.store import AsyncStore, Offer, Store, StoreClosed, is_storage_full, transaction
 from gateway.sync.bundles import applied_body
 
 __all__ = ["Journey"]
@@ -86,6 +87,8 @@ class Journey:
         self._tests: tuple[ExperimentTest, ...] = ()  # the experiments bundle's running tests
         self._skipped = 0
         self._full_logged = float("-inf")
+        # Paused from the console (issue 18): every moment decided as anonymous, kept in `meta`.
+        self.personalisation_paused = False
 
     def submit(self, moment: Moment) -> bool:
         """Queue a moment (never blocks); False when the queue is full and it is skipped."""
@@ -116,7 +119,14 @@ class Journey:
         body = await self._store.call(applied_body, "experiments")
         self._tests = parse_tests(json.loads(body)) if body else ()
 
+    async def pause_personalisation(self, paused: bool) -> None:
+        """Pause (or resume) personalisation for the store; it stays so across restarts."""
+        await self._store.call(_write_paused, paused)
+        self.personalisation_paused = paused
+        log.warning("personalisation paused" if paused else "personalisation resumed")
+
     async def run(self, handle: Handle) -> None:
+        self.personalisation_paused = await self._store.call(_read_paused)
         await self.reload_catalog()
         await self.reload_experiments()
         if self._pending is not None:
@@ -158,6 +168,8 @@ class Journey:
 
     async def _act(self, moment: Moment) -> None:
         now = self._clock.now()
+        if self.personalisation_paused and moment.customer_ref is not None:
+            moment = dataclasses.replace(moment, customer_ref=None)
         if isinstance(moment, ZoneMoment) and not self._hold.wants(
             moment.touchpoint, moment.customer_ref, now
         ):
@@ -217,4 +229,21 @@ class Journey:
             offer=offers[0] if len(offers) == 1 else offers,
             reason=plan.decided[0].outcome.reason,
             decision=first.id,
+        )
+
+
+_PAUSED_KEY = "personalisation_paused"
+
+
+def _read_paused(store: Store) -> bool:
+    row = store.conn.execute("SELECT value FROM meta WHERE key = ?", (_PAUSED_KEY,)).fetchone()
+    return row is not None and row[0] == "1"
+
+
+def _write_paused(store: Store, paused: bool) -> None:
+    with transaction(store.conn, durable=True):
+        store.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (_PAUSED_KEY, "1" if paused else "0"),
         )

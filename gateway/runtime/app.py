@@ -46,7 +46,7 @@ from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
 from gateway.runtime.clock import Clock, TimeKeeper
 from gateway.runtime.config import Config
-from gateway.runtime.health import HealthServer
+from gateway.runtime.health import HealthServer, judge
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.pauses import timing_gc, watch_loop
 from gateway.runtime.sdnotify import Notifier
@@ -135,6 +135,7 @@ def _health_report(
     supervisor: Supervisor, config: Config, started: float, presence: Presence | None = None
 ) -> tuple[bool, Mapping[str, Any]]:
     now = time.monotonic()
+    verdict = judge(supervisor.health, ready_once=supervisor.is_ready)
     components = {
         name: {
             "state": str(h.state),
@@ -144,12 +145,9 @@ def _health_report(
         }
         for name, h in supervisor.health.items()
     }
-    states = {h.state for h in supervisor.health.values()}
-    status = (
-        "ok" if states == {State.READY} else ("starting" if not supervisor.is_ready else "degraded")
-    )
     body = {
-        "status": status,
+        "status": verdict.status,
+        "degraded": list(verdict.degraded),
         "store_id": config.store.id,
         "version": __version__,
         "uptime_s": round(now - started, 3),
@@ -157,7 +155,7 @@ def _health_report(
     }
     if presence is not None:
         body["ble"] = presence.health()
-    return status == "ok", body
+    return verdict.serving, body
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +503,7 @@ def _presence(
     return presence, radio
 
 
-async def run_gateway(
+async def run_gateway(  # noqa: PLR0915 - split with app.py (issue 11)
     config: Config,
     *,
     notifier: Notifier | None = None,
@@ -532,6 +530,10 @@ async def run_gateway(
                 metrics=metrics.render,
             )
         )
+    metrics.start_at_zero([c.name for c in components], config.printers)
+    if config.console.enabled:  # issue 18
+        report = lambda: _health_report(supervisor, config, started, presence)[1]  # noqa: E731
+        components.append(_console(config, gateway, clock, metrics, report))
     told_ready = False
 
     def on_change(sup: Supervisor) -> None:
@@ -583,6 +585,56 @@ async def run_gateway(
             loop.remove_signal_handler(sig)
         notifier.close()
     log.info("stopped", store=config.store.id)
+
+
+def _console(
+    config: Config,
+    gateway: Gateway,
+    clock: TimeKeeper,
+    metrics: Metrics,
+    health: Callable[[], Mapping[str, Any]],
+) -> Component:
+    """The console (issue 18), reading the components it shows and wired to its actions."""
+    from gateway.console.accounts import Accounts
+    from gateway.console.server import Actions, Activity, Console, Sources
+    from gateway.flows.printing import requeue_failed_print
+
+    db, link, topics = gateway.store.db, gateway.link, Topics(config.store.id)
+    declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
+    activity = Activity(declared, clock.now)
+    link.on_device = activity.seen
+    journal = gateway.printers[0] if gateway.printers else None
+
+    async def audit(data: dict[str, Any]) -> None:
+        await gateway.outbox.accept("console.action", "decision", data)
+
+    async def reprint(job_id: str) -> bool:
+        printer = await db.call(requeue_failed_print, job_id, clock.now())
+        if printer is not None and isinstance(journal, PrintJournal):
+            journal.queued(printer)
+        return printer is not None
+
+    async def clear_screen(screen: str) -> bool:
+        if screen not in config.screens:
+            return False
+        link.post(topics.screen_content(screen), b"", retain=True)
+        return True
+
+    async def personalisation(state: str) -> bool:
+        if state not in ("pause", "resume"):
+            return False
+        await gateway.journey.pause_personalisation(state == "pause")
+        return True
+
+    def paused() -> bool:
+        return gateway.journey.personalisation_paused
+
+    sources = Sources(
+        config, topics, metrics, health, link.retained, db, activity, clock.now, paused
+    )
+    accounts = Accounts(config.console.users_path(config.store.state_dir))
+    actions = Actions(audit, reprint, clear_screen, personalisation)
+    return Console(config.console, sources, actions, accounts)
 
 
 async def _feed_watchdog(notifier: Notifier) -> None:

@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--since", type=float, default=28.0, metavar="DAYS", help="(default 28)")
     export.add_argument("--out", type=Path, help="file to write (default: standard output)")
     commands.add_parser("version", help="print the version")
+    _console_parser(commands, overrides)  # issue 18
     return parser
 
 
@@ -143,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if isinstance(loaded, ConfigError):
         _print_problems(loaded)
         return EX_CONFIG
-    if args.command in {"report", "export-decisions"}:
-        return _read_log(loaded, args)
+    if args.command != "run":
+        return _tool(loaded, args)
     from gateway.runtime.app import run_gateway
     from gateway.runtime.logs import configure_logging
     from gateway.store import StateDirUnusable
@@ -176,6 +177,20 @@ def _check(path: Path, loaded: Config | ConfigError) -> int:
     )
     print(f"{path}: OK (store {loaded.store.id}, broker {broker}{counts})")
     return 0
+
+
+def _tool(config: Config, args: argparse.Namespace) -> int:
+    """The commands other than `run`, given a valid configuration."""
+    if args.command == "status":  # issue 18
+        from gateway.console.status import run_status
+
+        host = "127.0.0.1" if config.health.host in ("0.0.0.0", "::") else config.health.host  # noqa: S104
+        return run_status(host, args.port or config.health.port, color=sys.stdout.isatty())
+    if args.command == "console":  # issue 18
+        from gateway.console.cli import run_console_command
+
+        return run_console_command(config, args)
+    return _read_log(config, args)
 
 
 def _report(config: Config, since_days: float, *, as_json: bool) -> int:
@@ -234,3 +249,37 @@ def _few_malloc_arenas() -> None:
     with contextlib.suppress(AttributeError):  # not glibc (musl has one arena): nothing to do
         if libc is not None:
             libc.mallopt(_M_ARENA_MAX, 2)
+
+
+def _console_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    overrides: argparse.ArgumentParser,
+) -> None:
+    console = commands.add_parser(
+        "console", help="the console's local accounts", description="Manage console accounts."
+    )
+    actions = console.add_subparsers(dest="console_command", metavar="ACTION", required=True)
+    add = actions.add_parser(
+        "add-user",
+        parents=[overrides],
+        help="create an account, or set its role and password",
+        description="Asks the password twice (or reads one line with --password-stdin).",
+    )
+    add.add_argument("name")
+    add.add_argument("--role", choices=["viewer", "operator"], required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read it from standard input")
+    remove = actions.add_parser("remove-user", parents=[overrides], help="delete an account")
+    remove.add_argument("name")
+    listing = actions.add_parser("list-users", parents=[overrides], help="names and roles")
+    status = commands.add_parser(
+        "status",
+        parents=[overrides],
+        help="the overview in a terminal",
+        description="What the running daemon reports (its /healthz and /metrics on loopback):"
+        " exit 0 while it serves, 1 while it cannot, 2 when it does not answer.",
+    )
+    status.add_argument("--port", type=int, help="the health port (default: health.port)")
+    for sub in (add, remove, listing, status):
+        sub.add_argument(
+            "--config", "-c", type=Path, default=Path("/etc/store-gateway/config.toml")
+        )

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import platform
 import sys
+from collections.abc import Iterable
 
 from prometheus_client import (
     CollectorRegistry,
@@ -13,10 +15,21 @@ from prometheus_client import (
     Enum,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
-__all__ = ["Metrics"]
+from gateway import __version__
+from gateway.codecs.topics import SECTIONS
+
+__all__ = ["MOMENTS", "PRINT_OUTCOMES", "REFUSALS", "Metrics"]
+
+# The bounded label values, so each labelled counter is there at 0 from the start.
+REFUSALS = ("invalid", "undeclared", "busy", "storage_full", "not_accepted", "internal")
+REFUSING_KINDS = (*SECTIONS, "node", "other")
+MOMENTS = ("kiosk_identify", "zone_enter", "zone_dwell", "checkout", "tablet_serve", "app_message")
+AUDIENCES = ("personal", "anonymous")
+PRINT_OUTCOMES = ("printed", "failed", "interrupted")
 
 # Event-loop lag and collector pauses: fine where the targets are (a few ms), coarse beyond.
 _PAUSE_BUCKETS = (
@@ -55,6 +68,15 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.refusals = Counter(
+            "gateway_refusals",
+            "Inbound messages refused, by device kind and reason (both bounded)",
+            ["kind", "reason"],
+            registry=r,
+        )
+        for kind in REFUSING_KINDS:
+            for reason in REFUSALS:
+                self.refusals.labels(kind, reason)
         self.mqtt_busy = Counter(
             "gateway_mqtt_busy",
             "Inbound messages refused as over their device's budget ([budgets])",
@@ -74,6 +96,9 @@ class Metrics:
         self.decisions = Counter(
             "gateway_decisions", "Decisions taken", ["moment", "audience"], registry=r
         )
+        for moment in MOMENTS:
+            for audience in AUDIENCES:
+                self.decisions.labels(moment, audience)
         self.decision_seconds = Histogram(
             "gateway_decision_seconds",
             "Moment received -> content published",
@@ -285,6 +310,9 @@ class Metrics:
             ["touchpoint", "estimator"],
             registry=r,
         )
+        Info("gateway_build", "The gateway's version and its Python", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
 
         # What the process holds, read when scraped (the soak benchmark follows them over time).
         Gauge(
@@ -297,6 +325,16 @@ class Metrics:
             "Memory SQLite holds in this process, page caches included (sqlite3_memory_used)",
             registry=r,
         ).set_function(_sqlite_memory_used)
+
+    def start_at_zero(self, components: Iterable[str], printers: Iterable[str]) -> None:
+        """The series named by the configuration, at 0 before anything happens to them."""
+        for name in components:
+            self.component_up.labels(name).set(0)
+            self.component_restarts.labels(name).set(0)
+        for printer in printers:
+            self.printer_state.labels(printer).state("starting")
+            for outcome in PRINT_OUTCOMES:
+                self.print_jobs.labels(printer, outcome)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -26,7 +26,7 @@ from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, OutboxRow, StorageFull, Store, is_storage_full
 from gateway.sync.wire import PRIORITY_RANK
 
-__all__ = ["EVENT_SCHEMA_VERSION", "Outbox"]
+__all__ = ["EVENT_SCHEMA_VERSION", "Outbox", "backlog_by_rank"]
 
 log = structlog.get_logger("gateway.outbox")
 EVENT_SCHEMA_VERSION = 1
@@ -92,6 +92,10 @@ class Outbox:
         return row.id
 
     async def run(self, handle: Handle) -> None:
+        # What the last run left waiting, at once (not only after the next commit).
+        waiting, size = await self._db.call(Store.outbox_size)
+        self._metrics.outbox_events.set(waiting)
+        self._metrics.outbox_bytes.set(size)
         handle.ready()
         if self._pending:  # left by a commit that failed before this restart
             self._wake.set()
@@ -154,3 +158,10 @@ def _settle(
     for _, future in batch:
         if not future.done():
             action(future)
+
+
+def backlog_by_rank(store: Store) -> dict[int, int]:
+    """Events waiting per priority rank (0 transactions, rewards, consents; 1 decisions; 2
+    telemetry): the console's overview. Walks the (rank, seq) index."""
+    rows = store.conn.execute("SELECT rank, count(*) FROM outbox GROUP BY rank")
+    return {int(rank): int(n) for rank, n in rows.fetchall()}

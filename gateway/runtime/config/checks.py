@@ -174,6 +174,7 @@ def _check_kiosks_and_links(config: Config, problems: list[str]) -> None:
             f"supervisor.restart_min_s: found {config.supervisor.restart_min_s:g}, expected at"
             f" most supervisor.restart_max_s ({config.supervisor.restart_max_s:g})"
         )
+    problems += config.console.problems()  # issue 18
     for name in ("mqtt", "cloud"):
         section = getattr(config, name)
         if (section.cert_file is None) != (section.key_file is None):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.console.settings import ConsoleConfig
 from gateway.runtime.config.checks import check
 from gateway.runtime.config.devices import (
     AppConfig,
@@ -48,6 +49,7 @@ class Config:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     budgets: BudgetsConfig = field(default_factory=BudgetsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)  # issue 18
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
