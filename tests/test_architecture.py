@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 GATEWAY = Path(__file__).resolve().parent.parent / "gateway"
-COMPOSITION_ROOT = {"app.py", "cli.py"}  # in gateway/runtime/
+COMPOSITION_ROOT = {"app.py", "builders.py", "cli.py"}  # in gateway/runtime/
 
 
 def _imports(path: Path) -> set[str]:

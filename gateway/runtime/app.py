@@ -1,4 +1,4 @@
-"""The composition root: builds the components from the config and runs them under one supervisor.
+"""The composition root: builds the components from the config (`build`); `daemon` runs them.
 
 This module and `gateway.runtime.cli` are the only parts of `gateway` that import drivers; the
 rest of the core never does (tests/test_architecture.py checks it).
@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
-import os
-import signal
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +17,6 @@ import structlog
 
 from drivers.cloud import CloudLink, https_fetcher
 from drivers.mqtt import MqttLink
-from gateway import __version__
-from gateway.ble.espresense import NodeSource
-from gateway.ble.keys import DeviceKeys
-from gateway.ble.presence import ZoneEvent
-from gateway.ble.scanners import ScannerStats
 from gateway.ble.service import Presence
 from gateway.codecs.identity import IdentityResolver, load_or_create_hash_key, parse_public_key
 from gateway.codecs.payloads import session_floor
@@ -36,27 +27,25 @@ from gateway.decision.offers import upsert_offers
 from gateway.decision.outcomes import Windows
 from gateway.decision.readout import DailyReadout
 from gateway.decision.rewards import RewardJoiner
-from gateway.escpos import Profile, load_profile
-from gateway.flows.camera import CameraPurposes
+from gateway.escpos import load_profile
 from gateway.flows.device_events import DeviceEvents
 from gateway.flows.printing import PrintJournal
 from gateway.moments import AppPresence, Journey, Kiosks, ScreenHold, Tablets, ZoneScreens
 from gateway.moments.followup import Followups
 from gateway.pos import receipts
 from gateway.pos.lanes import PosLanes
-from gateway.runtime.clock import Clock, TimeKeeper
+from gateway.runtime.builders import both, build_camera, build_presence, build_printers
+from gateway.runtime.clock import TimeKeeper
 from gateway.runtime.config import Config
-from gateway.runtime.health import HealthServer, judge
 from gateway.runtime.metrics import Metrics
-from gateway.runtime.pauses import timing_gc, watch_loop
 from gateway.runtime.sdnotify import Notifier
-from gateway.runtime.supervisor import Component, Handle, State, Supervisor
+from gateway.runtime.supervisor import Component, Handle
 from gateway.runtime.timekeeping import ClockWatch
 from gateway.store import AsyncStore, Opened, Store, check_writable, load_seed
 from gateway.sync.bundles import BundleApplier, Reaction
 from gateway.sync.outbox import Outbox
 
-__all__ = ["Gateway", "StoreComponent", "build", "run_gateway"]
+__all__ = ["Gateway", "StoreComponent", "build"]
 
 log = structlog.get_logger("gateway.app")
 DATABASE_NAME = "gateway.sqlite3"
@@ -129,33 +118,6 @@ def _log_opened(opened: Opened) -> None:
             " replaced, and what it held that the cloud had not received is gone",
         )
     log.info("store opened", path=path, quick_check_ms=round(opened.check_s * 1000, 1))
-
-
-def _health_report(
-    supervisor: Supervisor, config: Config, started: float, presence: Presence | None = None
-) -> tuple[bool, Mapping[str, Any]]:
-    now = time.monotonic()
-    verdict = judge(supervisor.health, ready_once=supervisor.is_ready)
-    components = {
-        name: {
-            "state": str(h.state),
-            "detail": h.detail,
-            "restarts": h.restarts,
-            "for_s": round(now - h.since, 3),
-        }
-        for name, h in supervisor.health.items()
-    }
-    body = {
-        "status": verdict.status,
-        "degraded": list(verdict.degraded),
-        "store_id": config.store.id,
-        "version": __version__,
-        "uptime_s": round(now - started, 3),
-        "components": components,
-    }
-    if presence is not None:
-        body["ble"] = presence.health()
-    return verdict.serving, body
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,14 +266,14 @@ def build(
     link.route(topics.tablet_serve_filter, "tablet_serve", tablets.on_serve)
     link.route(topics.tablet_close_filter, "tablet_close", tablets.on_close)
     link.route(topics.device_events_filter, "device_events", events.on_event)
-    presence, radio = _presence(
+    presence, radio = build_presence(
         config,
         db=db,
         link=link,
         clock=clock,
         metrics=metrics,
         hash_key=hash_key,
-        on_zone=_both(
+        on_zone=both(
             ZoneScreens(config.screens, journey.submit, clock.monotonic).on_zone_event,
             app.on_zone_event,
         ),
@@ -366,287 +328,10 @@ def build(
         journey=journey,
         rewards=rewards,
         tablets=tablets if config.tablets else None,
-        printers=_printers(config, printing, profiles, clock, metrics),
-        camera=_camera(config, kiosks, clock, metrics, outbox),
+        printers=build_printers(config, printing, profiles, clock, metrics),
+        camera=build_camera(config, kiosks, clock, metrics, outbox),
         presence=presence,
         radio=radio,
         cloud=cloud,
         readout=DailyReadout(state_dir / DATABASE_NAME, outbox, clock, metrics),
     )
-
-
-def _printers(
-    config: Config,
-    printing: PrintJournal,
-    profiles: Mapping[str, Profile],
-    clock: Clock,
-    metrics: Metrics,
-) -> tuple[Component, ...]:
-    """The print journal and one driver per configured printer; () without printers."""
-    if not config.printers:
-        return ()
-    from drivers.escpos import EscposPrinter  # pyserial only when a printer is configured
-
-    components: list[Component] = [printing]
-    for printer_id, printer in config.printers.items():
-        components.append(
-            EscposPrinter(
-                printer_id,
-                printer.effective_link(),  # checked with the configuration
-                profiles[printer_id],
-                printing,
-                clock,
-                baud=printer.baud,
-                status_timeout_s=printer.status_timeout_s,
-                on_state=lambda pid, state: metrics.printer_state.labels(pid).state(state),
-            )
-        )
-    return tuple(components)
-
-
-def _camera(
-    config: Config, kiosks: Kiosks, clock: Clock, metrics: Metrics, outbox: Outbox
-) -> tuple[Component, ...]:
-    """The camera driver, only when the store enabled it: OpenCV is not even imported else."""
-    camera = config.camera
-    if not camera.enabled:
-        return ()
-    from drivers.camera import CameraSource
-
-    purposes = CameraPurposes(
-        camera, on_qr_token=kiosks.on_camera_qr, clock=clock, metrics=metrics, outbox=outbox
-    )
-    return (
-        purposes,  # stopped after the camera: it reports the minute in progress
-        CameraSource(
-            camera.source,
-            qr=purposes.qr,
-            audience=purposes.counting,
-            on_qr=purposes.on_qr,
-            on_faces=purposes.on_faces,
-            clock=clock,
-            process_fps=camera.process_fps,
-            stall_timeout_s=camera.stall_timeout_s,
-            reopen_max_s=camera.reopen_max_s,
-        ),
-    )
-
-
-def _both(
-    first: Callable[[ZoneEvent], None], second: Callable[[ZoneEvent], None]
-) -> Callable[[ZoneEvent], None]:
-    def both(event: ZoneEvent) -> None:
-        first(event)
-        second(event)
-
-    return both
-
-
-def _presence(
-    config: Config,
-    *,
-    db: AsyncStore,
-    link: MqttLink,
-    clock: Clock,
-    metrics: Metrics,
-    hash_key: bytes,
-    on_zone: Callable[[ZoneEvent], None],
-    outbox: Outbox,
-) -> tuple[Presence | None, Component | None]:
-    """The presence component and the local radio's source, when BLE and a radio are on."""
-    ble = config.ble
-    if not ble.enabled:
-        return None, None
-    stats = ScannerStats()
-    keys = DeviceKeys(hash_key)
-    presence = Presence(
-        ble,
-        db=db,
-        clock=clock,
-        metrics=metrics,
-        stats=stats,
-        on_event=on_zone,
-        outbox=outbox,
-    )
-    radio: Component | None = None
-    if ble.nodes_topic:
-        nodes = NodeSource(
-            ble.nodes_topic, keys, stats, presence.on_sighting, clock, rooms=ble.scanners
-        )
-        link.route(
-            nodes.device_filter,
-            "ble_nodes",
-            nodes.on_device,
-            device_of=nodes.node_of,
-            private_topics=True,
-        )
-        link.route(
-            nodes.status_filter,
-            "ble_node_status",
-            nodes.on_status,
-            device_of=nodes.node_of,
-            retained=True,  # a node's online/offline is retained state (its will among them)
-        )
-    if ble.adapter:
-        from drivers.ble.bleak_scanner import BleakSource  # bleak only when a radio is used
-
-        radio = BleakSource(
-            ble.adapter,
-            keys,
-            stats,
-            presence.on_sighting,
-            clock,
-            passive=ble.passive,
-            watchdog_s=ble.watchdog_s,
-            resets_after=ble.resets_after,
-        )
-    return presence, radio
-
-
-async def run_gateway(  # noqa: PLR0915 - split with app.py (issue 11)
-    config: Config,
-    *,
-    notifier: Notifier | None = None,
-    clock: TimeKeeper | None = None,
-    stop: asyncio.Event | None = None,
-) -> None:
-    """Run until SIGTERM/SIGINT (or `stop` is set), then drain within the configured bound."""
-    started = time.monotonic()
-    notifier = notifier or Notifier()
-    clock = clock or TimeKeeper()
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    metrics = Metrics()
-    gateway = build(config, clock, metrics, notifier)
-    presence = gateway.presence
-    components = gateway.components()
-    supervisor: Supervisor
-    if config.health.enabled:
-        components.append(
-            HealthServer(
-                config.health.host,
-                config.health.port,
-                report=lambda: _health_report(supervisor, config, started, presence),
-                metrics=metrics.render,
-            )
-        )
-    metrics.start_at_zero([c.name for c in components], config.printers)
-    if config.console.enabled:  # issue 18
-        report = lambda: _health_report(supervisor, config, started, presence)[1]  # noqa: E731
-        components.append(_console(config, gateway, clock, metrics, report))
-    told_ready = False
-
-    def on_change(sup: Supervisor) -> None:
-        nonlocal told_ready
-        for name, h in sup.health.items():
-            metrics.component_up.labels(name).set(1 if h.state == State.READY else 0)
-            metrics.component_restarts.labels(name).set(h.restarts)
-        if sup.is_ready and not told_ready:
-            told_ready = True
-            # Everything imported and built so far lives as long as the process: keep it out of
-            # the collector, so a full collection costs microseconds, not a 10+ ms pause.
-            gc.freeze()
-            notifier.ready(sup.summary)
-            startup_s = round(time.monotonic() - started, 3)
-            log.info("gateway ready", store=config.store.id, startup_s=startup_s)
-        else:
-            notifier.status(sup.summary)
-
-    supervisor = Supervisor(
-        components,
-        restart_min_s=config.supervisor.restart_min_s,
-        restart_max_s=config.supervisor.restart_max_s,
-        ready_requires=("store", "mqtt"),
-        on_change=on_change,
-        clock=clock,
-    )
-
-    def request_stop(signame: str) -> None:
-        if stop.is_set():
-            return
-        log.info("stopping", signal=signame, bound_s=config.supervisor.shutdown_timeout_s)
-        notifier.stopping()
-        # The bound is a promise to systemd: past it, leave without finishing the drain.
-        loop.call_later(config.supervisor.shutdown_timeout_s, _leave_now)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop, sig.name)
-    watchdog = asyncio.create_task(_feed_watchdog(notifier), name="watchdog")
-    lag = asyncio.create_task(watch_loop(metrics), name="loop-lag")  # issue 14
-    log.info("starting", store=config.store.id, version=__version__)
-    try:
-        with timing_gc(metrics):
-            await supervisor.run(stop)
-    finally:
-        watchdog.cancel()
-        lag.cancel()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        notifier.close()
-    log.info("stopped", store=config.store.id)
-
-
-def _console(
-    config: Config,
-    gateway: Gateway,
-    clock: TimeKeeper,
-    metrics: Metrics,
-    health: Callable[[], Mapping[str, Any]],
-) -> Component:
-    """The console (issue 18), reading the components it shows and wired to its actions."""
-    from gateway.console.accounts import Accounts
-    from gateway.console.server import Actions, Activity, Console, Sources
-    from gateway.flows.printing import requeue_failed_print
-
-    db, link, topics = gateway.store.db, gateway.link, Topics(config.store.id)
-    declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
-    activity = Activity(declared, clock.now)
-    link.on_device = activity.seen
-    journal = gateway.printers[0] if gateway.printers else None
-
-    async def audit(data: dict[str, Any]) -> None:
-        await gateway.outbox.accept("console.action", "decision", data)
-
-    async def reprint(job_id: str) -> bool:
-        printer = await db.call(requeue_failed_print, job_id, clock.now())
-        if printer is not None and isinstance(journal, PrintJournal):
-            journal.queued(printer)
-        return printer is not None
-
-    async def clear_screen(screen: str) -> bool:
-        if screen not in config.screens:
-            return False
-        link.post(topics.screen_content(screen), b"", retain=True)
-        return True
-
-    async def personalisation(state: str) -> bool:
-        if state not in ("pause", "resume"):
-            return False
-        await gateway.journey.pause_personalisation(state == "pause")
-        return True
-
-    def paused() -> bool:
-        return gateway.journey.personalisation_paused
-
-    sources = Sources(
-        config, topics, metrics, health, link.retained, db, activity, clock.now, paused
-    )
-    accounts = Accounts(config.console.users_path(config.store.state_dir))
-    actions = Actions(audit, reprint, clear_screen, personalisation)
-    return Console(config.console, sources, actions, accounts)
-
-
-async def _feed_watchdog(notifier: Notifier) -> None:
-    """WATCHDOG=1 from the event loop itself, so a blocked loop is what systemd notices."""
-    interval = notifier.watchdog_interval_s
-    if interval is None:
-        return
-    while True:
-        notifier.watchdog()
-        await asyncio.sleep(interval / 2)
-
-
-def _leave_now() -> None:
-    log.error("drain exceeded supervisor.shutdown_timeout_s; exiting without finishing it")
-    os._exit(0)

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EX_CONFIG
     if args.command != "run":
         return _tool(loaded, args)
-    from gateway.runtime.app import run_gateway
+    from gateway.runtime.daemon import run_gateway
     from gateway.runtime.logs import configure_logging
     from gateway.store import StateDirUnusable
 
