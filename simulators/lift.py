@@ -330,3 +330,26 @@ class _Fixed:
 
     def trusted(self) -> bool:
         return True
+
+
+def main() -> None:
+    """`python -m simulators.lift [SEED]`: one world's readout beside its true lift."""
+    import sys
+    import tempfile
+
+    from gateway.decision.report import render
+
+    seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    with tempfile.TemporaryDirectory(prefix="lift-") as tmp:
+        measured = asyncio.run(measure(World(), seed, Path(tmp)))
+    print(render(measured.readout))
+    revenue = measured.readout.touchpoints[-1].revenue
+    estimate = "n/a" if revenue is None or revenue.lift is None else f"{revenue.lift:+.1%}"
+    print(
+        f"\nthe world's true lift of revenue per visit: {measured.true_lift:+.1%}"
+        f" (the readout: {estimate}; {'inside' if measured.covered else 'outside'} its interval)"
+    )
+
+
+if __name__ == "__main__":
+    main()

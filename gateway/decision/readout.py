@@ -1,15 +1,18 @@
 """The experiment readout, once a day: an `experiment.summary` event and gauges on /metrics.
 
 The readout (`gateway.decision.report`) reads the decision log over a read-only connection of
-its own, on a worker thread (neither the event loop nor the store thread waits for it). Its
-figures go up as one `experiment.summary` event per day (id `experiment.summary:{day}`: a
-restart the same day makes no second one at the cloud) and set the `gateway_experiment_*`
-gauges.
+its own, in a child process (seconds of Python over a big log would hold the GIL the event loop
+needs; neither the loop nor the store thread waits for it). Its figures go up as one
+`experiment.summary` event per day (id `experiment.summary:{day}`: a restart the same day makes
+no second one at the cloud) and set the `gateway_experiment_*` gauges.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -52,7 +55,9 @@ class DailyReadout:
     async def once(self) -> Readout:
         """Read, publish the gauges, and commit the day's summary event."""
         now = self._clock.now()
-        readout = await asyncio.to_thread(read, self._database, since_days=READOUT_DAYS, now=now)
+        job = functools.partial(read, self._database, since_days=READOUT_DAYS, now=now)
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            readout = await asyncio.get_running_loop().run_in_executor(child, job)
         publish_gauges(self._metrics, readout)
         day = int(now // 86400)
         await self._outbox.accept(

@@ -257,7 +257,7 @@ class _Touchpoint:
 
     def add_anonymous(self, arm: str, policy: str, group: Sequence[float]) -> None:
         """Each decision a unit (y = reward, n = 1): the sums of a group of them (decisions,
-        closed, rewards, squared rewards)."""
+        closed, rewards, squared rewards), then the group's off-policy sums."""
         decisions, closed, rewards, squares = int(group[0]), int(group[1]), group[2], group[3]
         self.decisions += decisions
         self.open += decisions - closed
@@ -272,6 +272,8 @@ class _Touchpoint:
         if policy == "rules" and arm == "control":
             self.ope.rules_k += closed
             self.ope.rules_r += rewards
+        elif policy == "nba":
+            self.ope.add([closed, *group[4:]])
 
 
 @dataclass
@@ -284,58 +286,32 @@ class _Experiment:
     days: set[tuple[str, int]] = field(default_factory=set)  # (unit, day): visits
 
 
-# The log is aggregated by SQLite (in C), a few passes over the decisions of the period; Python
-# sees one row per customer and moment, per visit, or per group.
 _TOUCHPOINTS = tuple(sorted(set(TOUCHPOINT_OF.values())))
+_BIT = {t: 1 << k for k, t in enumerate(_TOUCHPOINTS)}
+_MOMENT_BIT = {m: (t, _BIT[t]) for m, t in TOUCHPOINT_OF.items()}
 
-
-def _is(touchpoint: str) -> str:
-    moments = ", ".join(f"'{m}'" for m, t in TOUCHPOINT_OF.items() if t == touchpoint)
-    return f"moment IN ({moments})"
-
-
-# One row per customer (and holdout flag): per touchpoint, decisions, closed ones, rewards.
+# One sequential pass over the identified decisions of the period (`+ts`: the ts index would
+# visit the rows in random order); Python aggregates them in dictionaries, no sorting. The
+# anonymous ones are few groups, aggregated by SQLite.
 _IDENTIFIED = (
-    "SELECT customer_ref, policy = 'holdout', "  # noqa: S608 - the constant table above
-    + ", ".join(
-        f"total({_is(t)}), total({_is(t)} AND reward IS NOT NULL),"
-        f" total(CASE WHEN {_is(t)} THEN reward END)"
-        for t in _TOUCHPOINTS
-    )
-    + " FROM decisions WHERE ts >= ? AND customer_ref IS NOT NULL"
-    " GROUP BY customer_ref, policy = 'holdout'"
+    "SELECT customer_ref, CAST(ts / 86400 AS INTEGER), moment, policy, propensity, reward,"
+    " CASE WHEN moment = 'checkout' THEN json_extract(context, '$.total') END"
+    " FROM decisions WHERE +ts >= ? AND customer_ref IS NOT NULL"
 )
 _ANONYMOUS = (
     "SELECT moment, coalesce(json_extract(context, '$.arm'), 'model'), policy, count(*),"
-    " count(reward), total(reward), total(reward * reward)"
-    " FROM decisions WHERE ts >= ? AND customer_ref IS NULL GROUP BY 1, 2, 3"
+    " count(reward), total(reward), total(reward * reward),"
+    " total(w), total(w * reward), total(w * w), total(w * w * reward * reward),"
+    " total(w * w * reward) FROM (SELECT moment, context, policy, reward,"
+    "  CASE WHEN policy = 'nba' AND reward IS NOT NULL AND propensity > 0.5"
+    "  THEN 1.0 / propensity ELSE 0.0 END AS w"
+    "  FROM decisions WHERE +ts >= ? AND customer_ref IS NULL) GROUP BY 1, 2, 3"
 )
-_OFF_POLICY = (
-    "SELECT moment, count(*), total(w), total(w * reward), total(w * w),"
-    " total(w * w * reward * reward), total(w * w * reward) FROM (SELECT moment, reward,"
-    " CASE WHEN propensity > 0.5 THEN 1.0 / propensity ELSE 0.0 END AS w FROM decisions"
-    " WHERE ts >= ? AND policy = 'nba' AND reward IS NOT NULL) GROUP BY moment"
-)
-# Visits (a customer's day), then one row per customer: visits, in-store and online revenue,
-# in the holdout; and the same over the visits each touchpoint took part in.
-_VISITS = (
-    "WITH o AS (SELECT d.customer_ref AS c, CAST(d.ts / 86400 AS INTEGER) AS day,"  # noqa: S608 - the constant table above
-    "  total(CASE WHEN j.channel = 'store' THEN j.share END) AS st,"
-    "  total(CASE WHEN j.channel <> 'store' THEN j.share END) AS onl"
-    "  FROM outcome_joins j JOIN decisions d ON d.id = j.decision_id"
-    "  WHERE d.ts >= ?1 AND d.customer_ref IS NOT NULL GROUP BY 1, 2),"
-    " v AS (SELECT customer_ref AS c, CAST(ts / 86400 AS INTEGER) AS day,"
-    "  max(policy = 'holdout') AS h,"
-    "  total(CASE WHEN moment = 'checkout' THEN json_extract(context, '$.total') END) AS ins, "
-    + ", ".join(f"max({_is(t)}) AS at_{t}" for t in _TOUCHPOINTS)
-    + "  FROM decisions WHERE ts >= ?1 AND customer_ref IS NOT NULL GROUP BY 1, 2),"
-    " w AS (SELECT v.*, v.ins + coalesce(o.st, 0) AS inside, coalesce(o.onl, 0) AS online"
-    "  FROM v LEFT JOIN o ON o.c = v.c AND o.day = v.day)"
-    " SELECT c, max(h), count(*), total(inside), total(online), "
-    + ", ".join(
-        f"total(at_{t}), total(at_{t} * inside), total(at_{t} * online)" for t in _TOUCHPOINTS
-    )
-    + " FROM w GROUP BY c"
+# Outcomes joined to identified decisions, per visit: in store (channel store) and online.
+_OUTCOMES = (
+    "SELECT d.customer_ref, CAST(d.ts / 86400 AS INTEGER), j.channel = 'store', total(j.share)"
+    " FROM outcome_joins j JOIN decisions d ON d.id = j.decision_id"
+    " WHERE d.ts >= ? AND d.customer_ref IS NOT NULL GROUP BY 1, 2, 3"
 )
 _IN_TESTS = (
     "SELECT d.customer_ref, d.ts, d.reward, json_extract(d.context, '$.experiment'),"
@@ -345,7 +321,7 @@ _IN_TESTS = (
     "  total(CASE WHEN channel = 'store' THEN share END) AS store,"
     "  total(CASE WHEN channel <> 'store' THEN share END) AS online"
     "  FROM outcome_joins GROUP BY decision_id) j ON j.decision_id = d.id"
-    " WHERE d.ts >= ? AND instr(d.context, '\"experiment\"') > 0"
+    " WHERE +d.ts >= ? AND instr(d.context, '\"experiment\"') > 0"
 )
 
 
@@ -377,28 +353,16 @@ def read_connection(
     since = (now - since_days * _DAY,)
     parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
     overall = _Touchpoint()
-    holdout: set[str] = set()
-    for customer, held, *columns in conn.execute(_IDENTIFIED, since):
-        if held:
-            holdout.add(customer)
-        everywhere = [0.0, 0.0, 0.0]
-        for k, touchpoint in enumerate(_TOUCHPOINTS):
-            decisions, closed, rewards = columns[3 * k : 3 * k + 3]
-            if decisions:
-                parts[touchpoint].add_customer(customer, bool(held), decisions, closed, rewards)
-                everywhere[0] += decisions
-                everywhere[1] += closed
-                everywhere[2] += rewards
-        overall.add_customer(customer, bool(held), *everywhere)
+    visits, holdout = _identified(conn.execute(_IDENTIFIED, since), parts, overall)
+    for customer, day, in_store, amount in conn.execute(_OUTCOMES, since):
+        visit = visits.get((customer, day))
+        if visit is not None:
+            visit[1 if in_store else 2] += amount
     for moment, arm, policy, *sums in conn.execute(_ANONYMOUS, since):
         if (where := TOUCHPOINT_OF.get(moment)) is not None:
             parts[where].add_anonymous(arm, policy, sums)
             overall.add_anonymous(arm, policy, sums)
-    for moment, *sums in conn.execute(_OFF_POLICY, since):
-        if (where := TOUCHPOINT_OF.get(moment)) is not None:
-            parts[where].ope.add(sums)
-            overall.ope.add(sums)
-    per_visit = _revenue(conn.execute(_VISITS, since), holdout)
+    per_visit = _revenue(visits, holdout)
     readouts = [_readout(name, parts[name], per_visit.get(name)) for name in sorted(parts)]
     readouts.append(_readout("overall", overall, per_visit.get("overall")))
     tests = {
@@ -409,6 +373,65 @@ def read_connection(
         for customer, ts, reward, logged, revenue in conn.execute(_IN_TESTS, since):
             _add_test(tests, logged, customer, reward, revenue=revenue, day=int(ts // _DAY))
     return Readout(since_days, tuple(readouts), tuple(_experiments(tests)))
+
+
+def _identified(
+    rows: Iterable[tuple[str, int, str, str, float, float | None, float | None]],
+    parts: dict[str, _Touchpoint],
+    overall: _Touchpoint,
+) -> tuple[dict[tuple[str, int], list[Any]], set[str]]:
+    """The identified decisions, one pass: conversion units (per touchpoint, customer and arm),
+    the off-policy sums, and the visits: (customer, day) -> [touchpoints (bits), in store,
+    online]. Returns the visits and the customers in the holdout."""
+    units: dict[tuple[str, str, bool], list[float]] = {}
+    ope: dict[str, list[float]] = defaultdict(lambda: [0.0] * 6)
+    visits: dict[tuple[str, int], list[Any]] = {}
+    holdout: set[str] = set()
+    for customer, day, moment, policy, propensity, reward, total in rows:
+        found = _MOMENT_BIT.get(moment)
+        if found is None:
+            continue
+        touchpoint, bit = found
+        held = policy == "holdout"
+        key = (touchpoint, customer, held)
+        unit = units.get(key)
+        if unit is None:
+            unit = units[key] = [0.0, 0.0, 0.0]
+            if held:
+                holdout.add(customer)
+        unit[0] += 1
+        if reward is not None:
+            unit[1] += 1
+            unit[2] += reward
+            if policy == "nba":
+                w = 1.0 / propensity if propensity > 0.5 else 0.0
+                o = ope[touchpoint]
+                o[0] += 1
+                o[1] += w
+                o[2] += w * reward
+                o[3] += w * w
+                o[4] += (w * reward) ** 2
+                o[5] += w * w * reward
+        visit = visits.get((customer, day))
+        if visit is None:
+            visits[(customer, day)] = [bit, total or 0.0, 0.0]
+        else:
+            visit[0] |= bit
+            if total:
+                visit[1] += total
+    everywhere: dict[tuple[str, bool], list[float]] = {}
+    for (touchpoint, customer, held), (decisions, closed, rewards) in units.items():
+        parts[touchpoint].add_customer(customer, held, decisions, closed, rewards)
+        sums = everywhere.setdefault((customer, held), [0.0, 0.0, 0.0])
+        sums[0] += decisions
+        sums[1] += closed
+        sums[2] += rewards
+    for (customer, held), (decisions, closed, rewards) in everywhere.items():
+        overall.add_customer(customer, held, decisions, closed, rewards)
+    for touchpoint, sums in ope.items():
+        parts[touchpoint].ope.add(sums)
+        overall.ope.add(sums)
+    return visits, holdout
 
 
 def _add_test(
@@ -499,26 +522,32 @@ def _applied_experiments(conn: sqlite3.Connection) -> dict[str, Mapping[str, Any
         return {}
 
 
-def _revenue(customers: Iterable[Sequence[Any]], holdout: set[str]) -> dict[str, Revenue]:
-    """Per touchpoint and overall, one row per customer (`_VISITS`): the per-visit revenue of
-    each arm, a customer in the holdout if any of their decisions was."""
-    per: dict[str, dict[tuple[str, str], _Sums]] = {
-        where: {(arm, kind): _Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
-        for where in (*_TOUCHPOINTS, "overall")
+def _revenue(visits: Mapping[tuple[str, int], list[Any]], holdout: set[str]) -> dict[str, Revenue]:
+    """Per touchpoint and overall: each customer's visits and revenue (in store, online), then
+    the per-visit revenue of each arm; a customer is in the holdout if any decision was."""
+    # where -> customer -> [visits, in store, online]
+    per: dict[str, dict[str, list[float]]] = {w: {} for w in (*_TOUCHPOINTS, "overall")}
+    wheres = {  # the touchpoints a visit's bits name, each with its customers
+        bits: (per["overall"], *(per[t] for t in _TOUCHPOINTS if bits & _BIT[t]))
+        for bits in range(1 << len(_TOUCHPOINTS))
     }
-    for customer, _held, visits, in_store, online, *columns in customers:
-        arm = "c" if customer in holdout else "t"
-        wheres = [("overall", visits, in_store, online)]
-        for k, touchpoint in enumerate(_TOUCHPOINTS):
-            if columns[3 * k]:
-                wheres.append((touchpoint, *columns[3 * k : 3 * k + 3]))
-        for where, n, inside, outside in wheres:
-            sums = per[where]
-            sums[(arm, "in")].add(inside, n)
-            sums[(arm, "on")].add(outside, n)
-            sums[(arm, "all")].add(inside + outside, n)
+    for (customer, _day), (bits, in_store, online) in visits.items():
+        for customers in wheres[bits]:
+            unit = customers.get(customer)
+            if unit is None:
+                customers[customer] = [1.0, in_store, online]
+            else:
+                unit[0] += 1
+                unit[1] += in_store
+                unit[2] += online
     out = {}
-    for where, sums in per.items():
+    for where, customers in per.items():
+        sums = {(arm, kind): _Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
+        for customer, (n, in_store, online) in customers.items():
+            arm = "c" if customer in holdout else "t"
+            sums[(arm, "in")].add(in_store, n)
+            sums[(arm, "on")].add(online, n)
+            sums[(arm, "all")].add(in_store + online, n)
         t_all, c_all = sums[("t", "all")], sums[("c", "all")]
         if not t_all.k or not c_all.k or (t_all.y == 0 and c_all.y == 0):
             continue

@@ -79,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
         parents=[overrides],
         help="the experiment readout",
         description="Personalised vs holdout, and the model's switchback slots vs the rules',"
-        " per touchpoint: conversion and lift with a 95 %% interval, from the decision log.",
+        " per touchpoint: conversion, revenue per identified visit (in store and online),"
+        " lift with a 95 %% interval, off-policy estimates and the marketing tests per arm,"
+        " from the decision log.",
     )
     report.add_argument(
         "--config",
