@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
@@ -74,14 +75,27 @@ class Journey:
         self._on_print_job = on_print_job
         self._pending = pending
         self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
+        # Screen moments wait apart, after the devices': signage neither delays a device that
+        # asked (a kiosk, a lane, a tablet) nor fills the queue they share (issue 14).
+        self._ambient: deque[ZoneMoment] = deque()
+        self._ambient_max = queue_size
+        self._wake = asyncio.Event()
         self._offers: list[Offer] = []
         self._skipped = 0
         self._full_logged = float("-inf")
 
     def submit(self, moment: Moment) -> bool:
-        """Queue a moment (never blocks); False when the queue is full and it is skipped."""
+        """Queue a moment (never blocks); False when the queue is full and it is skipped.
+        A zone moment waits only if its screen wants it now (the hold is asked again when it
+        is decided), and is decided when no device's moment waits."""
+        self._wake.set()
         try:
-            self._queue.put_nowait(moment)
+            if not isinstance(moment, ZoneMoment):
+                self._queue.put_nowait(moment)
+            elif self._hold.wants(moment.touchpoint, moment.customer_ref, self._clock.now()):
+                if len(self._ambient) >= self._ambient_max:
+                    raise asyncio.QueueFull
+                self._ambient.append(moment)
         except asyncio.QueueFull:
             self._skipped += 1
             now = self._clock.monotonic()
@@ -108,7 +122,7 @@ class Journey:
         handle.ready(f"{len(self._offers)} offers")
         try:
             while True:
-                moment = await self._queue.get()
+                moment = await self._next()
                 try:
                     await self._act(moment)
                 except (sqlite3.Error, StoreClosed) as exc:
@@ -128,6 +142,16 @@ class Journey:
                 with contextlib.suppress(Exception):
                     await self._act(moment)
             raise
+
+    async def _next(self) -> Moment:
+        """A device's moment first, else the screen moment waiting longest."""
+        while True:
+            if not self._queue.empty():
+                return self._queue.get_nowait()
+            if self._ambient:
+                return self._ambient.popleft()
+            self._wake.clear()
+            await self._wake.wait()
 
     def _refuse_for_space(self, moment: Moment) -> None:
         """No room to record the decision: a device that asked hears so (a checkout stays
