@@ -518,6 +518,10 @@ async def _store(
         await asyncio.gather(*work_tasks)
         # The load stops; the outbox empties (or not) while the sampler watches.
         await _stop_process(crowd)
+        assert crowd.stdout is not None
+        for line in (await crowd.stdout.read()).decode().splitlines():
+            if line.startswith("summary "):
+                info["crowd"] = json.loads(line.split(" ", 1)[1])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(90):
                 while not run.samples or run.samples[-1]["gateway_outbox_events"] > 0:  # noqa: ASYNC110 - the sampler task fills it
@@ -630,6 +634,11 @@ def _daemon_figures(run: _Run, info: dict[str, Any], samples: list[dict[str, flo
     figures["store_mqtt_received_per_s"] = figures["store_mqtt_received"] / max(
         last["t"] - first["t"], 1.0
     )
+    crowd = info.get("crowd", {})
+    seconds = max(crowd.get("seconds", 0.0), 1.0)
+    figures["store_node_messages_per_s"] = crowd.get("node_messages", 0.0) / seconds
+    figures["store_radio_adverts_per_s"] = crowd.get("radio_adverts", 0.0) / seconds
+    figures["store_radio_failed"] = float(bool(crowd.get("radio_failure")))
     skipped = re.findall(r'"skipped": (\d+)', info["log"])
     figures["store_moments_skipped"] = float(skipped[-1]) if skipped else 0.0
     return figures

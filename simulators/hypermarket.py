@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -236,6 +237,26 @@ async def _radio_feed(bluez: object, heard: list[Heard]) -> int:
     return passed
 
 
+class _Radio:
+    """The box's radio, fed while its bus takes it: a full D-Bus socket (a daemon too busy to
+    read) costs the radio, never the scanner nodes."""
+
+    def __init__(self, bluez: object | None) -> None:
+        self.bluez = bluez
+        self.adverts = 0
+        self.failure = ""
+
+    async def feed(self, _now: float, heard: list[Heard]) -> None:
+        if self.bluez is None or self.failure:
+            return
+        try:
+            async with asyncio.timeout(2.0):  # a bus that stopped taking writes
+                self.adverts += await _radio_feed(self.bluez, heard)
+        except Exception as exc:  # noqa: BLE001 - reported in the summary, the crowd goes on
+            self.failure = repr(exc)
+            print(f"radio feed stopped: {exc!r}", file=sys.stderr, flush=True)
+
+
 async def _crowd(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -248,7 +269,6 @@ async def _crowd(args: argparse.Namespace) -> None:
         layout=LAYOUT,
         customers=customers(args.customers),
     )
-    radio = 0
     async with contextlib.AsyncExitStack() as stack:
         bluez = None
         if args.bluez:
@@ -268,23 +288,24 @@ async def _crowd(args: argparse.Namespace) -> None:
             )
         )
         print("ready", flush=True)
-
-        async def on_sample(_now: float, heard: list[Heard]) -> None:
-            nonlocal radio
-            if bluez is not None:
-                radio += await _radio_feed(bluez, heard)
-
+        radio = _Radio(bluez)
+        started = time.monotonic()
         walk = asyncio.create_task(
-            nodes.run(until=time.time() + args.duration, on_sample=on_sample)
+            nodes.run(until=time.time() + args.duration, on_sample=radio.feed)
         )
         halt = asyncio.create_task(stop.wait())
         await asyncio.wait([walk, halt], return_when=asyncio.FIRST_COMPLETED)
+        ended = walk.done() and not walk.cancelled() and walk.exception()
+        if ended:
+            print(f"the crowd stopped early: {ended!r}", file=sys.stderr, flush=True)
         for task in (walk, halt):
             task.cancel()
         await asyncio.gather(walk, halt, return_exceptions=True)
         summary = {
+            "seconds": time.monotonic() - started,
             "node_messages": sum(nodes.published.values()),
-            "radio_adverts": radio,
+            "radio_adverts": radio.adverts,
+            "radio_failure": radio.failure,
             "screen_messages": sum(shown.received.values()),
         }
     print(f"summary {json.dumps(summary)}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from uuid import UUID
@@ -27,6 +28,8 @@ from gateway.ble.frames import (
 from simulators.beacons import (
     APPLE,
     MICROSOFT,
+    PATH_LOSS_EXPONENT,
+    TX_1M_DBM,
     Heard,
     ScannerNodes,
     World,
@@ -419,3 +422,34 @@ def test_cli_runs_nodes_against_a_broker(
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 6
     assert all(line.startswith("espresense-") and "device messages" in line for line in lines)
+
+
+def test_a_max_distance_keeps_only_what_a_node_would_place_that_close() -> None:
+    """ESPresense's max distance, cut before any Heard is made (5,000 phones in a hypermarket
+    are otherwise 90,000 reports a second)."""
+    world = World(start=T0, seed=3, devices=200)
+    everything = world.heard(T0 + 1)
+    near = World(start=T0, seed=3, devices=200).heard(T0 + 1, max_distance_m=6.0)
+    floor = TX_1M_DBM - 10 * PATH_LOSS_EXPONENT * math.log10(6.0)
+    assert 0 < len(near) < len(everything)
+    assert all(h.rssi >= floor for h in near)
+    assert {(h.scanner, h.address, h.rssi) for h in near} == {
+        (h.scanner, h.address, h.rssi) for h in everything if h.rssi >= floor
+    }
+
+
+async def test_nodes_skip_a_device_that_neither_moved_nor_went_unreported_long(
+    broker: Mosquitto,
+) -> None:
+    """ESPresense's skip rule: reported again once its distance moved skip_distance_m, or
+    skip_s after its last report."""
+    world = World(start=T0, seed=4, devices=30)
+    async with ScannerNodes(
+        "127.0.0.1", broker.port, world, skip_distance_m=1000.0, skip_s=5.0
+    ) as nodes:
+        first = await nodes.step(T0)
+        again = await nodes.step(T0 + 1)  # nothing moved 1 km, 1 s later: all skipped
+        later = await nodes.step(T0 + 6)  # 6 s after: reported again
+    assert first > 0
+    assert again < first / 5  # only devices heard for the first time
+    assert later > first / 2

@@ -55,7 +55,13 @@ class Run:
 
 @asynccontextmanager
 async def _running(source: Path | str, **options: Any) -> AsyncIterator[Run]:
-    settings: dict[str, Any] = {"qr": True, "audience": True, "process_fps": 20.0, **options}
+    settings: dict[str, Any] = {
+        "qr": True,
+        "audience": True,
+        "process_fps": 20.0,
+        "audience_every_s": 0.0,  # faces on every frame analysed, unless a test says otherwise
+        **options,
+    }
     run: Run | None = None
 
     def on_qr(text: str) -> None:
@@ -133,6 +139,26 @@ async def test_on_faces_counts_the_audience(tmp_path: Path, n: int) -> None:
     assert counts.most_common(1)[0][0] == n, counts
     assert {at for _, at in run.faces} == {NOW}  # stamped with the injected clock
     assert run.qr == []
+
+
+async def test_faces_are_counted_once_a_second_while_codes_are_read_on_every_frame(
+    tmp_path: Path,
+) -> None:
+    """The face detector costs ~25x a QR read: a minute's peak audience needs one count a
+    second, a customer holding up a code needs every frame (issue 14)."""
+    frames = [qr_frame(f"gw1.t-{s:04d}.0123456789abcdef01234", seed=s) for s in range(4)]
+    video = write_video(tmp_path / "qr.avi", frames, fps=20)
+    async with _running(video, process_fps=10.0, audience_every_s=1.0) as run:
+        await _until(lambda: run.state == State.READY)
+        started, processed = time.monotonic(), run.camera.frames_processed
+        faces = len(run.faces)
+        await asyncio.sleep(2.5)
+        elapsed = time.monotonic() - started
+        analysed = run.camera.frames_processed - processed
+        counted = len(run.faces) - faces
+    assert analysed >= 10  # codes are looked for in every frame analysed
+    assert 1 <= counted <= elapsed + 1
+    assert len(run.qr) >= analysed
 
 
 async def test_a_fast_camera_and_slow_processing_drop_frames(tmp_path: Path) -> None:

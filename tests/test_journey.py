@@ -290,6 +290,21 @@ async def test_zone_moments_reach_the_zones_screens_and_the_hold_keeps_what_they
     assert sorted(d.moment for d in decisions) == ["zone_dwell"] * 2 + ["zone_enter"] * 4
 
 
+async def test_a_kiosk_moment_is_decided_before_the_screen_moments_waiting(rig: Rig) -> None:
+    """Signage waits behind a device that asked (issue 14: zone entries queued ahead of a
+    kiosk's identification made the kiosk wait seconds)."""
+    for n in range(30):
+        event = ZoneEvent("enter", "coffee", f"d_{n}", None, rig.wall[0], 20.0)  # type: ignore[arg-type]
+        rig.zones.on_zone_event(event)
+    topic = TOPICS.kiosk_identify("kiosk-1")
+    rig.kiosks.on_identify(topic, encode_kiosk_identify("loyalty", LOYALTY, "req-first"))
+    posts = await _posted(rig, 4)
+    assert [body["request_id"] for _, body in posts[:2]] == ["req-first"] * 2  # kiosk, screen
+    # Each coffee screen takes the first entry, then is held: the 29 others are not decided.
+    await asyncio.sleep(0.2)
+    assert sorted(t.split("/")[-2] for t, _ in rig.screens.posts[2:]) == ["coffee-1", "coffee-2"]
+
+
 async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig) -> None:
     rig.lanes.on_basket(TOPICS.pos_basket("pos-1"), b'{"categories": ["coffee", "bakery"]}')
     loyalty = json.dumps({"method": "loyalty", "value": LOYALTY}).encode()

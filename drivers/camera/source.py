@@ -9,7 +9,8 @@
   in the driver is abandoned, never released under its feet.
 - The event loop takes the newest frame at most `process_fps` times a second and analyses it
   in one worker thread (`FrameAnalyzer`: QR codes with zxing-cpp, faces with OpenCV, limited to
-  one core); `on_qr` and `on_faces` are called on the loop.
+  one core); `on_qr` and `on_faces` are called on the loop. Faces are counted at most every
+  `audience_every_s` (a minute's peak needs no more; the face detector costs ~25x a QR read).
 - No frame for `stall_timeout_s`, a failed open or a failed read: the component is degraded,
   the capture released, and the source reopened with jittered exponential backoff capped at
   `reopen_max_s`; ready again once frames flow.
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal, NoReturn
 from urllib.parse import urlsplit
@@ -85,8 +87,9 @@ class FrameAnalyzer:
             if self._faces.empty():
                 raise RuntimeError(f"OpenCV cannot load {_FACE_CASCADE}")
 
-    def analyze(self, frame: MatLike) -> tuple[str | None, int | None]:
-        """(QR text or None, face count); each None when that analysis is off."""
+    def analyze(self, frame: MatLike, *, faces: bool = True) -> tuple[str | None, int | None]:
+        """(QR text or None, face count); each None when that analysis is off (`faces`:
+        False skips the face count of this frame)."""
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if frame.ndim == 3 else frame
         if self._max_size is not None:
             height, width = gray.shape[:2]
@@ -95,16 +98,16 @@ class FrameAnalyzer:
                 size = (round(width * scale), round(height * scale))
                 gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         text = _read_qr(gray) if self._qr else None
-        faces: int | None = None
-        if self._faces is not None:
+        count: int | None = None
+        if self._faces is not None and faces:
             found = self._faces.detectMultiScale(
                 gray,
                 scaleFactor=_FACE_SCALE_FACTOR,
                 minNeighbors=_FACE_MIN_NEIGHBORS,
                 minSize=(_FACE_MIN_PX, _FACE_MIN_PX),
             )
-            faces = len(found)
-        return text, faces
+            count = len(found)
+        return text, count
 
 
 _QR = zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
@@ -300,6 +303,7 @@ class CameraSource:
         reopen_max_s: float = 30.0,
         width: int = 640,
         height: int = 480,
+        audience_every_s: float = 1.0,
     ) -> None:
         if process_fps <= 0 or stall_timeout_s <= 0 or reopen_max_s <= 0:
             raise ValueError("process_fps, stall_timeout_s and reopen_max_s must be positive")
@@ -310,6 +314,7 @@ class CameraSource:
         self._on_qr, self._on_faces = on_qr, on_faces
         self._clock = clock
         self._period = 1 / process_fps
+        self._audience_every_s = audience_every_s
         self._stall_timeout_s = stall_timeout_s
         self._backoff = Backoff(min(_REOPEN_MIN_S, reopen_max_s), reopen_max_s, random.Random())
         self._latest = _LatestFrame()
@@ -397,6 +402,7 @@ class CameraSource:
         """Analyse the newest frame at most process_fps times a second until the source is lost."""
         ready = False
         due = loop.time()
+        faces_due = 0.0
         while True:
             await asyncio.sleep(due - loop.time())
             frame = await self._next_frame(reader)
@@ -407,7 +413,12 @@ class CameraSource:
                 self._log.info("camera streaming", width=width, height=height)
                 handle.ready(f"{width}x{height} from {_redacted(self._params.source)}")
             due = loop.time() + self._period
-            text, faces = await loop.run_in_executor(pool, analyzer.analyze, frame)
+            count_faces = loop.time() >= faces_due
+            if count_faces:
+                faces_due = loop.time() + self._audience_every_s
+            text, faces = await loop.run_in_executor(
+                pool, partial(analyzer.analyze, frame, faces=count_faces)
+            )
             del frame  # the only reference: the frame is gone once analysed
             now = time.monotonic()
             self.frames_processed += 1

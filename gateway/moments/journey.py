@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
@@ -83,6 +84,11 @@ class Journey:
         self._on_checkout = on_checkout
         self._pending = pending
         self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
+        # Screen moments wait apart, after the devices': signage neither delays a device that
+        # asked (a kiosk, a lane, a tablet) nor fills the queue they share (issue 14).
+        self._ambient: deque[ZoneMoment] = deque()
+        self._ambient_max = queue_size
+        self._wake = asyncio.Event()
         self._offers: list[Offer] = []
         self._tests: tuple[ExperimentTest, ...] = ()  # the experiments bundle's running tests
         self._skipped = 0
@@ -91,9 +97,17 @@ class Journey:
         self.personalisation_paused = False
 
     def submit(self, moment: Moment) -> bool:
-        """Queue a moment (never blocks); False when the queue is full and it is skipped."""
+        """Queue a moment (never blocks); False when the queue is full and it is skipped.
+        A zone moment waits only if its screen wants it now (the hold is asked again when it
+        is decided), and is decided when no device's moment waits."""
+        self._wake.set()
         try:
-            self._queue.put_nowait(moment)
+            if not isinstance(moment, ZoneMoment):
+                self._queue.put_nowait(moment)
+            elif self._hold.wants(moment.touchpoint, moment.customer_ref, self._clock.now()):
+                if len(self._ambient) >= self._ambient_max:
+                    raise asyncio.QueueFull
+                self._ambient.append(moment)
         except asyncio.QueueFull:
             self._skipped += 1
             now = self._clock.monotonic()
@@ -136,7 +150,7 @@ class Journey:
         handle.ready(f"{len(self._offers)} offers")
         try:
             while True:
-                moment = await self._queue.get()
+                moment = await self._next()
                 try:
                     await self._act(moment)
                 except (sqlite3.Error, StoreClosed) as exc:
@@ -156,6 +170,16 @@ class Journey:
                 with contextlib.suppress(Exception):
                     await self._act(moment)
             raise
+
+    async def _next(self) -> Moment:
+        """A device's moment first, else the screen moment waiting longest."""
+        while True:
+            if not self._queue.empty():
+                return self._queue.get_nowait()
+            if self._ambient:
+                return self._ambient.popleft()
+            self._wake.clear()
+            await self._wake.wait()
 
     def _refuse_for_space(self, moment: Moment) -> None:
         """No room to record the decision: a device that asked hears so (a checkout stays

@@ -37,8 +37,14 @@ async def watch_loop(metrics: Metrics, interval_s: float = LOOP_SAMPLE_S) -> Non
 
 
 @contextmanager
-def timing_gc(metrics: Metrics) -> Iterator[None]:
-    """While inside: every collection's pause into `gateway_gc_pause_seconds`."""
+def timing_gc(metrics: Metrics, *, freeze_survivors: bool = True) -> Iterator[None]:
+    """While inside: every collection's pause into `gateway_gc_pause_seconds`.
+
+    freeze_survivors: what a full collection leaves alive is frozen (`gc.freeze`), as the
+    daemon does with what it built at start: a full collection then looks only at what came
+    since, not again at every long-lived object (5,000 devices' presence: ~100 ms a pass on
+    an x86 core, several times that on a Pi). Frozen objects are still freed when nothing
+    refers to them; only a cycle among them would outlive its last reference."""
     children = {g: metrics.gc_pause.labels(str(g)) for g in range(3)}
     started = 0.0
     clock = time.perf_counter
@@ -48,7 +54,10 @@ def timing_gc(metrics: Metrics) -> Iterator[None]:
         if phase == "start":
             started = clock()
         else:
-            children[info["generation"]].observe(clock() - started)
+            generation = info["generation"]
+            children[generation].observe(clock() - started)
+            if generation == 2 and freeze_survivors:
+                gc.freeze()
 
     callback: Callable[[str, dict[str, Any]], None] = hook
     gc.callbacks.append(callback)
