@@ -259,6 +259,14 @@ class DecisionConfig:
     # What a decision maximises: conversion, revenue (price after discount) or margin
     # (price x margin); the model's probability x the offer's value (issue 17).
     objective: Literal["conversion", "revenue", "margin"] = "conversion"
+    # The promotion gate (issue 17): a model from a bundle serves in shadow until the box's own
+    # log gives its off-policy estimate at least this effective sample size (0: no gate, it
+    # serves at once), and is refused if worse than the serving policy's by more than
+    # promotion_margin (a share of the serving policy's value); the last
+    # promotion_window_days of the log are used.
+    promotion_min_ess: float = field(default=200.0, metadata=_meta(min=0, max=1e9))
+    promotion_margin: float = field(default=0.05, metadata=_meta(min=0, max=1))
+    promotion_window_days: float = field(default=28.0, metadata=_meta(min=1, max=365))
     # Share of identified customers kept as a control group (hashed, stable everywhere).
     holdout_share: float = field(default=0.1, metadata=_meta(min=0, max=1))
     # Anonymous audiences: each screen alternates model / rules in slots of this length.
