@@ -35,6 +35,7 @@ import aiomqtt  # noqa: E402
 from bench_figures import percentile as _percentile  # noqa: E402 - scripts/bench_figures.py
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
+from bench_learn import bench_learn  # noqa: E402 - scripts/bench_learn.py
 from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
 from bench_touchpoints import bench_app, bench_tablet  # noqa: E402 - bench_touchpoints.py
@@ -1031,6 +1032,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "tablet": lambda quick: bench_tablet(quick, _broker_rtt),
     "fleet": bench_fleet,
     "app": bench_app,
+    "learn": bench_learn,
 }
 
 

@@ -706,7 +706,21 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+@dataclass
+class Learned:
+    """What `--from` did: the exit code, the off-policy estimates, whether it was promoted."""
+
+    code: int
+    ope: OffPolicy
+    promoted: bool
+    problems: list[str]
+
+
 def train_from_logs(args: argparse.Namespace) -> int:
+    return learn_from_logs(args).code
+
+
+def learn_from_logs(args: argparse.Namespace) -> Learned:
     """Train on the earlier decisions of a store's log, evaluate off-policy on the later ones,
     and write the model only if the estimates can be trusted (or --force)."""
     started = time.monotonic()
@@ -776,7 +790,7 @@ def train_from_logs(args: argparse.Namespace) -> int:
     )
     args.card.write_text(card, encoding="utf-8")
     say(f"wrote {args.card} in {time.monotonic() - started:.0f} s")
-    return 0 if promoted else 3
+    return Learned(0 if promoted else 3, ope, not problems, problems)
 
 
 def card_from_logs(
