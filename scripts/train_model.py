@@ -77,6 +77,7 @@ from gateway.decision.features import (  # noqa: E402
     FEATURES,
     SPEC,
     SPEC_HASH,
+    drop_unavailable,
     featurize,
 )
 from gateway.decision.offpolicy import OffPolicy  # noqa: E402
@@ -176,7 +177,8 @@ def simulate(samples: int, seed: int, epsilon: float, export: Path | None = None
     started = time.monotonic()
     try:
         for k, (moment, i, p, r) in enumerate(log_decisions(sim, policy, samples, seed)):
-            features[k] = featurize(moment.ctx, [moment.offers[i]])[0]
+            # The simulator knows more than the live gateway: training sees what serving will.
+            features[k] = drop_unavailable(featurize(moment.ctx, [moment.offers[i]]))[0]
             reward[k], propensity[k] = r, p
             if sink is not None:
                 ids = tuple(o.id for o in moment.offers)
@@ -743,7 +745,7 @@ def learn_from_logs(args: argparse.Namespace) -> Learned:
     if len(rows) < MIN_TRAIN:
         raise SystemExit(f"{len(rows):,} decisions before the evaluation period: too few")
     data = TrainingSet(
-        np.asarray(rows, dtype=np.float32),
+        drop_unavailable(np.asarray(rows, dtype=np.float32)),
         np.asarray(rewards, dtype=np.float64),
         np.asarray(propensities, dtype=np.float64),
         f"{path}: {len(rows):,} logged decisions from {_when(summary.first)} to before"
