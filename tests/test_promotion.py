@@ -83,7 +83,10 @@ async def _events(db: AsyncStore) -> list[dict[str, object]]:
 
 async def test_a_better_model_is_promoted_and_serves_again_after_a_restart(rig: Rig) -> None:
     shutil.copy(SHIPPED, rig.models / "nba.onnx")
-    detail = await rig.manager.load()
+    assert "judged on the box's own log" in await rig.manager.load()
+    assert rig.engine.scorer is None  # in shadow while it is judged
+    assert rig.manager.judging is not None
+    detail = await rig.manager.judging
     assert detail.startswith("serving: model"), detail
     assert rig.engine.scorer is not None
     assert rig.engine.shadow is None
@@ -99,6 +102,7 @@ async def test_a_better_model_is_promoted_and_serves_again_after_a_restart(rig: 
     again = ModelManager(fresh, rig.models / "nba.onnx", None, rig.db)
     assert (await again.load()).startswith("serving: model")
     assert again.verdicts == []
+    assert again.judging is None
 
 
 async def test_a_worse_model_is_refused_and_the_serving_policy_stays(
@@ -106,7 +110,9 @@ async def test_a_worse_model_is_refused_and_the_serving_policy_stays(
 ) -> None:
     worse = make_model(tmp_path / "w.onnx", _weights(offer_household=6.0), version="household")
     shutil.copy(worse, rig.models / "nba.onnx")
-    detail = await rig.manager.load()
+    await rig.manager.load()
+    assert rig.manager.judging is not None
+    detail = await rig.manager.judging
     assert "model household refused" in detail
     assert rig.engine.scorer is None  # the rules still serve
     assert rig.engine.shadow is None
@@ -119,7 +125,9 @@ async def test_a_worse_model_is_refused_and_the_serving_policy_stays(
 async def test_a_model_waits_in_shadow_while_the_evidence_is_thin(rig: Rig) -> None:
     rig.engine.config = replace(GATE, promotion_min_ess=1e6)
     shutil.copy(SHIPPED, rig.models / "nba.onnx")
-    detail = await rig.manager.load()
+    await rig.manager.load()
+    assert rig.manager.judging is not None
+    detail = await rig.manager.judging
     assert "waits for evidence" in detail
     assert rig.engine.scorer is None
     assert rig.engine.shadow is not None

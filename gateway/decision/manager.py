@@ -63,6 +63,7 @@ class ModelManager:
         self._handle: Handle | None = None
         self._lock = asyncio.Lock()
         self.verdicts: list[Verdict] = []  # the gate's, latest last
+        self.judging: asyncio.Task[str] | None = None  # the gate at work after a load
 
     @property
     def promoted_marker(self) -> Path:
@@ -87,7 +88,11 @@ class ModelManager:
             path = self.path
             if path is None:
                 return f"no model at {self.installed}: the rules serve"
-            shadow = path == self.installed and self._gated and not self._passed(path)
+            shadow = (
+                path == self.installed
+                and self._gated
+                and not await asyncio.to_thread(self._passed, path)
+            )
             try:
                 scorer = await asyncio.to_thread(Scorer.load, path)
                 replay = await self._replay()
@@ -107,8 +112,9 @@ class ModelManager:
                 trained_at=scorer.info.trained_at,
             )
             detail = f"{state}: model {scorer.info.version}"
-        if shadow:
-            return await self.gate()
+        if shadow:  # judged in the background: reading weeks of log takes a while
+            self.judging = asyncio.create_task(self.gate())
+            detail = f"shadow: model {scorer.info.version}, judged on the box's own log"
         if self._handle is not None:
             self._handle.ready(detail)
         return detail
