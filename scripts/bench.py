@@ -36,6 +36,7 @@ from bench_console import bench_console  # noqa: E402 - scripts/bench_console.py
 from bench_figures import percentile as _percentile  # noqa: E402 - scripts/bench_figures.py
 from bench_fleet import bench_fleet  # noqa: E402 - scripts/bench_fleet.py, beside this file
 from bench_flood import bench_flood  # noqa: E402 - scripts/bench_flood.py, beside this file
+from bench_learn import bench_learn  # noqa: E402 - scripts/bench_learn.py
 from bench_lift import bench_lift  # noqa: E402 - scripts/bench_lift.py
 from bench_qr import bench_qr  # noqa: E402 - scripts/bench_qr.py
 from bench_soak import bench_soak  # noqa: E402 - scripts/bench_soak.py
@@ -1038,6 +1039,7 @@ BENCHMARKS: dict[str, Callable[[bool], Figures]] = {
     "store": lambda quick: bench_store(quick, _ping),
     "lift": bench_lift,
     "console": lambda quick: bench_console(quick, _identify_latency),
+    "learn": bench_learn,
 }
 
 

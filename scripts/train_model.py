@@ -77,6 +77,7 @@ from gateway.decision.features import (  # noqa: E402
     FEATURES,
     SPEC,
     SPEC_HASH,
+    drop_unavailable,
     featurize,
 )
 from gateway.decision.offpolicy import OffPolicy  # noqa: E402
@@ -176,7 +177,8 @@ def simulate(samples: int, seed: int, epsilon: float, export: Path | None = None
     started = time.monotonic()
     try:
         for k, (moment, i, p, r) in enumerate(log_decisions(sim, policy, samples, seed)):
-            features[k] = featurize(moment.ctx, [moment.offers[i]])[0]
+            # The simulator knows more than the live gateway: training sees what serving will.
+            features[k] = drop_unavailable(featurize(moment.ctx, [moment.offers[i]]))[0]
             reward[k], propensity[k] = r, p
             if sink is not None:
                 ids = tuple(o.id for o in moment.offers)
@@ -706,7 +708,21 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M")
 
 
+@dataclass
+class Learned:
+    """What `--from` did: the exit code, the off-policy estimates, whether it was promoted."""
+
+    code: int
+    ope: OffPolicy
+    promoted: bool
+    problems: list[str]
+
+
 def train_from_logs(args: argparse.Namespace) -> int:
+    return learn_from_logs(args).code
+
+
+def learn_from_logs(args: argparse.Namespace) -> Learned:
     """Train on the earlier decisions of a store's log, evaluate off-policy on the later ones,
     and write the model only if the estimates can be trusted (or --force)."""
     started = time.monotonic()
@@ -729,7 +745,7 @@ def train_from_logs(args: argparse.Namespace) -> int:
     if len(rows) < MIN_TRAIN:
         raise SystemExit(f"{len(rows):,} decisions before the evaluation period: too few")
     data = TrainingSet(
-        np.asarray(rows, dtype=np.float32),
+        drop_unavailable(np.asarray(rows, dtype=np.float32)),
         np.asarray(rewards, dtype=np.float64),
         np.asarray(propensities, dtype=np.float64),
         f"{path}: {len(rows):,} logged decisions from {_when(summary.first)} to before"
@@ -776,7 +792,7 @@ def train_from_logs(args: argparse.Namespace) -> int:
     )
     args.card.write_text(card, encoding="utf-8")
     say(f"wrote {args.card} in {time.monotonic() - started:.0f} s")
-    return 0 if promoted else 3
+    return Learned(0 if promoted else 3, ope, not problems, problems)
 
 
 def card_from_logs(

@@ -36,6 +36,7 @@ class World(Protocol):
     """What a shopper world offers the loop (simulators.shoppers.Simulator, simulators.world2)."""
 
     catalog: list[Offer]
+    shoppers: list[Shopper]
 
     def moments(self, n: int) -> list[SimMoment]: ...
 

@@ -263,6 +263,7 @@ async def test_a_model_bundle_is_downloaded_and_then_decides(
             cloud__artifact_ca_file=str(cloud.ca_file),
             decision__holdout_share="0",
             decision__exploration="0",  # the greedy pick shows which model decided
+            decision__promotion_min_ess="0",  # no gate: test_learning.py tests it
         )
         model = make_model(tmp_path / "m.onnx", _weights(offer_produce=6.0), version="bundle-v1")
         artifact = cloud.add_artifact("nba-bundle-v1.onnx", model.read_bytes())

@@ -77,8 +77,15 @@ class DecisionEngine:
 
     # -- model lifecycle
 
-    def install(self, scorer: Scorer, replay: Sequence[tuple[FeatureContext, list[Offer]]]) -> str:
-        """Validate a loaded model on recent decisions, then serve it (or shadow it)."""
+    def install(
+        self,
+        scorer: Scorer,
+        replay: Sequence[tuple[FeatureContext, list[Offer]]],
+        *,
+        shadow: bool = False,
+    ) -> str:
+        """Validate a loaded model on recent decisions, then serve it (or shadow it: asked, or
+        `decision.shadow` with a model serving)."""
         import numpy as np
 
         for ctx, offers in replay:
@@ -89,11 +96,18 @@ class DecisionEngine:
                 raise ModelError(f"{scorer.info.path}: non-finite scores on a recent decision")
             if np.any(scores < 0) or np.any(scores > 1):
                 raise ModelError(f"{scorer.info.path}: scores outside [0, 1] on a recent decision")
-        if self.config.shadow and self.scorer is not None:
+        if shadow or (self.config.shadow and self.scorer is not None):
             self.shadow = scorer
             return "shadow"
         self._previous, self.scorer = self.scorer, scorer
         return "serving"
+
+    def promote_shadow(self) -> Scorer | None:
+        """The shadow model serves (the one it replaces is kept to roll back to)."""
+        shadow = self.shadow
+        if shadow is not None:
+            self._previous, self.scorer, self.shadow = self.scorer, shadow, None
+        return shadow
 
     def _rollback(self, scorer: Scorer, error: Exception) -> None:
         """A model that fails at run time is dropped for the one before it (or the rules)."""

@@ -28,6 +28,7 @@ __all__ = [
     "CATEGORIES",
     "COMPLEMENTS",
     "FEATURES",
+    "LIVE_UNAVAILABLE",
     "PRICE_BANDS",
     "SEGMENTS",
     "SPEC",
@@ -39,6 +40,7 @@ __all__ = [
     "Weather",
     "context_from_json",
     "context_to_json",
+    "drop_unavailable",
     "featurize",
     "row_hash",
     "unknown_vocabulary",
@@ -91,6 +93,11 @@ def _names() -> tuple[str, ...]:
 
 
 FEATURES = _names()
+# Features the live gateway does not fill (yet): zero whenever it serves. Training zeroes them
+# too (`drop_unavailable`), so no model learns to rely on what it will never see: the store's
+# sales trend and a customer's recency / frequency / value (issue 17, "no skew"). Not part of
+# the spec's hash: filling one later is a change of this set, not of the columns.
+LIVE_UNAVAILABLE = frozenset({"recency_90", "frequency_20", "monetary_500", "category_trend"})
 CONTEXT_WIDTH = FEATURES.index(f"offer_{CATEGORIES[0]}")
 SPEC = {
     "name": SPEC_NAME,
@@ -251,3 +258,10 @@ def unknown_vocabulary(ctx: FeatureContext, offers: Sequence[Offer]) -> list[str
         if offer.price_band not in PRICE_BANDS:
             misses.append(f"price_band:{offer.price_band}")
     return misses
+
+
+def drop_unavailable(matrix: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The same rows with the columns of `LIVE_UNAVAILABLE` zeroed (a copy)."""
+    out = matrix.copy()
+    out[..., [FEATURES.index(name) for name in sorted(LIVE_UNAVAILABLE)]] = 0.0
+    return out

@@ -90,6 +90,7 @@ class _Terms:
     q_chosen: list[float] = field(default_factory=list)
     v_target: list[float] = field(default_factory=list)  # the target pick's value
     v_chosen: list[float] = field(default_factory=list)
+    w_serving: list[float] = field(default_factory=list)  # the logging policy's greedy pick
     deterministic: int = 0  # left out: some candidate had no chance
     unknown_support: int = 0  # logged without the whole distribution (an older export)
 
@@ -103,6 +104,8 @@ class OffPolicy:
     conversion: Estimates
     value: Estimates  # = conversion for the objective "conversion"
     objective: str
+    # The serving (logging) policy without its exploration: its greedy pick, SNIPS, in value.
+    serving: Estimate = Estimate(math.nan, math.nan, math.nan)
 
     @property
     def ess_share(self) -> float:
@@ -175,6 +178,9 @@ def _add(terms: _Terms, record: Exported, q: npt.NDArray[np.float64], objective:
     else:
         terms.unknown_support += 1
     weight = (1.0 if target == chosen else 0.0) / record.propensity
+    if record.probabilities:
+        greedy = max(range(len(q)), key=lambda a: (record.probabilities[a], -a))
+        terms.w_serving.append((1.0 if greedy == chosen else 0.0) / record.propensity)
     terms.weight.append(weight)
     terms.reward.append(record.reward)
     terms.value.append(record.reward * values[chosen])
@@ -203,6 +209,10 @@ def _estimates(terms: _Terms, objective: str) -> OffPolicy:
     conversion = estimates(r, q_t, q_c)
     value = estimates(np.asarray(terms.value), q_t * v_t, q_c * v_c)
     ess = float(w.sum() ** 2 / np.sum(w * w)) if len(w) and np.any(w) else 0.0
+    serving = Estimate(math.nan, math.nan, math.nan)
+    if len(terms.w_serving) == len(w) and len(w):
+        w_s = np.asarray(terms.w_serving)
+        serving = _ratio(w_s * np.asarray(terms.value), w_s)
     return OffPolicy(
         decisions=len(w),
         ess=ess,
@@ -211,4 +221,5 @@ def _estimates(terms: _Terms, objective: str) -> OffPolicy:
         conversion=conversion,
         value=value,
         objective=objective,
+        serving=serving,
     )

@@ -193,7 +193,14 @@ def build(
     outbox = Outbox(db, config.store.id, clock, metrics)
     engine = DecisionEngine(config.decision)
     metrics.decision_ess_week.set_function(lambda: engine.ess.projected_per_week(clock.now()))
-    models = ModelManager(engine, state_dir / "models" / "nba.onnx", config.decision.model_file, db)
+    models = ModelManager(
+        engine,
+        state_dir / "models" / "nba.onnx",
+        config.decision.model_file,
+        db,
+        outbox=outbox,
+        now=clock.now,
+    )
     profiles = {pid: load_profile(p.profile) for pid, p in config.printers.items()}
     printing = PrintJournal(db, profiles, clock, metrics=metrics)
     identity = IdentityResolver(

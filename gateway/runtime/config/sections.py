@@ -249,6 +249,14 @@ class DecisionConfig:
     # Outcomes from other channels (online purchases after a follow-up e-mail, app redemptions)
     # join their decision within this window; at least reward_window_s (issue 16).
     online_window_s: int = field(default=30 * 86400, metadata=_meta(min=60, max=365 * 86400))
+    # The promotion gate (issue 17): a model from a bundle serves in shadow until the box's own
+    # log gives its off-policy estimate at least this effective sample size (0: no gate, it
+    # serves at once), and is refused if worse than the serving policy's by more than
+    # promotion_margin (a share of the serving policy's value); the last
+    # promotion_window_days of the log are used.
+    promotion_min_ess: float = field(default=200.0, metadata=_meta(min=0, max=1e9))
+    promotion_margin: float = field(default=0.05, metadata=_meta(min=0, max=1))
+    promotion_window_days: float = field(default=28.0, metadata=_meta(min=1, max=365))
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
