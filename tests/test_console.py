@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import stat
 import subprocess
 import sys
@@ -229,3 +230,48 @@ def test_a_failed_job_is_queued_again_as_a_copy_once(tmp_path: Path) -> None:
         }
     finally:
         store.close()
+
+
+@pytest.mark.e2e
+def test_the_daemon_stops_cleanly_with_event_streams_open(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    port = free_port()
+    users = tmp_path / "users.json"
+    Accounts(users).add("olivia", "viewer", PASSWORD)
+    process = gateway(
+        overrides={
+            "console.enabled": "true",
+            "console.port": str(port),
+            "console.users_file": str(users),
+        }
+    )
+    process.wait_ready()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    form = "name=olivia&password=" + PASSWORD.replace(" ", "+")
+    connection.request(
+        "POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    answer = connection.getresponse()
+    answer.read()
+    cookie = answer.headers["Set-Cookie"].split(";", 1)[0]
+    connection.close()
+    streams = []
+    for page in ("overview", "devices"):
+        stream = socket.create_connection(("127.0.0.1", port), timeout=5)
+        stream.sendall(
+            f"GET /stream/{page} HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\n\r\n".encode()
+        )
+        received = b""
+        while b"event: page" not in received:  # its first rendering
+            received += stream.recv(65536)
+        streams.append(stream)
+    assert process.stop() == 0
+    for stream in streams:
+        rest = b""
+        while chunk := stream.recv(65536):  # the stream ends (chunked: its last chunk), no hang
+            rest += chunk
+        stream.close()
+    log = (tmp_path / "gateway.log").read_text()
+    assert "Exception in ASGI application" not in log
+    assert '"level": "error"' not in log

@@ -9,6 +9,7 @@ done is an event in the outbox (`console.action`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -66,10 +67,14 @@ class Actions:
 
 
 def console_app(
-    config: ConsoleConfig, sources: Sources, actions: Actions, accounts: Accounts
+    config: ConsoleConfig,
+    sources: Sources,
+    actions: Actions,
+    accounts: Accounts,
+    closing: asyncio.Event | None = None,
 ) -> Starlette:
     """The console's pages, stream, login and actions, as an ASGI application."""
-    h = _Handlers(config, sources, actions, accounts)
+    h = _Handlers(config, sources, actions, accounts, closing or asyncio.Event())
     return Starlette(
         routes=[
             Route("/", h.home),
@@ -86,9 +91,15 @@ def console_app(
 
 class _Handlers:
     def __init__(
-        self, config: ConsoleConfig, sources: Sources, actions: Actions, accounts: Accounts
+        self,
+        config: ConsoleConfig,
+        sources: Sources,
+        actions: Actions,
+        accounts: Accounts,
+        closing: asyncio.Event,
     ) -> None:
         self.config, self.sources, self.actions, self.accounts = config, sources, actions, accounts
+        self.closing = closing  # set when the daemon stops: event streams end
         self.sessions = Sessions(config.session_hours * 3600)
         self.brake = LoginBrake()
         self.static = {
@@ -162,7 +173,7 @@ class _Handlers:
         async def events() -> AsyncIterator[str]:
             last, quiet = "", 0.0
             yield "retry: 1000\n\n"
-            while self.session_of(request) is session:
+            while self.session_of(request) is session and not self.closing.is_set():
                 main = await render_main(name, self.sources, self.form_for(session))
                 if main != last:
                     last, quiet = main, 0.0
@@ -174,7 +185,8 @@ class _Handlers:
                 elif quiet >= _HEARTBEAT_S:
                     quiet = 0.0
                     yield ": still here\n\n"
-                await asyncio.sleep(_STREAM_EVERY_S)
+                with contextlib.suppress(TimeoutError):  # the daemon stops: end the stream
+                    await asyncio.wait_for(self.closing.wait(), _STREAM_EVERY_S)
                 quiet += _STREAM_EVERY_S
 
         return StreamingResponse(
@@ -325,10 +337,12 @@ class Console:
         self, config: ConsoleConfig, sources: Sources, actions: Actions, accounts: Accounts
     ) -> None:
         self._config = config
-        self._app = console_app(config, sources, actions, accounts)
+        self._closing = asyncio.Event()
+        self._app = console_app(config, sources, actions, accounts, self._closing)
 
     async def run(self, handle: Handle) -> None:
         c = self._config
+        self._closing.clear()  # a restart after a failure serves streams again
         sock = listen(c.host, c.port)
         port = sock.getsockname()[1]
         url = f"{'https' if c.tls else 'http'}://{c.host}:{port}/"
@@ -339,4 +353,5 @@ class Console:
             lambda: handle.ready(url),
             certfile=str(c.tls_cert_file) if c.tls_cert_file else None,
             keyfile=str(c.tls_key_file) if c.tls_key_file else None,
+            closing=self._closing,
         )

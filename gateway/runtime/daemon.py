@@ -8,23 +8,22 @@ import gc
 import os
 import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 
 from gateway import __version__
 from gateway.ble.service import Presence
-from gateway.codecs.topics import SECTIONS, Topics
 from gateway.flows.printing import PrintJournal
-from gateway.runtime.app import Gateway, build
+from gateway.runtime.app import build
 from gateway.runtime.clock import TimeKeeper
 from gateway.runtime.config import Config
 from gateway.runtime.health import HealthServer, judge
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.pauses import timing_gc, watch_loop
 from gateway.runtime.sdnotify import Notifier
-from gateway.runtime.supervisor import Component, State, Supervisor
+from gateway.runtime.supervisor import State, Supervisor
 
 __all__ = ["run_gateway"]
 
@@ -60,8 +59,16 @@ async def run_gateway(
         )
     metrics.start_at_zero([c.name for c in components], config.printers)
     if config.console.enabled:  # issue 18
-        report = lambda: _health_report(supervisor, config, started, presence)[1]  # noqa: E731
-        components.append(build_console(config, gateway, clock, metrics, report))
+        from gateway.console.wiring import build_console
+
+        journal = gateway.printers[0] if gateway.printers else None
+        console = build_console(
+            config, db=gateway.store.db, link=gateway.link, outbox=gateway.outbox,
+            journey=gateway.journey, journal=journal if isinstance(journal, PrintJournal) else None,
+            clock=clock, metrics=metrics,
+            health=lambda: _health_report(supervisor, config, started, presence)[1],
+        )  # fmt: skip
+        components.append(console)
     supervisor = Supervisor(
         components,
         restart_min_s=config.supervisor.restart_min_s,
@@ -164,53 +171,3 @@ async def _feed_watchdog(notifier: Notifier) -> None:
 def _leave_now() -> None:
     log.error("drain exceeded supervisor.shutdown_timeout_s; exiting without finishing it")
     os._exit(0)
-
-
-def build_console(
-    config: Config,
-    gateway: Gateway,
-    clock: TimeKeeper,
-    metrics: Metrics,
-    health: Callable[[], Mapping[str, Any]],
-) -> Component:
-    """The console (issue 18), reading the components it shows and wired to its actions."""
-    from gateway.console.accounts import Accounts
-    from gateway.console.server import Actions, Activity, Console, Sources
-    from gateway.flows.printing import requeue_failed_print
-
-    db, link, topics = gateway.store.db, gateway.link, Topics(config.store.id)
-    declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
-    activity = Activity(declared, clock.now)
-    link.on_device = activity.seen
-    journal = gateway.printers[0] if gateway.printers else None
-
-    async def audit(data: dict[str, Any]) -> None:
-        await gateway.outbox.accept("console.action", "decision", data)
-
-    async def reprint(job_id: str) -> bool:
-        printer = await db.call(requeue_failed_print, job_id, clock.now())
-        if printer is not None and isinstance(journal, PrintJournal):
-            journal.queued(printer)
-        return printer is not None
-
-    async def clear_screen(screen: str) -> bool:
-        if screen not in config.screens:
-            return False
-        link.post(topics.screen_content(screen), b"", retain=True)
-        return True
-
-    async def personalisation(state: str) -> bool:
-        if state not in ("pause", "resume"):
-            return False
-        await gateway.journey.pause_personalisation(state == "pause")
-        return True
-
-    def paused() -> bool:
-        return gateway.journey.personalisation_paused
-
-    sources = Sources(
-        config, topics, metrics, health, link.retained, db, activity, clock.now, paused
-    )
-    accounts = Accounts(config.console.users_path(config.store.state_dir))
-    actions = Actions(audit, reprint, clear_screen, personalisation)
-    return Console(config.console, sources, actions, accounts)

@@ -110,8 +110,10 @@ async def serve_asgi(
     *,
     certfile: str | None = None,
     keyfile: str | None = None,
+    closing: asyncio.Event | None = None,
 ) -> None:
-    """Serve `app` on `sock` until cancelled; then stop at once (streams are not waited for)."""
+    """Serve `app` on `sock` until cancelled; then set `closing` (long responses, such as event
+    streams, end on it), give open responses a second, and stop."""
     config = uvicorn.Config(
         app,
         log_config=None,
@@ -136,7 +138,9 @@ async def serve_asgi(
         on_ready()
         await asyncio.shield(task)
     finally:
-        server.should_exit = server.force_exit = True
+        if closing is not None:
+            closing.set()
+        server.should_exit = True  # idle connections close; open responses have a second
         await asyncio.shield(task)
         sock.close()
 
