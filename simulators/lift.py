@@ -337,7 +337,7 @@ def main() -> None:
     import sys
     import tempfile
 
-    from gateway.decision.report import render
+    from gateway.decision.report_text import render
 
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     with tempfile.TemporaryDirectory(prefix="lift-") as tmp:

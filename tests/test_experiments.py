@@ -16,7 +16,8 @@ from pathlib import Path
 from gateway.codecs.payloads import encode_kiosk_identify
 from gateway.decision.experiments import ExperimentTest, assign, parse_tests
 from gateway.decision.log import record_decision
-from gateway.decision.report import read, render
+from gateway.decision.report import read
+from gateway.decision.report_text import render
 from gateway.runtime.clock import SystemClock
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle

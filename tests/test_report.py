@@ -11,7 +11,8 @@ from pathlib import Path
 
 from gateway.decision.log import record_decision
 from gateway.decision.readout import DailyReadout
-from gateway.decision.report import read, render, summary
+from gateway.decision.report import read
+from gateway.decision.report_text import render, summary
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle
 from gateway.store import AsyncStore, Decision, Store

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import structlog
 
-from gateway.decision.report import Readout, read, summary
+from gateway.decision.report import Readout, read
+from gateway.decision.report_text import summary
 from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle

@@ -29,15 +29,31 @@ the log (about a million decisions in a few seconds).
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.decision.report_figures import (
+    DAY,
+    MIN_UNITS,
+    TOUCHPOINT_OF,
+    ArmReadout,
+    Comparison,
+    ExperimentReadout,
+    OffPolicy,
+    OpeSums,
+    Readout,
+    Revenue,
+    Sums,
+    TouchpointReadout,
+    lift_of,
+)
+
 __all__ = [
+    "ArmReadout",
     "Comparison",
     "ExperimentReadout",
     "OffPolicy",
@@ -46,194 +62,7 @@ __all__ = [
     "TouchpointReadout",
     "read",
     "read_connection",
-    "render",
-    "summary",
 ]
-
-TOUCHPOINT_OF = {
-    "kiosk_identify": "kiosk",
-    "zone_enter": "screen",
-    "zone_dwell": "screen",
-    "checkout": "receipt",
-    "tablet_serve": "tablet",
-    "app_message": "app",
-}
-_Z95 = 1.959964
-_DAY = 86400.0
-# Enough data for a test's verdict: at least this many units per arm, and an interval.
-MIN_UNITS = 100
-
-
-class _Sums:
-    """Units (y_i, n_i) of one arm: the ratio sum(y) / sum(n) and its delta-method variance."""
-
-    __slots__ = ("k", "n", "nn", "y", "yn", "yy")
-
-    def __init__(self) -> None:
-        self.k = 0
-        self.y = self.n = self.yy = self.yn = self.nn = 0.0
-
-    def add(self, y: float, n: float) -> None:
-        self.k += 1
-        self.y += y
-        self.n += n
-        self.yy += y * y
-        self.yn += y * n
-        self.nn += n * n
-
-    @property
-    def ratio(self) -> float:
-        return self.y / self.n if self.n else 0.0
-
-    def variance(self) -> float:
-        """Of the ratio (linearisation), with the small-sample factor k / (k - 1)."""
-        if self.k < 2 or not self.n:
-            return math.inf
-        r = self.ratio
-        spread = max(0.0, self.yy - 2 * r * self.yn + r * r * self.nn)
-        return spread / (self.n * self.n) * self.k / (self.k - 1)
-
-
-def _lift(t: _Sums, c: _Sums) -> tuple[float | None, float | None, float | None]:
-    """Lift t/c - 1 and its 95 % interval (delta method on the log of the ratio)."""
-    if not t.k or not c.k or c.ratio <= 0:
-        return None, None, None
-    lift = t.ratio / c.ratio - 1
-    if t.ratio <= 0:
-        return lift, None, None
-    se = math.sqrt(t.variance() / t.ratio**2 + c.variance() / c.ratio**2)
-    if not math.isfinite(se):
-        return lift, None, None
-    log_ratio = math.log(t.ratio / c.ratio)
-    return lift, math.exp(log_ratio - _Z95 * se) - 1, math.exp(log_ratio + _Z95 * se) - 1
-
-
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    treatment: str
-    control: str
-    decisions: tuple[int, int]  # with an outcome, per arm
-    units: tuple[int, int]  # customers (identified) or decisions (anonymous), per arm
-    conversion: tuple[float, float]
-    lift: float | None  # conversion ratio - 1; None when the control converted nothing
-    low: float | None  # 95 % interval of the lift
-    high: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Revenue:
-    """Revenue per identified visit, personalised vs holdout."""
-
-    visits: tuple[int, int]
-    customers: tuple[int, int]
-    in_store: tuple[float, float]  # per visit, per arm
-    online: tuple[float, float]
-    together: tuple[float, float]
-    lift: float | None  # of together
-    low: float | None
-    high: float | None
-    in_store_lift: float | None
-    online_lift: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class OffPolicy:
-    """The shipped model acting greedily, estimated from its own epsilon-greedy log."""
-
-    decisions: int  # closed decisions the model logged
-    effective_sample_size: float
-    ips: tuple[float, float, float] | None  # value, 95 % interval
-    snips: tuple[float, float, float] | None
-    dr: None  # needs every candidate's score in the log (not logged yet)
-    rules_conversion: float | None  # the rules' own (deterministic: on-policy)
-    rules_decisions: int
-
-
-@dataclass(frozen=True, slots=True)
-class TouchpointReadout:
-    touchpoint: str
-    decisions: int
-    customers: int
-    open: int  # decisions whose reward window has not closed
-    personalised: Comparison | None
-    switchback: Comparison | None
-    revenue: Revenue | None = None
-    off_policy: OffPolicy | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ArmReadout:
-    arm: str
-    units: int  # customers or decisions
-    decisions: int
-    value: float  # the test's metric per unit of its denominator
-    lift: float | None  # over the first arm
-    low: float | None
-    high: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class ExperimentReadout:
-    id: str
-    metric: str  # conversion or revenue_per_visit
-    arms: tuple[ArmReadout, ...]
-    enough_data: bool
-    verdict: str
-
-
-@dataclass(frozen=True, slots=True)
-class Readout:
-    days: float
-    touchpoints: tuple[TouchpointReadout, ...]  # overall last
-    experiments: tuple[ExperimentReadout, ...] = field(default=())
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-
-class _OpeSums:
-    """The greedy model's IPS / SNIPS terms over the decisions the model logged (sums)."""
-
-    __slots__ = ("k", "rules_k", "rules_r", "w", "wr", "wr_w", "wrwr", "ww")
-
-    def __init__(self) -> None:
-        self.k = self.rules_k = 0
-        self.w = self.wr = self.ww = self.wrwr = self.wr_w = self.rules_r = 0.0
-
-    def add(self, sums: Sequence[float]) -> None:
-        k, w, wr, ww, wrwr, wr_w = sums
-        self.k += int(k)
-        self.w += w
-        self.wr += wr
-        self.ww += ww
-        self.wrwr += wrwr
-        self.wr_w += wr_w
-
-    def readout(self) -> OffPolicy | None:
-        rules = self.rules_r / self.rules_k if self.rules_k else None
-        if self.k < 2:
-            if not self.rules_k:
-                return None
-            return OffPolicy(self.k, 0.0, None, None, None, rules, self.rules_k)
-        k = self.k
-        ips = self.wr / k
-        ips_se = math.sqrt(max(0.0, self.wrwr / k - ips * ips) / (k - 1))
-        snips_t: tuple[float, float, float] | None = None
-        if self.w > 0:
-            snips = self.wr / self.w
-            # delta method: psi_i = (w_i r_i - snips w_i) / mean(w)
-            spread = self.wrwr - 2 * snips * self.wr_w + snips * snips * self.ww
-            se = math.sqrt(max(0.0, spread) / k / (k - 1)) / (self.w / k)
-            snips_t = (snips, snips - _Z95 * se, snips + _Z95 * se)
-        return OffPolicy(
-            decisions=k,
-            effective_sample_size=self.w**2 / self.ww if self.ww else 0.0,
-            ips=(ips, ips - _Z95 * ips_se, ips + _Z95 * ips_se),
-            snips=snips_t,
-            dr=None,
-            rules_conversion=rules,
-            rules_decisions=self.rules_k,
-        )
 
 
 @dataclass
@@ -242,9 +71,9 @@ class _Touchpoint:
     open: int = 0
     customers: set[str] = field(default_factory=set)
     # identified conversion, each customer a unit: arm -> sums (rewards / closed decisions)
-    ident: dict[str, _Sums] = field(default_factory=lambda: {"model": _Sums(), "holdout": _Sums()})
-    anon: dict[str, _Sums] = field(default_factory=lambda: {"model": _Sums(), "control": _Sums()})
-    ope: _OpeSums = field(default_factory=_OpeSums)
+    ident: dict[str, Sums] = field(default_factory=lambda: {"model": Sums(), "holdout": Sums()})
+    anon: dict[str, Sums] = field(default_factory=lambda: {"model": Sums(), "control": Sums()})
+    ope: OpeSums = field(default_factory=OpeSums)
 
     def add_customer(
         self, customer: str, holdout: bool, decisions: float, closed: float, rewards: float
@@ -350,7 +179,7 @@ def read_connection(
 ) -> Readout:
     if experiments is None:
         experiments = _applied_experiments(conn)
-    since = (now - since_days * _DAY,)
+    since = (now - since_days * DAY,)
     parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
     overall = _Touchpoint()
     visits, holdout = _identified(conn.execute(_IDENTIFIED, since), parts, overall)
@@ -371,7 +200,7 @@ def read_connection(
     }
     if tests:
         for customer, ts, reward, logged, revenue in conn.execute(_IN_TESTS, since):
-            _add_test(tests, logged, customer, reward, revenue=revenue, day=int(ts // _DAY))
+            _add_test(tests, logged, customer, reward, revenue=revenue, day=int(ts // DAY))
     return Readout(since_days, tuple(readouts), tuple(_experiments(tests)))
 
 
@@ -475,16 +304,16 @@ def _experiments(tests: Mapping[str, _Experiment]) -> Iterable[ExperimentReadout
     for test_id, test in sorted(tests.items()):
         sums = {}
         for arm in test.arms:
-            s = _Sums()
+            s = Sums()
             for value, n in test.units.get(arm, {}).values():
                 if n:
                     s.add(value, n)
             sums[arm] = s
-        control = sums[test.arms[0]] if test.arms else _Sums()
+        control = sums[test.arms[0]] if test.arms else Sums()
         arms = []
         for arm in test.arms:
             s = sums[arm]
-            lift, low, high = (None, None, None) if arm == test.arms[0] else _lift(s, control)
+            lift, low, high = (None, None, None) if arm == test.arms[0] else lift_of(s, control)
             arms.append(ArmReadout(arm, s.k, test.decisions.get(arm, 0), s.ratio, lift, low, high))
         enough = (
             len(arms) > 1
@@ -542,7 +371,7 @@ def _revenue(visits: Mapping[tuple[str, int], list[Any]], holdout: set[str]) -> 
                 unit[2] += online
     out = {}
     for where, customers in per.items():
-        sums = {(arm, kind): _Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
+        sums = {(arm, kind): Sums() for arm in ("t", "c") for kind in ("in", "on", "all")}
         for customer, (n, in_store, online) in customers.items():
             arm = "c" if customer in holdout else "t"
             sums[(arm, "in")].add(in_store, n)
@@ -551,7 +380,7 @@ def _revenue(visits: Mapping[tuple[str, int], list[Any]], holdout: set[str]) -> 
         t_all, c_all = sums[("t", "all")], sums[("c", "all")]
         if not t_all.k or not c_all.k or (t_all.y == 0 and c_all.y == 0):
             continue
-        lift, low, high = _lift(t_all, c_all)
+        lift, low, high = lift_of(t_all, c_all)
         out[where] = Revenue(
             visits=(int(t_all.n), int(c_all.n)),
             customers=(t_all.k, c_all.k),
@@ -561,8 +390,8 @@ def _revenue(visits: Mapping[tuple[str, int], list[Any]], holdout: set[str]) -> 
             lift=lift,
             low=low,
             high=high,
-            in_store_lift=_lift(sums[("t", "in")], sums[("c", "in")])[0],
-            online_lift=_lift(sums[("t", "on")], sums[("c", "on")])[0],
+            in_store_lift=lift_of(sums[("t", "in")], sums[("c", "in")])[0],
+            online_lift=lift_of(sums[("t", "on")], sums[("c", "on")])[0],
         )
     return out
 
@@ -582,11 +411,11 @@ def _readout(name: str, part: _Touchpoint, revenue: Revenue | None) -> Touchpoin
     )
 
 
-def _compare_sums(treatment: tuple[str, _Sums], control: tuple[str, _Sums]) -> Comparison | None:
+def _compare_sums(treatment: tuple[str, Sums], control: tuple[str, Sums]) -> Comparison | None:
     (name_t, t), (name_c, c) = treatment, control
     if not t.k or not c.k:
         return None
-    lift, low, high = _lift(t, c)
+    lift, low, high = lift_of(t, c)
     return Comparison(
         treatment=name_t,
         control=name_c,
@@ -599,163 +428,4 @@ def _compare_sums(treatment: tuple[str, _Sums], control: tuple[str, _Sums]) -> C
     )
 
 
-def summary(readout: Readout) -> dict[str, Any]:
-    """The figures of the `experiment.summary` event and /metrics: per touchpoint, compact."""
-    out: dict[str, Any] = {"days": readout.days, "touchpoints": {}, "experiments": {}}
-    for part in readout.touchpoints:
-        entry: dict[str, Any] = {"decisions": part.decisions, "customers": part.customers}
-        for key, comparison in (
-            ("personalised", part.personalised),
-            ("switchback", part.switchback),
-        ):
-            if comparison is not None:
-                entry[key] = {
-                    "units": list(comparison.units),
-                    "conversion": [round(v, 6) for v in comparison.conversion],
-                    "lift": _round(comparison.lift),
-                    "ci95": [_round(comparison.low), _round(comparison.high)],
-                }
-        if part.revenue is not None:
-            r = part.revenue
-            entry["revenue_per_visit"] = {
-                "visits": list(r.visits),
-                "in_store": [round(v, 4) for v in r.in_store],
-                "online": [round(v, 4) for v in r.online],
-                "together": [round(v, 4) for v in r.together],
-                "lift": _round(r.lift),
-                "ci95": [_round(r.low), _round(r.high)],
-            }
-        o = part.off_policy
-        if o is not None and o.snips is not None and o.ips is not None:
-            entry["off_policy"] = {
-                "decisions": o.decisions,
-                "ess": round(o.effective_sample_size, 1),
-                "ips": [_round(v) for v in o.ips],
-                "snips": [_round(v) for v in o.snips],
-                "rules_conversion": _round(o.rules_conversion),
-            }
-        out["touchpoints"][part.touchpoint] = entry
-    for test in readout.experiments:
-        out["experiments"][test.id] = {
-            "metric": test.metric,
-            "enough_data": test.enough_data,
-            "arms": {a.arm: _arm_summary(a) for a in test.arms},
-        }
-    return out
-
-
-def _arm_summary(arm: ArmReadout) -> dict[str, Any]:
-    ci95 = [_round(arm.low), _round(arm.high)]
-    return {
-        "units": arm.units,
-        "value": round(arm.value, 6),
-        "lift": _round(arm.lift),
-        "ci95": ci95,
-    }
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
-
-
 # -- text
-
-
-def render(readout: Readout) -> str:
-    """The readout as text: a table, then one plain sentence per comparison."""
-    lines = [
-        f"{'touchpoint':<10} {'decisions':>9} {'customers':>9} {'open':>6}"
-        f"  {'personalised vs holdout':<30}  {'model vs rules (anonymous)':<30}"
-        f"  {'revenue/visit (in store + online)':<36}"
-    ]
-    sentences = []
-    for part in readout.touchpoints:
-        lines.append(
-            f"{part.touchpoint:<10} {part.decisions:>9,} {part.customers:>9,} {part.open:>6,}"
-            f"  {_cell(part.personalised):<30}  {_cell(part.switchback):<30}"
-            f"  {_revenue_cell(part.revenue):<36}"
-        )
-        if part.revenue is not None and part.revenue.lift is not None:
-            sentences.append(_revenue_sentence(part.touchpoint, part.revenue, readout.days))
-        for comparison, who in ((part.personalised, "personalised"), (part.switchback, "model")):
-            if comparison is not None and comparison.lift is not None:
-                sentences.append(_sentence(part.touchpoint, who, comparison, readout.days))
-    lines += ["", *sentences]
-    ope = [p for p in readout.touchpoints if p.off_policy is not None]
-    if ope:
-        lines += ["", "off-policy (the shipped model acting greedily, from its own log; IPS/SNIPS"
-                      " with 95 % intervals) beside the rules' own conversion:"]  # fmt: skip
-        for part in ope:
-            lines.append(f"  {part.touchpoint:<10} {_ope_cell(part.off_policy)}")
-    for test in readout.experiments:
-        lines += ["", f"test {test.id} ({test.metric}): {test.verdict}"]
-        for a in test.arms:
-            lift = "" if a.lift is None else f"  lift {_interval(a.lift, a.low, a.high)}"
-            lines.append(f"  {a.arm:<12} {a.units:>7,} units  {a.value:.4g}{lift}")
-    return "\n".join(lines)
-
-
-def _cell(comparison: Comparison | None) -> str:
-    if comparison is None:
-        return "-"
-    t, c = comparison.conversion
-    lift = "n/a" if comparison.lift is None else f"{comparison.lift:+.1%}"
-    return f"{t:.1%} vs {c:.1%} ({lift})"
-
-
-def _revenue_cell(revenue: Revenue | None) -> str:
-    if revenue is None:
-        return "-"
-    (t_in, c_in), (t_on, c_on) = revenue.in_store, revenue.online
-    lift = "n/a" if revenue.lift is None else f"{revenue.lift:+.1%}"
-    return f"{t_in:.2f}+{t_on:.2f} vs {c_in:.2f}+{c_on:.2f} ({lift})"
-
-
-def _interval(value: float, low: float | None, high: float | None, label: str = "") -> str:
-    """'+6.1% [+2.0%, +10.3%]', with the metric's name after the value if given."""
-    named = f"{value:+.1%} {label}".rstrip()
-    if low is None or high is None:
-        return f"{named} (too few data for an interval)"
-    return f"{named} [{low:+.1%}, {high:+.1%}]"
-
-
-def _ope_cell(ope: OffPolicy | None) -> str:
-    assert ope is not None
-    parts = []
-    for name, estimate in (("IPS", ope.ips), ("SNIPS", ope.snips)):
-        if estimate is not None:
-            value, low, high = estimate
-            parts.append(f"{name} {value:.1%} [{low:.1%}, {high:.1%}]")
-    if parts:
-        parts.append(f"ESS {ope.effective_sample_size:,.0f} of {ope.decisions:,}")
-    if ope.rules_conversion is not None:
-        parts.append(f"rules {ope.rules_conversion:.1%} ({ope.rules_decisions:,} decisions)")
-    return "; ".join(parts) or "-"
-
-
-def _where(touchpoint: str) -> str:
-    return "overall" if touchpoint == "overall" else f"{touchpoint} offers"
-
-
-def _sentence(touchpoint: str, who: str, comparison: Comparison, days: float) -> str:
-    assert comparison.lift is not None
-    what = "personalised" if who == "personalised" else "model-chosen"
-    unit = "customers" if who == "personalised" else "decisions"
-    figure = _interval(comparison.lift, comparison.low, comparison.high, "conversion")
-    units = sum(comparison.units)
-    return f"{what} {_where(touchpoint)}: {figure} over {days:g} days, {units:,} {unit}"
-
-
-def _revenue_sentence(touchpoint: str, revenue: Revenue, days: float) -> str:
-    assert revenue.lift is not None
-    figure = _interval(revenue.lift, revenue.low, revenue.high, "revenue per visit")
-    split = []
-    if revenue.in_store_lift is not None:
-        split.append(f"in store {revenue.in_store_lift:+.1%}")
-    if revenue.online_lift is not None:
-        split.append(f"online {revenue.online_lift:+.1%}")
-    tail = f" ({', '.join(split)})" if split else ""
-    return (
-        f"personalised {_where(touchpoint)}: {figure} over {days:g} days,"
-        f" {sum(revenue.visits):,} visits{tail}"
-    )

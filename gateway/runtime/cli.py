@@ -198,7 +198,8 @@ def _tool(config: Config, args: argparse.Namespace) -> int:
 def _report(config: Config, since_days: float, *, as_json: bool) -> int:
     import time
 
-    from gateway.decision.report import read, render
+    from gateway.decision.report import read
+    from gateway.decision.report_text import render
 
     database = config.store.state_dir / "gateway.sqlite3"
     if not database.exists():
