@@ -19,6 +19,8 @@ import pytest
 from gateway.decision.log import record_decision
 from gateway.decision.outcomes import DEFAULT_WINDOWS, ReportedOutcome, join_outcomes
 from gateway.decision.rewards import reward_of
+from gateway.escpos import CommandParser, QrStore, load_profile
+from gateway.flows.printing import ClaimSlip, new_claim_code, render_job
 from gateway.pos.receipts import Visit, claim_decisions, drapi, link_claims
 from gateway.store import Decision, OutboxRow, Store, transaction
 from simulators.broker import Mosquitto
@@ -258,3 +260,15 @@ def test_an_online_outcome_named_by_a_claim_code_joins_that_visits_decisions(
     assert (tally.joined, tally.rewards) == (1, 1)
     assert reward_of(store, "d-checkout") == 1.0
     store.close()
+
+
+@pytest.mark.parametrize("profile", ["generic-80mm", "generic-58mm", "epson-tm-t20iii"])
+def test_claim_slips_render_for_every_shipped_profile(profile: str) -> None:
+    """A job that cannot print raises at render time: every profile takes the slip, its QR
+    holds the code, and a reprint says so."""
+    slip = ClaimSlip(new_claim_code(), STORE, 1.79e9, 90)
+    for copy in (False, True):
+        data = render_job(slip.to_json(), load_profile(profile), copy=copy)
+        stored = [c for c in CommandParser().feed(data) if isinstance(c, QrStore)]
+        assert [c.data for c in stored] == [slip.code.encode()]
+        assert (b"COPY" in data) is copy
