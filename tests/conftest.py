@@ -39,10 +39,14 @@ def gateway(tmp_path: Path, broker: Mosquitto) -> Iterator[GatewayFactory]:
         watchdog_usec: int | None = None,
         env: dict[str, str] | None = None,
     ) -> GatewayProcess:
-        # The journey tests assert the rules' picks: no model file, the rules serve. Tests of
-        # the shipped model pass decision.model_file themselves.
+        # The journey tests assert the rules' picks: no model file and no exploration, the
+        # rules' greedy pick serves. Tests of the shipped model or of exploration pass
+        # decision.model_file or decision.exploration themselves.
         values = settings(
-            store_port=broker.port, state_dir=tmp_path / "state", decision__model_file=""
+            store_port=broker.port,
+            state_dir=tmp_path / "state",
+            decision__model_file="",
+            decision__exploration="0",
         ) | (overrides or {})
         process = GatewayProcess(
             config, tmp_path, overrides=values, watchdog_usec=watchdog_usec, env=env

@@ -95,7 +95,9 @@ async def test_a_flooding_kiosk_never_silences_another(
     assert process.stop() == 0
     summaries = [json.loads(line) for line in process.log(None).splitlines() if "count" in line]
     refused = [s for s in summaries if s.get("event") == "messages refused"]
-    assert sum(s["count"] for s in refused) > 30_000  # counted, in a few lines
+    # Counted, in a few lines. Every QoS 1 message (half the flood: garbage and oversized ones)
+    # reaches the gateway and is refused; the broker may drop QoS 0 ones on a busy machine.
+    assert sum(s["count"] for s in refused) >= 19_000
 
 
 async def test_a_burst_the_broker_acknowledged_is_committed_and_answered_in_full(
