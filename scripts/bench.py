@@ -1090,6 +1090,7 @@ def main() -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "calib_loop_s": _calibration_s(),
         }
+        print(f"{'calib_loop_s (meta)':40s} {meta['calib_loop_s']:10.3f}", flush=True)
         args.json.write_text(json.dumps({"figures": figures, "meta": meta}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

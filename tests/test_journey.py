@@ -305,6 +305,26 @@ async def test_a_kiosk_moment_is_decided_before_the_screen_moments_waiting(rig: 
     assert sorted(t.split("/")[-2] for t, _ in rig.screens.posts[2:]) == ["coffee-1", "coffee-2"]
 
 
+async def test_a_screen_keeps_one_moment_waiting_and_an_identified_visitor_keeps_her_place(
+    rig: Rig,
+) -> None:
+    """Visitors entering at once wait as one moment per screen; anonymous ones arriving after
+    an identified customer's do not take her place."""
+
+    def enter(ref: str | None, n: int) -> None:
+        event = ZoneEvent("enter", "coffee", ref or f"d_{n}", ref, rig.wall[0], 20.0)  # type: ignore[arg-type]
+        rig.zones.on_zone_event(event)
+
+    enter(None, 0)
+    enter(REF, 1)
+    for n in range(2, 40):
+        enter(None, n)
+    posts = await _posted(rig, 2)
+    await asyncio.sleep(0.2)
+    assert len(rig.screens.posts) == 2  # one decision per screen
+    assert {body["audience"] for _, body in posts} == {"personal"}
+
+
 async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig) -> None:
     rig.lanes.on_basket(TOPICS.pos_basket("pos-1"), b'{"categories": ["coffee", "bakery"]}')
     loyalty = json.dumps({"method": "loyalty", "value": LOYALTY}).encode()

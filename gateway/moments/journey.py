@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import sqlite3
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
@@ -84,10 +83,10 @@ class Journey:
         self._on_checkout = on_checkout
         self._pending = pending
         self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
-        # Screen moments wait apart, after the devices': signage neither delays a device that
-        # asked (a kiosk, a lane, a tablet) nor fills the queue they share (issue 14).
-        self._ambient: deque[ZoneMoment] = deque()
-        self._ambient_max = queue_size
+        # Screen moments wait apart, after the devices', one per screen: signage neither
+        # delays a device that asked (a kiosk, a lane, a tablet) nor fills the queue they share,
+        # and 5,000 visitors entering zones at once wait as 200 moments (issue 14).
+        self._ambient: dict[str, ZoneMoment] = {}
         self._wake = asyncio.Event()
         self._offers: list[Offer] = []
         self._tests: tuple[ExperimentTest, ...] = ()  # the experiments bundle's running tests
@@ -99,15 +98,18 @@ class Journey:
     def submit(self, moment: Moment) -> bool:
         """Queue a moment (never blocks); False when the queue is full and it is skipped.
         A zone moment waits only if its screen wants it now (the hold is asked again when it
-        is decided), and is decided when no device's moment waits."""
+        is decided), in its screen's place: it replaces the one waiting there, unless that one
+        is an identified visitor's and it is not. It is decided when no device's moment waits."""
         self._wake.set()
+        if isinstance(moment, ZoneMoment):
+            screen, ref = moment.touchpoint, moment.customer_ref
+            if self._hold.wants(screen, ref, self._clock.now()):
+                waiting = self._ambient.get(screen)
+                if waiting is None or ref is not None or waiting.customer_ref is None:
+                    self._ambient[screen] = moment
+            return True
         try:
-            if not isinstance(moment, ZoneMoment):
-                self._queue.put_nowait(moment)
-            elif self._hold.wants(moment.touchpoint, moment.customer_ref, self._clock.now()):
-                if len(self._ambient) >= self._ambient_max:
-                    raise asyncio.QueueFull
-                self._ambient.append(moment)
+            self._queue.put_nowait(moment)
         except asyncio.QueueFull:
             self._skipped += 1
             now = self._clock.monotonic()
@@ -177,7 +179,7 @@ class Journey:
             if not self._queue.empty():
                 return self._queue.get_nowait()
             if self._ambient:
-                return self._ambient.popleft()
+                return self._ambient.pop(next(iter(self._ambient)))
             self._wake.clear()
             await self._wake.wait()
 

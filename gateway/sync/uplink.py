@@ -27,6 +27,10 @@ log = structlog.get_logger("gateway.uplink")
 _RANKS = sorted(set(PRIORITY_RANK.values()))
 _MAX_ROWS = 5000
 _IDLE_RECHECK_S = 1.0
+# A batch this small means events trickle in: wait this long before the next one, so a busy
+# store sends a batch every 50 ms, not one per commit (each batch is three trips to the store
+# and encoding threads, each a GIL hand-off that stalls the event loop: issue 14).
+_SMALL_BATCH, _LINGER_S = 200, 0.05
 
 
 class Transport(Protocol):
@@ -62,8 +66,11 @@ class Uplink:
         cursors = dict.fromkeys(_RANKS, -1)
         window = asyncio.Semaphore(cfg.inflight)
         raw_cap = cfg.batch_max_bytes * (6 if cfg.compress else 1) - 256
+        small = False
         async with asyncio.TaskGroup() as sends:
             while True:
+                if small:
+                    await asyncio.sleep(_LINGER_S)
                 await window.acquire()
                 self._appended.clear()
                 # What waited past its expiry (an in-app message) is dropped, never sent late.
@@ -71,6 +78,7 @@ class Uplink:
                     self._metrics.events_expired.labels(kind).inc(count)
                     log.info("events expired before they could leave", type=kind, events=count)
                 rows = await self._db.call(Store.outbox_batch, cursors, _MAX_ROWS, raw_cap)
+                small = len(rows) < _SMALL_BATCH
                 if not rows:
                     window.release()
                     with contextlib.suppress(TimeoutError):
