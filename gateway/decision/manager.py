@@ -43,6 +43,11 @@ class ModelManager:
         self._handle: Handle | None = None
         self._lock = asyncio.Lock()
 
+    @property
+    def engine(self) -> DecisionEngine:
+        """The engine it loads models into (its counters: decisions by the model, by the rules)."""
+        return self._engine
+
     async def run(self, handle: Handle) -> None:
         self._handle = handle
         await self._apply_settings()
