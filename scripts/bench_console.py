@@ -6,6 +6,8 @@
   streams open (the screens page, re-rendered twice a second each) minus without; the runs
   without are before and after, averaged. `console_off_e2e_p99_ms`: the same with the console
   off, for scale.
+- `console_idle_cpu_pct`, `console_streams_cpu_pct`: the idle daemon's CPU (% of one core)
+  without, then with, the five streams open.
 - `console_page_ms`: p99 of a page's GET on loopback with a session (every page in turn): the
   server's rendering plus one loopback HTTP round trip, an upper bound of the server-side time.
 """
@@ -29,7 +31,7 @@ from bench_figures import percentile as _percentile  # noqa: E402 - beside this 
 
 from gateway.console.accounts import Accounts  # noqa: E402
 from simulators.broker import Mosquitto, free_port  # noqa: E402
-from simulators.daemon import GatewayProcess, rss_mib, settings  # noqa: E402
+from simulators.daemon import GatewayProcess, cpu_s, rss_mib, settings  # noqa: E402
 
 __all__ = ["bench_console"]
 
@@ -128,6 +130,26 @@ async def _with_streams(port: int, cookie: str, measure: Awaitable[list[float]])
         assert all(read), "a stream got nothing"
 
 
+async def _stream_cpu(
+    pid: int, port: int, cookie: str, seconds: float = 5.0
+) -> tuple[float, float]:
+    """The daemon's CPU (% of one core) idle, then with the five streams open: a figure the
+    machine's load disturbs less than a latency's tail."""
+
+    async def cpu_pct() -> float:
+        before, started = cpu_s(pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        return (cpu_s(pid) - before) / (time.monotonic() - started) * 100
+
+    idle = await cpu_pct()
+    streaming = await _with_streams(port, cookie, _as_list(cpu_pct()))
+    return idle, streaming[0]
+
+
+async def _as_list(value: Awaitable[float]) -> list[float]:
+    return [await value]
+
+
 def _idle_rss(work: Path) -> tuple[float, float]:
     """Median idle RSS of the daemon with the console off, and on (2 runs each)."""
     rss: dict[bool, list[float]] = {False: [], True: []}
@@ -170,6 +192,7 @@ def bench_console(quick: bool, latency: Latency) -> dict[str, float]:
                 time.sleep(1.0)
                 cookie = _login(port)
                 pages = _page_times(port, cookie, 20 if quick else 100)
+                idle, streaming_cpu = asyncio.run(_stream_cpu(gw.pid, port, cookie))
                 before = asyncio.run(latency(broker.port, rate, count))
                 streaming = asyncio.run(
                     _with_streams(port, cookie, latency(broker.port, rate, count))
@@ -179,6 +202,8 @@ def bench_console(quick: bool, latency: Latency) -> dict[str, float]:
             finally:
                 gw.stop()
     without = (_percentile(before, 99) + _percentile(after, 99)) / 2
+    figures["console_idle_cpu_pct"] = idle
+    figures["console_streams_cpu_pct"] = streaming_cpu
     figures["console_page_ms"] = _percentile(pages, 99)
     figures["console_page_p50_ms"] = _percentile(pages, 50)
     figures["console_e2e_p99_without_ms"] = without

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from gateway.flows.printing import failed_prints, print_counts_by_printer, reque
 from gateway.runtime.config import ConfigError, load_config
 from gateway.store import Store
 from simulators.broker import Mosquitto, free_port
+from simulators.cloud import CertificateAuthority
 from tests.conftest import DEMO_CONFIG, REPO, GatewayFactory
 
 PASSWORD = "correct horse battery"
@@ -275,3 +277,38 @@ def test_the_daemon_stops_cleanly_with_event_streams_open(
     log = (tmp_path / "gateway.log").read_text()
     assert "Exception in ASGI application" not in log
     assert '"level": "error"' not in log
+
+
+@pytest.mark.e2e
+def test_under_tls_the_console_is_https_only_and_its_cookie_is_secure(
+    gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority(tmp_path / "ca")
+    cert, key = ca.issue("console", server=True)
+    port = free_port()
+    users = tmp_path / "users.json"
+    Accounts(users).add("olivia", "viewer", PASSWORD)
+    gateway(
+        overrides={
+            "console.enabled": "true",
+            "console.port": str(port),
+            "console.users_file": str(users),
+            "console.tls_cert_file": str(cert),
+            "console.tls_key_file": str(key),
+        }
+    ).wait_ready()
+    context = ssl.create_default_context(cafile=str(ca.ca_file))
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        form = "name=olivia&password=" + PASSWORD.replace(" ", "+")
+        kind = {"Content-Type": "application/x-www-form-urlencoded"}
+        connection.request("POST", "/login", form, kind)
+        answer = connection.getresponse()
+        answer.read()
+    finally:
+        connection.close()
+    assert answer.status == 303
+    flags = {f.strip().lower() for f in answer.headers["Set-Cookie"].split(";")[1:]}
+    assert {"httponly", "secure", "samesite=strict", "path=/"} <= flags
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        _http(port, "GET", "/login")  # plain HTTP is not served

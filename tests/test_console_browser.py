@@ -204,6 +204,11 @@ async def test_an_identification_at_a_kiosk_shows_on_the_screens_page_without_a_
     assert "active" in row
     _no_identifiers(browser.page_source)
     browser.save_screenshot(str(tmp_path / "devices-after-identify.png"))
+    # The overview counts it, taken by the rules (the tests run without a model).
+    await asyncio.to_thread(_main_of, browser, f"{url}/overview")
+    row = browser.find_elements(By.XPATH, "//h2[text()='Decisions']/following::table[1]//td")
+    decisions, by_rules = row[2].text, row[-1].text
+    assert (decisions, by_rules) == ("1", "1")
 
 
 async def test_an_unplugged_printer_shows_within_2_s_and_a_viewer_cannot_reprint(

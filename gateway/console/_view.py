@@ -97,6 +97,8 @@ class Sources:
     activity: Activity
     clock: Callable[[], float]
     personalisation_paused: Callable[[], bool] = lambda: False
+    # Decisions since start the rules took instead of the model (no model, or a control slot)
+    fallbacks: Callable[[], int] = lambda: 0
 
 
 def e(value: object) -> str:
@@ -210,7 +212,7 @@ async def _overview(src: Sources, form: Callable[..., str]) -> str:
     parts.append("<section><h2>Decisions</h2>")
     parts.append(
         _table(
-            ["model", "since", "decisions", "per minute", "personal"],
+            ["model", "since", "decisions", "per minute", "personal", "by the rules"],
             [
                 [
                     e(model.get("detail", "") or model.get("state", "")),
@@ -218,6 +220,7 @@ async def _overview(src: Sources, form: Callable[..., str]) -> str:
                     e(f"{decisions:,.0f}"),
                     e("…" if rate is None else f"{rate:.1f}"),
                     e(f"{personal:,.0f}"),
+                    e(f"{src.fallbacks():,}"),
                 ]
             ],
             "",
@@ -233,6 +236,8 @@ async def _overview(src: Sources, form: Callable[..., str]) -> str:
         switch = form("/actions/personalisation", "Pause for the store", state="pause")
         parts.append(f"<p>Personalisation: {_state('on')} {switch}</p>")
     parts.append(
+        "<p>By the rules: decisions the rules took instead of the model (no model loaded, or"
+        " a switchback slot of the rules).</p>"
         "<p>The experiment readout (personalised vs holdout, with intervals):"
         " <code>store-gateway report</code> on the box.</p></section>"
     )

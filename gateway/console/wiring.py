@@ -8,6 +8,7 @@ from typing import Any, Protocol
 from gateway.codecs.topics import SECTIONS, Topics
 from gateway.console.accounts import Accounts
 from gateway.console.server import Actions, Activity, Console, Sources
+from gateway.decision.manager import ModelManager
 from gateway.flows.printing import PrintJournal, requeue_failed_print
 from gateway.moments import Journey
 from gateway.runtime.clock import TimeKeeper
@@ -36,6 +37,7 @@ def build_console(
     link: Link,
     outbox: Outbox,
     journey: Journey,
+    models: ModelManager,
     journal: PrintJournal | None,
     clock: TimeKeeper,
     metrics: Metrics,
@@ -70,9 +72,13 @@ def build_console(
     def paused() -> bool:
         return journey.personalisation_paused
 
+    def fallbacks() -> int:
+        return models.engine.counters.fallback
+
     sources = Sources(
-        config, topics, metrics, health, link.retained, db, activity, clock.now, paused
-    )
+        config, topics, metrics, health, link.retained, db, activity, clock.now, paused,
+        fallbacks,
+    )  # fmt: skip
     accounts = Accounts(config.console.users_path(config.store.state_dir))
     actions = Actions(audit, reprint, clear_screen, personalisation)
     return Console(config.console, sources, actions, accounts)

@@ -71,6 +71,11 @@ class ModelManager:
     def promoted_marker(self) -> Path:
         return self.installed.with_name(self.installed.name + ".promoted")
 
+    @property
+    def engine(self) -> DecisionEngine:
+        """The engine it loads models into (its counters: decisions by the model, by the rules)."""
+        return self._engine
+
     async def run(self, handle: Handle) -> None:
         self._handle = handle
         await self._apply_settings()

@@ -68,7 +68,8 @@ async def run_gateway(
         journal = gateway.printers[0] if gateway.printers else None
         console = build_console(
             config, db=gateway.store.db, link=gateway.link, outbox=gateway.outbox,
-            journey=gateway.journey, journal=journal if isinstance(journal, PrintJournal) else None,
+            journey=gateway.journey, models=gateway.models,
+            journal=journal if isinstance(journal, PrintJournal) else None,
             clock=clock, metrics=metrics,
             health=lambda: _health_report(supervisor, config, started, presence)[1],
         )  # fmt: skip
