@@ -66,7 +66,6 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SERVICE_USER=store-gateway
 CONFIG_DIR=/etc/store-gateway
 CONFIG="$CONFIG_DIR/config.toml"
-GATEWAY_PASSWORD="$CONFIG_DIR/mqtt.password"
 MOSQ_DIR=/etc/mosquitto
 MOSQ_PASSWD="$MOSQ_DIR/store-gateway.passwd"
 MOSQ_ACL="$MOSQ_DIR/store-gateway.acl"
@@ -78,8 +77,7 @@ UNIT=/etc/systemd/system/store-gateway.service
 SYSUSERS=/etc/sysusers.d/store-gateway.conf
 
 # What changed in Mosquitto's files decides between nothing, reload and restart.
-MOSQ_RESTART=0
-MOSQ_RELOAD=0
+MOSQUITTO=none
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
@@ -112,9 +110,8 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     die "store-gateway needs Python >= 3.11 (Debian 12 or later)"
 command -v systemd-sysusers >/dev/null || die "systemd-sysusers not found (is this a systemd system?)"
 
-# --- 2. The service user -----------------------------------------------------------------------
+# --- 2. The service user's declaration (applied by setup-host) ---------------------------------
 install_file "$REPO/systemd/store-gateway.sysusers" "$SYSUSERS" 0644 root:root || true
-systemd-sysusers "$SYSUSERS"
 
 # --- 3. The program: a virtualenv in PREFIX ----------------------------------------------------
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -133,56 +130,17 @@ for doc in "$REPO"/docs/*.md; do
     fi
 done
 
-# The shipped next-best-action model, where the daemon looks for it and model bundles replace it.
-# Only if absent: a model the cloud has installed since is newer than the one in this checkout.
-STATE_DIR=/var/lib/store-gateway
-if [[ -f "$REPO/models/nba.onnx" && ! -f "$STATE_DIR/models/nba.onnx" ]]; then
-    install -d -m 0750 -o "$SERVICE_USER" -g "$SERVICE_USER" "$STATE_DIR" "$STATE_DIR/models"
-    install -m 0640 -o "$SERVICE_USER" -g "$SERVICE_USER" "$REPO/models/nba.onnx" \
-        "$STATE_DIR/models/nba.onnx"
-    say "installed the shipped model to $STATE_DIR/models/nba.onnx"
-fi
-
-# --- 4. Configuration --------------------------------------------------------------------------
-# Mode 0755 is ConfigurationDirectory='s default; secrets inside are 0640 root:store-gateway.
+# --- 4. Configuration (setup-host gives it to the service user's group) -----------------------
 install -d -m 0755 -o root -g root "$CONFIG_DIR"
 if [[ ! -e "$CONFIG" ]]; then
-    [[ -f "$REPO/examples/store.toml" ]] || die "$REPO/examples/store.toml is missing"
-    # The example carries the gateway's MQTT user and password file commented out: turn them on.
-    sed -E \
-        -e 's|^#[[:space:]]*(username[[:space:]]*=[[:space:]]*"store-gateway")|\1|' \
-        -e "s|^#[[:space:]]*(password_file[[:space:]]*=[[:space:]]*\"$GATEWAY_PASSWORD\")|\\1|" \
-        "$REPO/examples/store.toml" >"$WORK/config.toml"
-    install -m 0640 -o root -g "$SERVICE_USER" "$WORK/config.toml" "$CONFIG"
+    "$REPO/scripts/setup-host" example-config "$REPO/examples/store.toml" >"$WORK/config.toml"
+    install -m 0640 -o root -g root "$WORK/config.toml" "$CONFIG"
     say "wrote $CONFIG from examples/store.toml: review it (store id, kiosks, screens)"
 else
     say "keeping $CONFIG"
 fi
 
-# --- 5. MQTT users and passwords ---------------------------------------------------------------
-if [[ ! -f "$MOSQ_PASSWD" ]]; then
-    install -m 0640 -o root -g mosquitto /dev/null "$MOSQ_PASSWD"
-fi
-if [[ ! -s "$GATEWAY_PASSWORD" ]]; then
-    (
-        umask 077
-        python3 -c 'import secrets; print(secrets.token_urlsafe(32), end="")' >"$GATEWAY_PASSWORD"
-    )
-    say "generated the MQTT password of user store-gateway in $GATEWAY_PASSWORD"
-    # The broker's copy must change with it; devices' users are left alone.
-    mosquitto_passwd -b "$MOSQ_PASSWD" store-gateway "$(cat "$GATEWAY_PASSWORD")"
-    MOSQ_RELOAD=1
-elif ! grep -q '^store-gateway:' "$MOSQ_PASSWD"; then
-    mosquitto_passwd -b "$MOSQ_PASSWD" store-gateway "$(cat "$GATEWAY_PASSWORD")"
-    MOSQ_RELOAD=1
-fi
-chown root:"$SERVICE_USER" "$GATEWAY_PASSWORD"
-chmod 0640 "$GATEWAY_PASSWORD"
-# mosquitto_passwd rewrites the file; the broker re-reads it as user mosquitto on reload.
-chown root:mosquitto "$MOSQ_PASSWD"
-chmod 0640 "$MOSQ_PASSWD"
-
-# --- 6. Mosquitto: snippet, ACL, TLS for the LAN listener --------------------------------------
+# --- 5. Mosquitto: snippet and ACL ---------------------------------------------------------------
 # Local edits to the snippet (e.g. require_certificate) are replaced: keep a copy to re-apply.
 if [[ -f "$MOSQ_CONF" ]] && ! cmp -s "$REPO/systemd/mosquitto/store-gateway.conf" "$MOSQ_CONF"; then
     backup="$MOSQ_CONF.bak-$(date +%Y%m%d-%H%M%S)"
@@ -190,7 +148,7 @@ if [[ -f "$MOSQ_CONF" ]] && ! cmp -s "$REPO/systemd/mosquitto/store-gateway.conf
     say "warning: $MOSQ_CONF differed from this version; the old one is in $backup"
 fi
 if install_file "$REPO/systemd/mosquitto/store-gateway.conf" "$MOSQ_CONF" 0644 root:root; then
-    MOSQ_RESTART=1
+    MOSQUITTO=restart
 fi
 # The shipped ACL, then the site's own lines (never overwritten by this script).
 acl_tmp="$WORK/store-gateway.acl"
@@ -199,84 +157,25 @@ if [[ -f "$MOSQ_ACL.local" ]]; then
     printf '\n# --- from %s ---\n' "$MOSQ_ACL.local" >>"$acl_tmp"
     cat "$MOSQ_ACL.local" >>"$acl_tmp"
 fi
-if install_file "$acl_tmp" "$MOSQ_ACL" 0640 root:mosquitto; then
-    MOSQ_RELOAD=1
+if install_file "$acl_tmp" "$MOSQ_ACL" 0640 root:mosquitto && [[ "$MOSQUITTO" == none ]]; then
+    MOSQUITTO=reload
 fi
 
-install -d -m 0755 "$CERTS"
-if [[ ! -f "$CERTS/store-broker.crt" || ! -f "$CERTS/store-broker.key" ]]; then
-    host="$(hostname)"
-    if [[ ! -f "$CERTS/store-ca.crt" ]]; then
-        say "creating a self-signed store CA in $CERTS (docs/install.md, TLS)"
-        (umask 077 && openssl req -x509 -newkey rsa:3072 -nodes -sha256 -days 3650 \
-            -subj "/CN=store-gateway CA $host" -keyout "$CERTS/store-ca.key" \
-            -out "$CERTS/store-ca.crt" 2>/dev/null)
-    fi
-    [[ -f "$CERTS/store-ca.key" ]] ||
-        die "$CERTS/store-ca.crt has no key here: install store-broker.crt and .key from your CA"
-    san="DNS:$host,DNS:$host.local,DNS:localhost,IP:127.0.0.1"
-    fqdn="$(hostname -f 2>/dev/null || true)"
-    if [[ -n "$fqdn" && "$fqdn" != "$host" ]]; then
-        san="$san,DNS:$fqdn"
-    fi
-    for address in $(hostname -I 2>/dev/null || true); do
-        if [[ "$address" != 127.* && "$address" != ::1 ]]; then
-            san="$san,IP:$address"
-        fi
-    done
-    say "creating the broker certificate for $san"
-    printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' \
-        "$san" >"$WORK/broker.ext"
-    (umask 077 && openssl req -new -newkey rsa:3072 -nodes -sha256 -subj "/CN=$host" \
-        -keyout "$CERTS/store-broker.key" -out "$WORK/broker.csr" 2>/dev/null)
-    openssl x509 -req -in "$WORK/broker.csr" -CA "$CERTS/store-ca.crt" \
-        -CAkey "$CERTS/store-ca.key" -CAcreateserial -days 825 -sha256 \
-        -extfile "$WORK/broker.ext" -out "$CERTS/store-broker.crt" 2>/dev/null
-    MOSQ_RESTART=1
-fi
-chmod 0600 "$CERTS/store-ca.key" 2>/dev/null || true
-chmod 0644 "$CERTS/store-ca.crt" "$CERTS/store-broker.crt"
-chown root:mosquitto "$CERTS/store-broker.key"
-chmod 0640 "$CERTS/store-broker.key"
-
-# --- 7. The systemd unit -----------------------------------------------------------------------
+# --- 6. The systemd unit -----------------------------------------------------------------------
 unit_tmp="$WORK/store-gateway.service"
 sed -e "s#/opt/store-gateway/#$PREFIX/#g" "$REPO/systemd/store-gateway.service" >"$unit_tmp"
 install_file "$unit_tmp" "$UNIT" 0644 root:root || true
 
-# --- 8. Check the configuration as the service will read it -----------------------------------
-say "checking $CONFIG"
-if ! runuser -u "$SERVICE_USER" -- "$BIN" check-config "$CONFIG"; then
-    die "fix $CONFIG (see above), then run this script again"
+# --- 7. The host: user, passwords, certificates, model, check, enable and start ----------------
+# The same steps as the Debian package's postinst (scripts/setup-host).
+configure=(configure --bin "$BIN" --sysusers "$SYSUSERS" --mosquitto "$MOSQUITTO")
+if [[ -f "$REPO/models/nba.onnx" ]]; then
+    configure+=(--model "$REPO/models/nba.onnx")
 fi
-mqtt_keys="$(awk '/^[[:space:]]*\[/{in_mqtt = ($0 ~ /^[[:space:]]*\[mqtt\]/)} in_mqtt' "$CONFIG")"
-if ! grep -Eq '^[[:space:]]*password_file[[:space:]]*=' <<<"$mqtt_keys"; then
-    say "warning: $CONFIG has no mqtt.password_file; the broker refuses anonymous clients."
-    say "         Add to its [mqtt] table:"
-    say "           username = \"store-gateway\""
-    say "           password_file = \"$GATEWAY_PASSWORD\""
+if [[ "$START" -eq 0 ]]; then
+    configure+=(--no-start)
 fi
-
-# --- 9. Enable and start -----------------------------------------------------------------------
-if [[ -d /run/systemd/system ]]; then
-    systemctl daemon-reload
-fi
-systemctl enable mosquitto.service store-gateway.service
-if [[ "$START" -eq 1 ]]; then
-    if systemctl is-active --quiet mosquitto.service && [[ "$MOSQ_RESTART" -eq 1 ]]; then
-        say "restarting mosquitto (listeners or certificates changed)"
-        systemctl restart mosquitto.service
-    elif systemctl is-active --quiet mosquitto.service && [[ "$MOSQ_RELOAD" -eq 1 ]]; then
-        systemctl reload mosquitto.service
-    else
-        systemctl start mosquitto.service
-    fi
-    # restart = start, or pick up the newly installed code on an upgrade.
-    systemctl restart store-gateway.service
-    say "started; status: systemctl status store-gateway, logs: journalctl -u store-gateway -f"
-else
-    say "--no-start: services enabled, not started (systemctl start mosquitto store-gateway)"
-fi
+"$REPO/scripts/setup-host" "${configure[@]}"
 
 cat <<EOF
 
