@@ -30,6 +30,7 @@ import asyncio
 import random
 import re
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ _STOP_PUBLISH_TIMEOUT_S = 2.0
 # anything else; 4 KiB instead (tens of messages a call) did not shorten a victim kiosk's p99
 # under a flood (67.9 ms against 30-36 ms with 64 KiB, one run each: noisy).
 _READ_AHEAD = 65536
+# How long one pass over what was read may run before the loop gets a turn: 64 KiB of scanner
+# nodes' reports (~300 messages) once held the loop ~90 ms (scripts/bench.py store, issue 14).
+_PASS_S = 0.004
 _ROUTE_CACHE = 4096  # topics -> route, remembered (devices use a few topics each)
 _PUBACK = bytes((paho.PUBACK, 2))  # fixed header of a success PUBACK: the packet id follows
 _BIRTH_INTERVAL_S = 1.0  # garbage on the status topic re-asserts the birth at most this often
@@ -139,14 +143,21 @@ class _ReadAhead:
 
     `pending()` is what aiomqtt's read callback asks an SSL socket: while it says bytes are
     waiting, paho is called again, so nothing buffered here waits for the socket to wake up.
+    A pass that has run `_PASS_S` says none are, and `resume` (reading on, the same way) is
+    called soon instead: what else is ready on the loop runs in between.
     """
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, resume: Callable[[], None]) -> None:
         self._sock = sock
+        self._resume = resume
         self._data = b""
         self._at = 0
+        self._pass_started: float | None = None
+        self._resuming = False
 
     def recv(self, size: int) -> bytes:
+        if self._pass_started is None:
+            self._pass_started = time.perf_counter()
         if self._at >= len(self._data):
             self._data, self._at = self._sock.recv(_READ_AHEAD), 0  # BlockingIOError when dry
             if not self._data:
@@ -157,10 +168,38 @@ class _ReadAhead:
 
     def pending(self) -> int:
         inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        return len(self._data) - self._at + int(inner)
+        waiting = len(self._data) - self._at + int(inner)
+        started, self._pass_started = self._pass_started, None
+        if waiting and started is not None and time.perf_counter() - started > _PASS_S:
+            if not self._resuming:
+                self._resuming = True
+                asyncio.get_running_loop().call_soon(self._read_on)
+            return 0
+        if waiting:
+            self._pass_started = started  # the pass goes on
+        return waiting
+
+    def _read_on(self) -> None:
+        self._resuming = False
+        self._resume()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)
+
+
+def _read_on(client: aiomqtt.Client) -> None:
+    """What aiomqtt's read callback does (reading while bytes are buffered), for a pass that
+    gave the loop a turn."""
+    inner: paho.Client = client._client
+    try:
+        while True:
+            inner.loop_read()
+            sock = inner._sock
+            if not isinstance(sock, _ReadAhead) or sock.pending() <= 0:
+                return
+    except Exception as exc:  # noqa: BLE001 (as aiomqtt's callback: a broken read ends it)
+        if not client._disconnected.done():
+            client._disconnected.set_exception(exc)
 
 
 class _Acks:
@@ -399,7 +438,7 @@ class MqttLink:
             async with self._client_for(self.session) as client:
                 self._session_used = True
                 inner: paho.Client = client._client
-                inner._sock = _ReadAhead(inner._sock)
+                inner._sock = _ReadAhead(inner._sock, lambda: _read_on(client))
                 self._broken = asyncio.get_running_loop().create_future()
                 await self._on_connect(client)
                 self._metrics.mqtt_connected.set(1)
