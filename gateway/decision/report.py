@@ -137,10 +137,12 @@ _ANONYMOUS = (
     "  FROM decisions WHERE +ts >= ? AND customer_ref IS NULL) GROUP BY 1, 2, 3"
 )
 # Outcomes joined to identified decisions, per visit: in store (channel store) and online.
+# CROSS JOIN: from the joins (the fewer) to their decisions by id; left to itself SQLite walked
+# the decisions by customer and looked each one up in the joins (1.6 s instead of 0.1 s).
 _OUTCOMES = (
     "SELECT d.customer_ref, CAST(d.ts / 86400 AS INTEGER), j.channel = 'store', total(j.share)"
-    " FROM outcome_joins j JOIN decisions d ON d.id = j.decision_id"
-    " WHERE d.ts >= ? AND d.customer_ref IS NOT NULL GROUP BY 1, 2, 3"
+    " FROM outcome_joins j CROSS JOIN decisions d ON d.id = j.decision_id"
+    " WHERE +d.ts >= ? AND d.customer_ref IS NOT NULL GROUP BY 1, 2, 3"
 )
 _IN_TESTS = (
     "SELECT d.customer_ref, d.ts, d.reward, json_extract(d.context, '$.experiment'),"
