@@ -34,6 +34,7 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,7 @@ def read_connection(
     since = (now - since_days * DAY,)
     parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
     overall = _Touchpoint()
-    visits = _identified(_Rows.of(conn.execute(_IDENTIFIED, since).fetchall()), parts, overall)
+    visits = _identified(_Rows.read(conn.execute(_IDENTIFIED, since)), parts, overall)
     visits.add_outcomes(conn.execute(_OUTCOMES, since).fetchall())
     for moment, arm, policy, *sums in conn.execute(_ANONYMOUS, since):
         if (where := TOUCHPOINT_OF.get(moment)) is not None:
@@ -251,27 +252,40 @@ class _Rows:
     total: _Floats  # the lane's total (checkouts), else 0
 
     @classmethod
-    def of(cls, rows: Sequence[tuple[str, int, int, float | None, float | None, Any]]) -> _Rows:
-        code = np.array([row[2] for row in rows], dtype=np.int64)
-        known = code >= 0  # moments of no touchpoint are not in the readout
-        if not known.all():
-            rows = [row for row in rows if row[2] >= 0]
-            code = code[known]
-        refs = [row[0] for row in rows]
-        ids = dict.fromkeys(refs, 0)
-        for index, ref in enumerate(ids):
-            ids[ref] = index
-        total = np.array([row[5] for row in rows], dtype=np.float64)  # None: nan
+    def read(cls, cursor: sqlite3.Cursor, chunk: int = 65_536) -> _Rows:
+        """The rows of `_IDENTIFIED`, a chunk at a time: the columns are arrays, each customer
+        an index (a million rows as tuples would hold some 300 MB at once)."""
+        ids: dict[str, int] = {}
+        chunks: list[list[npt.NDArray[Any]]] = []
+        while rows := cursor.fetchmany(chunk):
+            code = _column(rows, 2, np.int64)
+            if (code < 0).any():  # moments of no touchpoint are not in the readout
+                rows = [row for row in rows if row[2] >= 0]
+                code = code[code >= 0]
+            refs = list(map(itemgetter(0), rows))
+            for ref in dict.fromkeys(refs):
+                ids.setdefault(ref, len(ids))
+            customer = np.fromiter(map(ids.__getitem__, refs), np.int64, len(refs))
+            columns = [_column(rows, i, np.float64) for i in (3, 4, 5)]
+            chunks.append([customer, code, _column(rows, 1, np.int64), *columns])
+        customer, code, day, propensity, reward, total = (
+            np.concatenate([c[i] for c in chunks]) if chunks else np.zeros(0, dtype)
+            for i, dtype in enumerate((np.int64, np.int64, np.int64, *(np.float64,) * 3))
+        )
         return cls(
             ids=ids,
-            customer=np.fromiter(map(ids.__getitem__, refs), np.int64, len(refs)),
-            day=np.array([row[1] for row in rows], dtype=np.int64),
+            customer=customer,
+            day=day,
             touchpoint=code // 3,
             policy=code % 3,
-            propensity=np.array([row[3] for row in rows], dtype=np.float64),
-            reward=np.array([row[4] for row in rows], dtype=np.float64),
+            propensity=propensity,
+            reward=reward,
             total=np.where(np.isnan(total), 0.0, total),
         )
+
+
+def _column(rows: Sequence[Any], i: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
+    return np.fromiter(map(itemgetter(i), rows), dtype, len(rows))  # None: nan
 
 
 def _identified(rows: _Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> _Visits:
