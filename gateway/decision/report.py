@@ -145,7 +145,7 @@ _WHERES = ("overall", *_TOUCHPOINTS)
 # The identified decisions of the period, one sequential pass (`+ts`: the ts index would visit
 # the rows in random order), aggregated by numpy (SQLite's GROUP BY sorts the million rows and
 # is slower; a loop in Python took 5 s). Per row: customer, day, touchpoint and policy as one
-# small integer (3 * touchpoint + 0 other, 1 holdout, 2 the model; -1: a moment of no
+# small integer (3 * touchpoint + 0 other, 1 holdout, 2 the model; negative: a moment of no
 # touchpoint, dropped by numpy: cheaper than `moment IN (...)` here), propensity, reward, and
 # the lane's total of a checkout.
 _TOUCHPOINT_CODE = " ".join(
