@@ -216,6 +216,25 @@ class _FixedClock:
         return True
 
 
+def test_decisions_at_a_moment_of_no_touchpoint_are_left_out(tmp_path: Path) -> None:
+    """An identified decision whose moment names no touchpoint counts nowhere: not as a
+    decision, a customer, a visit or its revenue (its lane's total included)."""
+    database = tmp_path / "gateway.sqlite3"
+    _revenue_log(database)
+    before = read(database, since_days=14, now=NOW)
+    store = Store(database)
+    ctx = json.dumps({"arm": "model", "total": 500.0})
+    for i, customer in enumerate(("c_p0", "c_h1", "c_new")):
+        for policy in ("nba", "holdout"):
+            decision = Decision(f"d-other-{i}-{policy}", NOW - DAY, "shelf_scan", "t-1",
+                                customer, "OFF-1", policy, 0.96, None, context=ctx)  # fmt: skip
+            record_decision(store, decision)
+    with store.conn:
+        store.conn.execute("UPDATE decisions SET reward = 1.0 WHERE moment = 'shelf_scan'")
+    store.close()
+    assert read(database, since_days=14, now=NOW) == before
+
+
 async def test_the_daily_summary_goes_up_once_a_day_and_sets_the_gauges(tmp_path: Path) -> None:
     database = tmp_path / "gateway.sqlite3"
     _revenue_log(database)
