@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway.decision.report import Readout, read
+from gateway.decision.report_figures import Readout
 from gateway.decision.report_text import summary
 from gateway.runtime.clock import Clock
 from gateway.runtime.metrics import Metrics
@@ -56,7 +56,7 @@ class DailyReadout:
     async def once(self) -> Readout:
         """Read, publish the gauges, and commit the day's summary event."""
         now = self._clock.now()
-        job = functools.partial(read, self._database, since_days=READOUT_DAYS, now=now)
+        job = functools.partial(_read, self._database, since_days=READOUT_DAYS, now=now)
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             readout = await asyncio.get_running_loop().run_in_executor(child, job)
         publish_gauges(self._metrics, readout)
@@ -120,3 +120,10 @@ def _lift(
     for bound, value in zip(("value", "low", "high"), bounds, strict=True):
         if value is not None:
             metrics.experiment_lift.labels(touchpoint, comparison, bound).set(value)
+
+
+def _read(database: Path, *, since_days: float, now: float) -> Readout:
+    """The readout, in the child process: numpy is imported there, never in the daemon."""
+    from gateway.decision.report import read
+
+    return read(database, since_days=since_days, now=now)
