@@ -71,6 +71,9 @@ def test_the_demo_runs_narrates_and_stops_cleanly() -> None:
     assert re.search(r"kiosk-\d: .* -> customer identified -> offer OFF-[A-Z-]+ on kiosk-\d", out)
     assert "gateway/errors: data.method must be one of" in out
     assert "gateway: stopped with exit code 0" in out
+    # The readout of a world with a known answer, beside that answer (issue 16).
+    assert re.search(r"personalised overall: [+-]\d+\.\d% revenue per visit \[", out)
+    assert re.search(r"true lift of revenue per visit: [+-]\d+\.\d% \(the readout: [+-]", out)
     for customer in CUSTOMERS:
         assert customer.loyalty not in out  # even the demo narrates masked cards
 
