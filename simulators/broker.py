@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -36,9 +37,31 @@ def find_mosquitto() -> str | None:
 
 
 def free_port() -> int:
+    """A free loopback port below the kernel's ephemeral range: a server stopped and started
+    again on it (a broker restart, a cloud outage) never finds it taken meanwhile as the local
+    port of some client's connection, as a port the kernel picked could be (seen after a
+    2-minute outage in scripts/bench.py store)."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(10_000, low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("127.0.0.1", 0))  # a crowded range: the kernel's pick
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+    return low if low > 11_000 else 32768
 
 
 def listening(port: int) -> bool:
