@@ -238,10 +238,5 @@ def _joined(
         "amount": share,
         "delay_s": delay,
         "reward": 1.0,
-        "offer_id": decision.offer_id,
-        "policy": decision.policy,
-        "propensity": decision.propensity,
-        "model_version": decision.model_version,
-        "touchpoint": decision.touchpoint,
-        "decided_at": decision.ts,
+        **decision.joined_fields(),
     }

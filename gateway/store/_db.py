@@ -111,6 +111,17 @@ class Decision:
     feature_hash: str | None = None
     context: str | None = None  # JSON: what the features were made of
 
+    def joined_fields(self) -> dict[str, object]:
+        """What an outcome event going up says of its decision: never the customer."""
+        return {
+            "offer_id": self.offer_id,
+            "policy": self.policy,
+            "propensity": self.propensity,
+            "model_version": self.model_version,
+            "touchpoint": self.touchpoint,
+            "decided_at": self.ts,
+        }
+
 
 class Reader:
     """What a decision reads (consent, frequency caps), over any connection to the store: the
