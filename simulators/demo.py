@@ -487,19 +487,14 @@ async def _lift_readout(workdir: Path, seed: int) -> None:
     """The readout (`store-gateway report`) of a simulated month whose true lift is known: a
     demo's minutes are too few to measure one (docs/decision.md, "The readout")."""
     from gateway.decision.report_text import render
-    from simulators.lift import World, measure
+    from simulators.lift import World, beside_the_truth, measure
 
     measured = await measure(World(), seed, workdir)
     _say(f"readout: a simulated month with a known answer (python -m simulators.lift {seed}):")
     for line in render(measured.readout).splitlines():
         if line.startswith("personalised overall"):
             _say(f"    {line}")
-    revenue = measured.readout.touchpoints[-1].revenue
-    estimate = "n/a" if revenue is None or revenue.lift is None else f"{revenue.lift:+.1%}"
-    _say(
-        f"    the world's true lift of revenue per visit: {measured.true_lift:+.1%}"
-        f" (the readout: {estimate}, {'inside' if measured.covered else 'outside'} its interval)"
-    )
+    _say(f"    {beside_the_truth(measured)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,11 +343,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lift-") as tmp:
         measured = asyncio.run(measure(World(), seed, Path(tmp)))
     print(render(measured.readout))
+    print(f"\n{beside_the_truth(measured)}")
+
+
+def beside_the_truth(measured: Measured) -> str:
+    """The world's true lift of revenue per visit beside the readout's estimate."""
     revenue = measured.readout.touchpoints[-1].revenue
     estimate = "n/a" if revenue is None or revenue.lift is None else f"{revenue.lift:+.1%}"
-    print(
-        f"\nthe world's true lift of revenue per visit: {measured.true_lift:+.1%}"
-        f" (the readout: {estimate}; {'inside' if measured.covered else 'outside'} its interval)"
+    return (
+        f"the world's true lift of revenue per visit: {measured.true_lift:+.1%}"
+        f" (the readout: {estimate}, {'inside' if measured.covered else 'outside'} its interval)"
     )
 
 
