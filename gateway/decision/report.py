@@ -33,7 +33,6 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,16 @@ from gateway.decision.report_figures import (
     Sums,
     TouchpointReadout,
     lift_of,
+)
+from gateway.decision.report_visits import (
+    TOUCHPOINTS,
+    Floats,
+    Ints,
+    Rows,
+    Visits,
+    in_order,
+    sum_by,
+    sums_of,
 )
 
 __all__ = [
@@ -91,11 +100,11 @@ class _Touchpoint:
     def add_units(  # noqa: PLR0917 - the columns of the units
         self,
         refs: Sequence[str],
-        customer: _Ints,
+        customer: Ints,
         held: npt.NDArray[np.bool_],
-        decisions: _Floats,
-        closed: _Floats,
-        rewards: _Floats,
+        decisions: Floats,
+        closed: Floats,
+        rewards: Floats,
     ) -> None:
         """`add_customer` of units at once, in their order (the first, into empty sums)."""
         self.decisions += int(decisions.sum())
@@ -105,7 +114,7 @@ class _Touchpoint:
         for arm, units in (("holdout", held & some), ("model", ~held & some)):
             if self.ident[arm].k:
                 raise ValueError("add_units adds to empty sums only")
-            self.ident[arm] = _sums(rewards[units], closed[units])
+            self.ident[arm] = sums_of(rewards[units], closed[units])
 
     def add_anonymous(self, arm: str, policy: str, group: Sequence[float]) -> None:
         """Each decision a unit (y = reward, n = 1): the sums of a group of them (decisions,
@@ -128,9 +137,6 @@ class _Touchpoint:
             self.ope.add([closed, *group[4:]])
 
 
-_TOUCHPOINTS = tuple(sorted(set(TOUCHPOINT_OF.values())))
-_WHERES = ("overall", *_TOUCHPOINTS)
-
 # The identified decisions of the period, one sequential pass (`+ts`: the ts index would visit
 # the rows in random order), aggregated by numpy (SQLite's GROUP BY sorts the million rows and
 # is slower; a loop in Python took 5 s). Per row: customer, day, touchpoint and policy as one
@@ -138,7 +144,7 @@ _WHERES = ("overall", *_TOUCHPOINTS)
 # touchpoint, dropped by numpy: cheaper than `moment IN (...)` here), propensity, reward, and
 # the lane's total of a checkout.
 _TOUCHPOINT_CODE = " ".join(
-    f"WHEN '{m}' THEN {3 * _TOUCHPOINTS.index(t)}" for m, t in TOUCHPOINT_OF.items()
+    f"WHEN '{m}' THEN {3 * TOUCHPOINTS.index(t)}" for m, t in TOUCHPOINT_OF.items()
 )
 _IDENTIFIED = (
     f"SELECT customer_ref, CAST(ts / 86400 AS INTEGER), CASE moment {_TOUCHPOINT_CODE}"  # noqa: S608 - constants
@@ -194,7 +200,7 @@ def read_connection(
     since = (now - since_days * DAY,)
     parts: dict[str, _Touchpoint] = defaultdict(_Touchpoint)
     overall = _Touchpoint()
-    visits = _identified(_Rows.read(conn.execute(_IDENTIFIED, since)), parts, overall)
+    visits = _identified(Rows.read(conn.execute(_IDENTIFIED, since)), parts, overall)
     visits.add_outcomes(conn.execute(_OUTCOMES, since).fetchall())
     for moment, arm, policy, *sums in conn.execute(_ANONYMOUS, since):
         if (where := TOUCHPOINT_OF.get(moment)) is not None:
@@ -206,92 +212,38 @@ def read_connection(
     return Readout(since_days, tuple(readouts), read_experiments(conn, since[0], experiments))
 
 
-_Ints = npt.NDArray[np.int64]
-_Floats = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class _Rows:
-    """The identified decisions as columns, in the order SQLite read them."""
-
-    ids: Mapping[str, int]  # customer -> index, in the order they appeared
-    customer: _Ints
-    day: _Ints
-    touchpoint: _Ints  # index in _TOUCHPOINTS
-    policy: _Ints  # 0 other, 1 holdout, 2 the model
-    propensity: _Floats
-    reward: _Floats  # nan: open
-    total: _Floats  # the lane's total (checkouts), else 0
-
-    @classmethod
-    def read(cls, cursor: sqlite3.Cursor, chunk: int = 65_536) -> _Rows:
-        """The rows of `_IDENTIFIED`, a chunk at a time: the columns are arrays, each customer
-        an index (a million rows as tuples would hold some 300 MB at once)."""
-        ids: dict[str, int] = {}
-        chunks: list[list[npt.NDArray[Any]]] = []
-        while rows := cursor.fetchmany(chunk):
-            code = _column(rows, 2, np.int64)
-            if (code < 0).any():  # moments of no touchpoint are not in the readout
-                rows = [row for row in rows if row[2] >= 0]
-                code = code[code >= 0]
-            refs = list(map(itemgetter(0), rows))
-            for ref in dict.fromkeys(refs):
-                ids.setdefault(ref, len(ids))
-            customer = np.fromiter(map(ids.__getitem__, refs), np.int64, len(refs))
-            columns = [_column(rows, i, np.float64) for i in (3, 4, 5)]
-            chunks.append([customer, code, _column(rows, 1, np.int64), *columns])
-        customer, code, day, propensity, reward, total = (
-            np.concatenate([c[i] for c in chunks]) if chunks else np.zeros(0, dtype)
-            for i, dtype in enumerate((np.int64, np.int64, np.int64, *(np.float64,) * 3))
-        )
-        return cls(
-            ids=ids,
-            customer=customer,
-            day=day,
-            touchpoint=code // 3,
-            policy=code % 3,
-            propensity=propensity,
-            reward=reward,
-            total=np.where(np.isnan(total), 0.0, total),
-        )
-
-
-def _column(rows: Sequence[Any], i: int, dtype: type[np.generic]) -> npt.NDArray[Any]:
-    return np.fromiter(map(itemgetter(i), rows), dtype, len(rows))  # None: nan
-
-
-def _identified(rows: _Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> _Visits:
+def _identified(rows: Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> Visits:
     """The identified decisions: conversion units (per touchpoint, customer and arm), the
     off-policy sums, and the visits. Every sum adds its terms in the order of the rows, one by
     one (np.bincount, np.cumsum), as the loop in Python this replaces did: same figures."""
     _conversion(rows, parts, overall)
     _off_policy(rows, parts, overall)
-    return _Visits(rows)
+    return Visits(rows)
 
 
-def _conversion(rows: _Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> None:
+def _conversion(rows: Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> None:
     """Each customer a unit per touchpoint and arm (decisions, closed ones, rewards), then
     overall, each arm's units added in the order they appeared."""
-    width = 2 * len(_TOUCHPOINTS)
+    width = 2 * len(TOUCHPOINTS)
     closed = ~np.isnan(rows.reward)
     key = rows.customer * width + rows.touchpoint * 2 + (rows.policy == 1)
-    units, _ = _in_order(key)
+    units, _ = in_order(key)
     size = len(rows.ids) * width
     n = np.bincount(key, minlength=size)[units].astype(np.float64)
-    k = _sum_by(key, closed.astype(np.float64), size)[units]
-    y = _sum_by(key, np.where(closed, rows.reward, 0.0), size)[units]
+    k = sum_by(key, closed.astype(np.float64), size)[units]
+    y = sum_by(key, np.where(closed, rows.reward, 0.0), size)[units]
     refs = list(rows.ids)
     who, where, held = units // width, units % width // 2, (units % 2).astype(np.bool_)
-    for index, name in enumerate(_TOUCHPOINTS):
+    for index, name in enumerate(TOUCHPOINTS):
         if (here := where == index).any():
             parts[name].add_units(refs, who[here], held[here], n[here], k[here], y[here])
     # overall: each customer (and arm) a unit with its decisions of every touchpoint
-    both, of_unit = _in_order(who * 2 + held)
-    sums = [_sum_by(of_unit, column, len(both)) for column in (n, k, y)]
+    both, of_unit = in_order(who * 2 + held)
+    sums = [sum_by(of_unit, column, len(both)) for column in (n, k, y)]
     overall.add_units(refs, both // 2, (both % 2).astype(np.bool_), *sums)
 
 
-def _off_policy(rows: _Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> None:
+def _off_policy(rows: Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint) -> None:
     """The model's closed decisions, per touchpoint: the IPS / SNIPS sums of `OpeSums`."""
     model = (rows.policy == 2) & ~np.isnan(rows.reward)
     touchpoint, propensity, reward = (
@@ -304,118 +256,13 @@ def _off_policy(rows: _Rows, parts: dict[str, _Touchpoint], overall: _Touchpoint
     # np.power with an array of 2s is C's pow, as Python's ** (np.square can differ in the
     # last bit)
     terms = (np.ones_like(w), w, wr, w * w, np.power(wr, np.full_like(wr, 2.0)), w * w * reward)
-    size = len(_TOUCHPOINTS)
-    sums = [_sum_by(touchpoint, term, size) for term in terms]
-    seen, _ = _in_order(touchpoint)
+    size = len(TOUCHPOINTS)
+    sums = [sum_by(touchpoint, term, size) for term in terms]
+    seen, _ = in_order(touchpoint)
     for k in seen.tolist():
         row = [float(term[k]) for term in sums]
-        parts[_TOUCHPOINTS[k]].ope.add(row)
+        parts[TOUCHPOINTS[k]].ope.add(row)
         overall.ope.add(row)
-
-
-def _in_order(keys: _Ints) -> tuple[_Ints, _Ints]:
-    """The distinct keys in the order they first appear, and each row's index among them."""
-    distinct, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return distinct[order], rank[inverse.reshape(-1)]
-
-
-def _sum_by(index: _Ints, weights: _Floats, size: int) -> _Floats:
-    """Per index, its weights' sum in row order (np.bincount adds them one by one)."""
-    return np.bincount(index, weights=weights, minlength=size).astype(np.float64)
-
-
-def _sums(y: _Floats, n: _Floats) -> Sums:
-    """The sums of units (y_i, n_i), added one by one in their order (np.cumsum)."""
-    s = Sums()
-    s.k = len(y)
-    if s.k:
-        s.y, s.n = float(np.cumsum(y)[-1]), float(np.cumsum(n)[-1])
-        s.yy, s.yn = float(np.cumsum(y * y)[-1]), float(np.cumsum(y * n)[-1])
-        s.nn = float(np.cumsum(n * n)[-1])
-    return s
-
-
-class _Visits:
-    """The identified visits (a customer's decisions on one day), in the order they appeared:
-    the touchpoints each took part in, its revenue in store (the lanes' totals logged with its
-    checkout decisions, then `store` outcomes) and online."""
-
-    def __init__(self, rows: _Rows) -> None:
-        self.ids = rows.ids
-        self.holdout = np.zeros(len(rows.ids), dtype=np.bool_)  # per customer: any holdout
-        self.holdout[rows.customer[rows.policy == 1]] = True
-        day = rows.day
-        self.first_day = int(day.min()) if len(day) else 0
-        self.span = int(day.max()) - self.first_day + 1 if len(day) else 1
-        keys, of_row = _in_order(rows.customer * self.span + (day - self.first_day))
-        self.customer = keys // self.span
-        self.by_key = np.argsort(keys, kind="stable")  # for look-ups: keys[by_key] ascends
-        self.sorted_keys = keys[self.by_key]
-        self.touches = []
-        for k in range(len(_TOUCHPOINTS)):
-            touched = np.zeros(len(keys), dtype=np.bool_)
-            touched[of_row[rows.touchpoint == k]] = True
-            self.touches.append(touched)
-        self.in_store = _sum_by(of_row, rows.total, len(keys))
-        self.online = np.zeros(len(keys))
-
-    def add_outcomes(self, rows: Sequence[tuple[str, int, bool, float]]) -> None:
-        """Outcomes per visit: (customer, day, in store?, amount); a visit without an
-        identified decision in the period has none."""
-        if not rows or not len(self.sorted_keys):
-            return
-        refs, days, in_store, amounts = zip(*rows, strict=True)
-        customer = np.fromiter((self.ids.get(r, -1) for r in refs), np.int64, len(refs))
-        offset = np.array(days, dtype=np.int64) - self.first_day
-        key = customer * self.span + offset
-        ok = (customer >= 0) & (offset >= 0) & (offset < self.span)
-        at = np.minimum(np.searchsorted(self.sorted_keys, key), len(self.sorted_keys) - 1)
-        ok &= self.sorted_keys[at] == key
-        visit = self.by_key[at]
-        store = np.array(in_store, dtype=np.bool_)
-        amount = np.array(amounts, dtype=np.float64)
-        np.add.at(self.in_store, visit[ok & store], amount[ok & store])
-        np.add.at(self.online, visit[ok & ~store], amount[ok & ~store])
-
-    def revenue(self) -> dict[str, Revenue]:
-        """Per touchpoint and overall: each customer's visits and revenue (in store, online),
-        then the per-visit revenue of each arm; a customer is in the holdout if any decision
-        was. A touchpoint's customers are added in the order of their first visit there."""
-        out = {}
-        everywhere = np.ones(len(self.customer), dtype=np.bool_)
-        for where, touched in zip(_WHERES, (everywhere, *self.touches), strict=True):
-            customer = self.customer[touched]
-            size = len(self.ids)
-            present, _ = _in_order(customer)
-            n = np.bincount(customer, minlength=size)[present].astype(np.float64)
-            in_store = _sum_by(customer, self.in_store[touched], size)[present]
-            online = _sum_by(customer, self.online[touched], size)[present]
-            held = self.holdout[present]
-            sums = {}
-            for arm, m in (("t", ~held), ("c", held)):
-                sums[(arm, "in")] = _sums(in_store[m], n[m])
-                sums[(arm, "on")] = _sums(online[m], n[m])
-                sums[(arm, "all")] = _sums(in_store[m] + online[m], n[m])
-            t_all, c_all = sums[("t", "all")], sums[("c", "all")]
-            if not t_all.k or not c_all.k or (t_all.y == 0 and c_all.y == 0):
-                continue
-            lift, low, high = lift_of(t_all, c_all)
-            out[where] = Revenue(
-                visits=(int(t_all.n), int(c_all.n)),
-                customers=(t_all.k, c_all.k),
-                in_store=(sums[("t", "in")].ratio, sums[("c", "in")].ratio),
-                online=(sums[("t", "on")].ratio, sums[("c", "on")].ratio),
-                together=(t_all.ratio, c_all.ratio),
-                lift=lift,
-                low=low,
-                high=high,
-                in_store_lift=lift_of(sums[("t", "in")], sums[("c", "in")])[0],
-                online_lift=lift_of(sums[("t", "on")], sums[("c", "on")])[0],
-            )
-        return out
 
 
 def _readout(name: str, part: _Touchpoint, revenue: Revenue | None) -> TouchpointReadout:
