@@ -24,9 +24,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from gateway.console._auth import LoginBrake, Session, Sessions, csrf_ok
-from gateway.console._view import PAGES, Activity, Sources, e, render_main
+from gateway.console._view import PAGES, e, render_main
 from gateway.console.accounts import AccountError, Accounts
 from gateway.console.settings import ConsoleConfig
+from gateway.console.sources import Activity, Sources
 from gateway.runtime.health import listen, serve_asgi
 from gateway.runtime.supervisor import Handle
 
