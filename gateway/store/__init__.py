@@ -2,12 +2,7 @@
 
 from gateway.store._async import AsyncStore
 from gateway.store._db import (
-    DECISION_COLUMNS,
-    Consent,
-    Decision,
-    Offer,
     Opened,
-    PrintJobRow,
     Reader,
     SchemaTooNew,
     StorageFull,
@@ -17,6 +12,7 @@ from gateway.store._db import (
 )
 from gateway.store._outbox import OutboxRow, OutboxTable, transaction
 from gateway.store._recovery import StateDirUnusable, check_writable
+from gateway.store._rows import DECISION_COLUMNS, Consent, Decision, Offer, PrintJobRow
 from gateway.store._seed import SeedError, consent_from_json, load_seed, offer_from_json
 
 __all__ = [

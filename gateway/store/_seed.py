@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.codecs.identity import customer_ref
 from gateway.codecs.payloads import PayloadError, decode
-from gateway.store._db import OFFER_CHANNELS, Consent, Offer
+from gateway.store._rows import OFFER_CHANNELS, Consent, Offer
 
 __all__ = ["SeedError", "consent_from_json", "load_seed", "offer_from_json"]
 
