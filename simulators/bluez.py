@@ -15,7 +15,8 @@ runs against it unchanged (DBUS_SYSTEM_BUS_ADDRESS points bleak at the private b
   and updated by PropertiesChanged under bluetoothd's rules (RSSI on every advert in filtered
   discovery, else on an 8 dBm change; ManufacturerData / ServiceData merged and sent when
   changed, or on every advert with DuplicateData; RSSI / TxPower invalidated when discovery
-  stops).
+  stops), and removed (InterfacesRemoved) once unheard for `temporary_timeout_s` (main.conf's
+  TemporaryTimeout, 30 s by default), as bluetoothd removes temporary devices.
 
 `FakeBluez` starts its own `dbus-daemon` (a generated config that allows everything), owns
 `org.bluez` on it, and lets a test `advertise(...)` as a beacon would, `go_quiet()` as a wedged
@@ -422,8 +423,10 @@ class FakeBluez:
         passive_supported: bool = True,
         adapter: str = "hci0",
         adapter_address: str = "00:1A:7D:DA:71:13",
+        temporary_timeout_s: float = 30.0,
     ) -> None:
         self.passive_supported = passive_supported
+        self.temporary_timeout_s = temporary_timeout_s  # 0: temporary devices are kept
         self.adapter = adapter
         self.adapter_path = f"/org/bluez/{adapter}"
         self.adapter_address = adapter_address
@@ -439,6 +442,7 @@ class FakeBluez:
         self._apps: set[tuple[str, str]] = set()  # (client, root path) of monitor apps
         self._monitors: dict[tuple[str, str], _Monitor] = {}  # (client, object path)
         self._devices: dict[str, _Device] = {}
+        self._heard: dict[str, float] = {}  # device path -> loop time last heard, oldest first
         self._tasks: set[asyncio.Task[None]] = set()
         self._dir: Path | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -505,6 +509,8 @@ class FakeBluez:
         reply = await bus.request_name(BLUEZ)
         if reply != RequestNameReply.PRIMARY_OWNER:
             raise RuntimeError(f"could not own {BLUEZ}: {reply}")
+        if self.temporary_timeout_s > 0:
+            self._spawn(self._remove_unheard())
 
     async def _stop(self) -> None:
         for task in list(self._tasks):
@@ -706,6 +712,8 @@ class FakeBluez:
 
     def _update_device(self, advert: _Advert) -> _Device:
         path = device_path(self.adapter_path, advert.address)
+        self._heard.pop(path, None)
+        self._heard[path] = asyncio.get_running_loop().time()
         device = self._devices.get(path)
         if device is None:
             kind = _DeviceWithTxPower if advert.tx_power is not None else _Device
@@ -738,7 +746,24 @@ class FakeBluez:
 
     def _drop_device(self, path: str) -> None:
         device = self._devices.pop(path)
+        self._heard.pop(path, None)
         self._require_bus().unexport(path, device)
+
+    async def _remove_unheard(self) -> None:
+        """bluetoothd's temporary timer: a device unheard for TemporaryTimeout is removed,
+        discovery or not (so a scanner's view of a crowd with churning addresses stays bounded)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.temporary_timeout_s / 4))
+            horizon = loop.time() - self.temporary_timeout_s
+            while self._heard:
+                path, heard = next(iter(self._heard.items()))
+                if heard > horizon:
+                    break
+                if path in self._devices:
+                    self._drop_device(path)
+                else:
+                    del self._heard[path]
 
     # -- org.bluez.AdvertisementMonitorManager1 ----------------------------------------------
 

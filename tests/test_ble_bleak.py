@@ -309,3 +309,28 @@ async def test_eddystone_data_without_feaa_in_the_uuid_list_is_not_a_beacon(rig:
     assert await rig.bluez.advertise(UID_MAC, -70, {}, UID)  # FEAA listed, as beacons do
     await until(lambda: len(rig.sightings) == 2)
     assert [s.frame for s in rig.sightings] == [None, EXPECTED[UID_MAC]]
+
+
+async def test_a_device_unheard_for_the_temporary_timeout_is_forgotten_and_heard_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bluetoothd removes a temporary device unheard for TemporaryTimeout, scanning or not: the
+    scanner's memory of a crowd whose addresses churn stays bounded, and a device heard again
+    after its removal is a new device that still arrives as a sighting."""
+    async with FakeBluez(passive_supported=False, temporary_timeout_s=0.5) as bluez:
+        monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", bluez.address)
+        rig = Rig(bluez)
+        try:
+            rig.start(passive=False)
+            await rig.ready()
+            manager = bluez_manager._global_instances[asyncio.get_running_loop()]
+            path = f"{bluez.adapter_path}/dev_{PHONE_MAC.replace(':', '_')}"
+            assert await bluez.advertise(PHONE_MAC, -65, PHONE, {})
+            await until(lambda: len(rig.sightings) == 1 and path in manager._properties)
+            await until(lambda: path not in manager._properties, within=3.0)
+            assert await bluez.advertise(PHONE_MAC, -66, PHONE, {})
+            await until(lambda: len(rig.sightings) == 2)
+            assert rig.sightings[-1].rssi == -66
+        finally:
+            await rig.stop()
+            await _drop_bleak_manager()
