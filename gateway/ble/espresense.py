@@ -113,8 +113,10 @@ class NodeSource:
     ) -> None:
         self.prefix = prefix
         # Only the configured rooms: any device user may publish under its own name (the ACL
-        # keys on the user), and an unknown room must not grow the stats or the metrics.
-        self._rooms = frozenset(rooms)
+        # keys on the user), and an unknown room must not grow the stats or the metrics. Each
+        # room's name is kept once: presence holds a reading per (device, room), tens of
+        # thousands in a hypermarket, and each decoded topic's copy would cost ~3 MB there.
+        self._rooms = {room: room for room in rooms}
         self.ignored = 0
         self._keys = keys
         self._stats = stats
@@ -140,13 +142,14 @@ class NodeSource:
 
     def on_device(self, topic: str, payload: bytes) -> None:
         report = decode_device_message(self.prefix, topic, payload)
-        if report.room not in self._rooms:
+        room = self._rooms.get(report.room)
+        if room is None:
             self.ignored += 1
             return
         now = self._clock.now()
-        self._stats.advert(report.room, self._clock.monotonic())
+        self._stats.advert(room, self._clock.monotonic())
         device = self._keys.key(report.device, now)
-        self._on_sighting(Sighting(report.room, device, report.frame, report.rssi, now))
+        self._on_sighting(Sighting(room, device, report.frame, report.rssi, now))
 
     def on_status(self, topic: str, payload: bytes) -> None:
         parts = topic.split("/")
