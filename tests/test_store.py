@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -138,3 +139,32 @@ def test_a_redemption_repeats_only_from_the_same_lane_with_the_same_event(tmp_pa
     # Another till reusing that event id is not a re-send: the coupon is spent.
     assert redeem(store, code, "pos-2", 3.0, "e-1")[0] == "already_redeemed"
     assert redeem(store, code, "pos-1", 4.0, "e-2")[0] == "already_redeemed"
+
+
+def _write_blob(store: Store, size: int) -> None:
+    store.conn.execute("CREATE TABLE IF NOT EXISTS scratch (b BLOB)")
+    store.conn.execute("INSERT INTO scratch VALUES (zeroblob(?))", (size,))
+
+
+async def test_checkpoints_run_apart_from_the_store_thread_and_keep_the_wal_small(
+    tmp_path: Path,
+) -> None:
+    """A commit never runs a checkpoint (its two fsyncs would hold up every write queued on
+    the store thread); the checkpoint thread keeps the WAL from growing with what is written."""
+    path = tmp_path / "g.sqlite3"
+    db = AsyncStore(path, checkpoint_every_s=0.05)
+    await db.open()
+    try:
+        autocheckpoint = await db.call(
+            lambda store: store.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        )
+        assert autocheckpoint == 0
+        written = 0
+        for _ in range(60):  # 15 MB over about 1.5 s
+            await db.call(_write_blob, 256 * 1024)
+            written += 256 * 1024
+            await asyncio.sleep(0.025)
+        wal = path.with_name(path.name + "-wal").stat().st_size
+        assert wal < written / 3, (wal, written)
+    finally:
+        await db.close()

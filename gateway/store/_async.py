@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
+import structlog
+
 from gateway.store._db import Opened, Reader, Store, StoreClosed, open_store
 
 __all__ = ["AsyncStore"]
+
+log = structlog.get_logger("gateway.store")
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -50,10 +56,65 @@ class _WriteAheadLog:
             os.close(fd)
 
 
+class _Checkpointer:
+    """Copies the WAL back into the database on a thread and connection of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that takes the WAL past 1,000 pages,
+    on the store thread, with an fsync of the WAL and one of the database: on an SD card every
+    write queued behind it (a decision) waits 20 ms or more for the disk. The writer's is
+    turned off; this thread runs a PASSIVE checkpoint (it blocks neither the writer nor the
+    readers) every `every_s` while the WAL is being written, so the WAL stays about as small.
+    """
+
+    def __init__(self, database: Path, every_s: float = 2.0) -> None:
+        self._database = database
+        self._wal = database.with_name(database.name + "-wal")
+        self._every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
+        self.checkpoints = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            checkpointed: tuple[int, int] | None = None
+            failing = False
+            while not self._stop.wait(self._every_s):
+                try:
+                    stat = os.stat(self._wal)
+                except FileNotFoundError:
+                    continue
+                if (stat.st_size, stat.st_mtime_ns) == checkpointed:
+                    continue  # nothing written since the last checkpoint
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:
+                    if not failing:  # said once per streak, not every period
+                        log.warning("WAL checkpoint failed; retrying", error=str(exc))
+                    failing = True
+                    continue
+                failing = False
+                self.checkpoints += 1
+                checkpointed = (stat.st_size, stat.st_mtime_ns)
+        finally:
+            conn.close()
+
+
 class AsyncStore:
     """Runs `Store` calls on one dedicated thread, so SQLite never blocks the event loop, and
     `Reader` calls on another, with a read-only connection, so reads never wait for a commit;
-    `sync` fsyncs the WAL on a third, so a durable commit's fsync holds up no other write.
+    `sync` fsyncs the WAL on a third, so a durable commit's fsync holds up no other write,
+    and checkpoints run on a fourth (`_Checkpointer`), so no write waits behind one.
 
     `await db.call(Store.bump_counter, key)` runs `store.bump_counter(key)` on the store
     thread; `await db.read(Reader.consent, ref)` runs `reader.consent(ref)` on the read thread.
@@ -61,9 +122,14 @@ class AsyncStore:
     """
 
     def __init__(
-        self, path: Path, outbox_budget_bytes: int = 512 * 1024 * 1024, min_free_bytes: int = 0
+        self,
+        path: Path,
+        outbox_budget_bytes: int = 512 * 1024 * 1024,
+        min_free_bytes: int = 0,
+        checkpoint_every_s: float = 2.0,
     ) -> None:
         self.path = path
+        self.checkpoint_every_s = checkpoint_every_s
         self.outbox_budget_bytes = outbox_budget_bytes
         self.min_free_bytes = min_free_bytes
         self._store: Store | None = None
@@ -72,6 +138,7 @@ class AsyncStore:
         self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         self._wal = _WriteAheadLog(path)
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sync")
+        self._checkpointer: _Checkpointer | None = None
 
     @property
     def is_open(self) -> bool:
@@ -91,9 +158,13 @@ class AsyncStore:
             self.min_free_bytes,
             progress,
         )
-        self._store, opened = await _run(self._executor, job)
+        store, opened = await _run(self._executor, job)
+        self._store = store
         # After the store: the file exists, migrated, in WAL mode.
         self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
+        await _run(self._executor, store.stop_autocheckpoint)
+        self._checkpointer = _Checkpointer(self.path, self.checkpoint_every_s)
+        self._checkpointer.start()
         return opened
 
     async def call(
@@ -118,6 +189,9 @@ class AsyncStore:
         await _run(self._sync_executor, self._wal.sync)
 
     async def close(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.to_thread(checkpointer.stop)
         await _run(self._sync_executor, self._wal.close)
         reader, self._reader = self._reader, None
         if reader is not None:

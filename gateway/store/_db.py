@@ -190,6 +190,10 @@ class Store(Reader):
                 migration(self._db)
                 self._conn.execute(f"PRAGMA user_version = {version}")
 
+    def stop_autocheckpoint(self) -> None:
+        """No checkpoint inside this connection's commits: `AsyncStore` runs them apart."""
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")
+
     def close(self) -> None:
         self._conn.close()
 
