@@ -15,6 +15,7 @@ from gateway.runtime.supervisor import Backoff, Handle
 __all__ = ["Endpoint", "reconnecting"]
 
 Endpoint = tuple[str, int]
+SUMMARY_S = 60.0  # a failing streak is logged at its start, then once a minute at most
 
 
 async def reconnecting(
@@ -33,9 +34,13 @@ async def reconnecting(
     A session returns or raises one of `lost` (alone or in an exception group: a task group's
     connection) when its connection is gone; anything else is a bug and propagates. A session
     calls `backoff.reset()` once it is connected. `what` names the peer in messages ("broker",
-    "cloud").
+    "cloud"). Health says every failure; the log says the first of a streak (or a new error),
+    then sums the streak up once a minute: a 2-minute outage is a few lines, not hundreds.
     """
     at = start
+    loop = asyncio.get_running_loop()
+    streak = 0  # failed attempts since the last connection
+    said_at, said_error, said_streak = 0.0, "", 0
     while True:
         host, port = endpoints[at]
         where = f"{host}:{port}"
@@ -49,15 +54,32 @@ async def reconnecting(
             if rest is not None or matched is None:
                 raise
             error = "; ".join(dict.fromkeys(str(e) for e in _leaves(matched)))
+        if backoff.attempt == 0:  # the session connected (or this is the first attempt)
+            streak = 0
+        streak += 1
         at = (at + 1) % len(endpoints)
         delay = backoff.next()
         following = f"{endpoints[at][0]}:{endpoints[at][1]}"
         then = f"{following} in" if len(endpoints) > 1 else "retry in"
         handle.degraded(f"{what} {where} unreachable ({error}); {then} {delay:.1f}s")
         extra = {"next": following} if len(endpoints) > 1 else {}
-        log.warning(
-            f"{what} unreachable", broker=where, error=error, retry_s=round(delay, 2), **extra
-        )
+        now = loop.time()
+        if streak == 1 or error != said_error:
+            log.warning(
+                f"{what} unreachable", broker=where, error=error, retry_s=round(delay, 2), **extra
+            )
+            said_at, said_error, said_streak = now, error, streak
+        elif now - said_at >= SUMMARY_S:
+            log.warning(
+                f"{what} still unreachable",
+                broker=where,
+                error=error,
+                attempts=streak - said_streak,
+                over_s=round(now - said_at),
+                retry_s=round(delay, 2),
+                **extra,
+            )
+            said_at, said_streak = now, streak
         await asyncio.sleep(delay)
 
 
