@@ -10,7 +10,8 @@ with both purposes, the cloud behind a 2 Mbit/s uplink cap (the daemon's `cloud.
 bytes_per_s`), away for 2 minutes in the middle (`--quick`: 30 s).
 
 The box: the daemon pinned to one core (`STORE_CORES`, default 1) with every fsync 10 ms slower
-(`STORE_FSYNC_MS`, the LD_PRELOAD shim of simulators/slowdisk.py), as an SD card makes it.
+(`STORE_FSYNC_MS`, the LD_PRELOAD shim of simulators/slowdisk.py), as an SD card makes it. The
+camera's threads run 10 nicer than the loop, as shipped (`STORE_CAMERA_NICENESS`, 0: not).
 
 Figures, per touchpoint p50/p99/max: kiosk -> its screens (the last of its three contents),
 zone entry -> screen (an opted-in app's presence.zone event -> the screen content decided for
@@ -430,6 +431,8 @@ def _camera_settings(work: Path, members: tuple[Customer, ...]) -> dict[str, str
         "kiosk": '"kiosk-01"',
         "screen": '"entrance-s1"',
         "process_fps": "5",
+        # STORE_CAMERA_NICENESS: the camera's threads below the loop (the default, 10) or not (0)
+        "niceness": os.environ.get("STORE_CAMERA_NICENESS", "10"),
     }
 
 

@@ -5,8 +5,10 @@ written."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -252,3 +254,19 @@ def test_every_token_shape_is_read() -> None:
     tokens = ["gw1." + base64.urlsafe_b64encode(rng.randbytes(105)).decode() for _ in range(60)]
     missed = [t for i, t in enumerate(tokens) if analyzer.analyze(qr_frame(t, seed=i))[0] != t]
     assert missed == []
+
+
+async def test_the_camera_threads_run_below_the_event_loop(tmp_path: Path) -> None:
+    """On one busy core the loop must preempt the camera's work, not wait out its time slice:
+    the reader and the analyser run nicer than the daemon (Linux keeps a nice value per
+    thread); the loop's own thread keeps the process's."""
+    video = write_video(tmp_path / "qr.avi", [qr_frame(TOKEN, seed=s) for s in range(3)], fps=30)
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with _running(video, audience=False, niceness=7) as run:
+        await _until(lambda: len(run.qr) >= 1)
+        threads = {t.name: t.native_id for t in threading.enumerate()}
+        camera = {n: i for n, i in threads.items() if n.startswith("camera-") and i is not None}
+        assert set(camera) == {"camera-reader", "camera-analyze_0"}, threads
+        for name, tid in camera.items():
+            assert os.getpriority(os.PRIO_PROCESS, tid) == own + 7, name
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own

@@ -85,6 +85,7 @@ def build_camera(
             process_fps=camera.process_fps,
             stall_timeout_s=camera.stall_timeout_s,
             reopen_max_s=camera.reopen_max_s,
+            niceness=camera.niceness,
         ),
     )
 

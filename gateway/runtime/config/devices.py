@@ -167,6 +167,9 @@ class CameraConfig:
     # No frame for this long: the camera is stalled and is reopened (backoff up to reopen_max_s).
     stall_timeout_s: float = field(default=5.0, metadata=_meta(min=0.5, max=600))
     reopen_max_s: float = field(default=30.0, metadata=_meta(min=1, max=3600))
+    # The camera's threads run this much nicer than the daemon (0: as nice): on a busy core the
+    # event loop goes first and frames are dropped, not touchpoints delayed.
+    niceness: int = field(default=10, metadata=_meta(min=0, max=19))
 
 
 @dataclass(frozen=True, slots=True)
