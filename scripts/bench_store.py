@@ -614,6 +614,10 @@ def _daemon_figures(run: _Run, info: dict[str, Any], samples: list[dict[str, flo
     figures["store_rss_end_mib"] = rss[-1][1]
     half = [((t - run.t0) / 60, r * 1024) for t, r in rss if t >= run.t0 + info["minutes"] * 30]
     figures["store_rss_slope_kib_per_min"] = _slope(half) if len(half) > 2 else 0.0
+    # The last half holds the cloud's return, whose drain leaves its high-water mark in the RSS:
+    # the slope from 30 s after the return on says whether anything keeps growing.
+    after = [((t - run.t0) / 60, r * 1024) for t, r in rss if t >= run.up_at + 30]
+    figures["store_rss_slope_after_drain_kib_per_min"] = _slope(after) if len(after) > 2 else 0.0
     backlog = [(s["t"], s["gateway_outbox_events"]) for s in samples]
     before = [b for t, b in backlog if run.down_at - 30 <= t < run.down_at] or [0.0]
     baseline = statistics.median(before)
