@@ -19,6 +19,11 @@ simulators/world2.py, built unlike it), the whole loop, with the gateway at its 
    `learn_lift_own`, `learn_lift_second`, `learn_lift_second_later`, the rules beside each
    (`learn_rules_lift_*`); and the margin a decision earns, the model ranking by conversion and
    by P x margin (`learn_margin_per_decision_*`).
+6. for the second world, what 1.0 can mean from the gateway's view: the *observable oracle*
+   (`SecondWorld.observable_probabilities`: the truth averaged over the hidden type, habits
+   and weather, given what the gateway sees) on every 5th moment of each period:
+   `learn_observable_lift_second`, `learn_observable_lift_second_later`. No model trained on
+   the gateway's features can beat it in expectation; the gap to 1.0 is hidden from the box.
 """
 
 from __future__ import annotations
@@ -100,6 +105,18 @@ def lifts(moments: Sequence[Moment], truth: Truth, scorer: Scorer) -> dict[str, 
     }
 
 
+def observable_lift(moments: Sequence[Moment], world: SecondWorld, stride: int = 5) -> float:
+    """The observable oracle's lift on every `stride`-th moment with offers (see the top)."""
+    got = rand = best = 0.0
+    for moment in [m for m in moments if m.offers][::stride]:
+        t = world.conversion_probabilities(moment, moment.offers)
+        seen = world.observable_probabilities(moment, moment.offers)
+        got += float(t[int(np.argmax(seen))])
+        rand += float(t.mean())
+        best += float(t.max())
+    return (got - rand) / (best - rand)
+
+
 def _truth(world: World) -> Truth:
     if isinstance(world, SecondWorld):
         return world.conversion_probabilities
@@ -157,13 +174,19 @@ def loop(name: str, world: World, fresh: World, later: World | None, weeks: floa
         figures[f"learn_logged_conversion_{name}"] = float(logged)
         figures[f"learn_served_conversion_{name}"] = float(served)
         store.close()
-    period = lifts(fresh.moments(min(n, 20_000)), _truth(fresh), scorer)
+    moments = fresh.moments(min(n, 20_000))
+    period = lifts(moments, _truth(fresh), scorer)
+    if isinstance(fresh, SecondWorld):
+        figures[f"learn_observable_lift_{name}"] = observable_lift(moments, fresh)
     figures[f"learn_lift_{name}"] = period["lift_model"]
     figures[f"learn_rules_lift_{name}"] = period["lift_rules"]
     for key in ("margin_rules", "margin_model", "margin_model_value"):
         figures[f"learn_{key}_per_decision_{name}"] = period[key]
     if later is not None:
-        after = lifts(later.moments(4 * PER_WEEK), _truth(later), scorer)
+        later_moments = later.moments(4 * PER_WEEK)
+        after = lifts(later_moments, _truth(later), scorer)
+        if isinstance(later, SecondWorld):
+            figures[f"learn_observable_lift_{name}_later"] = observable_lift(later_moments, later)
         figures[f"learn_lift_{name}_later"] = after["lift_model"]
         figures[f"learn_rules_lift_{name}_later"] = after["lift_rules"]
     return figures

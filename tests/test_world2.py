@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from simulators import world2
 from simulators.world2 import SecondWorld
 
 
@@ -50,3 +51,60 @@ def test_preferences_drift_week_by_week() -> None:
     then = world.conversion_probabilities(later, [produce, coffee])
     assert then[0] > now[0]  # produce gains
     assert then[1] < now[1]  # coffee loses
+
+
+def test_the_observable_oracle_sees_only_what_the_gateway_sees() -> None:
+    """observable_probabilities: the truth averaged over the hidden type, habits and weather;
+    changing any of them for the moment leaves it unchanged, and a Monte Carlo average of the
+    truth over their distribution agrees with it."""
+    import itertools
+
+    from gateway.decision.features import CATEGORIES, Weather
+    from simulators.world2 import TYPES
+
+    world = SecondWorld(5)
+    moments = [m for m in world.moments(3000) if m.offers]
+    for moment in moments[::75]:  # every hour of the day
+        sid = moment.shopper.id
+        seen = world.observable_probabilities(moment, moment.offers)
+        kind, habits = world.types[sid], world.habits[sid]
+        world.types[sid] = next(t for t in TYPES if t != kind)
+        world.habits[sid] = ("household", "pasta")
+        assert np.allclose(seen, world.observable_probabilities(moment, moment.offers))
+        world.types[sid], world.habits[sid] = kind, habits
+        for weather in (Weather(35.0, raining=True), Weather(-5.0, raining=False)):
+            other = dataclasses.replace(
+                moment, ctx=dataclasses.replace(moment.ctx, weather=weather)
+            )
+            assert np.allclose(seen, world.observable_probabilities(other, moment.offers))
+    # A morning with a basket: the cold-morning effect and the habits both count.
+    moment = next(m for m in moments if m.ctx.basket and m.ctx.local_time.hour < 11)
+    sid = moment.shopper.id
+    seen = world.observable_probabilities(moment, moment.offers)
+    rng = np.random.default_rng(0)
+    pairs = list(itertools.combinations(CATEGORIES, 2))
+    weights = np.array(
+        [
+            np.prod(
+                [
+                    (0.35 if c in p else 0.06)
+                    if c in moment.ctx.basket
+                    else 1 - (0.35 if c in p else 0.06)
+                    for c in CATEGORIES
+                ]
+            )
+            for p in pairs
+        ]
+    )
+    week = (moment.ctx.local_time - world2._START).days / 7
+    mean_temp = 9 + 9 * np.sin(2 * np.pi * (week - 6) / 52)
+    mean_temp += 4 * np.sin(2 * np.pi * (moment.ctx.local_time.hour - 9) / 24)
+    total = np.zeros(len(moment.offers))
+    draws = 3000
+    for _ in range(draws):
+        world.types[sid] = TYPES[rng.choice(3, p=(0.4, 0.3, 0.3))]
+        world.habits[sid] = pairs[rng.choice(len(pairs), p=weights / weights.sum())]
+        weather = Weather(float(mean_temp + rng.normal(0, 5)), bool(rng.random() < 0.25))
+        drawn = dataclasses.replace(moment, ctx=dataclasses.replace(moment.ctx, weather=weather))
+        total += world.conversion_probabilities(drawn, moment.offers)
+    assert np.allclose(total / draws, seen, rtol=0.1, atol=0.002)
