@@ -39,13 +39,13 @@ import numpy as np
 
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.export import export_decisions
-from gateway.decision.features import CustomerFacts, FeatureContext, featurize
+from gateway.decision.features import featurize
 from gateway.decision.model import Scorer
 from gateway.decision.promotion import judge_log
 from gateway.decision.value import offer_value
 from gateway.runtime.config import DecisionConfig
 from gateway.store import Offer, Store
-from simulators.gateway_log import World, log_through_gateway, seed_store
+from simulators.gateway_log import World, gateway_view, log_through_gateway, seed_store
 from simulators.shoppers import Moment, RulesPolicy, Simulator
 from simulators.world2 import SecondWorld
 
@@ -55,21 +55,6 @@ PER_WEEK = 2500
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-def gateway_view(moment: Moment) -> FeatureContext:
-    """What the gateway's decide builds for this moment: no trend, the bundle's (default)
-    weather, a consenting customer's segment only."""
-    ctx = moment.ctx
-    customer = CustomerFacts(segment=moment.segment) if moment.segment is not None else None
-    return FeatureContext(
-        local_time=ctx.local_time,
-        touchpoint=ctx.touchpoint,
-        zone=ctx.zone,
-        dwell_s=ctx.dwell_s,
-        basket=ctx.basket,
-        customer=customer,
-    )
 
 
 Truth = Callable[[Moment, Sequence[Offer]], Any]

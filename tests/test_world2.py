@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import random
+from pathlib import Path
 
 import numpy as np
 
+from gateway.decision.engine import DecisionEngine
+from gateway.decision.export import export_decisions, read_export
+from gateway.decision.features import featurize
+from gateway.runtime.config import DecisionConfig
+from gateway.store import Offer, Store
 from simulators import world2
+from simulators.gateway_log import gateway_view, log_through_gateway, seed_store
+from simulators.shoppers import Moment
 from simulators.world2 import SecondWorld
 
 
@@ -108,3 +118,44 @@ def test_the_observable_oracle_sees_only_what_the_gateway_sees() -> None:
         drawn = dataclasses.replace(moment, ctx=dataclasses.replace(moment.ctx, weather=weather))
         total += world.conversion_probabilities(drawn, moment.offers)
     assert np.allclose(total / draws, seen, rtol=0.1, atol=0.002)
+
+
+def test_the_benchmarks_view_is_what_the_gateway_scored(tmp_path: Path) -> None:
+    """scripts/bench.py learn scores models with `gateway_view(moment)`: the rows the gateway
+    logged (rebuilt by the export) must be exactly those, or the lift measures another input
+    than the one the model serves on."""
+    world = SecondWorld(7)
+    seen: dict[float, list[Moment]] = {}
+
+    class Recording:
+        catalog, shoppers = world.catalog, world.shoppers
+
+        def moments(self, n: int) -> list[Moment]:
+            out = world.moments(n)
+            for m in out:
+                seen.setdefault(m.now, []).append(m)
+            return out
+
+        def conversion_probability(self, moment: Moment, offer: Offer) -> float:
+            return world.conversion_probability(moment, offer)
+
+    store = Store(tmp_path / "gateway.sqlite3")
+    seed_store(store, world, world.shoppers, 0.0)
+    log_through_gateway(store, Recording(), DecisionEngine(DecisionConfig(), random.Random(1)), 300)
+    out = io.StringIO()
+    export_decisions(store.path, out, since=0.0, now=0.0)
+    store.close()
+    records = list(read_export(out.getvalue().splitlines()))
+    identified = compared = 0
+    assert len(records) > 250
+    for record in records:
+        if len(seen[record.ts]) > 1:
+            continue  # two moments in the same second of the store's clock: which one?
+        moment = seen[record.ts][0]
+        compared += 1
+        identified += moment.segment is not None
+        assert {o.id for o in record.offers} <= {o.id for o in moment.offers}
+        rows = featurize(gateway_view(moment), record.offers)
+        np.testing.assert_array_equal(rows, record.features)
+    assert compared > 150
+    assert identified > 10  # the customer's segment is part of what is compared
