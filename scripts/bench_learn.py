@@ -19,6 +19,11 @@ simulators/world2.py, built unlike it), the whole loop, with the gateway at its 
    `learn_lift_own`, `learn_lift_second`, `learn_lift_second_later`, the rules beside each
    (`learn_rules_lift_*`); and the margin a decision earns, the model ranking by conversion and
    by P x margin (`learn_margin_per_decision_*`).
+6. for the second world, what 1.0 can mean from the gateway's view: the *observable oracle*
+   (`SecondWorld.observable_probabilities`: the truth averaged over the hidden type, habits
+   and weather, given what the gateway sees) on every 5th moment of each period:
+   `learn_observable_lift_second`, `learn_observable_lift_second_later`. No model trained on
+   the gateway's features can beat it in expectation; the gap to 1.0 is hidden from the box.
 """
 
 from __future__ import annotations
@@ -34,13 +39,13 @@ import numpy as np
 
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.export import export_decisions
-from gateway.decision.features import CustomerFacts, FeatureContext, featurize
+from gateway.decision.features import featurize
 from gateway.decision.model import Scorer
 from gateway.decision.promotion import judge_log
 from gateway.decision.value import offer_value
 from gateway.runtime.config import DecisionConfig
 from gateway.store import Offer, Store
-from simulators.gateway_log import World, log_through_gateway, seed_store
+from simulators.gateway_log import World, gateway_view, log_through_gateway, seed_store
 from simulators.shoppers import Moment, RulesPolicy, Simulator
 from simulators.world2 import SecondWorld
 
@@ -50,21 +55,6 @@ PER_WEEK = 2500
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-def gateway_view(moment: Moment) -> FeatureContext:
-    """What the gateway's decide builds for this moment: no trend, the bundle's (default)
-    weather, a consenting customer's segment only."""
-    ctx = moment.ctx
-    customer = CustomerFacts(segment=moment.segment) if moment.segment is not None else None
-    return FeatureContext(
-        local_time=ctx.local_time,
-        touchpoint=ctx.touchpoint,
-        zone=ctx.zone,
-        dwell_s=ctx.dwell_s,
-        basket=ctx.basket,
-        customer=customer,
-    )
 
 
 Truth = Callable[[Moment, Sequence[Offer]], Any]
@@ -98,6 +88,18 @@ def lifts(moments: Sequence[Moment], truth: Truth, scorer: Scorer) -> dict[str, 
         "lift_model": (mean["model"] - mean["random"]) / span,
         "lift_rules": (mean["rules"] - mean["random"]) / span,
     }
+
+
+def observable_lift(moments: Sequence[Moment], world: SecondWorld, stride: int = 5) -> float:
+    """The observable oracle's lift on every `stride`-th moment with offers (see the top)."""
+    got = rand = best = 0.0
+    for moment in [m for m in moments if m.offers][::stride]:
+        t = world.conversion_probabilities(moment, moment.offers)
+        seen = world.observable_probabilities(moment, moment.offers)
+        got += float(t[int(np.argmax(seen))])
+        rand += float(t.mean())
+        best += float(t.max())
+    return (got - rand) / (best - rand)
 
 
 def _truth(world: World) -> Truth:
@@ -157,13 +159,19 @@ def loop(name: str, world: World, fresh: World, later: World | None, weeks: floa
         figures[f"learn_logged_conversion_{name}"] = float(logged)
         figures[f"learn_served_conversion_{name}"] = float(served)
         store.close()
-    period = lifts(fresh.moments(min(n, 20_000)), _truth(fresh), scorer)
+    moments = fresh.moments(min(n, 20_000))
+    period = lifts(moments, _truth(fresh), scorer)
+    if isinstance(fresh, SecondWorld):
+        figures[f"learn_observable_lift_{name}"] = observable_lift(moments, fresh)
     figures[f"learn_lift_{name}"] = period["lift_model"]
     figures[f"learn_rules_lift_{name}"] = period["lift_rules"]
     for key in ("margin_rules", "margin_model", "margin_model_value"):
         figures[f"learn_{key}_per_decision_{name}"] = period[key]
     if later is not None:
-        after = lifts(later.moments(4 * PER_WEEK), _truth(later), scorer)
+        later_moments = later.moments(4 * PER_WEEK)
+        after = lifts(later_moments, _truth(later), scorer)
+        if isinstance(later, SecondWorld):
+            figures[f"learn_observable_lift_{name}_later"] = observable_lift(later_moments, later)
         figures[f"learn_lift_{name}_later"] = after["lift_model"]
         figures[f"learn_rules_lift_{name}_later"] = after["lift_rules"]
     return figures

@@ -20,6 +20,7 @@ import numpy as np
 from gateway.codecs.topics import Topics
 from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
+from gateway.decision.features import CustomerFacts, FeatureContext
 from gateway.decision.offers import load_offers, upsert_offers
 from gateway.moments.decide import decide
 from gateway.moments.moment import KioskMoment, Moment, ZoneMoment
@@ -27,7 +28,7 @@ from gateway.store import Consent, Offer, Store
 from simulators.shoppers import Moment as SimMoment
 from simulators.shoppers import Shopper
 
-__all__ = ["World", "customer_ref", "log_through_gateway", "seed_store"]
+__all__ = ["World", "customer_ref", "gateway_view", "log_through_gateway", "seed_store"]
 
 _TOPICS = Topics("sim-store")
 
@@ -66,6 +67,23 @@ def seed_store(store: Store, world: World, shoppers: Sequence[Shopper], now: flo
         Consent(customer_ref(s.id), True, s.segment) for s in shoppers if s.member and s.consent
     ]
     store.upsert_consents(consents, now)
+
+
+def gateway_view(moment: SimMoment) -> FeatureContext:
+    """What the gateway's `decide` builds for this moment (with no forecast in its config
+    bundle): no trend, the default weather, a consenting customer's segment only. The loop's
+    benchmark scores with it, so a model is measured on what it would see when it serves
+    (tests/test_world2.py checks it against the rows the gateway logged)."""
+    ctx = moment.ctx
+    customer = CustomerFacts(segment=moment.segment) if moment.segment is not None else None
+    return FeatureContext(
+        local_time=ctx.local_time,
+        touchpoint=ctx.touchpoint,
+        zone=ctx.zone,
+        dwell_s=ctx.dwell_s,
+        basket=ctx.basket,
+        customer=customer,
+    )
 
 
 def _gateway_moment(moment: SimMoment, index: int) -> Moment:

@@ -26,6 +26,7 @@ first world's: ask `conversion_probabilities` here instead.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -121,12 +122,14 @@ class SecondWorld:
         touchpoint = rng.choices(list(_TOUCHPOINTS), list(_TOUCHPOINTS.values()))[0]
         shopper = rng.choice(self.shoppers)
         identified = shopper.member and rng.random() < (0.15 if touchpoint == "screen" else 0.7)
-        week = (local_time - _START).days / 7
-        temp = 9 + 9 * math.sin(2 * math.pi * (week - 6) / 52) + rng.gauss(0, 5)
-        temp += 4 * math.sin(2 * math.pi * (local_time.hour - 9) / 24)
-        weather = Weather(round(temp, 1), rng.random() < 0.25)
+        temp = _mean_temp(local_time) + rng.gauss(0, _TEMP_SD)
+        weather = Weather(round(temp, 1), rng.random() < _RAIN)
         habits = self.habits[shopper.id]
-        basket = tuple(c for c in CATEGORIES if rng.random() < (0.35 if c in habits else 0.06))
+        basket = tuple(
+            c
+            for c in CATEGORIES
+            if rng.random() < (_HABIT_CHANCE if c in habits else _OTHER_CHANCE)
+        )
         ctx = FeatureContext(
             local_time=local_time,
             touchpoint=touchpoint,
@@ -156,38 +159,119 @@ class SecondWorld:
         ctx = moment.ctx
         kind = self.types[moment.shopper.id]
         habits = self.habits[moment.shopper.id]
-        hour = ctx.local_time.hour + ctx.local_time.minute / 60
-        week = (ctx.local_time - _START).days / 7
         hot, cold = ctx.weather.temp_c >= 22, ctx.weather.temp_c <= 6
-        afternoon, morning = 13 <= hour < 18, hour < 11
-        long_visit = min(ctx.dwell_s / 600, 1.0)
-        complements = {c for item in ctx.basket for c in _COMPLEMENTS.get(item, ())}
         out = np.empty(len(offers), dtype=np.float64)
         for i, offer in enumerate(offers):
-            c = offer.category
-            logit = _BASE + _DRIFT_PER_WEEK.get(c, 0.0) * week
-            if hot and afternoon and c in ("drinks", "snacks"):
-                logit += 1.8
-            if cold and morning and c in ("bakery", "lunch", "coffee"):
-                logit += 1.5
-            if ctx.weather.raining and c == "household" and ctx.touchpoint == "receipt":
-                logit += 1.0
-            if c in complements:
-                logit += 1.2
-            if c in ctx.basket:
-                logit -= 0.5
-            discount = offer.discount_pct / 100
-            if kind == "bargain":
-                logit += 5.0 * discount - (0.8 if offer.price_band == "high" else 0.0)
-            elif kind == "premium":
-                logit += -4.0 * discount + (0.9 if offer.price_band == "high" else 0.0)
-            elif c in habits:  # routine
-                logit += 1.6
-            band = {"low": -1.0, "mid": 0.0, "high": 1.0}[offer.price_band]
-            logit += 0.8 * band * (long_visit - 0.4)
-            logit += {"tablet": 0.6, "kiosk": 0.3, "screen": -0.3}.get(ctx.touchpoint, 0.0)
+            logit = _logit(
+                ctx, offer, hot, cold, ctx.weather.raining, kind, offer.category in habits
+            )
             out[i] = 1 / (1 + math.exp(-logit))
+        return out
+
+    def observable_probabilities(self, moment: Moment, offers: Sequence[Offer]) -> F64:
+        """The truth averaged over what the gateway cannot see: the shopper's type (its prior
+        shares: the CRM segment says nothing of it), their habits (the posterior of the pair
+        given the basket) and the weather (its distribution at that date and hour: the gateway
+        has no forecast). The argmax is the *observable oracle*: the best any policy can do
+        from the gateway's view (per-customer memory aside). For the benchmark, never the
+        gateway: it reads the world's hidden parameters."""
+        ctx = moment.ctx
+        habitual = _habit_posterior(ctx.basket)
+        mean = _mean_temp(ctx.local_time)
+        p_hot = 1 - _normal_cdf((22 - mean) / _TEMP_SD)
+        p_cold = _normal_cdf((6 - mean) / _TEMP_SD)
+        classes = (
+            (p_hot, True, False),
+            (p_cold, False, True),
+            (1 - p_hot - p_cold, False, False),
+        )
+        rain = ((_RAIN, True), (1 - _RAIN, False))
+        weathers = [(p * q, h, c, r) for p, h, c in classes for q, r in rain]
+        out = np.zeros(len(offers), dtype=np.float64)
+        for i, offer in enumerate(offers):
+            h = habitual[offer.category]
+            for pw, hot, cold, raining in weathers:
+                for kind, share in zip(TYPES, _TYPE_SHARES, strict=True):
+                    if kind == "routine":
+                        p = h * _sigmoid(_logit(ctx, offer, hot, cold, raining, kind, True))
+                        p += (1 - h) * _sigmoid(_logit(ctx, offer, hot, cold, raining, kind, False))
+                    else:
+                        p = _sigmoid(_logit(ctx, offer, hot, cold, raining, kind, False))
+                    out[i] += pw * share * p
         return out
 
     def conversion_probability(self, moment: Moment, offer: Offer) -> float:
         return float(self.conversion_probabilities(moment, [offer])[0])
+
+
+_TEMP_SD = 5.0
+_RAIN = 0.25
+_HABIT_CHANCE, _OTHER_CHANCE = 0.35, 0.06  # a category in the basket: habitual or not
+
+
+def _mean_temp(local_time: datetime) -> float:
+    """The temperature's mean at that date and hour (`moment` adds N(0, _TEMP_SD))."""
+    week = (local_time - _START).days / 7
+    temp = 9 + 9 * math.sin(2 * math.pi * (week - 6) / 52)
+    return temp + 4 * math.sin(2 * math.pi * (local_time.hour - 9) / 24)
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def _habit_posterior(basket: Sequence[str]) -> dict[str, float]:
+    """P(category is one of the shopper's two habits | the basket), every pair a priori alike."""
+    weights = {}
+    for pair in itertools.combinations(CATEGORIES, 2):
+        w = 1.0
+        for c in CATEGORIES:
+            chance = _HABIT_CHANCE if c in pair else _OTHER_CHANCE
+            w *= chance if c in basket else 1 - chance
+        weights[pair] = w
+    total = sum(weights.values())
+    return {c: sum(w for pair, w in weights.items() if c in pair) / total for c in CATEGORIES}
+
+
+def _logit(  # noqa: PLR0917 - the truth's inputs, hidden ones included
+    ctx: FeatureContext,
+    offer: Offer,
+    hot: bool,
+    cold: bool,
+    raining: bool,
+    kind: str,
+    habitual: bool,
+) -> float:
+    """The second world's hidden truth for one offer, as a logit."""
+    hour = ctx.local_time.hour + ctx.local_time.minute / 60
+    week = (ctx.local_time - _START).days / 7
+    afternoon, morning = 13 <= hour < 18, hour < 11
+    long_visit = min(ctx.dwell_s / 600, 1.0)
+    complements = {c for item in ctx.basket for c in _COMPLEMENTS.get(item, ())}
+    c = offer.category
+    logit = _BASE + _DRIFT_PER_WEEK.get(c, 0.0) * week
+    if hot and afternoon and c in ("drinks", "snacks"):
+        logit += 1.8
+    if cold and morning and c in ("bakery", "lunch", "coffee"):
+        logit += 1.5
+    if raining and c == "household" and ctx.touchpoint == "receipt":
+        logit += 1.0
+    if c in complements:
+        logit += 1.2
+    if c in ctx.basket:
+        logit -= 0.5
+    discount = offer.discount_pct / 100
+    if kind == "bargain":
+        logit += 5.0 * discount - (0.8 if offer.price_band == "high" else 0.0)
+    elif kind == "premium":
+        logit += -4.0 * discount + (0.9 if offer.price_band == "high" else 0.0)
+    elif habitual:  # routine
+        logit += 1.6
+    band = {"low": -1.0, "mid": 0.0, "high": 1.0}[offer.price_band]
+    logit += 0.8 * band * (long_visit - 0.4)
+    logit += {"tablet": 0.6, "kiosk": 0.3, "screen": -0.3}.get(ctx.touchpoint, 0.0)
+    return logit
