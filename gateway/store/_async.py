@@ -72,7 +72,6 @@ class _Checkpointer:
         self._every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
-        self.checkpoints = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -104,7 +103,6 @@ class _Checkpointer:
                     failing = True
                     continue
                 failing = False
-                self.checkpoints += 1
                 checkpointed = (stat.st_size, stat.st_mtime_ns)
         finally:
             conn.close()
