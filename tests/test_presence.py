@@ -120,6 +120,16 @@ def test_stale_readings_stop_counting() -> None:
     assert _kinds(events) == [("exit", "entrance"), ("enter", "coffee")]
 
 
+def test_a_visitor_keeps_readings_only_of_the_scanners_that_heard_them_lately() -> None:
+    """Memory per visitor is bounded by the scanners around them, not by the store they walked:
+    a reading older than reading_ttl_s is forgotten when the visitor is next heard."""
+    engine = _engine(smoothing=1.0)
+    _walk(engine, "d_6", T0, 5, {"node-a": -60, "node-c": -80})
+    _walk(engine, "d_6", T0 + 5 + CONFIG.reading_ttl_s, 5, {"node-b": -70})
+    (subject,) = engine._subjects.values()
+    assert set(subject.readings) == {"node-b"}
+
+
 def test_unknown_scanners_are_counted_and_ignored() -> None:
     engine = _engine()
     assert engine.observe(Sighting("node-z", "d_7", None, -50, T0)) == []

@@ -240,13 +240,25 @@ class PresenceEngine:
             reading.rssi += self.config.smoothing * (rssi - reading.rssi)
             reading.at = at
 
-    def _zone(self, key: str, subject: _Subject, at: float) -> list[ZoneEvent]:
-        c = self.config
+    def _strengths(self, subject: _Subject, at: float) -> dict[str, float]:
+        """Per zone, the strongest current reading; stale ones are forgotten, not only
+        ignored: a phone that walks the store would otherwise keep a reading of every scanner
+        it ever passed (5,000 phones x 40 scanners: ~40 MB)."""
         strength: dict[str, float] = {}
+        stale = []
         for scanner, reading in subject.readings.items():
-            if at - reading.at <= c.reading_ttl_s:
+            if at - reading.at <= self.config.reading_ttl_s:
                 zone = self._zone_of[scanner]
                 strength[zone] = max(strength.get(zone, -200.0), reading.rssi)
+            else:
+                stale.append(scanner)
+        for scanner in stale:
+            del subject.readings[scanner]
+        return strength
+
+    def _zone(self, key: str, subject: _Subject, at: float) -> list[ZoneEvent]:
+        c = self.config
+        strength = self._strengths(subject, at)
         if not strength:
             return []
         best = max(strength, key=strength.__getitem__)
