@@ -26,7 +26,7 @@ def _gateway(tmp_path: Path, store: Mosquitto, cloud: Cloud, **extra: str) -> Ga
         state_dir=tmp_path / "state",
         cloud_port=cloud.port,
         bundle_key=cloud.signer.public_key_text,
-        **extra,
+        **({"decision__exploration": "0"} | extra),  # the rules' greedy pick, as conftest's
     )
     process = GatewayProcess(DEMO_CONFIG, tmp_path, overrides=overrides)
     process.start()

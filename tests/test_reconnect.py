@@ -59,7 +59,8 @@ async def test_a_long_outage_is_summed_up_not_repeated(monkeypatch: pytest.Monke
     starts = [i for i, e in enumerate(logs) if e["event"] == "cloud unreachable"]
     first_streak = logs[: starts[1]]
     assert refused > 30
-    assert len(states) == attempts  # health hears every failure
+    # health hears every failure (the last attempt may have been cancelled before failing)
+    assert attempts - 1 <= len(states) <= attempts
     assert all(s == State.DEGRADED and "unreachable" in d for s, d in states)
     # the streak of refusals: its first failure, then a summary every 0.3 s (about 3)
     assert first_streak[0]["event"] == "cloud unreachable"

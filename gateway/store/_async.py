@@ -63,11 +63,18 @@ class _Checkpointer:
     on the store thread, with an fsync of the WAL and one of the database: on an SD card every
     write queued behind it (a decision) waits 20 ms or more for the disk. The writer's is
     turned off; this thread runs a PASSIVE checkpoint (it blocks neither the writer nor the
-    readers) every `every_s` while the WAL is being written, so the WAL stays about as small.
+    readers) every `every_s` while the WAL is being written. A passive checkpoint lets the WAL
+    start over only once it has caught up with every frame, which steady writes can put off
+    for ever: past `restart_bytes` it runs a RESTART checkpoint, which waits for the writer's
+    transaction in progress and holds the next one until the WAL is copied (the stall of the
+    automatic checkpoint, but once per `restart_bytes` of a busy store, not every 4 MB).
     """
 
-    def __init__(self, database: Path, every_s: float = 2.0) -> None:
+    def __init__(
+        self, database: Path, every_s: float = 2.0, restart_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self._database = database
+        self._restart_bytes = restart_bytes
         self._wal = database.with_name(database.name + "-wal")
         self._every_s = every_s
         self._stop = threading.Event()
@@ -95,8 +102,9 @@ class _Checkpointer:
                     continue
                 if (stat.st_size, stat.st_mtime_ns) == checkpointed:
                     continue  # nothing written since the last checkpoint
+                mode = "RESTART" if stat.st_size >= self._restart_bytes else "PASSIVE"
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
                 except sqlite3.Error as exc:
                     if not failing:  # said once per streak, not every period
                         log.warning("WAL checkpoint failed; retrying", error=str(exc))
@@ -125,9 +133,11 @@ class AsyncStore:
         outbox_budget_bytes: int = 512 * 1024 * 1024,
         min_free_bytes: int = 0,
         checkpoint_every_s: float = 2.0,
+        wal_restart_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.path = path
         self.checkpoint_every_s = checkpoint_every_s
+        self.wal_restart_bytes = wal_restart_bytes
         self.outbox_budget_bytes = outbox_budget_bytes
         self.min_free_bytes = min_free_bytes
         self._store: Store | None = None
@@ -161,7 +171,9 @@ class AsyncStore:
         # After the store: the file exists, migrated, in WAL mode.
         self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
         await _run(self._executor, store.stop_autocheckpoint)
-        self._checkpointer = _Checkpointer(self.path, self.checkpoint_every_s)
+        self._checkpointer = _Checkpointer(
+            self.path, self.checkpoint_every_s, self.wal_restart_bytes
+        )
         self._checkpointer.start()
         return opened
 
