@@ -26,14 +26,21 @@ async def test_a_long_outage_is_summed_up_not_repeated(monkeypatch: pytest.Monke
     attempts = 0
     server: asyncio.Server | None = None
 
+    accepted: list[asyncio.StreamWriter] = []
+
     async def session(host: str, port: int) -> None:
         nonlocal attempts
         attempts += 1
         _, writer = await asyncio.open_connection(host, port)
-        backoff.reset()  # connected, as a link's session says once it is
-        writer.close()  # and the connection is lost at once
+        try:
+            backoff.reset()  # connected, as a link's session says once it is
+        finally:
+            writer.close()  # and the connection is lost at once
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
 
     async def accept(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        accepted.append(w)
         w.close()
 
     with capture_logs() as logs:
@@ -56,6 +63,10 @@ async def test_a_long_outage_is_summed_up_not_repeated(monkeypatch: pytest.Monke
         with contextlib.suppress(asyncio.CancelledError):
             await task
         server.close()
+        await server.wait_closed()
+        for w in accepted:  # no transport left for the collector to find in a later test
+            with contextlib.suppress(OSError):
+                await w.wait_closed()
     starts = [i for i, e in enumerate(logs) if e["event"] == "cloud unreachable"]
     first_streak = logs[: starts[1]]
     assert refused > 30
