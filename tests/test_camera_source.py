@@ -206,8 +206,9 @@ async def test_a_stalled_camera_is_released_and_reopened(tmp_path: Path) -> None
     # One frame every 2 s: with a 0.3 s stall timeout the camera has stalled after each frame.
     video = write_video(tmp_path / "slow.avi", [blank_frame(seed=s) for s in range(3)], fps=0.5)
     async with _running(video, stall_timeout_s=0.3, reopen_max_s=0.1) as run:
-        await _until(lambda: run.state == State.DEGRADED)
-        assert run.reports[-1][1].startswith("no frame for 0.3s; reopening in ")
+        await _until(lambda: State.DEGRADED in (state for state, _ in run.reports))
+        lost = [detail for state, detail in run.reports if state == State.DEGRADED]
+        assert lost[0].startswith("no frame for 0.3s; reopening in ")
         await _until(lambda: run.state == State.READY)  # the reopened camera gives a frame
         assert run.camera.reopens >= 1
 
