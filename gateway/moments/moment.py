@@ -35,6 +35,9 @@ class Publisher(Protocol):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Moment(ABC):
     channel: ClassVar[str]  # the decision's channel: kiosk, screen, receipt
+    # Someone at a device waits for the answer (a kiosk, a lane, a tablet): it is decided
+    # before any moment nobody waits for (a screen's signage, an in-app message to push).
+    waited_for: ClassVar[bool] = True
     touchpoint: str  # the device the decision is for (a kiosk, a screen, a lane)
     customer_ref: str | None  # a keyed hash; the consent decides whether it is used
     request_id: str | None = None  # the device's request or event id, echoed in the answer
@@ -90,6 +93,7 @@ class ZoneMoment(Moment):
     """Someone entered or dwells in a zone: content on one of its screens (the touchpoint)."""
 
     channel: ClassVar[str] = "screen"
+    waited_for: ClassVar[bool] = False
     kind: str  # enter, dwell
 
     @property
@@ -144,6 +148,7 @@ class AppMoment(Moment):
     an in-app message for the cloud to push, worthless after `ttl_s`."""
 
     channel: ClassVar[str] = "app"
+    waited_for: ClassVar[bool] = False  # the cloud pushes it; a second here is nothing there
     trigger: str  # ble, qr
     ttl_s: float
     per_day: int
