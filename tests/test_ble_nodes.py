@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiomqtt
@@ -17,6 +19,7 @@ from gateway.ble.espresense import decode_device_message, frame_from_id
 from gateway.ble.frames import EddystoneEID, EddystoneUID, IBeacon
 from gateway.codecs.payloads import PayloadError
 from simulators.broker import Mosquitto, free_port
+from simulators.flood import Flood, Message
 from simulators.population import CUSTOMERS, eid_identity_key
 from simulators.store import SimulatedStore
 from tests.conftest import GatewayFactory
@@ -157,3 +160,53 @@ def test_rooms_that_are_not_configured_are_ignored() -> None:
         decode_device_message(
             "espresense", "espresense/devices/x/coffee", b"[" * 1020 + b"]" * 1020
         )
+
+
+@pytest.mark.timeout(120)
+async def test_a_crowd_of_scanner_reports_waiting_never_delays_a_kiosk(
+    broker: Mosquitto, gateway: GatewayFactory
+) -> None:
+    """30,000 node reports wait at the broker while the gateway is paused, then a kiosk's
+    identification: it is answered before the reports are all taken in, since they come on a
+    connection of their own (mqtt.nodes_connection). On one connection it waited behind every
+    one of them (issue 14)."""
+    port = free_port()
+    # Within budget: each report goes all the way to presence, as a crowd's would.
+    budget = {"budgets.node_per_s": "1000000", "budgets.node_burst": "1000000"}
+    process = gateway(overrides={**HEALTH, **budget, "health.port": str(port)})
+    process.wait_ready()
+    rooms = ["espresense-entrance", "espresense-produce", "espresense-bakery", "espresense-deli"]
+    reports = 30_000
+
+    def crowd() -> Iterator[tuple[str, Message]]:
+        for n in range(reports):
+            body = json.dumps({"id": f"phone-{n}", "rssi": -60 - n % 30, "mac": f"m{n}"})
+            yield str(n), (f"espresense/devices/phone-{n}/{rooms[n % 4]}", body.encode(), 1)
+
+    async with SimulatedStore("127.0.0.1", broker.port, STORE) as store:
+        process.signal(signal.SIGSTOP)  # what comes now waits at the broker, in order
+        try:
+            with Flood("127.0.0.1", broker.port, "espresense-crowd", inflight=1000) as flood:
+                await asyncio.to_thread(flood.publish_all, crowd())
+                await asyncio.to_thread(flood.wait_acknowledged, reports, 60)
+                assert len(flood.acknowledged) == reports  # each queued for the gateway
+            rid = await store.kiosk("kiosk-2").identify("loyalty", ADA.loyalty)
+        finally:
+            process.signal(signal.SIGCONT)
+        content = store.topics.kiosk_content("kiosk-2")
+        async with asyncio.timeout(30):
+            await store.answers(rid, [content])
+        _, metrics = await _get(port, "/metrics")
+        taken = _sample(metrics, b'gateway_mqtt_received_total{route="ble_nodes"}')
+        assert taken < reports  # answered while the crowd was still being taken in
+        async with asyncio.timeout(60):
+            while taken < reports:  # and every report is taken in the end
+                await asyncio.sleep(0.5)
+                _, metrics = await _get(port, "/metrics")
+                taken = _sample(metrics, b'gateway_mqtt_received_total{route="ble_nodes"}')
+    assert process.stop() == 0
+
+
+def _sample(metrics: bytes, name: bytes) -> float:
+    line = next(line for line in metrics.splitlines() if line.startswith(name + b" "))
+    return float(line.rsplit(b" ", 1)[1])

@@ -203,7 +203,7 @@ def test_status_prints_the_overview_and_its_exit_code_says_whether_the_gateway_s
     while (shown := status()).returncode == 0 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert shown.returncode == 1
-    assert "status unavailable  (mqtt)" in shown.stdout
+    assert "status unavailable  (mqtt, mqtt_nodes)" in shown.stdout
     process.stop()
     gone = status()
     assert gone.returncode == 2

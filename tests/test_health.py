@@ -53,6 +53,7 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
         "store",
         "clock",  # "not verified" here: the kernel reports no NTP synchronisation
         "mqtt",
+        "mqtt_nodes",  # the scanner nodes' own connection (mqtt.nodes_connection)
         "outbox",
         "model",
         "journey",
@@ -69,7 +70,8 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
     mqtt = report["components"]["mqtt"]  # type: ignore[index]
     assert mqtt["state"] == "degraded"
     assert "unreachable" in mqtt["detail"]
-    assert report["degraded"] == ["mqtt"]
+    assert report["degraded"] == ["mqtt", "mqtt_nodes"]
+    assert report["components"]["mqtt_nodes"]["state"] == "degraded"  # type: ignore[index]
     assert report["components"]["journey"]["state"] == "ready"  # type: ignore[index]
     status, _ = await _get(port, "/healthz")
     assert status == 503

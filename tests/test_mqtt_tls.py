@@ -75,9 +75,10 @@ def secure_broker(tmp_path: Path) -> Mosquitto:
         pytest.fail("mosquitto_passwd missing; scripts/test installs mosquitto")
     ca, cert, key = _certificates(tmp_path)
     passwd = tmp_path / "passwd"
-    subprocess.run(
-        ["mosquitto_passwd", "-c", "-b", str(passwd), "store-gateway", "s3cret"], check=True
-    )
+    passwd.touch()
+    # As scripts/setup-host makes them: the scanner nodes' connection's user has the password too.
+    for user in ("store-gateway", "store-gateway-nodes"):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwd), user, "s3cret"], check=True)
     return Mosquitto(
         tmp_path / "broker",
         extra_conf=(

@@ -303,6 +303,7 @@ def test_install_script_is_valid_bash() -> None:
 
 PASSWORDS = {
     "store-gateway": "gateway-secret",
+    "store-gateway-nodes": "gateway-secret",
     "kiosk-1": "kiosk-1-secret",
     "kiosk-2": "kiosk-2-secret",
     "screen-1": "screen-1-secret",
@@ -501,6 +502,30 @@ def test_mosquitto_acl_confines_a_kiosk_to_its_own_topics(tmp_path: Path) -> Non
 
 
 @pytest.mark.timeout(60)
+def test_mosquitto_acl_gives_the_nodes_connection_the_nodes_reports_only(tmp_path: Path) -> None:
+    """The gateway's second user (mqtt.nodes_connection) reads the scanner nodes and answers
+    them on gateway/errors; it can neither see nor post a device's request or content."""
+    denied, granted = 135, 0
+    with _mosquitto(tmp_path / "broker") as broker:
+        with _subscriber(broker, "store-gateway-nodes", "store/#", "espresense/#") as seen:
+            node = "espresense-entrance"
+            assert _publish(broker, node, f"espresense/devices/b/{node}", "1.5") == granted
+            assert _publish(broker, "kiosk-1", f"{STORE}/kiosk/kiosk-1/identify", "x") == granted
+            # Last: everything before it has been routed by now.
+            assert _publish(broker, node, f"espresense/rooms/{node}/status", "online") == granted
+            _wait_for(seen, f"espresense/rooms/{node}/status online")
+        nodes = "store-gateway-nodes"
+        no_subscribers = 16  # MQTT 5: accepted, and nobody subscribed
+        assert _publish(broker, nodes, f"{STORE}/gateway/errors", "{}") in {granted, no_subscribers}
+        assert _publish(broker, nodes, f"{STORE}/screen/screen-1/content", "x") == denied
+        assert _publish(broker, nodes, f"{STORE}/gateway/status", "online") == denied
+    assert seen == [
+        "espresense/devices/b/espresense-entrance 1.5",
+        "espresense/rooms/espresense-entrance/status online",
+    ]
+
+
+@pytest.mark.timeout(60)
 def test_mosquitto_acl_shows_a_kiosk_only_its_own_content(tmp_path: Path) -> None:
     with _mosquitto(tmp_path / "broker") as broker:
         status = f"{STORE}/gateway/status"
@@ -579,5 +604,8 @@ def test_a_device_cannot_take_over_the_gateways_client_id(tmp_path: Path) -> Non
         finally:
             process.stop()
     events = [line for line in process.log(None).splitlines() if '"logger": "drivers.mqtt"' in line]
-    assert sum('"event": "connected"' in line for line in events) == 1, events
+    connected = [line for line in events if '"event": "connected"' in line]
+    # Once each: the gateway's connection, and the scanner nodes' (mqtt.nodes_connection).
+    assert sum('"session"' in line for line in connected) == 1, events
+    assert sum('"link": "mqtt_nodes"' in line for line in connected) == 1, events
     assert not [line for line in events if "broker unreachable" in line]

@@ -242,7 +242,7 @@ class MqttLink:
         config: MqttConfig,
         topics: Topics,
         *,
-        session_source: Callable[[], Awaitable[int]],
+        session_source: Callable[[], Awaitable[int]] | None,
         metrics: Metrics,
         clock: Clock,
         client_secret: bytes = b"",
@@ -250,9 +250,14 @@ class MqttLink:
         declared: Mapping[str, Collection[str]] | None = None,
         rng: random.Random | None = None,
         requires: tuple[str, ...] = (),
+        suffix: str = "",
     ) -> None:
         """client_secret: makes the default client id unguessable (config.effective_client_id).
-        declared: kind -> the device ids config.toml declares; others are refused unparsed."""
+        declared: kind -> the device ids config.toml declares; others are refused unparsed.
+
+        session_source None and a `suffix` make a second connection for bulk intake (scanner
+        nodes): its client id and username end in `-{suffix}`, it is component `mqtt_{suffix}`,
+        and it has no session number, birth or will (the gateway's status is the first's)."""
         self.requires = requires  # components whose readiness `session_source` needs
         self._config = config
         self._topics = topics
@@ -260,6 +265,11 @@ class MqttLink:
         self._metrics = metrics
         self._clock = clock
         self._client_id = config.effective_client_id(topics.store_id, client_secret)
+        self._username = config.username
+        if suffix:
+            self.name = f"mqtt_{suffix}"
+            self._client_id = f"{self._client_id}-{suffix}"
+            self._username = f"{config.username}-{suffix}" if config.username else ""
         self._rng = rng or random.Random()
         self._routes: list[_Route] = []
         self._retained: dict[str, bytes] = {}
@@ -386,16 +396,18 @@ class MqttLink:
         cfg = self._config
         tls, password = credentials(cfg)
         self.session = session
-        will = aiomqtt.Will(
-            self._topics.gateway_status, self._status("offline", will=True), qos=1, retain=True
-        )
+        will = None
+        if self._session_source is not None:
+            will = aiomqtt.Will(
+                self._topics.gateway_status, self._status("offline", will=True), qos=1, retain=True
+            )
         connect = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         connect.SessionExpiryInterval = cfg.session_expiry_s
         connect.ReceiveMaximum = cfg.receive_maximum
         client = aiomqtt.Client(
             cfg.host,
             cfg.port,
-            username=cfg.username or None,
+            username=self._username or None,
             password=password,
             identifier=self._client_id,
             protocol=aiomqtt.ProtocolVersion.V5,
@@ -431,7 +443,8 @@ class MqttLink:
 
     async def _session(self, handle: Handle, backoff: Backoff, where: str) -> None:
         """One connection, until it is lost (MqttError) or found broken (_Broken)."""
-        if self._session_used:  # failed attempts reuse their number: it only counts sessions
+        if self._session_used and self._session_source is not None:
+            # Failed attempts reuse their number: it only counts sessions.
             self.session = await self._session_source()
             self._session_used = False
         try:
@@ -441,11 +454,15 @@ class MqttLink:
                 inner._sock = _ReadAhead(inner._sock, lambda: _read_on(client))
                 self._broken = asyncio.get_running_loop().create_future()
                 await self._on_connect(client)
-                self._metrics.mqtt_connected.set(1)
-                self._metrics.mqtt_connects.inc()
+                if self._session_source is not None:
+                    self._metrics.mqtt_connected.set(1)
+                    self._metrics.mqtt_connects.inc()
+                    log.info("connected", broker=where, session=self.session)
+                    handle.ready(f"connected to {where}, session {self.session}")
+                else:
+                    log.info("connected", broker=where, link=self.name)
+                    handle.ready(f"connected to {where}")
                 backoff.reset()
-                log.info("connected", broker=where, session=self.session)
-                handle.ready(f"connected to {where}, session {self.session}")
                 try:
                     await self._until_lost(client, self._broken)
                 except asyncio.CancelledError:
@@ -454,7 +471,8 @@ class MqttLink:
         finally:
             self._client = self._intake = None
             self._broken = None
-            self._metrics.mqtt_connected.set(0)
+            if self._session_source is not None:
+                self._metrics.mqtt_connected.set(0)
 
     async def _until_lost(self, client: aiomqtt.Client, broken: asyncio.Future[str]) -> None:
         """Until the broker goes away (MqttError) or the link is found broken (_Broken)."""
@@ -510,6 +528,8 @@ class MqttLink:
                 await client.publish(topic, payload, qos=1)
                 self._pending.popleft()
         self._client = client
+        if self._session_source is None:
+            return  # the gateway's status is the first connection's
         await client.publish(
             self._topics.gateway_status, self._status("online"), qos=1, retain=True
         )
@@ -708,6 +728,9 @@ class MqttLink:
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=_STOP_PUBLISH_TIMEOUT_S)
         self._client = None
+        if self._session_source is None:
+            self._trouble.flush(float("inf"))
+            return
         try:
             async with asyncio.timeout(_STOP_PUBLISH_TIMEOUT_S):
                 await client.publish(

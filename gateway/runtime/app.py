@@ -128,6 +128,7 @@ class Gateway:
     store: StoreComponent
     clock: ClockWatch
     link: MqttLink
+    nodes_link: MqttLink | None  # scanner nodes' reports, apart from the devices' requests
     outbox: Outbox
     models: ModelManager
     journey: Journey
@@ -145,6 +146,7 @@ class Gateway:
             self.store,
             self.clock,
             self.link,
+            self.nodes_link,
             self.outbox,
             self.models,
             self.journey,
@@ -190,6 +192,19 @@ def build(
         declared={**declared, "node": set(config.ble.scanners)},
         requires=("store",),
     )
+    nodes_link = None
+    if config.ble.enabled and config.ble.nodes_topic and config.mqtt.nodes_connection:
+        nodes_link = MqttLink(
+            config.mqtt,
+            topics,
+            session_source=None,
+            metrics=metrics,
+            clock=clock,
+            client_secret=hash_key,
+            budgets=config.budgets,
+            declared={"node": set(config.ble.scanners)},
+            suffix="nodes",
+        )
     outbox = Outbox(db, config.store.id, clock, metrics)
     engine = DecisionEngine(config.decision)
     metrics.decision_ess_week.set_function(lambda: engine.ess.projected_per_week(clock.now()))
@@ -276,7 +291,7 @@ def build(
     presence, radio = build_presence(
         config,
         db=db,
-        link=link,
+        link=nodes_link or link,
         clock=clock,
         metrics=metrics,
         hash_key=hash_key,
@@ -330,6 +345,7 @@ def build(
         store=StoreComponent(db, config.catalog.seed_file, hash_key, clock, notifier),
         clock=ClockWatch(clock, metrics),
         link=link,
+        nodes_link=nodes_link,
         outbox=outbox,
         models=models,
         journey=journey,

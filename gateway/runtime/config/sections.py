@@ -66,6 +66,10 @@ class MqttConfig:
     # Seconds the broker keeps the gateway's session (subscriptions, messages that arrive
     # meanwhile) while it is away: a restart loses nothing that devices sent in between.
     session_expiry_s: int = field(default=3600, metadata=_meta(min=0, max=7 * 86400))
+    # Scanner nodes' reports (ble.nodes_topic) on a connection of their own, as user
+    # `{username}-nodes` with the same password: a crowd's thousands of reports a second then
+    # never queue ahead of a kiosk's request on the one connection (issue 14).
+    nodes_connection: bool = True
 
     def effective_client_id(self, store_id: str, secret: bytes) -> str:
         """The configured id, else one that a device cannot guess from the store id alone."""
