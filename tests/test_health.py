@@ -70,8 +70,11 @@ async def test_health_reports_components_and_degrades_while_the_broker_is_away(
     mqtt = report["components"]["mqtt"]  # type: ignore[index]
     assert mqtt["state"] == "degraded"
     assert "unreachable" in mqtt["detail"]
-    assert report["degraded"] == ["mqtt", "mqtt_nodes"]
-    assert report["components"]["mqtt_nodes"]["state"] == "degraded"  # type: ignore[index]
+    async with asyncio.timeout(15):
+        while report["degraded"] != ["mqtt", "mqtt_nodes"]:  # each connection finds out itself
+            assert report["degraded"] == ["mqtt"]
+            await asyncio.sleep(0.1)
+            report = await _wait_status(port, "unavailable")
     assert report["components"]["journey"]["state"] == "ready"  # type: ignore[index]
     status, _ = await _get(port, "/healthz")
     assert status == 503
@@ -132,7 +135,11 @@ async def test_a_part_down_while_the_gateway_serves_is_200_and_named_degraded(
     }
     gateway(overrides=overrides).wait_ready()
     report = await _wait_status(port, "degraded")
-    assert report["degraded"] == ["cloud"]
+    async with asyncio.timeout(15):
+        while report["degraded"] != ["cloud"]:  # the nodes' connection may still be coming up
+            assert set(report["degraded"]) <= {"cloud", "mqtt_nodes"}  # type: ignore[arg-type]
+            await asyncio.sleep(0.1)
+            report = await _wait_status(port, "degraded")
     assert report["components"]["cloud"]["state"] == "degraded"  # type: ignore[index]
     status, _ = await _get(port, "/healthz")
     assert status == 200

@@ -268,8 +268,10 @@ class MqttLink:
         self._clock = clock
         self._client_id = config.effective_client_id(topics.store_id, client_secret)
         self._username = config.username
+        self._log = log
         if suffix:
             self.name = f"mqtt_{suffix}"
+            self._log = log.bind(link=self.name)  # its reconnect lines say which connection
             self._client_id = f"{self._client_id}-{suffix}"
             self._username = f"{config.username}-{suffix}" if config.username else ""
         self._rng = rng or random.Random()
@@ -438,7 +440,7 @@ class MqttLink:
                 backoff=backoff,
                 session=lambda host, port: self._session(handle, backoff, f"{host}:{port}"),
                 lost=(aiomqtt.MqttError, _Broken),
-                log=log,
+                log=self._log,
             )
         finally:
             ticker.cancel()
@@ -462,7 +464,7 @@ class MqttLink:
                     log.info("connected", broker=where, session=self.session)
                     handle.ready(f"connected to {where}, session {self.session}")
                 else:
-                    log.info("connected", broker=where, link=self.name)
+                    self._log.info("connected", broker=where)
                     handle.ready(f"connected to {where}")
                 backoff.reset()
                 try:
