@@ -12,6 +12,9 @@ bytes_per_s`), away for 2 minutes in the middle (`--quick`: 30 s).
 The box: the daemon pinned to one core (`STORE_CORES`, default 1) with every fsync 10 ms slower
 (`STORE_FSYNC_MS`, the LD_PRELOAD shim of simulators/slowdisk.py), as an SD card makes it. The
 camera's threads run 10 nicer than the loop, as shipped (`STORE_CAMERA_NICENESS`, 0: not).
+Each second's node reports go out node after node over 0.4 s, and the radio's adverts over
+0.2 s, as independent nodes and a controller send them (`STORE_SPREAD_S`; 0: every node's
+reports and the radio's adverts at once each second, the burst runs before 2026-12-07 17:30).
 
 Figures, per touchpoint p50/p99/max: kiosk -> its screens (the last of its three contents),
 zone entry -> screen (an opted-in app's presence.zone event -> the screen content decided for
@@ -436,10 +439,13 @@ def _camera_settings(work: Path, members: tuple[Customer, ...]) -> dict[str, str
     }
 
 
-async def _crowd(port: int, duration: float, work: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def _crowd(
+    port: int, duration: float, work: Path, spread_s: float
+) -> tuple[asyncio.subprocess.Process, str]:
     crowd = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulators.hypermarket", "--port", str(port),
         "--duration", str(duration), "--customers", str(MEMBERS), "--bluez",
+        "--spread", str(spread_s),
         stdout=subprocess.PIPE, stderr=(work / "crowd.log").open("wb"), cwd=REPO,
     )  # fmt: skip
     assert crowd.stdout is not None
@@ -461,7 +467,12 @@ async def _store(
     cores = int(os.environ.get("STORE_CORES", "1"))
     fsync_ms = float(os.environ.get("STORE_FSYNC_MS", "10"))
     members = hypermarket.customers(MEMBERS)
-    info: dict[str, Any] = {"minutes": minutes, "outage_s": outage_s, "cores": cores}
+    info: dict[str, Any] = {
+        "minutes": minutes,
+        "outage_s": outage_s,
+        "cores": cores,
+        "spread_s": float(os.environ.get("STORE_SPREAD_S", "0.4")),
+    }
     async with contextlib.AsyncExitStack() as stack:
         cloud = await stack.enter_async_context(Cloud(work / "cloud", keep_events=True))
         printers = {}
@@ -476,7 +487,7 @@ async def _store(
             local_radio=True,
             camera=_camera_settings(work, members),
         )
-        crowd, bus = await _crowd(broker.port, minutes * 60 + 120, work)
+        crowd, bus = await _crowd(broker.port, minutes * 60 + 120, work, info["spread_s"])
         stack.push_async_callback(_stop_process, crowd)
         env = slow_fsync_env(work, fsync_ms) if fsync_ms > 0 else {}
         info["fsync_ms"] = await asyncio.to_thread(_fsync_probe_ms, env)
@@ -563,6 +574,7 @@ def _figures(run: _Run, info: dict[str, Any]) -> Figures:
         "store_minutes": info["minutes"],
         "store_cores": info["cores"],
         "store_fsync_ms": info["fsync_ms"],
+        "store_spread_s": info["spread_s"],
         "store_ready_s": info["ready_s"],
         "store_outage_s": info["outage_s"],
     }

@@ -708,6 +708,9 @@ class ScannerNodes:
     distance moved by skip_distance_m, or skip_s after its last report).
 
     `published[room]` counts device messages, `telemetry[room]` telemetry messages.
+
+    `spread_s`: each sample's reports go out node after node over that long, as independent
+    nodes send them, instead of all nodes at once (a burst a real store does not make).
     """
 
     def __init__(
@@ -725,8 +728,10 @@ class ScannerNodes:
         max_distance_m: float | None = None,
         skip_distance_m: float = 0.0,
         skip_s: float = 0.0,
+        spread_s: float = 0.0,
     ) -> None:
         self.host, self.port, self.world, self.prefix = host, port, world, prefix
+        self.spread_s = spread_s
         self.interval_s, self.telemetry_s, self.smoothing = interval_s, telemetry_s, smoothing
         self.max_distance_m, self.skip_distance_m, self.skip_s = (
             max_distance_m,
@@ -853,7 +858,10 @@ class ScannerNodes:
                 if device_id not in best or h.rssi > best[device_id].rssi:
                     best[device_id] = h
         sent = 0
-        for room, node in self._nodes.items():
+        began, gap = time.monotonic(), self.spread_s / max(1, len(self._nodes))
+        for n, (room, node) in enumerate(self._nodes.items()):
+            if gap and (wait := began + n * gap - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
             client = node.client
             if client is None:
                 continue

@@ -221,19 +221,23 @@ class _Screens:
                 await client.__aexit__(None, None, None)
 
 
-async def _radio_feed(bluez: object, heard: list[Heard]) -> int:
-    """The adverts the checkout's node hears, heard by the box's own radio too."""
+async def _radio_feed(bluez: object, heard: list[Heard], spread_s: float) -> int:
+    """The adverts the checkout's node hears, heard by the box's own radio too, over
+    `spread_s` (a controller passes adverts on as it hears them, not a second's at once)."""
     from simulators.bluez import FakeBluez
 
     assert isinstance(bluez, FakeBluez)
     passed = 0
     room = f"espresense-{LOCAL_RADIO_ZONE}"
-    for h in heard:
-        if h.scanner == room and h.rssi < 0:
-            uuids = list(h.service_uuids) or None
-            passed += await bluez.advertise(
-                h.address, h.rssi, h.manufacturer_data, h.service_data, uuids=uuids
-            )
+    adverts = [h for h in heard if h.scanner == room and h.rssi < 0]
+    began, gap = time.monotonic(), spread_s / max(1, len(adverts))
+    for n, h in enumerate(adverts):
+        if gap and n % 10 == 0 and (wait := began + n * gap - time.monotonic()) > 0:
+            await asyncio.sleep(wait)
+        uuids = list(h.service_uuids) or None
+        passed += await bluez.advertise(
+            h.address, h.rssi, h.manufacturer_data, h.service_data, uuids=uuids
+        )
     return passed
 
 
@@ -241,8 +245,9 @@ class _Radio:
     """The box's radio, fed while its bus takes it: a full D-Bus socket (a daemon too busy to
     read) costs the radio, never the scanner nodes."""
 
-    def __init__(self, bluez: object | None) -> None:
+    def __init__(self, bluez: object | None, spread_s: float) -> None:
         self.bluez = bluez
+        self.spread_s = spread_s
         self.adverts = 0
         self.failure = ""
 
@@ -250,8 +255,8 @@ class _Radio:
         if self.bluez is None or self.failure:
             return
         try:
-            async with asyncio.timeout(2.0):  # a bus that stopped taking writes
-                self.adverts += await _radio_feed(self.bluez, heard)
+            async with asyncio.timeout(2.0 + self.spread_s):  # a bus that stopped taking writes
+                self.adverts += await _radio_feed(self.bluez, heard, self.spread_s)
         except Exception as exc:  # noqa: BLE001 - reported in the summary, the crowd goes on
             self.failure = repr(exc)
             print(f"radio feed stopped: {exc!r}", file=sys.stderr, flush=True)
@@ -285,10 +290,11 @@ async def _crowd(args: argparse.Namespace) -> None:
                 max_distance_m=args.max_distance,
                 skip_distance_m=args.skip_distance,
                 skip_s=args.skip_s,
+                spread_s=args.spread,
             )
         )
         print("ready", flush=True)
-        radio = _Radio(bluez)
+        radio = _Radio(bluez, args.spread / 2)
         started = time.monotonic()
         walk = asyncio.create_task(
             nodes.run(until=time.time() + args.duration, on_sample=radio.feed)
@@ -323,6 +329,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-distance", type=float, default=10.0, help="nodes' max distance")
     parser.add_argument("--skip-distance", type=float, default=0.5, help="nodes' skip distance")
     parser.add_argument("--skip-s", type=float, default=5.0, help="nodes' skip time")
+    parser.add_argument(
+        "--spread", type=float, default=0.4, help="seconds each sample's reports take, node by node"
+    )
     asyncio.run(_crowd(parser.parse_args(argv)))
 
 

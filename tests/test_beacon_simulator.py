@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from uuid import UUID
@@ -453,3 +454,17 @@ async def test_nodes_skip_a_device_that_neither_moved_nor_went_unreported_long(
     assert first > 0
     assert again < first / 5  # only devices heard for the first time
     assert later > first / 2
+
+
+async def test_nodes_spread_a_samples_reports_over_spread_s(broker: Mosquitto) -> None:
+    """Independent nodes do not all report in the same instant: with spread_s, node after node
+    (the first at once, the last (n-1)/n of spread_s later)."""
+    world = World(start=T0, seed=5, devices=30)
+    async with ScannerNodes("127.0.0.1", broker.port, world, spread_s=0.4) as nodes:
+        rooms = len(world.scanners)
+        started = time.monotonic()
+        sent = await nodes.step(T0)
+        took = time.monotonic() - started
+    assert sent > 0
+    assert rooms > 2
+    assert took >= 0.4 * (rooms - 1) / rooms
