@@ -136,8 +136,8 @@ class AsyncStore:
         wal_restart_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.path = path
-        self.checkpoint_every_s = checkpoint_every_s
-        self.wal_restart_bytes = wal_restart_bytes
+        self._checkpoint_every_s = checkpoint_every_s
+        self._wal_restart_bytes = wal_restart_bytes
         self.outbox_budget_bytes = outbox_budget_bytes
         self.min_free_bytes = min_free_bytes
         self._store: Store | None = None
@@ -172,7 +172,7 @@ class AsyncStore:
         self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
         await _run(self._executor, store.stop_autocheckpoint)
         self._checkpointer = _Checkpointer(
-            self.path, self.checkpoint_every_s, self.wal_restart_bytes
+            self.path, self._checkpoint_every_s, self._wal_restart_bytes
         )
         self._checkpointer.start()
         return opened
