@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--skip-distance", type=float, default=0.5, help="nodes' skip distance")
     parser.add_argument("--skip-s", type=float, default=5.0, help="nodes' skip time")
     parser.add_argument(
-        "--spread", type=float, default=0.4, help="seconds each sample's reports take, node by node"
+        "--spread", type=float, default=0.0, help="seconds each sample's reports take, node by node"
     )
     asyncio.run(_crowd(parser.parse_args(argv)))
 
