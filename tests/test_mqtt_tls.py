@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,26 @@ def test_a_wrong_password_keeps_retrying_and_says_why(
     log = gateway.log(tail=None)
     assert "Not authorized" in log
     assert "Wr0ng-Pa55" not in log
+
+
+def test_a_broker_without_the_nodes_user_still_serves_and_says_what_to_add(
+    tmp_path: Path, secure_broker: Mosquitto
+) -> None:
+    """A broker set up before the scanner nodes' connection existed: the gateway serves (that
+    connection is not critical) and its log says which user to add, or what to turn off."""
+    passwd = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-D", str(passwd), "store-gateway-nodes"], check=True)
+    with secure_broker:
+        gateway = _gateway(tmp_path, secure_broker, "s3cret")
+        gateway.start()
+        try:
+            gateway.wait_ready(timeout=15)  # the store and the devices' connection are up
+            deadline = time.monotonic() + 10
+            while "mqtt.nodes_connection = false" not in gateway.log(tail=None):
+                assert time.monotonic() < deadline, gateway.log()
+                time.sleep(0.1)
+        finally:
+            assert gateway.stop() == 0
+    log = gateway.log(tail=None)
+    assert "Not authorized: this connection logs in as 'store-gateway-nodes'" in log
+    assert "s3cret" not in log

@@ -472,6 +472,16 @@ class MqttLink:
                 except asyncio.CancelledError:
                     await self._say_goodbye(client)
                     raise
+        except aiomqtt.MqttError as exc:
+            if self._session_source is None and "Not authorized" in str(exc):
+                # A broker set up before this connection existed has no user for it.
+                user = self._username or self._client_id
+                raise aiomqtt.MqttError(
+                    f"{exc}: this connection logs in as {user!r} with the gateway's password;"
+                    " add that user to the broker (scripts/setup-host does) or set"
+                    " mqtt.nodes_connection = false"
+                ) from exc
+            raise
         finally:
             self._client = self._intake = None
             self._broken = None
