@@ -79,6 +79,8 @@ _READ_AHEAD = 65536
 _PASS_S = 0.001
 _ROUTE_CACHE = 4096  # topics -> route, remembered (devices use a few topics each)
 _PUBACK = bytes((paho.PUBACK, 2))  # fixed header of a success PUBACK: the packet id follows
+# CONNACK refusals for a user the broker does not know or let in (MQTT 5 and 3.1.1 codes).
+_NOT_AUTHORIZED = (135, 134, 5, 4)
 _BIRTH_INTERVAL_S = 1.0  # garbage on the status topic re-asserts the birth at most this often
 # Nagle's algorithm with delayed ACKs holds small publishes ~40 ms; content must not wait.
 NO_DELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -266,6 +268,10 @@ class MqttLink:
         self._session_source = session_source
         self._metrics = metrics
         self._clock = clock
+        if (session_source is None) != bool(suffix):
+            # One without the other would take over the first connection's client id.
+            raise ValueError("a second connection has a suffix and no session numbers")
+        self._announces = session_source is not None  # birth, will, session: the first's
         self._client_id = config.effective_client_id(topics.store_id, client_secret)
         self._username = config.username
         self._log = log
@@ -401,7 +407,7 @@ class MqttLink:
         tls, password = credentials(cfg)
         self.session = session
         will = None
-        if self._session_source is not None:
+        if self._announces:
             will = aiomqtt.Will(
                 self._topics.gateway_status, self._status("offline", will=True), qos=1, retain=True
             )
@@ -458,7 +464,7 @@ class MqttLink:
                 inner._sock = _ReadAhead(inner._sock, lambda: _read_on(client))
                 self._broken = asyncio.get_running_loop().create_future()
                 await self._on_connect(client)
-                if self._session_source is not None:
+                if self._announces:
                     self._metrics.mqtt_connected.set(1)
                     self._metrics.mqtt_connects.inc()
                     log.info("connected", broker=where, session=self.session)
@@ -472,8 +478,8 @@ class MqttLink:
                 except asyncio.CancelledError:
                     await self._say_goodbye(client)
                     raise
-        except aiomqtt.MqttError as exc:
-            if self._session_source is None and "Not authorized" in str(exc):
+        except aiomqtt.MqttCodeError as exc:
+            if not self._announces and exc.rc in _NOT_AUTHORIZED:
                 # A broker set up before this connection existed has no user for it.
                 user = self._username or self._client_id
                 raise aiomqtt.MqttError(
@@ -485,7 +491,7 @@ class MqttLink:
         finally:
             self._client = self._intake = None
             self._broken = None
-            if self._session_source is not None:
+            if self._announces:
                 self._metrics.mqtt_connected.set(0)
 
     async def _until_lost(self, client: aiomqtt.Client, broken: asyncio.Future[str]) -> None:
@@ -542,7 +548,7 @@ class MqttLink:
                 await client.publish(topic, payload, qos=1)
                 self._pending.popleft()
         self._client = client
-        if self._session_source is None:
+        if not self._announces:
             return  # the gateway's status is the first connection's
         await client.publish(
             self._topics.gateway_status, self._status("online"), qos=1, retain=True
@@ -742,7 +748,7 @@ class MqttLink:
         if self._inflight:
             await asyncio.wait(self._inflight, timeout=_STOP_PUBLISH_TIMEOUT_S)
         self._client = None
-        if self._session_source is None:
+        if not self._announces:
             self._trouble.flush(float("inf"))
             return
         try:

@@ -178,6 +178,7 @@ def build(
     )
     # Device kind -> the ids config.toml declares (the link and the events refuse the rest).
     declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
+    scanners = set(config.ble.scanners)
     link = MqttLink(
         config.mqtt,
         topics,
@@ -189,7 +190,7 @@ def build(
         clock=clock,
         client_secret=hash_key,
         budgets=config.budgets,
-        declared={**declared, "node": set(config.ble.scanners)},
+        declared={**declared, "node": scanners},
         requires=("store",),
     )
     nodes_link = None
@@ -202,7 +203,7 @@ def build(
             clock=clock,
             client_secret=hash_key,
             budgets=config.budgets,
-            declared={"node": set(config.ble.scanners)},
+            declared={"node": scanners},
             suffix="nodes",
         )
     outbox = Outbox(db, config.store.id, clock, metrics)
