@@ -586,6 +586,7 @@ def _journey_worker(load_per_s: float, count: int, out: Path) -> None:
     from gateway.runtime.logs import configure_logging
 
     configure_logging("json", "warning")  # as the benchmarked daemons log
+    sys.setswitchinterval(0.001)  # as the daemon runs (gateway/runtime/daemon.py)
     with tempfile.TemporaryDirectory(prefix="bench-journey-") as tmp:
         _check_slow_fsync(Path(tmp))
         made, done, load_rate = asyncio.run(_journey_latency(Path(tmp), 50.0, count, load_per_s))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -265,6 +266,36 @@ async def _posted(rig: Rig, count: int) -> list[tuple[str, dict[str, Any]]]:
             rig.screens.posted.clear()
             await rig.screens.posted.wait()
     return rig.screens.posts
+
+
+async def test_the_frequency_caps_count_what_was_shown_in_their_windows(rig: Rig) -> None:
+    """An offer is shown at most `cap_touchpoint_per_hour` times on a screen in an hour, and
+    `cap_customer_per_day` times to a customer in a day; once a window passes it is back."""
+
+    async def identify() -> str | None:
+        n = len(rig.screens.posts)
+        rig.kiosks.on_identify(
+            TOPICS.kiosk_identify("kiosk-1"),
+            encode_kiosk_identify("loyalty", LOYALTY, f"req-{rig.wall[0]}-{n}"),
+        )
+        posts = await _posted(rig, n + 2)  # the kiosk and its screen
+        return posts[-1][1]["offer"]["id"] if posts[-1][1]["offer"] else None
+
+    config = rig.engine.config
+    rig.engine.config = dataclasses.replace(config, cap_touchpoint_per_hour=2)
+    shown = [await identify() for _ in range(4)]  # two offers, each twice at this kiosk
+    assert sorted(shown) == ["OFF-1", "OFF-1", "OFF-2", "OFF-2"]  # type: ignore[type-var]
+    assert await identify() is None  # both at the kiosk's cap this hour
+    rig.wall[0] += 3601
+    assert await identify() is not None  # an hour on: shown again
+
+    rig.engine.config = dataclasses.replace(config, cap_customer_per_day=1)
+    rig.wall[0] += 86401
+    assert sorted([await identify(), await identify()]) == ["OFF-1", "OFF-2"]  # type: ignore[type-var]
+    rig.wall[0] += 3601  # the kiosk's hour has passed, the customer's day has not
+    assert await identify() is None
+    rig.wall[0] += 86401
+    assert await identify() is not None
 
 
 async def test_zone_moments_reach_the_zones_screens_and_the_hold_keeps_what_they_show(

@@ -51,18 +51,21 @@ class _Facts:
 
     customer: str | None  # the customer's ref, with a personalisation consent; else None
     segment: str | None  # the consenting customer's segment
-    seen: dict[str, int]  # offer -> times shown to this customer today (consenting only)
-    here: dict[str, int]  # offer -> times shown at this touchpoint this hour
+    seen: dict[str, int]  # offer -> times shown to this customer today: at the cap only
+    here: dict[str, int]  # offer -> times shown at this touchpoint this hour: at the cap only
     app_messages: bool  # the consenting customer takes in-app messages
 
 
-def _read_facts(reader: Reader, ref: str | None, touchpoint: str, now: float) -> _Facts:
-    """The consent, then the caps of who it lets us know, in one snapshot."""
+def _read_facts(
+    reader: Reader, ref: str | None, touchpoint: str, now: float, caps: tuple[int, int]
+) -> _Facts:
+    """The consent, then the offers at their caps (day, hour) for who it lets us know, in one
+    snapshot."""
     with reader.snapshot():
         consent = reader.consent(ref) if ref else None
         personal = consent is not None and consent.personalisation
         customer = ref if personal else None  # no consent, no record of who it was
-        seen, here = reader.offer_counts(customer, touchpoint, now)
+        seen, here = reader.offer_counts(customer, touchpoint, now, caps)
     segment = consent.segment if consent is not None and personal else None
     app_messages = consent is not None and personal and consent.app_messages
     return _Facts(customer, segment, seen, here, app_messages)
@@ -120,7 +123,9 @@ def decide(
 ) -> Plan:
     """The features, the model call, the rows to commit and what to post or print.
     tests: the marketing tests running (an experiments bundle); the holdout takes no part."""
-    facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now)
+    cfg = engine.config
+    caps = (cfg.cap_customer_per_day, cfg.cap_touchpoint_per_hour)
+    facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now, caps)
     local = datetime.fromtimestamp(now)
     features = FeatureContext(
         local_time=local,

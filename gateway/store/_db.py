@@ -91,23 +91,26 @@ class Reader:
         )
 
     def offer_counts(
-        self, customer_ref: str | None, touchpoint: str, now: float
+        self, customer_ref: str | None, touchpoint: str, now: float, at_least: tuple[int, int]
     ) -> tuple[dict[str, int], dict[str, int]]:
-        """Offers shown to this customer in the last day, at this touchpoint in the last hour."""
+        """Offers shown to this customer in the last day, at this touchpoint in the last hour,
+        each only if shown `at_least` (day, hour) times: the frequency caps need no other, and
+        each row fetched is a hand-off of the GIL on the read thread (issue 11)."""
+        day, hour = at_least
         customer: dict[str, int] = {}
         if customer_ref is not None:
             customer = dict(
                 self._conn.execute(
                     "SELECT offer_id, count(*) FROM decisions WHERE customer_ref = ? AND ts >= ?"
-                    " AND offer_id IS NOT NULL GROUP BY offer_id",
-                    (customer_ref, now - 86400),
+                    " AND offer_id IS NOT NULL GROUP BY offer_id HAVING count(*) >= ?",
+                    (customer_ref, now - 86400, day),
                 ).fetchall()
             )
         at_touchpoint = dict(
             self._conn.execute(
                 "SELECT offer_id, count(*) FROM decisions WHERE touchpoint = ? AND ts >= ?"
-                " AND offer_id IS NOT NULL GROUP BY offer_id",
-                (touchpoint, now - 3600),
+                " AND offer_id IS NOT NULL GROUP BY offer_id HAVING count(*) >= ?",
+                (touchpoint, now - 3600, hour),
             ).fetchall()
         )
         return customer, at_touchpoint
