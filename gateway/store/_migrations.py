@@ -214,6 +214,15 @@ def _migrate_v12(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outcome_joins_decision ON outcome_joins (decision_id)")
 
 
+def _migrate_v13(db: sqlite_utils.Database) -> None:
+    """Issue 11: the frequency caps count a screen's (a customer's) decisions by offer from the
+    index alone, without reading each decision's row: their indexes carry the offer."""
+    db.execute("DROP INDEX idx_decisions_touchpoint_ts")
+    db.execute("CREATE INDEX decisions_touchpoint_caps ON decisions (touchpoint, ts, offer_id)")
+    db.execute("DROP INDEX idx_decisions_customer_ref_ts")
+    db.execute("CREATE INDEX decisions_customer_caps ON decisions (customer_ref, ts, offer_id)")
+
+
 # Append only: a released migration is never edited, the next one is added.
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v1,
@@ -228,4 +237,5 @@ MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migrate_v10,
     _migrate_v11,
     _migrate_v12,
+    _migrate_v13,
 )
