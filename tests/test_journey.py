@@ -24,7 +24,7 @@ from gateway.decision.model import Scorer
 from gateway.decision.offers import upsert_offers
 from gateway.flows.device_events import DeviceEvents
 from gateway.moments import AppPresence, Journey, Kiosks, Moment, ScreenHold, Tablets, ZoneScreens
-from gateway.moments.moment import AppMoment
+from gateway.moments.moment import AppMoment, ZoneMoment
 from gateway.pos import checkout
 from gateway.pos.lanes import PosLanes
 from gateway.runtime.clock import TimeKeeper
@@ -355,6 +355,47 @@ async def test_a_screen_keeps_one_moment_waiting_and_an_identified_visitor_keeps
     await asyncio.sleep(0.2)
     assert len(rig.screens.posts) == 2  # one decision per screen
     assert {body["audience"] for _, body in posts} == {"personal"}
+
+
+async def test_screens_decided_together_keep_a_customers_cap_across_her_screens(
+    rig: Rig,
+) -> None:
+    """Screens waiting are decided in batches (one read, one commit); a customer's two
+    screens are not in the same batch, so the second one's caps count the first's decision."""
+    rig.engine.config = dataclasses.replace(
+        rig.engine.config, cap_customer_per_day=1, exploration=0.0
+    )
+    for n in range(20):  # other screens waiting too: a batch is under way
+        rig.journey.submit(
+            ZoneMoment(kind="enter", touchpoint=f"aisle-{n}", customer_ref=None, zone="aisle")
+        )
+    rig.zones.on_zone_event(ZoneEvent("enter", "coffee", REF, REF, rig.wall[0], 20.0))  # type: ignore[arg-type]
+    posts = await _posted(rig, 22)
+    assert len(posts) == 22  # every screen waiting got its content
+    offers = {t.split("/")[-2]: body["offer"]["id"] for t, body in posts if "coffee" in t}
+    assert sorted(offers.values()) == ["OFF-1", "OFF-2"]  # one each: her cap is one a day
+
+
+async def test_a_screen_whose_decision_fails_does_not_keep_the_others_dark(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decide = rig.engine.decide
+
+    def failing_at_aisle_3(*args: Any, **kwargs: Any) -> Outcome:
+        if kwargs["touchpoint_id"] == "aisle-3":
+            raise ValueError("a bad offer row")
+        return decide(*args, **kwargs)
+
+    monkeypatch.setattr(rig.engine, "decide", failing_at_aisle_3)
+    for n in range(6):
+        rig.journey.submit(
+            ZoneMoment(kind="enter", touchpoint=f"aisle-{n}", customer_ref=None, zone="aisle")
+        )
+    posts = await _posted(rig, 5)
+    await asyncio.sleep(0.2)
+    screens = sorted(t.split("/")[-2] for t, _ in rig.screens.posts)
+    assert screens == ["aisle-0", "aisle-1", "aisle-2", "aisle-4", "aisle-5"]
+    assert len(posts) == 5
 
 
 async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig) -> None:

@@ -9,10 +9,13 @@ then posts. Nothing here knows a device, a queue or an event loop.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+import structlog
 
 from gateway.codecs.ids import uuid7
 from gateway.codecs.payloads import (
@@ -30,16 +33,27 @@ from gateway.decision.catalog import CatalogVersion
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.experiments import Assignment, ExperimentTest, assign, in_holdout
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
-from gateway.decision.log import record_decision, record_decisions
+from gateway.decision.log import insert_decision, record_decision, record_decisions
 from gateway.flows.printing import Coupon, new_coupon_code
 from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
 from gateway.pos import checkout
-from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
+from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store, transaction
 
-__all__ = ["ANONYMOUS_MESSAGE", "PERSONAL_MESSAGE", "Decided", "Plan", "UplinkRow", "decide"]
+__all__ = [
+    "ANONYMOUS_MESSAGE",
+    "PERSONAL_MESSAGE",
+    "Decided",
+    "Plan",
+    "UplinkRow",
+    "commit_together",
+    "decide",
+    "decide_each",
+]
 
 PERSONAL_MESSAGE = "Welcome back! Picked for you today"
 ANONYMOUS_MESSAGE = "Today's pick"
+
+log = structlog.get_logger("gateway.journey")
 
 # Builds the uplink event committed with a decision: Outbox.row (type, priority, data, ...).
 UplinkRow = Callable[..., OutboxRow]
@@ -107,6 +121,33 @@ class Plan:
             record_decisions(store, decided, events=self.messages)
         else:
             record_decision(store, first.decision, first.uplink)
+
+
+def commit_together(store: Store, plans: Sequence[Plan]) -> None:
+    """Runs on the store thread: screens' plans (one decision each) in one transaction."""
+    with transaction(store.conn, durable=False):
+        for plan in plans:
+            (one,) = plan.decided
+            insert_decision(store, one.decision, one.uplink)
+
+
+def decide_each(
+    reader: Reader, moments: Sequence[Moment], decide_one: Callable[[Reader, Moment], Plan]
+) -> list[Plan]:
+    """`decide_one` (`decide` with its settings) for each moment, in order: screens decided
+    together take one hop to the read thread, not one each. A moment that fails is logged and
+    left out, as it is alone."""
+    plans = []
+    for moment in moments:
+        try:
+            plans.append(decide_one(reader, moment))
+        except sqlite3.Error:
+            raise  # the store is in trouble: for the journey to handle, as alone
+        except Exception as exc:  # noqa: BLE001 - one bad moment must not stall the rest
+            log.error(
+                "journey moment failed, skipped", moment=moment.name, error=type(exc).__name__
+            )
+    return plans
 
 
 def decide(
