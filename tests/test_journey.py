@@ -24,7 +24,7 @@ from gateway.decision.model import Scorer
 from gateway.decision.offers import upsert_offers
 from gateway.flows.device_events import DeviceEvents
 from gateway.moments import AppPresence, Journey, Kiosks, Moment, ScreenHold, Tablets, ZoneScreens
-from gateway.moments.moment import AppMoment, ZoneMoment
+from gateway.moments.moment import AppMoment, KioskMoment, ZoneMoment
 from gateway.pos import checkout
 from gateway.pos.lanes import PosLanes
 from gateway.runtime.clock import TimeKeeper
@@ -374,6 +374,21 @@ async def test_screens_decided_together_keep_a_customers_cap_across_her_screens(
     assert len(posts) == 22  # every screen waiting got its content
     offers = {t.split("/")[-2]: body["offer"]["id"] for t, body in posts if "coffee" in t}
     assert sorted(offers.values()) == ["OFF-1", "OFF-2"]  # one each: her cap is one a day
+
+
+async def test_kiosks_decided_together_keep_a_customers_cap_across_them(rig: Rig) -> None:
+    """Devices' moments waiting are decided in batches too, each customer once per batch."""
+    rig.engine.config = dataclasses.replace(
+        rig.engine.config, cap_customer_per_day=1, exploration=0.0
+    )
+    for n in range(6):  # six kiosks at once: the second and fourth are hers
+        ref = REF if n in (1, 3) else None
+        rig.journey.submit(KioskMoment(touchpoint=f"kiosk-{n}", customer_ref=ref))
+    posts = await _posted(rig, 6)
+    offers = {t.split("/")[-2]: body["offer"] for t, body in posts}
+    assert sorted(offers) == [f"kiosk-{n}" for n in range(6)]
+    # Her cap is one a day: each of the two offers once, not the model's best twice.
+    assert sorted(offers[k]["id"] for k in ("kiosk-1", "kiosk-3")) == ["OFF-1", "OFF-2"]
 
 
 async def test_a_screen_whose_decision_fails_does_not_keep_the_others_dark(

@@ -16,7 +16,6 @@ __all__ = [
     "latest_decisions",
     "recent_contexts",
     "record_decision",
-    "record_decisions",
 ]
 
 _PLACEHOLDERS = ", ".join("?" * len(DECISION_COLUMNS.split(",")))
@@ -26,20 +25,6 @@ def record_decision(store: Store, d: Decision, event: OutboxRow | None = None) -
     """Log a decision and, in the same transaction, queue its event for the cloud."""
     with transaction(store.conn, durable=False):
         insert_decision(store, d, event)
-
-
-def record_decisions(
-    store: Store,
-    rows: Sequence[tuple[Decision, OutboxRow | None]],
-    events: Sequence[OutboxRow] = (),
-) -> None:
-    """Several decisions of one moment (an associate's suggestions), and events they cause
-    (an in-app message), in one transaction."""
-    with transaction(store.conn, durable=False):
-        for d, event in rows:
-            insert_decision(store, d, event)
-        for event in events:
-            store.outbox.insert_one(event)
 
 
 def insert_decision(store: Store, d: Decision, event: OutboxRow | None) -> None:

@@ -33,7 +33,7 @@ from gateway.decision.catalog import CatalogVersion
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.experiments import Assignment, ExperimentTest, assign, in_holdout
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
-from gateway.decision.log import insert_decision, record_decision, record_decisions
+from gateway.decision.log import insert_decision
 from gateway.flows.printing import Coupon, new_coupon_code
 from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
 from gateway.pos import checkout
@@ -116,19 +116,21 @@ class Plan:
         first = self.decided[0]
         if isinstance(self.moment, CheckoutMoment):
             checkout.record(store, first.decision, first.uplink, self.job)
-        elif len(self.decided) > 1 or self.messages:
-            decided = [(d.decision, d.uplink) for d in self.decided]
-            record_decisions(store, decided, events=self.messages)
         else:
-            record_decision(store, first.decision, first.uplink)
+            commit_together(store, [self])
 
 
 def commit_together(store: Store, plans: Sequence[Plan]) -> None:
-    """Runs on the store thread: screens' plans (one decision each) in one transaction."""
+    """Runs on the store thread: moments' plans decided together (no checkout: it commits
+    alone, `Plan.commit`), their decisions and the events they cause in one transaction."""
     with transaction(store.conn, durable=False):
         for plan in plans:
-            (one,) = plan.decided
-            insert_decision(store, one.decision, one.uplink)
+            if isinstance(plan.moment, CheckoutMoment):
+                raise ValueError("a checkout commits alone, with its coupon")
+            for d in plan.decided:
+                insert_decision(store, d.decision, d.uplink)
+            for event in plan.messages:
+                store.outbox.insert_one(event)
 
 
 def decide_each(

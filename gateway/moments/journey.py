@@ -10,6 +10,7 @@ their content is published. Screens waiting are decided a batch at a time (one r
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -45,10 +46,10 @@ __all__ = ["Journey"]
 
 log = structlog.get_logger("gateway.journey")
 _FULL_LOG_EVERY_S = 10.0
-# Screens waiting are decided this many at a time: one read and one commit for them all, not
-# one each (when 5,000 visitors spread in 15 s, 200 screens took 1-3 s one by one, issue 14).
-# A device's moment waits for at most one such batch.
-SCREEN_BATCH = 8
+# Moments waiting are decided up to this many at a time: one read and one commit for them
+# all, not one each (when 5,000 visitors spread in 15 s, 200 screens took 1-3 s one by one,
+# issue 14). A device's moment waits for at most one batch of screens.
+BATCH = 8
 
 
 class Journey:
@@ -87,14 +88,15 @@ class Journey:
         self._on_print_job = on_print_job
         self._on_checkout = on_checkout
         self._pending = pending
-        self._queue: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
+        self._queue: collections.deque[Moment] = collections.deque()
+        self._queue_size = queue_size
         # Screen moments wait apart, after the devices', one per screen: signage neither
         # delays a device that asked (a kiosk, a lane, a tablet) nor fills the queue they share,
         # and 5,000 visitors entering zones at once wait as 200 moments (issue 14).
         self._ambient: dict[str, ZoneMoment] = {}
         # Other moments nobody waits for (in-app messages) come last: when 500 opted-in
         # visitors entered zones at once, their messages held kiosks ~0.5 s and screens ~1.5 s.
-        self._later: asyncio.Queue[Moment] = asyncio.Queue(queue_size)
+        self._later: collections.deque[Moment] = collections.deque()
         self._wake = asyncio.Event()
         self._offers: list[Offer] = []
         self._tests: tuple[ExperimentTest, ...] = ()  # the experiments bundle's running tests
@@ -116,9 +118,8 @@ class Journey:
                 if waiting is None or ref is not None or waiting.customer_ref is None:
                     self._ambient[screen] = moment
             return True
-        try:
-            (self._queue if moment.waited_for else self._later).put_nowait(moment)
-        except asyncio.QueueFull:
+        queue = self._queue if moment.waited_for else self._later
+        if len(queue) >= self._queue_size:
             self._skipped += 1
             now = self._clock.monotonic()
             if now - self._full_logged >= _FULL_LOG_EVERY_S:
@@ -130,6 +131,7 @@ class Journey:
                     touchpoint=moment.touchpoint,
                 )
             return False
+        queue.append(moment)
         return True
 
     async def reload_catalog(self) -> None:
@@ -177,41 +179,42 @@ class Journey:
         except asyncio.CancelledError:
             # Drain: what was already taken in is still answered before the link goes away.
             for queue in (self._queue, self._later):
-                while not queue.empty():
-                    moment = queue.get_nowait()
+                while queue:
                     with contextlib.suppress(Exception):
-                        await self._act([moment])
+                        await self._act([queue.popleft()])
             raise
 
     async def _next(self) -> list[Moment]:
-        """A device's moment first, else the screens' moments waiting longest, else the rest."""
+        """Devices' moments first, else the screens' waiting longest, else the rest."""
         while True:
-            if not self._queue.empty():
-                return [self._queue.get_nowait()]
+            if self._queue:
+                return self._device_batch()
             if self._ambient:
                 return self._screen_batch()
-            if not self._later.empty():
-                return [self._later.get_nowait()]
+            if self._later:
+                return [self._later.popleft()]
             self._wake.clear()
             await self._wake.wait()
 
+    def _device_batch(self) -> list[Moment]:
+        """The devices' moments first in line, in order, up to BATCH of them while each is
+        another device's and another customer's; a checkout alone (with its coupon)."""
+        batch = _Batch()
+        while self._queue and len(batch.moments) < BATCH and batch.takes(self._queue[0]):
+            batch.add(self._queue.popleft())
+        return batch.moments
+
     def _screen_batch(self) -> list[Moment]:
-        """Up to SCREEN_BATCH screens' moments, longest waiting first, each customer once: a
-        batch's decisions read the store before any of them is committed, so a customer's
-        second screen waits for the next batch and its caps count the first."""
-        batch: list[Moment] = []
-        customers: set[str] = set()
+        """Up to BATCH screens' moments, longest waiting first; a customer's second screen
+        waits for the next batch."""
+        batch = _Batch()
         for screen, moment in list(self._ambient.items()):
-            ref = moment.customer_ref
-            if ref is not None:
-                if ref in customers:
-                    continue
-                customers.add(ref)
-            del self._ambient[screen]
-            batch.append(moment)
-            if len(batch) == SCREEN_BATCH:
-                break
-        return batch
+            if batch.takes(moment):
+                del self._ambient[screen]
+                batch.add(moment)
+                if len(batch.moments) == BATCH:
+                    break
+        return batch.moments
 
     def _refuse_for_space(self, moment: Moment) -> None:
         """No room to record the decision: a device that asked hears so (a checkout stays
@@ -297,6 +300,33 @@ class Journey:
             reason=plan.decided[0].outcome.reason,
             decision=first.id,
         )
+
+
+class _Batch:
+    """Moments decided together. Their reads see none of the batch's decisions, so each is
+    another touchpoint's and another customer's: its caps count every decision before it. A
+    checkout is decided alone (its coupon commits durably, with the pending checkout)."""
+
+    def __init__(self) -> None:
+        self.moments: list[Moment] = []
+        self._touchpoints: set[str] = set()
+        self._customers: set[str] = set()
+
+    def takes(self, moment: Moment) -> bool:
+        if self.moments and (
+            isinstance(moment, CheckoutMoment) or isinstance(self.moments[0], CheckoutMoment)
+        ):
+            return False
+        ref = moment.customer_ref
+        return moment.touchpoint not in self._touchpoints and (
+            ref is None or ref not in self._customers
+        )
+
+    def add(self, moment: Moment) -> None:
+        self.moments.append(moment)
+        self._touchpoints.add(moment.touchpoint)
+        if moment.customer_ref is not None:
+            self._customers.add(moment.customer_ref)
 
 
 _PAUSED_KEY = "personalisation_paused"
