@@ -360,8 +360,9 @@ async def test_a_screen_keeps_one_moment_waiting_and_an_identified_visitor_keeps
 async def test_screens_decided_together_keep_a_customers_cap_across_her_screens(
     rig: Rig,
 ) -> None:
-    """Screens waiting are decided in batches (one read, one commit); a customer's two
-    screens are not in the same batch, so the second one's caps count the first's decision."""
+    """Screens waiting are decided in batches (one read, one commit); within one, a
+    customer's second screen counts her first screen's decision, not committed yet, in her
+    caps."""
     rig.engine.config = dataclasses.replace(
         rig.engine.config, cap_customer_per_day=1, exploration=0.0
     )
@@ -376,19 +377,33 @@ async def test_screens_decided_together_keep_a_customers_cap_across_her_screens(
     assert sorted(offers.values()) == ["OFF-1", "OFF-2"]  # one each: her cap is one a day
 
 
-async def test_kiosks_decided_together_keep_a_customers_cap_across_them(rig: Rig) -> None:
-    """Devices' moments waiting are decided in batches too, each customer once per batch."""
+async def test_devices_decided_together_keep_the_customers_and_the_kiosks_caps(
+    rig: Rig,
+) -> None:
+    """Devices' moments waiting are decided in batches too, each counting the decisions
+    before it, committed or not: the customer's cap across kiosks, a kiosk's across its own."""
     rig.engine.config = dataclasses.replace(
-        rig.engine.config, cap_customer_per_day=1, exploration=0.0
+        rig.engine.config, cap_customer_per_day=1, cap_touchpoint_per_hour=2, exploration=0.0
     )
-    for n in range(6):  # six kiosks at once: the second and fourth are hers
-        ref = REF if n in (1, 3) else None
-        rig.journey.submit(KioskMoment(touchpoint=f"kiosk-{n}", customer_ref=ref))
-    posts = await _posted(rig, 6)
-    offers = {t.split("/")[-2]: body["offer"] for t, body in posts}
-    assert sorted(offers) == [f"kiosk-{n}" for n in range(6)]
+
+    def identify(kiosk: str, ref: str | None = None) -> None:
+        rig.journey.submit(KioskMoment(touchpoint=kiosk, customer_ref=ref, request_id="r"))
+
+    identify("kiosk-x")  # one decision at kiosk-x committed before the batch
+    await _posted(rig, 1)
+    for n in range(4):  # four kiosks at once: the second and fourth are hers
+        identify(f"kiosk-{n}", REF if n in (1, 3) else None)
+    for _ in range(4):  # and four more identifications at kiosk-x
+        identify("kiosk-x")
+    posts = await _posted(rig, 9)
+    offers = {t.split("/")[-2]: body["offer"] for t, body in posts if "kiosk-x" not in t}
+    assert sorted(offers) == [f"kiosk-{n}" for n in range(4)]
     # Her cap is one a day: each of the two offers once, not the model's best twice.
     assert sorted(offers[k]["id"] for k in ("kiosk-1", "kiosk-3")) == ["OFF-1", "OFF-2"]
+    # The kiosk's cap is two an hour: each offer twice, then none left to show.
+    at_x = [body["offer"] for t, body in posts if "kiosk-x" in t]
+    assert sorted(o["id"] for o in at_x if o) == ["OFF-1", "OFF-1", "OFF-2", "OFF-2"]
+    assert at_x.count(None) == 1
 
 
 async def test_a_screen_whose_decision_fails_does_not_keep_the_others_dark(

@@ -71,15 +71,31 @@ class _Facts:
 
 
 def _read_facts(
-    reader: Reader, ref: str | None, touchpoint: str, now: float, caps: tuple[int, int]
+    reader: Reader,
+    ref: str | None,
+    touchpoint: str,
+    now: float,
+    caps: tuple[int, int],
+    *,
+    earlier: Sequence[Decision],
 ) -> _Facts:
     """The consent, then the offers at their caps (day, hour) for who it lets us know, in one
-    snapshot."""
+    snapshot. earlier: decisions not committed yet (the same batch's), counted in too."""
     with reader.snapshot():
         consent = reader.consent(ref) if ref else None
         personal = consent is not None and consent.personalisation
         customer = ref if personal else None  # no consent, no record of who it was
-        seen, here = reader.offer_counts(customer, touchpoint, now, caps)
+        theirs = [
+            d.offer_id for d in earlier if customer is not None and d.customer_ref == customer
+        ]
+        here_too = [d.offer_id for d in earlier if d.touchpoint == touchpoint]
+        # An offer under its cap by more than the batch's own decisions stays under it.
+        at_least = (caps[0] - len(theirs), caps[1] - len(here_too))
+        seen, here = reader.offer_counts(customer, touchpoint, now, at_least)
+    for counts, offer_ids in ((seen, theirs), (here, here_too)):
+        for offer_id in offer_ids:
+            if offer_id is not None:
+                counts[offer_id] = counts.get(offer_id, 0) + 1
     segment = consent.segment if consent is not None and personal else None
     app_messages = consent is not None and personal and consent.app_messages
     return _Facts(customer, segment, seen, here, app_messages)
@@ -134,21 +150,25 @@ def commit_together(store: Store, plans: Sequence[Plan]) -> None:
 
 
 def decide_each(
-    reader: Reader, moments: Sequence[Moment], decide_one: Callable[[Reader, Moment], Plan]
+    reader: Reader, moments: Sequence[Moment], decide_one: Callable[..., Plan]
 ) -> list[Plan]:
-    """`decide_one` (`decide` with its settings) for each moment, in order: screens decided
-    together take one hop to the read thread, not one each. A moment that fails is logged and
-    left out, as it is alone."""
-    plans = []
+    """`decide_one` (`decide` with its settings) for each moment, in order, each counting the
+    decisions before it in its caps: moments decided together take one hop to the read thread,
+    not one each. A moment that fails is logged and left out, as it is alone."""
+    plans: list[Plan] = []
+    earlier: list[Decision] = []
     for moment in moments:
         try:
-            plans.append(decide_one(reader, moment))
+            plan = decide_one(reader, moment, earlier=earlier)
         except sqlite3.Error:
             raise  # the store is in trouble: for the journey to handle, as alone
         except Exception as exc:  # noqa: BLE001 - one bad moment must not stall the rest
             log.error(
                 "journey moment failed, skipped", moment=moment.name, error=type(exc).__name__
             )
+            continue
+        plans.append(plan)
+        earlier += (d.decision for d in plan.decided)
     return plans
 
 
@@ -163,12 +183,14 @@ def decide(
     topics: Topics,
     uplink: UplinkRow | None,
     tests: Sequence[ExperimentTest] = (),
+    earlier: Sequence[Decision] = (),
 ) -> Plan:
     """The features, the model call, the rows to commit and what to post or print.
-    tests: the marketing tests running (an experiments bundle); the holdout takes no part."""
+    tests: the marketing tests running (an experiments bundle); the holdout takes no part.
+    earlier: decisions made but not committed yet (the same batch's): the caps count them."""
     cfg = engine.config
     caps = (cfg.cap_customer_per_day, cfg.cap_touchpoint_per_hour)
-    facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now, caps)
+    facts = _read_facts(reader, moment.customer_ref, moment.touchpoint, now, caps, earlier=earlier)
     local = datetime.fromtimestamp(now)
     features = FeatureContext(
         local_time=local,
