@@ -19,7 +19,8 @@ noise (2026-12-07) and skipped a tenth of the radio's samples, so 0 stays the de
 
 Figures, per touchpoint p50/p99/max: kiosk -> its screens (the last of its three contents),
 zone entry -> screen (an opted-in app's presence.zone event -> the screen content decided for
-it), POS total -> last coupon byte at the printer, tablet serve -> card; the broker's own round
+it), POS total -> last coupon byte at the printer (and -> its first byte, the gateway's share:
+`store_coupon_first_byte_*`), tablet serve -> card; the broker's own round
 trip in the same run; event-loop lag and GC pauses from the daemon's /metrics; the daemon's CPU
 as a share of its core(s), RSS at start, peak, end and its slope over the second half; the
 outbox backlog and its drain after the outage; what the cloud lost or got twice; anything shed.
@@ -93,6 +94,9 @@ class _Run:
     )
     unanswered: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOUCHPOINTS, 0))
     pings: list[tuple[float, float]] = field(default_factory=list)
+    # POS total -> the coupon's first byte at the printer: the gateway's share of "coupon",
+    # whose last byte comes after the receipt's time on a 115200-baud line.
+    coupon_first_byte: list[float] = field(default_factory=list)
     accepted: set[str] = field(default_factory=set)  # decision and event ids devices saw
     arrivals: dict[str, tuple[str, float]] = field(default_factory=dict)  # decision -> topic, t
     samples: list[dict[str, float]] = field(default_factory=list)
@@ -278,6 +282,7 @@ async def _lanes(
                     run.unanswered["coupon"] += 1  # no offer for the receipt, or late
                     return
                 run.latencies["coupon"].append((sent_wall, (receipt.finished_at - sent) * 1000))
+                run.coupon_first_byte.append((receipt.started_at - sent) * 1000)
 
             await _paced(LANE_EVERY_S, run.t0 + n * LANE_EVERY_S / len(lanes), until, act)
 
@@ -593,6 +598,9 @@ def _figures(run: _Run, info: dict[str, Any]) -> Figures:
             figures[f"store_{name}_max_ms"] = max(values)
             worst = max(worst, figures[f"store_{name}_p99_ms"])
     figures["store_e2e_over_broker_p99_ms"] = worst - figures["store_broker_rtt_p99_ms"]
+    if run.coupon_first_byte:
+        figures["store_coupon_first_byte_p50_ms"] = statistics.median(run.coupon_first_byte)
+        figures["store_coupon_first_byte_p99_ms"] = percentile(run.coupon_first_byte, 99)
     return figures | _daemon_figures(run, info, samples)
 
 
