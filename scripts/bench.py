@@ -556,6 +556,7 @@ async def _journey_latency(
     if load_per_s:
         tasks.append(asyncio.create_task(_durable_load(outbox, load_per_s, tally)))
     await asyncio.sleep(1.0)  # the load is steady, the journey has read the catalog
+    gc.freeze()  # as the daemon does once ready (gateway/runtime/daemon.py)
     sent: list[tuple[str, float]] = []
     topic = Topics("bench").kiosk_identify("kiosk-1")
 
@@ -584,10 +585,14 @@ async def _journey_latency(
 def _journey_worker(load_per_s: float, count: int, out: Path) -> None:
     """Child process (under the fsync shim): one journey run, its samples as JSON in `out`."""
     from gateway.runtime.logs import configure_logging
+    from gateway.runtime.metrics import Metrics
+    from gateway.runtime.pauses import timing_gc
 
     configure_logging("json", "warning")  # as the benchmarked daemons log
-    sys.setswitchinterval(0.001)  # as the daemon runs (gateway/runtime/daemon.py)
-    with tempfile.TemporaryDirectory(prefix="bench-journey-") as tmp:
+    # As the daemon runs (gateway/runtime/daemon.py): a 1 ms GIL switch interval, and what a
+    # full collection leaves alive frozen (`timing_gc`).
+    sys.setswitchinterval(0.001)
+    with tempfile.TemporaryDirectory(prefix="bench-journey-") as tmp, timing_gc(Metrics()):
         _check_slow_fsync(Path(tmp))
         made, done, load_rate = asyncio.run(_journey_latency(Path(tmp), 50.0, count, load_per_s))
     out.write_text(json.dumps({"made": made, "done": done, "load_rate": load_rate}))
