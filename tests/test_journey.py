@@ -502,6 +502,29 @@ async def test_a_kiosk_moment_is_decided_before_the_in_app_messages_waiting(rig:
     assert rig.engine.customers == [None] + [REF] * 20  # the anonymous kiosk visitor first
 
 
+def test_a_full_queue_refuses_a_devices_moment_and_keeps_the_others(tmp_path: Path) -> None:
+    """The queues are bounded: past `queue_size` waiting, a device's moment is refused (its
+    intake answers the device), while a screen's still takes its screen's place."""
+    clock = TimeKeeper(wall=lambda: T0, mono=lambda: T0, synchronized=lambda: True, floor=0.0)
+    journey = Journey(
+        topics=TOPICS,
+        store=AsyncStore(tmp_path / "gateway.sqlite3"),  # not opened: nothing is decided
+        publisher=Screens(),
+        engine=DecisionEngine(DecisionConfig()),
+        clock=clock,
+        metrics=Metrics(),
+        hold=ScreenHold(30.0),
+        queue_size=3,
+    )
+    kiosk = [
+        KioskMoment(touchpoint="kiosk-1", customer_ref=None, request_id=f"r{n}") for n in range(4)
+    ]
+    assert [journey.submit(moment) for moment in kiosk] == [True, True, True, False]
+    app = AppMoment(touchpoint="app", customer_ref=REF, trigger="ble", ttl_s=60.0, per_day=1)
+    assert [journey.submit(app) for _ in range(4)] == [True, True, True, False]
+    assert journey.submit(ZoneMoment(kind="enter", touchpoint="coffee-1", customer_ref=None))
+
+
 def test_a_serving_session_forgets_its_customer_when_closed_or_idle() -> None:
     """The tablet names the customer once per session; closed, or idle past session_idle_s,
     the session is gone and a request in it is anonymous."""
