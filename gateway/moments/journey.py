@@ -4,7 +4,7 @@ Intakes (kiosks, zone screens, lanes, later tablets) submit typed moments; the j
 queue and runs each plan: decide on the store's read thread (reads and scoring never queue behind
 a commit), commit on the store thread (the decision, its uplink event, a coupon's print job, in
 one transaction), then post the content and wake the printer. Decisions are committed before
-their content is published. Screens waiting are decided a batch at a time (one read, one commit).
+their content is published. Moments waiting are decided in batches (one read, one commit).
 """
 
 from __future__ import annotations
@@ -176,6 +176,7 @@ class Journey:
                     log.error(
                         "journey moment failed, skipped",
                         moment=moments[0].name,
+                        moments=len(moments),
                         error=type(exc).__name__,
                     )
         except asyncio.CancelledError:
@@ -226,7 +227,7 @@ class Journey:
             self._publisher.post(self._topics.gateway_errors, error)
 
     async def _act(self, moments: list[Moment]) -> None:
-        """Decide, commit, carry out: one moment, or screens' moments together."""
+        """Decide, commit, carry out: one moment, or a batch of them together."""
         now = self._clock.now()
         if self.personalisation_paused:
             moments = [dataclasses.replace(m, customer_ref=None) for m in moments]
