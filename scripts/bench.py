@@ -586,12 +586,12 @@ def _journey_worker(load_per_s: float, count: int, out: Path) -> None:
     """Child process (under the fsync shim): one journey run, its samples as JSON in `out`."""
     from gateway.runtime.logs import configure_logging
     from gateway.runtime.metrics import Metrics
-    from gateway.runtime.pauses import timing_gc
+    from gateway.runtime.pauses import GIL_SWITCH_INTERVAL_S, timing_gc
 
     configure_logging("json", "warning")  # as the benchmarked daemons log
-    # As the daemon runs (gateway/runtime/daemon.py): a 1 ms GIL switch interval, and what a
-    # full collection leaves alive frozen (`timing_gc`).
-    sys.setswitchinterval(0.001)
+    # As the daemon runs (gateway/runtime/daemon.py): its GIL switch interval, and what a full
+    # collection leaves alive frozen (`timing_gc`).
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     with tempfile.TemporaryDirectory(prefix="bench-journey-") as tmp, timing_gc(Metrics()):
         _check_slow_fsync(Path(tmp))
         made, done, load_rate = asyncio.run(_journey_latency(Path(tmp), 50.0, count, load_per_s))

@@ -22,7 +22,7 @@ from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.features import CustomerFacts, FeatureContext
 from gateway.decision.offers import load_offers, upsert_offers
-from gateway.moments.decide import decide
+from gateway.moments.decide import commit, decide
 from gateway.moments.moment import KioskMoment, Moment, ZoneMoment
 from gateway.store import Consent, Offer, Store
 from simulators.shoppers import Moment as SimMoment
@@ -141,7 +141,7 @@ def log_through_gateway(
                 topics=_TOPICS,
                 uplink=None,
             )
-            plan.commit(store)
+            commit(store, [plan])
             done += 1
             first = plan.decided[0] if plan.decided else None
             if first is None or first.outcome.offer is None:

@@ -27,7 +27,7 @@ from gateway.decision.model import Scorer
 from gateway.decision.offers import load_offers, upsert_offers
 from gateway.decision.policy import EssMeter, distribution, harmonic_propensity
 from gateway.decision.value import offer_value
-from gateway.moments.decide import decide
+from gateway.moments.decide import commit, decide
 from gateway.moments.moment import KioskMoment, TabletMoment
 from gateway.runtime import cli
 from gateway.runtime.config import DecisionConfig
@@ -238,7 +238,7 @@ def _log(store: Store, engine: Recording, n: int, t0: float) -> dict[str, tuple[
             topics=TOPICS,
             uplink=None,
         )
-        plan.commit(store)
+        commit(store, [plan])
         for d in plan.decided:  # a tablet may ask the engine twice for one suggestion
             by_id[d.decision.id] = next((c, o) for c, o in engine.seen if o is d.outcome)
     return by_id
@@ -322,7 +322,7 @@ def test_a_decision_whose_catalog_was_not_kept_is_left_out(store: Store) -> None
         topics=TOPICS,
         uplink=None,
     )
-    plan.commit(store)
+    commit(store, [plan])
     store.conn.execute("UPDATE decisions SET reward = 1")
     stats = export_decisions(store.path, io.StringIO(), since=t0 - 1, now=t0)
     assert (stats.written, stats.skipped) == (0, Counter({"catalog not kept": 1}))

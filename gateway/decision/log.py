@@ -16,6 +16,7 @@ __all__ = [
     "latest_decisions",
     "recent_contexts",
     "record_decision",
+    "record_decisions",
 ]
 
 _PLACEHOLDERS = ", ".join("?" * len(DECISION_COLUMNS.split(",")))
@@ -23,8 +24,21 @@ _PLACEHOLDERS = ", ".join("?" * len(DECISION_COLUMNS.split(",")))
 
 def record_decision(store: Store, d: Decision, event: OutboxRow | None = None) -> None:
     """Log a decision and, in the same transaction, queue its event for the cloud."""
+    record_decisions(store, [(d, event)])
+
+
+def record_decisions(
+    store: Store,
+    rows: Sequence[tuple[Decision, OutboxRow | None]],
+    events: Sequence[OutboxRow] = (),
+) -> None:
+    """Several decisions (a moment's suggestions, moments decided together) with their events,
+    and the events they cause (an in-app message), in one transaction."""
     with transaction(store.conn, durable=False):
-        insert_decision(store, d, event)
+        for d, event in rows:
+            insert_decision(store, d, event)
+        for event in events:
+            store.outbox.insert_one(event)
 
 
 def insert_decision(store: Store, d: Decision, event: OutboxRow | None) -> None:

@@ -33,11 +33,11 @@ from gateway.decision.catalog import CatalogVersion
 from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.experiments import Assignment, ExperimentTest, assign, in_holdout
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
-from gateway.decision.log import insert_decision
+from gateway.decision.log import record_decisions
 from gateway.flows.printing import Coupon, new_coupon_code
 from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
 from gateway.pos import checkout
-from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store, transaction
+from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
 
 __all__ = [
     "ANONYMOUS_MESSAGE",
@@ -45,7 +45,7 @@ __all__ = [
     "Decided",
     "Plan",
     "UplinkRow",
-    "commit_together",
+    "commit",
     "decide",
     "decide_each",
 ]
@@ -86,16 +86,19 @@ def _read_facts(
         personal = consent is not None and consent.personalisation
         customer = ref if personal else None  # no consent, no record of who it was
         theirs = [
-            d.offer_id for d in earlier if customer is not None and d.customer_ref == customer
+            d.offer_id
+            for d in earlier
+            if d.offer_id is not None and customer is not None and d.customer_ref == customer
         ]
-        here_too = [d.offer_id for d in earlier if d.touchpoint == touchpoint]
+        here_too = [
+            d.offer_id for d in earlier if d.offer_id is not None and d.touchpoint == touchpoint
+        ]
         # An offer under its cap by more than the batch's own decisions stays under it.
         at_least = (caps[0] - len(theirs), caps[1] - len(here_too))
         seen, here = reader.offer_counts(customer, touchpoint, now, at_least)
     for counts, offer_ids in ((seen, theirs), (here, here_too)):
         for offer_id in offer_ids:
-            if offer_id is not None:
-                counts[offer_id] = counts.get(offer_id, 0) + 1
+            counts[offer_id] = counts.get(offer_id, 0) + 1
     segment = consent.segment if consent is not None and personal else None
     app_messages = consent is not None and personal and consent.app_messages
     return _Facts(customer, segment, seen, here, app_messages)
@@ -126,27 +129,18 @@ class Plan:
         # Only with a personalisation consent; the same for every decision of the moment.
         return self.decided[0].decision.customer_ref is not None
 
-    def commit(self, store: Store) -> None:
-        """Runs on the store thread: the decisions and their events, in one transaction (a
-        checkout's with its coupon, print job and the pending checkout it settles)."""
-        first = self.decided[0]
-        if isinstance(self.moment, CheckoutMoment):
-            checkout.record(store, first.decision, first.uplink, self.job)
-        else:
-            commit_together(store, [self])
 
-
-def commit_together(store: Store, plans: Sequence[Plan]) -> None:
-    """Runs on the store thread: moments' plans decided together (no checkout: it commits
-    alone, `Plan.commit`), their decisions and the events they cause in one transaction."""
-    with transaction(store.conn, durable=False):
-        for plan in plans:
-            if isinstance(plan.moment, CheckoutMoment):
-                raise ValueError("a checkout commits alone, with its coupon")
-            for d in plan.decided:
-                insert_decision(store, d.decision, d.uplink)
-            for event in plan.messages:
-                store.outbox.insert_one(event)
+def commit(store: Store, plans: Sequence[Plan]) -> None:
+    """Runs on the store thread: plans decided together, their decisions and events in one
+    transaction; a checkout's alone, with its coupon, print job and the pending checkout it
+    settles (`checkout.record`)."""
+    if isinstance(plans[0].moment, CheckoutMoment):
+        (plan,) = plans  # the journey decides a checkout alone: its coupon commits durably
+        first = plan.decided[0]
+        checkout.record(store, first.decision, first.uplink, plan.job)
+        return
+    decided = [(d.decision, d.uplink) for plan in plans for d in plan.decided]
+    record_decisions(store, decided, events=[e for plan in plans for e in plan.messages])
 
 
 def decide_each(

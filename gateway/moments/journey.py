@@ -27,7 +27,7 @@ from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.experiments import ExperimentTest, parse_tests
 from gateway.decision.offers import load_offers
-from gateway.moments.decide import Plan, UplinkRow, commit_together, decide, decide_each
+from gateway.moments.decide import Plan, UplinkRow, commit, decide, decide_each
 from gateway.moments.moment import (
     CheckoutMoment,
     Moment,
@@ -254,10 +254,7 @@ class Journey:
         if not plans:
             return
         try:
-            if len(plans) == 1:
-                await self._store.call(plans[0].commit)
-            else:
-                await self._store.call(commit_together, plans)
+            await self._store.call(commit, plans)
         except sqlite3.IntegrityError:
             moment = plans[0].moment
             if not isinstance(moment, CheckoutMoment):

@@ -22,7 +22,7 @@ from gateway.runtime.clock import TimeKeeper
 from gateway.runtime.config import Config
 from gateway.runtime.health import HealthServer, judge
 from gateway.runtime.metrics import Metrics
-from gateway.runtime.pauses import timing_gc, watch_loop
+from gateway.runtime.pauses import GIL_SWITCH_INTERVAL_S, timing_gc, watch_loop
 from gateway.runtime.sdnotify import Notifier
 from gateway.runtime.supervisor import State, Supervisor
 
@@ -45,9 +45,7 @@ async def run_gateway(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     metrics = Metrics()
-    # After each hand-off to a store or encoding thread the loop waits for the GIL: 1 ms, not
-    # Python's 5, bounds each wait (issue 14: a quarter of the loop's samples under load).
-    sys.setswitchinterval(0.001)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     gateway = build(config, clock, metrics, notifier)
     presence = gateway.presence
     components = gateway.components()
