@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -183,4 +184,33 @@ async def test_checkpoints_run_apart_from_the_store_thread_and_keep_the_wal_smal
         wal = path.with_name(path.name + "-wal").stat().st_size
         assert wal < written / 3, (wal, written)
     finally:
+        await db.close()
+
+
+async def test_a_restarted_wal_is_checkpointed_passively_again(tmp_path: Path) -> None:
+    """A restarted WAL keeps its file's size; what is in it decides the next restart. A
+    restart holds every write until the readers let go, so one each period after the first
+    (judged by the file's size) held the store's writes for as long as a reader read."""
+    path = tmp_path / "g.sqlite3"
+    db = AsyncStore(path, checkpoint_every_s=0.05, wal_restart_bytes=1024 * 1024)
+    await db.open()
+    wal = path.with_name(path.name + "-wal")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await db.call(_write_blob, 1536 * 1024)  # the WAL restarts once checkpointed...
+        await asyncio.sleep(0.5)
+        await db.call(_write_blob, 1024)
+        assert wal.stat().st_size > 1536 * 1024  # ...and its file keeps its size
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM scratch").fetchone()  # a snapshot held
+        longest = 0.0
+        for _ in range(8):  # small writes over several checkpoint periods
+            started = time.monotonic()
+            await db.call(_write_blob, 1024)
+            longest = max(longest, time.monotonic() - started)
+            await asyncio.sleep(0.1)
+        # A restart waiting for the reader would hold a write for the busy timeout (5 s).
+        assert longest < 2.5, longest
+    finally:
+        reader.close()
         await db.close()
