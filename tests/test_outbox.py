@@ -121,6 +121,42 @@ async def test_accept_returns_only_after_the_commit_and_batches_form(tmp_path: P
     await db.close()
 
 
+async def test_committed_is_called_once_the_row_commits_before_it_is_durable(
+    tmp_path: Path,
+) -> None:
+    """A checkout is decided on its total's commit: the fsync that makes the total durable
+    runs beside the coupon's own durable commit instead of before it."""
+    db = AsyncStore(tmp_path / "g.sqlite3")
+    await db.open()
+    order: list[str] = []
+    fsync = db.sync
+
+    async def sync() -> None:  # the real fsync, noted
+        order.append("fsync")
+        await fsync()
+
+    db.sync = sync  # type: ignore[method-assign]
+    outbox = Outbox(db, "s1", SystemClock(), Metrics())
+    writer = asyncio.create_task(outbox.run(_Ready()))
+    reader = sqlite3.connect(tmp_path / "g.sqlite3")
+    try:
+        row = outbox.row("pos.transaction", "transaction", {"total": 9.5})
+
+        def committed() -> None:
+            visible = reader.execute("SELECT 1 FROM outbox WHERE id = ?", (row.id,)).fetchone()
+            order.append("committed" if visible else "called before the commit")
+
+        durable = outbox.submit(row, committed)
+        durable.add_done_callback(lambda _: order.append("durable"))
+        await durable
+        await outbox.submit(outbox.row("t", "transaction", {}))  # a later commit
+        assert order == ["committed", "fsync", "durable", "fsync"]
+    finally:
+        writer.cancel()
+        reader.close()
+        await db.close()
+
+
 def test_budget_shrinks_by_what_the_disk_lacks_under_its_free_floor() -> None:
     assert effective_budget(1000, 400, room=10_000) == 1000  # room: the own budget rules
     assert effective_budget(1000, 400, room=0) == 400  # at the floor: no growth

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ __all__ = ["PosLanes"]
 log = structlog.get_logger("gateway.pos")
 
 _SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
-_MAX_PREPARED = 1000  # checkouts between acceptance and commit (a commit takes milliseconds)
+_MAX_PREPARED = 1000  # receipts between acceptance and commit (a commit takes milliseconds)
 _MAX_TOTALS = 10_000  # recent totals remembered (re-sends come within seconds or minutes)
 
 
@@ -84,7 +85,6 @@ class PosLanes:
         self._tasks: set[asyncio.Task[None]] = set()
         # event id -> its checkout, from the total's acceptance to its commit (a commit that
         # fails leaves one behind until the lane re-sends: bounded all the same).
-        self._checkouts: OrderedDict[str, CheckoutMoment] = OrderedDict()
         # The totals taken since the start, and what their visit left for the receipt: a lane
         # re-sends a total whose acknowledgement it missed, and that must not end the next
         # customer's session.
@@ -147,10 +147,12 @@ class PosLanes:
             return None
         moment = self._checkout(event.device, session.customer_ref, session.basket, event.id,
                                 _total(event.data.get("total")))  # fmt: skip
-        self._checkouts[event.id] = moment
-        while len(self._checkouts) > _MAX_PREPARED:
-            self._checkouts.popitem(last=False)
-        return Commit(write=checkout.pending_write(moment, self._clock.now()))
+        # Decided once the total commits, not once it is durable: the coupon's own commit is
+        # durable (and makes the total so) before it prints, and saves one fsync in turn.
+        return Commit(
+            write=checkout.pending_write(moment, self._clock.now()),
+            committed=functools.partial(self._submit, moment),  # a full queue: stays pending
+        )
 
     def checked_out(self, total_id: str, decision_id: str, coupon: str | None) -> None:
         """The journey decided a total's checkout (and printed `coupon`): its receipt names
@@ -233,10 +235,6 @@ class PosLanes:
             decisions = self._e_receipts.pop(event.id, None)
             if decisions:
                 self._on_e_receipt(decisions)
-        elif event.type == "pos.transaction":
-            moment = self._checkouts.pop(event.id, None)
-            if moment is not None:
-                self._submit(moment)  # a full queue logs it; the total stays pending
         elif event.type == "pos.redemption" and isinstance(event.data.get("coupon"), str):
             code = str(event.data["coupon"])
             task = asyncio.create_task(self._redeem(event.device, code, event.id))

@@ -44,6 +44,8 @@ class Outbox:
         self._clock = clock
         self._metrics = metrics
         self._pending: list[tuple[OutboxRow, asyncio.Future[None]]] = []
+        # Called once a row's transaction commits, before the fsync that makes it durable.
+        self._on_commit: dict[str, Callable[[], object]] = {}
         self._full = False  # the last commit failed for want of space
         self._wake = asyncio.Event()
         # Set after every commit: the uplink waits on it instead of polling the table.
@@ -76,10 +78,17 @@ class Outbox:
         rank = PRIORITY_RANK[priority]
         return OutboxRow(eid, rank, type, now, encoded, also=also, expires=expires)
 
-    def submit(self, row: OutboxRow) -> asyncio.Future[None]:
-        """Queue for the next commit; the future resolves once the row is committed."""
+    def submit(
+        self, row: OutboxRow, committed: Callable[[], object] | None = None
+    ) -> asyncio.Future[None]:
+        """Queue for the next commit; the future resolves once the row is committed (durably,
+        for a durable row). committed: called on the loop as soon as the row's transaction
+        commits, before its fsync: for work that makes its own result durable before anyone
+        sees it (a checkout's coupon, whose durable commit makes the total durable too)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((row, future))
+        if committed is not None:
+            self._on_commit[row.id] = committed
         self._wake.set()
         return future
 
@@ -114,6 +123,7 @@ class Outbox:
             inserted, shed, waiting, size = await self._db.call(
                 Store.append_outbox, rows, durable=False
             )
+            self._committed(rows)
             if durable:
                 await self._db.sync()
         except Exception as exc:
@@ -138,6 +148,9 @@ class Outbox:
         except BaseException:
             _settle(batch, lambda f: f.set_exception(RuntimeError("outbox stopped")))
             raise
+        finally:
+            for row in rows:  # committed or not, called at most once
+                self._on_commit.pop(row.id, None)
         if self._full:
             self._full = False
             log.warning("storage has room again: events accepted", path=str(self._db.path))
@@ -149,6 +162,15 @@ class Outbox:
             self._metrics.events_shed.inc(shed)
             log.warning("disk budget reached: oldest telemetry shed", shed=shed)
         self.appended.set()
+
+    def _committed(self, rows: list[OutboxRow]) -> None:
+        for row in rows:
+            committed = self._on_commit.pop(row.id, None)
+            if committed is not None:
+                try:
+                    committed()
+                except Exception:  # the caller's trouble, not the commit's
+                    log.exception("after-commit callback failed", type=row.type)
 
 
 def _settle(
