@@ -214,3 +214,46 @@ async def test_a_restarted_wal_is_checkpointed_passively_again(tmp_path: Path) -
     finally:
         reader.close()
         await db.close()
+
+
+def _wal_restarts(wal: Path) -> int:
+    """The WAL header's checkpoint sequence: one more at every restart."""
+    with open(wal, "rb") as f:
+        return int.from_bytes(f.read(16)[12:16], "big")
+
+
+async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_lets_go(
+    tmp_path: Path,
+) -> None:
+    """A WAL due for a restart while a reader keeps an older snapshot (a long report): the
+    restart gives up after a moment and tries again, instead of holding every write for the
+    busy timeout; once the reader lets go, the WAL starts over."""
+    path = tmp_path / "g.sqlite3"
+    db = AsyncStore(path, checkpoint_every_s=0.05, wal_restart_bytes=1024 * 1024)
+    await db.open()
+    wal = path.with_name(path.name + "-wal")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await db.call(_write_blob, 1024)
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM scratch").fetchone()  # a snapshot held
+        await db.call(_write_blob, 1536 * 1024)  # past the restart's size, and pinned
+        restarts = _wal_restarts(wal)
+        longest = 0.0
+        for _ in range(8):
+            started = time.monotonic()
+            await db.call(_write_blob, 1024)
+            longest = max(longest, time.monotonic() - started)
+            await asyncio.sleep(0.1)
+        assert longest < 2.5, longest  # a restart waiting out the reader: 5 s
+        assert _wal_restarts(wal) == restarts
+        reader.execute("ROLLBACK")
+        for _ in range(50):
+            await db.call(_write_blob, 1024)
+            if _wal_restarts(wal) > restarts:
+                break
+            await asyncio.sleep(0.1)
+        assert _wal_restarts(wal) > restarts
+    finally:
+        reader.close()
+        await db.close()

@@ -56,6 +56,9 @@ class _WriteAheadLog:
             os.close(fd)
 
 
+_RESTART_WAIT_MS = 100
+
+
 class _Checkpointer:
     """Copies the WAL back into the database on a thread and connection of its own.
 
@@ -67,8 +70,9 @@ class _Checkpointer:
     start over only once it has caught up with every frame, which steady writes can put off
     for ever: past `restart_bytes` it runs a RESTART checkpoint, which waits for the writer's
     transaction in progress and holds the next one until the WAL is copied (the stall of the
-    automatic checkpoint, but once per `restart_bytes` of a busy store, not every 4 MB). What is
-    in use decides, not the file's size: a restarted WAL keeps its size.
+    automatic checkpoint, but once per `restart_bytes` of a busy store, not every 4 MB), for at
+    most `_RESTART_WAIT_MS` more while a reader holds an older snapshot. What is in use
+    decides, not the file's size: a restarted WAL keeps its size.
     """
 
     def __init__(
@@ -92,7 +96,10 @@ class _Checkpointer:
     def _run(self) -> None:
         conn = sqlite3.connect(self._database, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA busy_timeout=5000")
+            # A restart holds every write while it waits for the readers: a reader on an old
+            # snapshot (a long report) holds them this long a period, not the 5 s the
+            # store's own connections wait; the restart is tried again the next period.
+            conn.execute(f"PRAGMA busy_timeout={_RESTART_WAIT_MS}")
             conn.execute("PRAGMA synchronous=NORMAL")
             (page_size,) = conn.execute("PRAGMA page_size").fetchone()
             frame_bytes = int(page_size) + 24  # a WAL frame: its header and one page
