@@ -15,7 +15,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
@@ -43,9 +43,7 @@ class Outbox:
         self._store_id = store_id
         self._clock = clock
         self._metrics = metrics
-        self._pending: list[tuple[OutboxRow, asyncio.Future[None]]] = []
-        # Called once a row's transaction commits, before the fsync that makes it durable.
-        self._on_commit: dict[str, Callable[[], object]] = {}
+        self._pending: list[_Waiting] = []
         self._full = False  # the last commit failed for want of space
         self._wake = asyncio.Event()
         # Set after every commit: the uplink waits on it instead of polling the table.
@@ -86,9 +84,7 @@ class Outbox:
         commits, before its fsync: for work that makes its own result durable before anyone
         sees it (a checkout's coupon, whose durable commit makes the total durable too)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, future))
-        if committed is not None:
-            self._on_commit[row.id] = committed
+        self._pending.append(_Waiting(row, future, committed))
         self._wake.set()
         return future
 
@@ -116,14 +112,14 @@ class Outbox:
                 del self._pending[:_MAX_BATCH]
                 await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[OutboxRow, asyncio.Future[None]]]) -> None:
-        rows = [row for row, _ in batch]
+    async def _commit(self, batch: list[_Waiting]) -> None:
+        rows = [each.row for each in batch]
         durable = any(row.rank == 0 for row in rows)
         try:
             inserted, shed, waiting, size = await self._db.call(
                 Store.append_outbox, rows, durable=False
             )
-            self._committed(rows)
+            _committed(batch)
             if durable:
                 await self._db.sync()
         except Exception as exc:
@@ -148,9 +144,6 @@ class Outbox:
         except BaseException:
             _settle(batch, lambda f: f.set_exception(RuntimeError("outbox stopped")))
             raise
-        finally:
-            for row in rows:  # committed or not, called at most once
-                self._on_commit.pop(row.id, None)
         if self._full:
             self._full = False
             log.warning("storage has room again: events accepted", path=str(self._db.path))
@@ -163,23 +156,28 @@ class Outbox:
             log.warning("disk budget reached: oldest telemetry shed", shed=shed)
         self.appended.set()
 
-    def _committed(self, rows: list[OutboxRow]) -> None:
-        for row in rows:
-            committed = self._on_commit.pop(row.id, None)
-            if committed is not None:
-                try:
-                    committed()
-                except Exception:  # the caller's trouble, not the commit's
-                    log.exception("after-commit callback failed", type=row.type)
+
+class _Waiting(NamedTuple):
+    """A submitted row: its future, and what to call once it commits (before its fsync)."""
+
+    row: OutboxRow
+    future: asyncio.Future[None]
+    committed: Callable[[], object] | None
 
 
-def _settle(
-    batch: list[tuple[OutboxRow, asyncio.Future[None]]],
-    action: Callable[[asyncio.Future[None]], None],
-) -> None:
-    for _, future in batch:
-        if not future.done():
-            action(future)
+def _committed(batch: list[_Waiting]) -> None:
+    for waiting in batch:
+        if waiting.committed is not None:
+            try:
+                waiting.committed()
+            except Exception:  # the caller's trouble, not the commit's
+                log.exception("after-commit callback failed", type=waiting.row.type)
+
+
+def _settle(batch: list[_Waiting], action: Callable[[asyncio.Future[None]], None]) -> None:
+    for waiting in batch:
+        if not waiting.future.done():
+            action(waiting.future)
 
 
 def backlog_by_rank(store: Store) -> dict[int, int]:
