@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import sqlite3
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from gateway.runtime.config import (
 )
 from gateway.runtime.metrics import Metrics
 from gateway.runtime.supervisor import Handle
-from gateway.store import AsyncStore, Consent, Offer, Store
+from gateway.store import AsyncStore, Consent, Offer, StorageFull, Store
 from gateway.sync.outbox import Outbox
 
 REPO = Path(__file__).resolve().parent.parent
@@ -451,6 +453,53 @@ async def test_a_checkout_moment_prints_a_coupon_for_the_lanes_customer(rig: Rig
     assert await rig.db.call(checkout.pending) == []  # settled with the decision
     # A receipt posts no content: the lane's acknowledgement is all.
     assert [t.rsplit("/", 2)[-2:] for t, _ in rig.screens.posts] == [["events", "ack"]]
+
+
+def _database_full(store: Store, full: bool) -> None:
+    """SQLite's own SQLITE_FULL: the file may not grow past the pages it has, and its free
+    pages are taken (a row that needs a new page, one over a page long, fails)."""
+    if not full:
+        store.conn.execute("PRAGMA max_page_count = 1073741823")
+        return
+    store.conn.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
+    (pages,) = store.conn.execute("PRAGMA page_count").fetchone()
+    store.conn.execute(f"PRAGMA max_page_count = {pages}")
+    with contextlib.suppress(sqlite3.OperationalError):  # database or disk is full
+        while True:
+            store.conn.execute("INSERT INTO filler VALUES (zeroblob(4000))")
+
+
+async def test_a_total_refused_for_space_gets_its_coupon_when_the_lane_sends_it_again(
+    rig: Rig,
+) -> None:
+    """The checkout waits for its total's commit: a commit that fails (storage full) leaves it
+    to the lane's re-send of the total, once, not to the next total of the lane."""
+    lines = ["coffee"] * 700  # a basket's lines: more than a page
+    total = json.dumps(
+        {
+            "id": TX,
+            "type": "pos.transaction",
+            "priority": "transaction",
+            "data": {"total": 9.5, "lines": lines},
+        }
+    ).encode()
+    topic = TOPICS.device_events("pos", "pos-1")
+    await rig.db.call(_database_full, True)
+    with pytest.raises(StorageFull):
+        await rig.events.on_event(topic, total)
+    await rig.db.call(_database_full, False)
+    await asyncio.sleep(0.1)
+    assert rig.printed == []
+    await rig.events.on_event(topic, total)  # the lane sends it again: committed
+    async with asyncio.timeout(5):
+        while not rig.printed:  # noqa: ASYNC110 - the hook is a plain callable
+            await asyncio.sleep(0.01)
+    await rig.events.on_event(topic, total)  # and once more (an ack lost): nothing new
+    await asyncio.sleep(0.2)
+    assert rig.printed == ["receipt-1"]
+    (decision,) = await rig.db.call(latest_decisions)
+    assert (decision.moment, decision.request_id) == ("checkout", TX)
+    assert await rig.db.call(checkout.pending) == []
 
 
 async def test_an_in_app_message_goes_up_for_a_consenting_customer_unless_opted_out(

@@ -41,7 +41,7 @@ __all__ = ["PosLanes"]
 log = structlog.get_logger("gateway.pos")
 
 _SESSION_IDLE_S = 1800.0  # a basket untouched this long is forgotten (an abandoned lane)
-_MAX_PREPARED = 1000  # receipts between acceptance and commit (a commit takes milliseconds)
+_MAX_PREPARED = 1000  # checkouts, receipts between acceptance and commit (a commit: milliseconds)
 _MAX_TOTALS = 10_000  # recent totals remembered (re-sends come within seconds or minutes)
 
 
@@ -85,6 +85,7 @@ class PosLanes:
         self._tasks: set[asyncio.Task[None]] = set()
         # event id -> its checkout, from the total's acceptance to its commit (a commit that
         # fails leaves one behind until the lane re-sends: bounded all the same).
+        self._checkouts: OrderedDict[str, CheckoutMoment] = OrderedDict()
         # The totals taken since the start, and what their visit left for the receipt: a lane
         # re-sends a total whose acknowledgement it missed, and that must not end the next
         # customer's session.
@@ -134,25 +135,42 @@ class PosLanes:
             return None
         if event.type == "pos.receipt":
             return self._receipt(event, lane.printer, lane.claim_valid_days)
-        if event.type != "pos.transaction":
-            return None
-        if event.id in self._totals:
-            return None  # a re-sent total: it ended its visit already, not the one now at the till
+        if event.type == "pos.transaction":
+            return self._on_total(event, lane.printer)
+        return None
+
+    def _on_total(self, event: DeviceEvent, printer: str) -> Commit | None:
+        """A total ends the lane's visit; on a lane with a printer its checkout commits with it."""
+        if event.id in self._totals:  # a re-sent total: it ended its visit already
+            moment = self._checkouts.get(event.id)  # unless its first commit failed (full)
+            return None if moment is None else self._commit_checkout(event.id, moment)
         session = self._session(event.device)  # an idle one is fresh: not this customer's basket
         del self._sessions[event.device]  # the total ends the visit
         self._totals[event.id] = Visit(session.customer_ref)
         while len(self._totals) > _MAX_TOTALS:
             self._totals.popitem(last=False)
-        if not lane.printer:
+        if not printer:
             return None
         moment = self._checkout(event.device, session.customer_ref, session.basket, event.id,
                                 _total(event.data.get("total")))  # fmt: skip
-        # Decided once the total commits, not once it is durable: the coupon's own commit is
-        # durable (and makes the total so) before it prints, and saves one fsync in turn.
+        self._checkouts[event.id] = moment
+        while len(self._checkouts) > _MAX_PREPARED:
+            self._checkouts.popitem(last=False)
+        return self._commit_checkout(event.id, moment)
+
+    def _commit_checkout(self, total_id: str, moment: CheckoutMoment) -> Commit:
+        """The pending checkout, committed with its total; decided once the total commits,
+        not once it is durable: the coupon's own commit is durable (and makes the total so)
+        before it prints, and saves one fsync in turn."""
         return Commit(
             write=checkout.pending_write(moment, self._clock.now()),
-            committed=functools.partial(self._submit, moment),  # a full queue: stays pending
+            committed=functools.partial(self._decide_checkout, total_id),
         )
+
+    def _decide_checkout(self, total_id: str) -> None:
+        moment = self._checkouts.pop(total_id, None)
+        if moment is not None:
+            self._submit(moment)  # a full queue logs it; the total stays pending
 
     def checked_out(self, total_id: str, decision_id: str, coupon: str | None) -> None:
         """The journey decided a total's checkout (and printed `coupon`): its receipt names
