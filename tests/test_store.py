@@ -188,31 +188,25 @@ async def test_checkpoints_run_apart_from_the_store_thread_and_keep_the_wal_smal
 
 
 async def test_a_restarted_wal_is_checkpointed_passively_again(tmp_path: Path) -> None:
-    """A restarted WAL keeps its file's size; what is in it decides the next restart. A
-    restart holds every write until the readers let go, so one each period after the first
-    (judged by the file's size) held the store's writes for as long as a reader read."""
+    """A restarted WAL keeps the size of its file; what is in it decides the next restart.
+    A restart holds every write for its fsyncs: judged by the file's size, every checkpoint
+    after the first restart was one."""
     path = tmp_path / "g.sqlite3"
     db = AsyncStore(path, checkpoint_every_s=0.05, wal_restart_bytes=1024 * 1024)
     await db.open()
     wal = path.with_name(path.name + "-wal")
-    reader = sqlite3.connect(path, isolation_level=None)
     try:
         await db.call(_write_blob, 1536 * 1024)  # the WAL restarts once checkpointed...
         await asyncio.sleep(0.5)
         await db.call(_write_blob, 1024)
-        assert wal.stat().st_size > 1536 * 1024  # ...and its file keeps its size
-        reader.execute("BEGIN")
-        reader.execute("SELECT count(*) FROM scratch").fetchone()  # a snapshot held
-        longest = 0.0
+        assert db.wal_restarts >= 1
+        assert wal.stat().st_size >= 1024 * 1024  # ...and its file keeps the size of a restart
+        restarts = db.wal_restarts
         for _ in range(8):  # small writes over several checkpoint periods
-            started = time.monotonic()
             await db.call(_write_blob, 1024)
-            longest = max(longest, time.monotonic() - started)
             await asyncio.sleep(0.1)
-        # A restart waiting for the reader would hold a write for the busy timeout (5 s).
-        assert longest < 2.5, longest
+        assert db.wal_restarts == restarts
     finally:
-        reader.close()
         await db.close()
 
 
@@ -227,7 +221,8 @@ async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_l
 ) -> None:
     """A WAL due for a restart while a reader keeps an older snapshot (a long report): the
     restart gives up after a moment and tries again, instead of holding every write for the
-    busy timeout; once the reader lets go, the WAL starts over."""
+    busy timeout; once the reader lets go, the WAL starts over, its file cut back to the
+    restart's size (not kept at its largest on the card)."""
     path = tmp_path / "g.sqlite3"
     db = AsyncStore(path, checkpoint_every_s=0.05, wal_restart_bytes=1024 * 1024)
     await db.open()
@@ -238,6 +233,7 @@ async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_l
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM scratch").fetchone()  # a snapshot held
         await db.call(_write_blob, 1536 * 1024)  # past the restart's size, and pinned
+        assert wal.stat().st_size > 1536 * 1024
         restarts = _wal_restarts(wal)
         longest = 0.0
         for _ in range(8):
@@ -254,6 +250,7 @@ async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_l
                 break
             await asyncio.sleep(0.1)
         assert _wal_restarts(wal) > restarts
+        assert wal.stat().st_size <= 1024 * 1024, wal.stat().st_size
     finally:
         reader.close()
         await db.close()

@@ -84,6 +84,7 @@ class _Checkpointer:
         self._every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="store-checkpoint", daemon=True)
+        self.restarts = 0  # RESTART checkpoints tried: each holds the writes for its fsyncs
 
     def start(self) -> None:
         self._thread.start()
@@ -119,6 +120,7 @@ class _Checkpointer:
                     # after the first restart was one (a 30-45 ms stall of every write each
                     # period under the fsync of an SD card, issue 11).
                     if frames * frame_bytes >= self._restart_bytes:
+                        self.restarts += 1
                         conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
                 except sqlite3.Error as exc:
                     if not failing:  # said once per streak, not every period
@@ -185,12 +187,19 @@ class AsyncStore:
         self._store = store
         # After the store: the file exists, migrated, in WAL mode.
         self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
-        await _run(self._executor, store.stop_autocheckpoint)
+        await _run(
+            self._executor, functools.partial(store.checkpoint_apart, self._wal_restart_bytes)
+        )
         self._checkpointer = _Checkpointer(
             self.path, self._checkpoint_every_s, self._wal_restart_bytes
         )
         self._checkpointer.start()
         return opened
+
+    @property
+    def wal_restarts(self) -> int:
+        """WAL restarts tried since the store opened: each holds every write for its fsyncs."""
+        return 0 if self._checkpointer is None else self._checkpointer.restarts
 
     async def call(
         self, fn: Callable[Concatenate[Store, P], T], *args: P.args, **kwargs: P.kwargs

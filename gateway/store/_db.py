@@ -193,9 +193,12 @@ class Store(Reader):
                 migration(self._db)
                 self._conn.execute(f"PRAGMA user_version = {version}")
 
-    def stop_autocheckpoint(self) -> None:
-        """No checkpoint inside this connection's commits: `AsyncStore` runs them apart."""
+    def checkpoint_apart(self, wal_limit_bytes: int) -> None:
+        """No checkpoint inside this connection's commits: `AsyncStore` runs them apart. A WAL
+        that grew past `wal_limit_bytes` (its restart put off by a long reader) is cut back
+        to that size when it starts over, not kept at its largest on the card for ever."""
         self._conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._conn.execute(f"PRAGMA journal_size_limit={int(wal_limit_bytes)}")
 
     def close(self) -> None:
         self._conn.close()
