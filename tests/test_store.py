@@ -221,8 +221,8 @@ async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_l
 ) -> None:
     """A WAL due for a restart while a reader keeps an older snapshot (a long report): the
     restart gives up after a moment and tries again, instead of holding every write for the
-    busy timeout; once the reader lets go, the WAL starts over, its file cut back to the
-    restart's size (not kept at its largest on the card)."""
+    busy timeout; once the reader lets go, the WAL starts over, its file cut back to twice
+    the restart's size (not kept at its largest on the card)."""
     path = tmp_path / "g.sqlite3"
     db = AsyncStore(path, checkpoint_every_s=0.05, wal_restart_bytes=1024 * 1024)
     await db.open()
@@ -232,8 +232,8 @@ async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_l
         await db.call(_write_blob, 1024)
         reader.execute("BEGIN")
         reader.execute("SELECT count(*) FROM scratch").fetchone()  # a snapshot held
-        await db.call(_write_blob, 1536 * 1024)  # past the restart's size, and pinned
-        assert wal.stat().st_size > 1536 * 1024
+        await db.call(_write_blob, 3 * 1024 * 1024)  # past the restart's size, and pinned
+        assert wal.stat().st_size > 3 * 1024 * 1024
         restarts = _wal_restarts(wal)
         longest = 0.0
         for _ in range(8):
@@ -250,7 +250,7 @@ async def test_a_long_reader_holds_writes_briefly_and_the_wal_restarts_once_it_l
                 break
             await asyncio.sleep(0.1)
         assert _wal_restarts(wal) > restarts
-        assert wal.stat().st_size <= 1024 * 1024, wal.stat().st_size
+        assert wal.stat().st_size <= 2 * 1024 * 1024, wal.stat().st_size  # twice the restart's
     finally:
         reader.close()
         await db.close()

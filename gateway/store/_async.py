@@ -187,9 +187,10 @@ class AsyncStore:
         self._store = store
         # After the store: the file exists, migrated, in WAL mode.
         self._reader = await _run(self._read_executor, functools.partial(Reader.open, self.path))
-        await _run(
-            self._executor, functools.partial(store.checkpoint_apart, self._wal_restart_bytes)
-        )
+        # Twice the restart's size: a WAL restarted on time (a little past it) is reused as
+        # it is, not cut and grown again each time (the size change costs each fsync more).
+        wal_limit = 2 * self._wal_restart_bytes
+        await _run(self._executor, functools.partial(store.checkpoint_apart, wal_limit))
         self._checkpointer = _Checkpointer(
             self.path, self._checkpoint_every_s, self._wal_restart_bytes
         )
