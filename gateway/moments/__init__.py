@@ -1,5 +1,6 @@
 """Moments of a visit -> decisions -> content: the touchpoints' intakes, the typed moments they
-submit (`moment`), the decision as a plan (`decide`), and the journey that commits and posts it.
+submit (`moment`), the decision as a plan (`decide`) and what it shows (`render`), and the journey
+that commits and posts it.
 The package exports what the composition root wires; the rest is imported from its module."""
 
 from gateway.moments.app import AppPresence

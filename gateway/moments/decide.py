@@ -2,15 +2,15 @@
 
 `decide` runs on the store's read thread (`AsyncStore.read`): it reads the consent and the
 frequency caps over the read connection (a commit in progress never blocks it), scores, and
-renders what the decision will post or print. The journey commits the plan on the store thread,
-then posts. Nothing here knows a device, a queue or an event loop.
+renders (`render`) what the decision will post or print. The journey commits the plan on the
+store thread, then posts. Nothing here knows a device, a queue or an event loop.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,15 +18,7 @@ from typing import Any
 import structlog
 
 from gateway.codecs.ids import uuid7
-from gateway.codecs.payloads import (
-    Card,
-    Content,
-    ContentOffer,
-    Suggestion,
-    encode_card,
-    encode_content,
-    offer_json,
-)
+from gateway.codecs.payloads import Card, Suggestion, encode_card, offer_json
 from gateway.codecs.topics import Topics
 from gateway.decision import Context
 from gateway.decision.catalog import CatalogVersion
@@ -34,29 +26,15 @@ from gateway.decision.engine import DecisionEngine, Outcome
 from gateway.decision.experiments import Assignment, ExperimentTest, assign, in_holdout
 from gateway.decision.features import CustomerFacts, FeatureContext, context_to_json
 from gateway.decision.log import record_decisions
-from gateway.flows.printing import Coupon, new_coupon_code
+from gateway.moments import render
 from gateway.moments.moment import AppMoment, CheckoutMoment, Moment, TabletMoment
+from gateway.moments.render import UplinkRow
 from gateway.pos import checkout
 from gateway.store import Decision, Offer, OutboxRow, PrintJobRow, Reader, Store
 
-__all__ = [
-    "ANONYMOUS_MESSAGE",
-    "PERSONAL_MESSAGE",
-    "Decided",
-    "Plan",
-    "UplinkRow",
-    "commit",
-    "decide",
-    "decide_each",
-]
-
-PERSONAL_MESSAGE = "Welcome back! Picked for you today"
-ANONYMOUS_MESSAGE = "Today's pick"
+__all__ = ["Decided", "Plan", "commit", "decide", "decide_each"]
 
 log = structlog.get_logger("gateway.journey")
-
-# Builds the uplink event committed with a decision: Outbox.row (type, priority, data, ...).
-UplinkRow = Callable[..., OutboxRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,9 +206,9 @@ def decide(
     decided = deciding.record(outcome, **extra)
     job = None
     if isinstance(moment, CheckoutMoment) and outcome.offer is not None:
-        job = _print_job(moment, outcome.offer, topics.store_id, now)
+        job = render.print_job(moment, outcome.offer, topics.store_id, now)
     targets = moment.content_topics(topics)
-    content = _content(moment, decided.decision, outcome.offer) if targets else b""
+    content = render.content(moment, decided.decision, outcome.offer) if targets else b""
     posts = tuple((topic, content, True) for topic in targets)
     return Plan(moment=moment, decided=(decided,), job=job, posts=posts, assisted_by=assisted_by)
 
@@ -293,7 +271,7 @@ class _Deciding:
         )
         row = None
         if self.uplink is not None:
-            row = _uplink_row(self.uplink, decision, outcome, logged, now)
+            row = render.uplink_row(self.uplink, decision, outcome, logged, now)
         return Decided(decision, outcome, row)
 
 
@@ -338,7 +316,9 @@ def _suggest(
         segment=facts.segment,
         categories=categories,
         suggestions=tuple(
-            Suggestion(rank, d.decision.id, d.decision.propensity, _offer(d.outcome.offer))
+            Suggestion(
+                rank, d.decision.id, d.decision.propensity, render.content_offer(d.outcome.offer)
+            )
             for rank, d in enumerate(decided, 1)
             if d.outcome.offer is not None
         ),
@@ -374,80 +354,8 @@ def _message(
         "decision_id": decided.decision.id,
         "customer": customer,  # a keyed ref: the cloud knows the app it belongs to
         "kind": kind,
-        "offer": offer_json(_offer(outcome.offer)),
+        "offer": offer_json(render.content_offer(outcome.offer)),
         "expires_at": now + moment.ttl_s,
     }
     message = uplink("app.message", "transaction", data, ts=now, expires=now + moment.ttl_s)
     return Plan(moment=moment, decided=(decided,), messages=(message,))
-
-
-def _uplink_row(
-    uplink: UplinkRow,
-    decision: Decision,
-    outcome: Outcome,
-    logged: Mapping[str, Any],
-    now: float,
-) -> OutboxRow:
-    data = {
-        "decision_id": decision.id,
-        "moment": decision.moment,
-        "touchpoint": decision.touchpoint,
-        "customer": decision.customer_ref,
-        "offer_id": decision.offer_id,
-        "policy": decision.policy,
-        "propensity": decision.propensity,
-        "model_version": decision.model_version,
-        "feature_hash": decision.feature_hash,
-        "arm": outcome.arm,
-        "request_id": decision.request_id,
-        "context": logged,
-    }
-    return uplink("decision", "decision", data, event_id=decision.id, ts=now)
-
-
-def _print_job(moment: CheckoutMoment, offer: Offer, store_id: str, now: float) -> PrintJobRow:
-    coupon = Coupon(
-        code=new_coupon_code(),
-        offer_id=offer.id,
-        title=offer.title,
-        body=offer.body,
-        discount_pct=offer.discount_pct,
-        store_id=store_id,
-        issued_at=now,
-        valid_days=moment.coupon_valid_days,
-    )
-    return PrintJobRow(
-        id=uuid7(int(now * 1000)),
-        lane=moment.touchpoint,
-        printer=moment.printer,
-        coupon_code=coupon.code,
-        body=coupon.to_json(),
-        copy=False,
-        attempts=0,
-    )
-
-
-def _content(moment: Moment, decision: Decision, offer: Offer | None) -> bytes:
-    personal = decision.customer_ref is not None
-    content = Content(
-        id=uuid7(),
-        ts=decision.ts,
-        audience="personal" if personal else "anonymous",
-        touchpoint=moment.touchpoint,
-        request_id=moment.request_id,
-        decision_id=decision.id,
-        message=PERSONAL_MESSAGE if personal else ANONYMOUS_MESSAGE,
-        offer=None if offer is None else _offer(offer),
-    )
-    return encode_content(content)
-
-
-def _offer(offer: Offer | None) -> ContentOffer:
-    assert offer is not None
-    return ContentOffer(
-        id=offer.id,
-        title=offer.title,
-        body=offer.body,
-        category=offer.category,
-        discount_pct=offer.discount_pct,
-    )

@@ -27,7 +27,7 @@ from gateway.decision.catalog import save_catalog
 from gateway.decision.engine import DecisionEngine
 from gateway.decision.experiments import ExperimentTest, parse_tests
 from gateway.decision.offers import load_offers
-from gateway.moments.decide import Plan, UplinkRow, commit, decide, decide_each
+from gateway.moments.decide import Plan, commit, decide, decide_each
 from gateway.moments.moment import (
     CheckoutMoment,
     Moment,
@@ -35,6 +35,7 @@ from gateway.moments.moment import (
     TabletMoment,
     ZoneMoment,
 )
+from gateway.moments.render import UplinkRow
 from gateway.moments.screens import ScreenHold
 from gateway.pos import checkout
 from gateway.runtime.clock import Clock
