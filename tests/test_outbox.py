@@ -146,7 +146,7 @@ async def test_committed_is_called_once_the_row_commits_before_it_is_durable(
             visible = reader.execute("SELECT 1 FROM outbox WHERE id = ?", (row.id,)).fetchone()
             order.append("committed" if visible else "called before the commit")
 
-        durable = outbox.submit(row, committed)
+        durable = outbox.submit(row, [committed])
         durable.add_done_callback(lambda _: order.append("durable"))
         await durable
         await outbox.submit(outbox.row("t", "transaction", {}))  # a later commit

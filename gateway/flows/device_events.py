@@ -135,8 +135,8 @@ class DeviceEvents:
             ts=data.get("ts"),
             also=writes[0] if len(writes) == 1 else _together(writes) if writes else None,
         )
-        callbacks = [c.committed for c in commits if c.committed is not None]
-        future = self._outbox.submit(row, _in_turn(callbacks) if callbacks else None)
+        committed = [c.committed for c in commits if c.committed is not None]
+        future = self._outbox.submit(row, committed)
         future.add_done_callback(lambda f: self._committed(f, event))
         return future
 
@@ -163,14 +163,6 @@ class DeviceEvents:
         for (kind, device_id), ids in acks.items():
             body = json.dumps({"schema": "event-ack/1", "ids": ids}, separators=(",", ":"))
             self._publisher.post(self._topics.device_events_ack(kind, device_id), body.encode())
-
-
-def _in_turn(callbacks: Sequence[Callable[[], object]]) -> Callable[[], None]:
-    def call() -> None:
-        for each in callbacks:
-            each()
-
-    return call
 
 
 def _together(writes: Sequence[Write]) -> Write:

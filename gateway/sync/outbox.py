@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import structlog
@@ -77,12 +77,13 @@ class Outbox:
         return OutboxRow(eid, rank, type, now, encoded, also=also, expires=expires)
 
     def submit(
-        self, row: OutboxRow, committed: Callable[[], object] | None = None
+        self, row: OutboxRow, committed: Sequence[Callable[[], object]] = ()
     ) -> asyncio.Future[None]:
         """Queue for the next commit; the future resolves once the row is committed (durably,
-        for a durable row). committed: called on the loop as soon as the row's transaction
-        commits, before its fsync: for work that makes its own result durable before anyone
-        sees it (a checkout's coupon, whose durable commit makes the total durable too)."""
+        for a durable row). committed: called in turn on the loop as soon as the row's
+        transaction commits, before its fsync: for work that makes its own result durable
+        before anyone sees it (a checkout's coupon, whose durable commit makes the total
+        durable too)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append(_Waiting(row, future, committed))
         self._wake.set()
@@ -162,14 +163,14 @@ class _Waiting(NamedTuple):
 
     row: OutboxRow
     future: asyncio.Future[None]
-    committed: Callable[[], object] | None
+    committed: Sequence[Callable[[], object]]
 
 
 def _committed(batch: list[_Waiting]) -> None:
     for waiting in batch:
-        if waiting.committed is not None:
+        for committed in waiting.committed:
             try:
-                waiting.committed()
+                committed()
             except Exception:  # the caller's trouble, not the commit's
                 log.exception("after-commit callback failed", type=waiting.row.type)
 
