@@ -23,6 +23,7 @@ from selenium.common.exceptions import (
     NoSuchElementException,
     StaleElementReferenceException,
     TimeoutException,
+    WebDriverException,
 )
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -129,15 +130,26 @@ def _login(driver: webdriver.Chrome, url: str, name: str, password: str = PASSWO
     )
 
 
+def _text_now(driver: webdriver.Chrome, css: str) -> str | None:
+    """The element's text, or None while the page is being replaced (a form's answer loading)."""
+    try:
+        return str(driver.find_element(By.CSS_SELECTOR, css).text)
+    except (NoSuchElementException, StaleElementReferenceException):
+        return None
+    except WebDriverException as error:
+        # Chrome's other word for a stale element, when the node left the document between
+        # finding it and reading it: a plain WebDriverException, so ignored_exceptions misses it.
+        if "does not belong to the document" in (error.msg or ""):
+            return None
+        raise
+
+
 def _wait_text(driver: webdriver.Chrome, css: str, text: str, timeout: float) -> float:
     """Seconds until the element shows `text` (TimeoutException past `timeout`)."""
     started = time.monotonic()
-    WebDriverWait(
-        driver,
-        timeout,
-        poll_frequency=0.05,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
-    ).until(lambda d: text in d.find_element(By.CSS_SELECTOR, css).text)
+    WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+        lambda d: text in (_text_now(d, css) or "")
+    )
     return time.monotonic() - started
 
 
@@ -387,7 +399,7 @@ async def test_an_operator_pauses_personalisation_for_the_store_and_it_outlasts_
             await kiosk.identify("loyalty", CUSTOMERS[0].loyalty)  # Ada, who consented
         await asyncio.to_thread(
             WebDriverWait(browser, 5).until,
-            lambda d: d.find_element(By.CSS_SELECTOR, kiosk_cell).text != before,
+            lambda d: _text_now(d, kiosk_cell) not in (None, before),
         )
         return str(browser.find_element(By.CSS_SELECTOR, kiosk_cell).text)
 
