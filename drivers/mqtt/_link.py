@@ -27,10 +27,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 import socket
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
@@ -44,6 +44,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter
 
+from drivers.mqtt._frames import Frames, Publish
 from drivers.mqtt._reconnect import reconnecting
 from gateway import __version__
 from gateway.codecs.payloads import (
@@ -68,10 +69,6 @@ __all__ = ["NO_DELAY", "Handler", "MqttLink", "credentials"]
 
 log = structlog.get_logger("drivers.mqtt")
 _STOP_PUBLISH_TIMEOUT_S = 2.0
-# Bytes read at once for paho. aiomqtt's read callback handles all of them before the loop runs
-# anything else; 4 KiB instead (tens of messages a call) did not shorten a victim kiosk's p99
-# under a flood (67.9 ms against 30-36 ms with 64 KiB, one run each: noisy).
-_READ_AHEAD = 65536
 # How long one pass over what was read may run before the loop gets a turn: 64 KiB of scanner
 # nodes' reports (~300 messages) once held the loop ~90 ms (scripts/bench.py store, issue 14).
 # Loop lag p99 there: 27-29 ms with 4 ms passes, 19.4 with 2 ms, 14.7 with 1 ms, at the same
@@ -139,71 +136,6 @@ def credentials(
     if cfg.password_file is not None:
         password = cfg.password_file.read_text(encoding="utf-8").strip()
     return tls, password
-
-
-class _ReadAhead:
-    """paho reads each packet's header a byte at a time, a system call each: this takes what
-    the socket holds in one call and serves paho's small reads from memory.
-
-    `pending()` is what aiomqtt's read callback asks an SSL socket: while it says bytes are
-    waiting, paho is called again, so nothing buffered here waits for the socket to wake up.
-    A pass that has run `_PASS_S` says none are, and `resume` (reading on, the same way) is
-    called soon instead: what else is ready on the loop runs in between.
-    """
-
-    def __init__(self, sock: Any, resume: Callable[[], None]) -> None:
-        self._sock = sock
-        self._resume = resume
-        self._data = b""
-        self._at = 0
-        self._pass_started: float | None = None
-        self._resuming = False
-
-    def recv(self, size: int) -> bytes:
-        if self._pass_started is None:
-            self._pass_started = time.perf_counter()
-        if self._at >= len(self._data):
-            self._data, self._at = self._sock.recv(_READ_AHEAD), 0  # BlockingIOError when dry
-            if not self._data:
-                return b""  # the broker closed the connection
-        chunk = self._data[self._at : self._at + size]
-        self._at += len(chunk)
-        return chunk
-
-    def pending(self) -> int:
-        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
-        waiting = len(self._data) - self._at + int(inner)
-        started, self._pass_started = self._pass_started, None
-        if waiting and started is not None and time.perf_counter() - started > _PASS_S:
-            if not self._resuming:
-                self._resuming = True
-                asyncio.get_running_loop().call_soon(self._read_on)
-            return 0
-        if waiting:
-            self._pass_started = started  # the pass goes on
-        return waiting
-
-    def _read_on(self) -> None:
-        self._resuming = False
-        self._resume()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
-
-
-def _read_on(client: aiomqtt.Client) -> None:
-    """What aiomqtt's read callback does (reading while bytes are buffered), for a pass that
-    gave the loop a turn."""
-    inner: paho.Client = client._client
-    try:
-        while True:
-            inner.loop_read()
-            sock = inner._sock
-            if not isinstance(sock, _ReadAhead) or sock.pending() <= 0:
-                return
-    except Exception as exc:  # noqa: BLE001 (as aiomqtt's callback: a broken read ends it)
-        if not client._disconnected.done():
-            client._disconnected.set_exception(exc)
 
 
 class _Acks:
@@ -460,8 +392,6 @@ class MqttLink:
         try:
             async with self._client_for(self.session) as client:
                 self._session_used = True
-                inner: paho.Client = client._client
-                inner._sock = _ReadAhead(inner._sock, lambda: _read_on(client))
                 self._broken = asyncio.get_running_loop().create_future()
                 await self._on_connect(client)
                 if self._announces:
@@ -511,7 +441,7 @@ class MqttLink:
         await watch  # raises the MqttError of the lost connection
 
     def _take_intake(self, client: aiomqtt.Client) -> None:
-        """Messages come to `_on_message` straight from paho, acknowledged by hand.
+        """Messages come to `_on_message` straight from the reading, acknowledged by hand.
 
         aiomqtt has no manual acknowledgements yet (empicano/aiomqtt#345): its paho client is
         configured directly, here only. Its message queue is bypassed too (a task per message).
@@ -520,11 +450,27 @@ class MqttLink:
         inner.manual_ack_set(True)
         self._intake = client
         acks = _Acks(inner)
+
+        def lost(exc: Exception) -> None:  # as aiomqtt's read callback
+            if not client._disconnected.done():
+                client._disconnected.set_exception(exc)
+
+        on_publish = functools.partial(self._on_message, client, acks)
+        Frames(inner, on_publish, pass_s=_PASS_S, lost=lost)
+
+        def from_paho(message: paho.MQTTMessage) -> None:
+            """What `Frames` leaves to paho and paho delivers (none with QoS 1 subscriptions)."""
+            try:
+                topic = message.topic
+            except UnicodeDecodeError:
+                topic = ""
+            payload = bytes(message.payload)
+            publish = Publish(topic, payload, message.mid, message.qos, message.retain)
+            self._on_message(client, acks, publish)
+
         # Straight to `_on_message`: paho's own dispatch matches every topic against its (here
         # empty) per-filter callbacks first, a tenth of the loop's time under a burst.
-        inner._handle_on_message = (  # type: ignore[method-assign]
-            lambda message: self._on_message(client, acks, message)
-        )
+        inner._handle_on_message = from_paho  # type: ignore[method-assign]
 
     async def _on_connect(self, client: aiomqtt.Client) -> None:
         # Birth last: a device that sees 'online' can count on the state being restored.
@@ -556,25 +502,19 @@ class MqttLink:
         self._last_birth = float("-inf")  # the first re-assertion goes at once
         await client.subscribe(self._topics.gateway_status, qos=1)
 
-    def _on_message(self, client: aiomqtt.Client, acks: _Acks, message: paho.MQTTMessage) -> None:
-        """One inbound message, on the loop (paho's read callback): take it, then acknowledge."""
-        mid, qos = message.mid, message.qos
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            topic = ""
+    def _on_message(self, client: aiomqtt.Client, acks: _Acks, message: Publish) -> None:
+        """One inbound message, on the loop (the read callback): take it, then acknowledge."""
+        topic, payload, mid, qos, retained = message
         found = self._route_for(topic)
         if found is None:
             if topic == self._topics.gateway_status:
-                self._check_status(client, bytes(message.payload))
+                self._check_status(client, payload)
             acks.add(mid, qos)
             return
         route, device = found
         route.received.inc()
         if device is not None:
             self.on_device(device, False)
-        payload = bytes(message.payload)
-        retained = bool(message.retain)
         if not self._admit(client, route, topic, device, payload, retained=retained):
             acks.add(mid, qos)
             return
