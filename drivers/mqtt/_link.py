@@ -588,13 +588,17 @@ class MqttLink:
         return True
 
     def _route_for(self, topic: str) -> tuple[_Route, Device | None] | None:
-        """The route of a topic and the device whose budget it spends (remembered)."""
+        """The route of a topic and the device whose budget it spends (remembered, but for
+        topics that name what a device heard: a scanner node's topic names each device, tens of
+        thousands in a hypermarket, which only churned the memo and the collector)."""
         try:
             return self._route_cache[topic]
         except KeyError:
             pass
         route = next((r for r in self._routes if r.matches(topic)), None)
         found = None if route is None else (route, route.device_of(topic))
+        if route is not None and route.private_topics:
+            return found
         if len(self._route_cache) >= _ROUTE_CACHE:
             self._route_cache.clear()
         self._route_cache[topic] = found
