@@ -284,7 +284,8 @@ class Journey:
         self._hold.shown(moment.screens, first.customer_ref, now)
         audience = "personal" if plan.personal else "anonymous"
         self._metrics.decisions.labels(moment.name, audience).inc(len(plan.decided))
-        self._metrics.decision_seconds.observe(self._clock.monotonic() - moment.received)
+        waited = self._clock.monotonic() - moment.received
+        self._metrics.decision_seconds.labels(moment.name).observe(waited)
         if isinstance(moment, TabletMoment):
             self._metrics.associate_suggestions.labels(moment.associate).inc(len(plan.decided))
         if plan.assisted_by is not None:

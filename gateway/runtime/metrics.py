@@ -102,10 +102,13 @@ class Metrics:
                 self.decisions.labels(moment, audience)
         self.decision_seconds = Histogram(
             "gateway_decision_seconds",
-            "Moment received -> content published",
+            "Moment received -> content published, by moment (in-app messages wait last)",
+            ["moment"],
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        for moment in MOMENTS:
+            self.decision_seconds.labels(moment)
 
         # Issue 17: what the decision log is worth for learning (gateway.decision.policy.EssMeter).
         self.decision_ess_week = Gauge(
