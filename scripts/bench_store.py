@@ -10,7 +10,8 @@ with both purposes, the cloud behind a 2 Mbit/s uplink cap (the daemon's `cloud.
 bytes_per_s`), away for 2 minutes in the middle (`--quick`: 30 s).
 
 The box: the daemon pinned to one core (`STORE_CORES`, default 1) with every fsync 10 ms slower
-(`STORE_FSYNC_MS`, the LD_PRELOAD shim of simulators/slowdisk.py), as an SD card makes it. The
+(`STORE_FSYNC_MS`, the LD_PRELOAD shim of simulators/slowdisk.py), as an SD card makes it; the
+broker and the simulators on the machine's other cores (`STORE_SHARE_CORES=1`: on all). The
 camera's threads run 10 nicer than the loop, as shipped (`STORE_CAMERA_NICENESS`, 0: not).
 Each second, every node's reports go out at once and then the radio's adverts; with
 `STORE_SPREAD_S` (seconds), node after node over that long and the adverts over half of it, as

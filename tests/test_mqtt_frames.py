@@ -16,7 +16,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from drivers.mqtt._frames import Frames, Publish
+from drivers.mqtt._frames import Frames, Publish, encode_publish
 
 
 def _length(n: int) -> bytes:
@@ -136,3 +136,14 @@ def test_the_broker_closing_the_connection_is_a_lost_connection() -> None:
         theirs.shutdown(socket.SHUT_WR)
         assert inner._packet_read() == MQTTErrorCode.MQTT_ERR_CONN_LOST
         assert [p.payload for p in delivered] == [b"1"]
+
+
+@given(st.text(min_size=1, max_size=60), st.one_of(st.binary(max_size=300), st.just(bytes(20_000))))
+def test_what_a_simulated_node_writes_is_what_paho_decodes(topic: str, payload: bytes) -> None:
+    for version, v5 in ((paho.MQTTv311, False), (paho.MQTTv5, True)):
+        packet = encode_publish(topic, payload, v5=v5)
+        length_bytes = 1
+        while packet[length_bytes] & 0x80:
+            length_bytes += 1
+        got = paho_packets.decode_publish(packet[0], packet[1 + length_bytes :], version)
+        assert (got.topic.decode(), got.payload, got.qos, got.retain) == (topic, payload, 0, False)

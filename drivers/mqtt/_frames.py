@@ -26,7 +26,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.exception import MalformedPacket
 
-__all__ = ["Frames", "Publish", "decode_publish"]
+__all__ = ["Frames", "Publish", "decode_publish", "encode_publish"]
 _READ_AHEAD = 65536  # bytes asked of the socket at once
 _MAX_LENGTH_BYTES = 4  # a remaining length has at most 4 bytes (MQTT 5, 2.1.4)
 
@@ -93,6 +93,20 @@ def decode_publish(command: int, body: bytes, *, v5: bool) -> Publish | None:
     except UnicodeDecodeError:
         topic = ""  # routes nothing: acknowledged and dropped, as paho's message would be
     return Publish(topic, body[at:], packet_id, qos, bool(command & 1))
+
+
+def encode_publish(topic: str, payload: bytes, *, v5: bool) -> bytes:
+    """A PUBLISH packet of QoS 0, not retained, without properties: what a device that
+    publishes many at once (the scanner-node simulator) writes in one go."""
+    name = topic.encode()
+    body = len(name).to_bytes(2, "big") + name + (b"\0" if v5 else b"") + payload
+    length = bytearray()
+    n = len(body)
+    while True:
+        n, byte = n >> 7, n & 0x7F
+        length.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes((paho.PUBLISH,)) + length + body
 
 
 class Frames:
