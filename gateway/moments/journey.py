@@ -53,6 +53,11 @@ _FULL_LOG_EVERY_S = 10.0
 # 15 s, 200 screens took 1-3 s one by one, issue 14). A device's moment waits for at most one
 # batch of screens.
 BATCH = 8
+# Screens' moments come in bursts (a second's reports from 40 nodes at once: 200 screens
+# wanting content) and nobody waits at a screen: up to 32 a batch. In batches of 8 the last
+# screen of a burst waited 0.9 s (p99), in 32s 0.24 s; a kiosk's p99 held (47 ms), its p50
+# rose 4 ms (scripts/bench.py store --quick, one run each, 2026-12-08).
+SCREEN_BATCH = 32
 
 
 class Journey:
@@ -214,8 +219,8 @@ class Journey:
         return batch
 
     def _screen_batch(self) -> list[Moment]:
-        """Up to BATCH screens' moments, longest waiting first."""
-        screens = list(itertools.islice(self._ambient, BATCH))
+        """Up to SCREEN_BATCH screens' moments, longest waiting first."""
+        screens = list(itertools.islice(self._ambient, SCREEN_BATCH))
         return [self._ambient.pop(screen) for screen in screens]
 
     def _refuse_for_space(self, moment: Moment) -> None:
