@@ -178,6 +178,7 @@ async def test_metrics_at_start_build_info_labelled_zeros_and_the_outbox_backlog
     assert 'gateway_refusals_total{kind="pos",reason="busy"} 0.0' in text
     assert 'gateway_decisions_total{audience="personal",moment="kiosk_identify"} 0.0' in text
     assert 'gateway_decision_seconds_count{moment="checkout"} 0.0' in text  # by moment
+    assert "\ngateway_store_wal_restarts 0.0" in text  # read from the running store
     assert 'gateway_mqtt_rejected_total{route="kiosk_identify"} 0.0' in text
     # What the first run left waiting, at once, not at the next commit.
     assert _sample(text, "gateway_outbox_events") >= waiting

@@ -176,6 +176,7 @@ def build(
         int(config.outbox.max_mb * 1024 * 1024),
         min_free_bytes=int(config.outbox.min_free_mb * 1024 * 1024),
     )
+    metrics.store_wal_restarts.set_function(lambda: db.wal_restarts)
     # Device kind -> the ids config.toml declares (the link and the events refuse the rest).
     declared = {kind: set(getattr(config, section)) for kind, section in SECTIONS.items()}
     scanners = set(config.ble.scanners)

@@ -329,6 +329,14 @@ class Metrics:
             "Memory SQLite holds in this process, page caches included (sqlite3_memory_used)",
             registry=r,
         ).set_function(_sqlite_memory_used)
+        # Read from the store when scraped (the composition root sets its function); -1
+        # where no store reports it.
+        self.store_wal_restarts = Gauge(
+            "gateway_store_wal_restarts",
+            "WAL restarts tried since the store opened: each holds every write for its fsyncs",
+            registry=r,
+        )
+        self.store_wal_restarts.set(-1)
 
     def start_at_zero(self, components: Iterable[str], printers: Iterable[str]) -> None:
         """The series named by the configuration, at 0 before anything happens to them."""
