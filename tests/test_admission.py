@@ -44,13 +44,16 @@ def test_kinds_without_a_budget_are_not_limited() -> None:
     assert all(budgets.retry_after(("espresense", "room")) == 0.0 for _ in range(10_000))
 
 
-def test_answers_are_limited_per_device() -> None:
+def test_answers_are_limited_per_device_and_kind() -> None:
     clock = Clock()
     answers = Answers(clock, per_s=2.0, burst=3)
-    assert [answers.allow(("kiosk", "a")) for _ in range(5)] == [True, True, True, False, False]
-    assert answers.allow(("kiosk", "b"))
+    a, b = ("kiosk", "a"), ("kiosk", "b")
+    assert [answers.allow(a, "invalid") for _ in range(5)] == [True, True, True, False, False]
+    assert answers.allow(b, "invalid")
+    # Its garbage used up kiosk a's answers of that kind; being over budget is still said.
+    assert answers.allow(a, "busy")
     clock.t += 0.5
-    assert answers.allow(("kiosk", "a"))
+    assert answers.allow(a, "invalid")
 
 
 def test_repeated_trouble_is_one_line_per_key_and_interval_with_the_count() -> None:

@@ -650,7 +650,7 @@ class MqttLink:
         topic = route.topic_filter if private else topic
         who = "/".join(device) if device is not None else topic
         self._trouble.note((route.name, who), error)
-        if device is not None and not self._answers.allow(device):
+        if device is not None and not self._answers.allow(device, reason):
             self._metrics.mqtt_answers_suppressed.inc()
             return
         # On private routes the payload's id may itself be a device's address: not echoed.

@@ -6,8 +6,8 @@ await, and tests drive time by hand.
 - `Budgets`: one token bucket per device (refilled at the kind's rate, holding at most its
   burst). A message that finds the bucket empty is refused at once with a `busy` answer, before
   it is parsed: one device's flood costs the others almost nothing.
-- `Answers`: at most a few answers (errors, `busy`) per device per second on the shared errors
-  topic, so a flood of garbage does not become a flood of replies.
+- `Answers`: at most a few answers of each kind (`invalid`, `busy`, ...) per device per second
+  on the shared errors topic, so a flood of garbage does not become a flood of replies.
 - `TroubleLog`: the first refusal of a kind (device, reason) is logged at once; repeats within
   the interval are counted and logged as one line with the count when the interval ends.
 """
@@ -15,7 +15,7 @@ await, and tests drive time by hand.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 from gateway.codecs.topics import SECTIONS
@@ -44,22 +44,23 @@ def budgets_of(config: BudgetsConfig) -> dict[str, Budget]:
 
 
 class _Buckets:
-    """Token buckets keyed by device, least recently used dropped beyond `_MAX_DEVICES`."""
+    """Token buckets keyed by device (or device and more), least recently used dropped beyond
+    `_MAX_DEVICES`."""
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
-        self._state: OrderedDict[Device, list[float]] = OrderedDict()  # [tokens, updated]
+        self._state: OrderedDict[Hashable, list[float]] = OrderedDict()  # [tokens, updated]
 
-    def take(self, device: Device, budget: Budget) -> float:
+    def take(self, key: Hashable, budget: Budget) -> float:
         """Take one token; 0.0 if taken, else the seconds until one is available."""
         now = self._clock.monotonic()
-        state = self._state.get(device)
+        state = self._state.get(key)
         if state is None:
-            state = self._state[device] = [float(budget.burst), now]
+            state = self._state[key] = [float(budget.burst), now]
             if len(self._state) > _MAX_DEVICES:
                 self._state.popitem(last=False)
         else:
-            self._state.move_to_end(device)
+            self._state.move_to_end(key)
             state[0] = min(budget.burst, state[0] + (now - state[1]) * budget.rate_per_s)
             state[1] = now
         if state[0] >= 1.0:
@@ -82,14 +83,16 @@ class Budgets:
 
 
 class Answers:
-    """Whether a device may get one more answer on the shared errors topic now."""
+    """Whether a device may get one more answer of a kind (a refusal's reason) on the shared
+    errors topic now. Each kind has its own budget: a flood whose garbage used up its
+    `invalid` answers still hears `busy` once it is over its message budget."""
 
     def __init__(self, clock: Clock, per_s: float = 2.0, burst: int = 10) -> None:
         self._budget = Budget(per_s, burst)
         self._buckets = _Buckets(clock)
 
-    def allow(self, device: Device) -> bool:
-        return self._buckets.take(device, self._budget) == 0.0
+    def allow(self, device: Device, reason: str) -> bool:
+        return self._buckets.take((device, reason), self._budget) == 0.0
 
 
 @dataclass(frozen=True, slots=True)
