@@ -60,12 +60,17 @@ _PACKETS = st.builds(
 )
 
 
-def _as_paho_reads(packet: bytes) -> Publish:
-    """The oracle: paho's decoder on the same bytes, as its reading would deliver them."""
+def _paho_decodes(packet: bytes, version: int = paho.MQTTv5) -> paho_packets.PublishPacket:
+    """paho's own decoder on a whole PUBLISH packet (its body: what follows the length)."""
     length_bytes = 1
     while packet[length_bytes] & 0x80:
         length_bytes += 1
-    got = paho_packets.decode_publish(packet[0], packet[1 + length_bytes :], paho.MQTTv5)
+    return paho_packets.decode_publish(packet[0], packet[1 + length_bytes :], version)
+
+
+def _as_paho_reads(packet: bytes) -> Publish:
+    """The oracle: paho's decoder on the same bytes, as its reading would deliver them."""
+    got = _paho_decodes(packet)
     try:
         topic = got.topic.decode()
     except UnicodeDecodeError:
@@ -142,8 +147,5 @@ def test_the_broker_closing_the_connection_is_a_lost_connection() -> None:
 def test_what_a_simulated_node_writes_is_what_paho_decodes(topic: str, payload: bytes) -> None:
     for version, v5 in ((paho.MQTTv311, False), (paho.MQTTv5, True)):
         packet = encode_publish(topic, payload, v5=v5)
-        length_bytes = 1
-        while packet[length_bytes] & 0x80:
-            length_bytes += 1
-        got = paho_packets.decode_publish(packet[0], packet[1 + length_bytes :], version)
+        got = _paho_decodes(packet, version)
         assert (got.topic.decode(), got.payload, got.qos, got.retain) == (topic, payload, 0, False)
